@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints their message (no traceback) and exits non-zero."""
+
+
+class EnsembleLabError(Exception):
+    """A mistake the user can fix; the message says what was wrong and what to do."""
+
+
+class ConfigError(EnsembleLabError, ValueError):
+    """An option has a value outside what it allows."""
+
+
+class DatasetError(EnsembleLabError, FileNotFoundError):
+    """A dataset file is missing, damaged or has the wrong layout."""
+
+
+class CheckpointMismatchError(EnsembleLabError):
+    """A checkpoint does not match the model it is loaded into."""

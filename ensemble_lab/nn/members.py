@@ -1,0 +1,26 @@
+"""Helpers for the member-major row layout: rows [m*B, (m+1)*B) belong to member m."""
+
+from torch import Tensor
+
+from ensemble_lab.errors import ConfigError
+
+
+def rows_per_member(rows: int, num_members: int) -> int:
+    """Number of rows B each member owns in a member-major batch of ``rows`` = M * B rows.
+
+    Raises a ConfigError instead of padding when ``rows`` does not divide by ``num_members``.
+    """
+    if rows % num_members != 0:
+        raise ConfigError(
+            f"got {rows} rows for {num_members} members: a member-major batch needs a multiple of "
+            f"num_members rows (M*B). Tile the input with tile_members(x, {num_members}) first."
+        )
+    return rows // num_members
+
+
+def tile_members(x: Tensor, num_members: int) -> Tensor:
+    """Repeat a batch (B, ...) for every member, member-major: (M*B, ...)."""
+    if num_members == 1:
+        return x
+    # (B, ...) -> (M, B, ...) -> (M*B, ...)
+    return x.unsqueeze(0).expand(num_members, *x.shape).reshape(num_members * x.shape[0], *x.shape[1:])
