@@ -1,0 +1,125 @@
+"""UncertaintyEvalMixin: the one evaluation shared by every method.
+
+It consumes only ``self(x)`` -> member logits (M, B, C). Validation logs the curves that show how
+accuracy, calibration and diversity evolve; test evaluates every test set the datamodule names
+(roles id / shift / ood), writes results.json / results.csv (rank 0, atomically), optionally the
+member probabilities, and prints a table.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+from ensemble_lab.evaluation.metrics import ood_metrics, predictive_metrics
+from ensemble_lab.evaluation.results import check_can_write, format_table, write_predictions, write_results
+from ensemble_lab.evaluation.store import PredictionStore
+
+VAL_CURVES = ("acc", "nll", "ece", "mi", "disagreement")
+
+
+class UncertaintyEvalMixin:
+    """Mix into a LightningModule whose ``forward(x)`` returns member logits (M, B, C).
+
+    Batches are ``(images, targets, indices)``; the datamodule may name its test sets through a
+    ``test_set_roles`` mapping {name: "id" | "shift" | "ood"} in test-dataloader order.
+    """
+
+    #: also write <results_dir>/predictions/<set>.npz during test (set by the CLI's --save_predictions)
+    save_predictions: bool = False
+    #: where results.json goes; None means the trainer's log_dir (set by the CLI for --ckpt_path runs)
+    results_dir: str | None = None
+    #: replace an existing results.json (set by the CLI's --overwrite)
+    overwrite_results: bool = False
+
+    # ---- shared step -------------------------------------------------------------------------
+    def _store_batch(self, store: PredictionStore, batch: Any) -> None:
+        images, targets, indices = batch[0], batch[1], batch[2]
+        member_probs = torch.softmax(self(images).float(), dim=-1)  # (M, B, C)
+        store.update(member_probs, targets, indices)
+
+    def _new_store(self) -> PredictionStore:
+        return PredictionStore().to(self.device)
+
+    # ---- validation: curves --------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._stores = {"val": self._new_store()}  # a plain dict: not submodules, not in checkpoints
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._store_batch(self._stores["val"], batch)
+
+    def on_validation_epoch_end(self) -> None:
+        store = self._stores["val"]
+        if store.is_empty or self.trainer.sanity_checking:
+            return
+        member_probs, targets = store.compute()  # complete set on every rank
+        metrics = predictive_metrics(member_probs, targets)
+        # Values are identical on every rank after the gather, so no further sync is needed.
+        self.log_dict({f"val/{k}": float(metrics[k]) for k in VAL_CURVES}, prog_bar=False, sync_dist=False)
+        self.log("val/acc_bar", float(metrics["acc"]), prog_bar=True, logger=False)
+
+    # ---- test: every set, result files ----------------------------------------------------------
+    def test_set_roles(self) -> dict[str, str]:
+        """{name: role} of the test dataloaders, in order; plain loaders become test_0, test_1 (id)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        roles = getattr(datamodule, "test_set_roles", None)
+        if roles:
+            return dict(roles)
+        loaders = self.trainer.test_dataloaders
+        count = len(loaders) if isinstance(loaders, (list, tuple)) else 1
+        return {f"test_{i}": "id" for i in range(count)}
+
+    def resolved_results_dir(self) -> Path:
+        """Directory that receives results.json: ``results_dir`` or the trainer's log_dir."""
+        return Path(self.results_dir or self.trainer.log_dir or os.getcwd())
+
+    def on_test_start(self) -> None:
+        if self.trainer.is_global_zero:
+            check_can_write(self.resolved_results_dir(), self.overwrite_results)
+
+    def on_test_epoch_start(self) -> None:
+        self._test_names = list(self.test_set_roles())
+        self._stores = {name: self._new_store() for name in self._test_names}
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._store_batch(self._stores[self._test_names[dataloader_idx]], batch)
+
+    def on_test_epoch_end(self) -> None:
+        roles = self.test_set_roles()
+        collected = {name: self._stores[name].compute() for name in self._test_names if not self._stores[name].is_empty}
+        sets: dict[str, dict[str, Any]] = {}
+        for name, (member_probs, targets) in collected.items():
+            sets[name] = {"role": roles[name], **predictive_metrics(member_probs, targets)}
+        id_names = [n for n in collected if roles[n] == "id"]
+        for name in collected:
+            if roles[name] == "ood" and id_names:
+                sets[name].update(ood_metrics(collected[id_names[0]][0], collected[name][0]))
+        for name, metrics in sets.items():
+            scalars = {f"test/{name}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            self.log_dict(scalars, sync_dist=False, add_dataloader_idx=False)
+        self.test_results = self._results_document(sets)
+        self._write_test_outputs(collected)
+
+    def _results_document(self, sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        return {
+            "method": type(self).__name__,
+            "num_members": int(self.num_members),
+            "seed": int(seed) if seed is not None else None,
+            "datamodule": type(datamodule).__name__ if datamodule is not None else None,
+            "checkpoint": getattr(self.trainer, "ckpt_path", None),
+            "sets": sets,
+        }
+
+    @rank_zero_only
+    def _write_test_outputs(self, collected: dict[str, tuple[Tensor, Tensor]]) -> None:
+        results_dir = self.resolved_results_dir()
+        if self.save_predictions:
+            for name, (member_probs, targets) in collected.items():
+                write_predictions(results_dir, name, member_probs.cpu().numpy(), targets.cpu().numpy())
+        path = write_results(results_dir, self.test_results)
+        print(f"\n{type(self).__name__} (M={self.num_members}) results -> {path}\n{format_table(self.test_results['sets'])}\n")

@@ -1,0 +1,92 @@
+"""Result files: results.json, results.csv and predictions/<set>.npz, written atomically."""
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ensemble_lab.errors import EnsembleLabError
+
+TABLE_COLUMNS = ("acc", "nll", "brier", "ece", "entropy", "mi", "disagreement", "auroc_msp", "auroc_mi", "fpr95_msp")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_can_write(results_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace an earlier results.json unless ``overwrite`` is set."""
+    if (results_dir / "results.json").exists() and not overwrite:
+        raise EnsembleLabError(
+            f"{results_dir / 'results.json'} already exists; nothing was changed. "
+            "Pass --overwrite true to replace it, or test into another run directory."
+        )
+
+
+def _json_ready(value: Any) -> Any:
+    """NaN / inf become null so the file stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def write_results(results_dir: Path, results: dict[str, Any]) -> Path:
+    """Write results.json and results.csv (one row per test set, scalar metrics only)."""
+    results_dir = Path(results_dir)
+    atomic_write_bytes(results_dir / "results.json", json.dumps(_json_ready(results), indent=2).encode())
+    rows = [
+        {"set": name, **{k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}}
+        for name, metrics in results["sets"].items()
+    ]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(results_dir / "results.csv", buffer.getvalue().encode())
+    return results_dir / "results.json"
+
+
+def write_predictions(results_dir: Path, set_name: str, member_probs: np.ndarray, targets: np.ndarray) -> Path:
+    """predictions/<set>.npz with member_probs float32 (M, N, C) and targets int64 (N,)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, member_probs=member_probs.astype(np.float32), targets=targets.astype(np.int64))
+    path = Path(results_dir) / "predictions" / f"{set_name}.npz"
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def format_table(sets: dict[str, dict[str, Any]], columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
+    """A fixed-width text table, one row per test set; '-' where a metric does not apply."""
+    header = ["set", "role", *columns]
+    rows = []
+    for name, metrics in sets.items():
+        cells = [name, str(metrics.get("role", ""))]
+        for col in columns:
+            value = metrics.get(col)
+            cells.append("-" if value is None else f"{value:.4f}")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])

@@ -1,0 +1,44 @@
+"""A torchmetrics state that collects member probabilities of a whole evaluation set.
+
+Every metric of ensemble-lab (ECE, AUROC, diversity) needs the complete set, so the store keeps
+(M, N, C) probabilities on the device and, under DDP, gathers them from all ranks. The dataset
+index travels with each row so that samples duplicated by DistributedSampler padding are dropped.
+"""
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+
+class PredictionStore(Metric):
+    """Collects member probabilities (M, B, C), targets (B,) and dataset indices (B,)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        # member-major probabilities are stored sample-major (B, M, C) so "cat" joins along dim 0
+        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("targets", default=[], dist_reduce_fx="cat")
+        self.add_state("indices", default=[], dist_reduce_fx="cat")
+
+    def update(self, member_probs: Tensor, targets: Tensor, indices: Tensor) -> None:
+        """Add a batch: member_probs (M, B, C), targets (B,), indices (B,)."""
+        self.probs.append(member_probs.detach().transpose(0, 1).float())  # (B, M, C)
+        self.targets.append(targets.detach())
+        self.indices.append(indices.detach())
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """Member probabilities (M, N, C) and targets (N,), one row per dataset index, in index order."""
+        probs, targets, indices = (dim_zero_cat(s) for s in (self.probs, self.targets, self.indices))
+        order = torch.argsort(indices, stable=True)
+        indices, probs, targets = indices[order], probs[order], targets[order]
+        first = torch.ones_like(indices, dtype=torch.bool)
+        first[1:] = indices[1:] != indices[:-1]  # DistributedSampler pads by repeating samples
+        return probs[first].transpose(0, 1).contiguous(), targets[first]  # (M, N, C), (N,)
+
+    @property
+    def is_empty(self) -> bool:
+        """True before the first update (e.g. when no batch was run)."""
+        return len(self.probs) == 0

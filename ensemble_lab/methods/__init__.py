@@ -1,0 +1,9 @@
+"""The four methods. Each is a LightningModule with ``num_members`` and ``forward(x) -> (M, B, C)``."""
+
+from ensemble_lab.methods.base import EnsembleModule
+from ensemble_lab.methods.batch_ensemble import BatchEnsemble
+from ensemble_lab.methods.deep_ensemble import DeepEnsemble
+from ensemble_lab.methods.mc_dropout import MCDropout
+from ensemble_lab.methods.single import SingleModel
+
+__all__ = ["BatchEnsemble", "DeepEnsemble", "EnsembleModule", "MCDropout", "SingleModel"]

@@ -1,0 +1,106 @@
+"""EnsembleModule: what every method shares (tiling, training loop, optimizers, evaluation)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torch.nn import functional as F
+
+from ensemble_lab.evaluation import UncertaintyEvalMixin
+from ensemble_lab.nn import LayerFactory, build_backbone, tile_members
+from ensemble_lab.nn.batch_linear import check_num_members
+from ensemble_lab.nn.dropout import check_dropout_p
+
+
+class EnsembleModule(UncertaintyEvalMixin, L.LightningModule):
+    """Base of every method. ``forward(x)`` returns member logits (M, B, C).
+
+    A subclass says how its members are formed (``layer_factory``) and, if it differs from the
+    default, how they are trained (``training_logits``, ``training_loss``, ``parameter_groups``).
+    """
+
+    def __init__(
+        self,
+        num_members: int = 4,
+        backbone: str = "mlp",
+        hidden_sizes: Sequence[int] = (64, 32, 16),
+        width: int = 64,
+        dropout: float = 0.0,
+        num_classes: int = 10,
+        input_shape: Sequence[int] = (1, 8, 8),
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        """
+        Args:
+            num_members: number of ensemble members M (MC Dropout: number of test-time samples).
+            backbone: network architecture: "mlp" or "resnet18".
+            hidden_sizes: hidden layer widths of the "mlp" backbone.
+            width: channels of the first stage of the "resnet18" backbone (64 in the paper).
+            dropout: dropout probability in the backbone, in [0, 1); 0 builds no dropout layers.
+            num_classes: number of classes; linked from the datamodule by the CLI.
+            input_shape: shape of one input image (C, H, W); linked from the datamodule by the CLI.
+            optimizer: optimizer class and its options, e.g. ``--model.optimizer SGD --model.optimizer.lr 0.05``.
+            lr_scheduler: optional learning-rate scheduler, stepped once per epoch.
+        """
+        super().__init__()
+        check_num_members(num_members)
+        check_dropout_p(dropout, "model.dropout")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.num_members = num_members
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        options = dict(hidden_sizes=tuple(hidden_sizes), width=width, dropout=dropout)
+        self.network = build_backbone(backbone, self.layer_factory(), tuple(input_shape), num_classes, **options)
+
+    def layer_factory(self) -> LayerFactory:
+        """The layers this method builds its backbone from."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images (B, ...) -> member logits (M, B, C); the batch is tiled member-major inside."""
+        batch = x.shape[0]
+        logits = self.network(tile_members(x, self.num_members))  # (M*B, C)
+        return logits.view(self.num_members, batch, -1)  # (M, B, C)
+
+    # ---- training --------------------------------------------------------------------------------
+    def training_logits(self, x: Tensor) -> Tensor:
+        """Member logits used for the training loss (default: all members, as at test time)."""
+        return self(x)
+
+    def training_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy averaged over members and rows (targets are tiled with the batch)."""
+        m, b, c = logits.shape
+        return F.cross_entropy(logits.reshape(m * b, c), targets.repeat(m))  # (M*B, C) vs (M*B,)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images, targets = batch[0], batch[1]
+        logits = self.training_logits(images)  # (M, B, C)
+        loss = self.training_loss(logits, targets)
+        with torch.no_grad():
+            acc = (logits.softmax(-1).mean(0).argmax(-1) == targets).float().mean()
+        # on_step values reach the logger every log_every_n_steps; nothing here syncs with the host
+        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        self.log("train/acc", acc, on_step=False, on_epoch=True)
+        return loss
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Member probabilities (M, B, C)."""
+        return torch.softmax(self(batch[0]).float(), dim=-1)
+
+    # ---- optimisation -----------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups given to the optimizer (one group by default)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def adjust_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Hook to change per-group options after the optimizer was built (before the scheduler)."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameter_groups())
+        self.adjust_optimizer(optimizer)
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "epoch"}}

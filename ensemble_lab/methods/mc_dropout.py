@@ -1,0 +1,27 @@
+"""Monte Carlo Dropout: one network, dropout kept on at test time, M samples in one batched pass."""
+
+from torch import Tensor
+
+from ensemble_lab.errors import ConfigError
+from ensemble_lab.methods.base import EnsembleModule
+from ensemble_lab.nn import LayerFactory, plain_layers
+
+
+class MCDropout(EnsembleModule):
+    """Trained as one dropout network; at test the batch is tiled M times, each copy its own masks."""
+
+    def __init__(self, dropout: float = 0.1, **kwargs) -> None:
+        """
+        Args:
+            dropout: dropout probability, in (0, 1); it stays active at test time (PAPER.md: 0.1).
+        """
+        if dropout == 0:
+            raise ConfigError("MCDropout needs model.dropout > 0 (it stays on at test time); got 0")
+        super().__init__(dropout=dropout, **kwargs)
+
+    def layer_factory(self) -> LayerFactory:
+        return plain_layers(mc_dropout=True)
+
+    def training_logits(self, x: Tensor) -> Tensor:
+        """One dropout sample per image in training, as for an ordinary dropout network."""
+        return self.network(x).unsqueeze(0)  # (1, B, C)

@@ -1,0 +1,25 @@
+"""Layers and backbones. Every layer consumes member-major rows (M*B, ...)."""
+
+from ensemble_lab.nn.backbones import BACKBONES, build_backbone
+from ensemble_lab.nn.batch_linear import BatchLinear
+from ensemble_lab.nn.dropout import AlwaysOnDropout, AlwaysOnDropout2d
+from ensemble_lab.nn.ensemble_linear import EnsembleLinear
+from ensemble_lab.nn.factories import LayerFactory, batch_ensemble_layers, deep_ensemble_layers, plain_layers
+from ensemble_lab.nn.members import rows_per_member, tile_members
+from ensemble_lab.nn.mlp import mlp
+
+__all__ = [
+    "BACKBONES",
+    "BatchLinear",
+    "EnsembleLinear",
+    "LayerFactory",
+    "AlwaysOnDropout",
+    "AlwaysOnDropout2d",
+    "batch_ensemble_layers",
+    "build_backbone",
+    "deep_ensemble_layers",
+    "mlp",
+    "plain_layers",
+    "rows_per_member",
+    "tile_members",
+]

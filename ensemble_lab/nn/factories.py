@@ -1,0 +1,66 @@
+"""Layer factories: how each method builds the layers of a backbone.
+
+A backbone is written once against a LayerFactory; the factory decides whether a "linear" is a
+plain nn.Linear (single model, MC Dropout), a rank-1 BatchLinear (BatchEnsemble) or M independent
+EnsembleLinear weights (Deep Ensemble). Every layer consumes member-major rows (M*B, ...).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from torch import nn
+
+from ensemble_lab.nn.batch_linear import BatchLinear, check_num_members
+from ensemble_lab.nn.dropout import AlwaysOnDropout, AlwaysOnDropout2d
+from ensemble_lab.nn.ensemble_linear import EnsembleLinear
+
+
+@dataclass(frozen=True)
+class LayerFactory:
+    """The layer constructors one method uses; see the module docstring."""
+
+    num_members: int
+    linear: Callable[..., nn.Module]  # linear(in_features, out_features, bias=True)
+    conv2d: Callable[..., nn.Module]  # conv2d(in_ch, out_ch, kernel_size, stride=1, padding=0, bias=False)
+    norm2d: Callable[[int], nn.Module]  # norm2d(channels)
+    dropout: Callable[[float], nn.Module] = nn.Dropout
+    dropout2d: Callable[[float], nn.Module] = nn.Dropout2d
+
+
+def plain_layers(num_members: int = 1, mc_dropout: bool = False) -> LayerFactory:
+    """Ordinary torch layers; with ``mc_dropout`` the dropout layers stay on at test time."""
+    check_num_members(num_members)
+    return LayerFactory(
+        num_members=num_members,
+        linear=nn.Linear,
+        conv2d=nn.Conv2d,
+        norm2d=nn.BatchNorm2d,
+        dropout=AlwaysOnDropout if mc_dropout else nn.Dropout,
+        dropout2d=AlwaysOnDropout2d if mc_dropout else nn.Dropout2d,
+    )
+
+
+def batch_ensemble_layers(num_members: int, fast_weight_init: str = "normal", fast_weight_std: float = 0.5) -> LayerFactory:
+    """Rank-1 BatchLinear / BatchConv2d with a shared weight; BatchNorm shared by the members."""
+    from ensemble_lab.nn.batch_conv import BatchConv2d
+
+    fast = dict(num_members=num_members, fast_weight_init=fast_weight_init, fast_weight_std=fast_weight_std)
+    return LayerFactory(
+        num_members=num_members,
+        linear=partial(BatchLinear, **fast),
+        conv2d=partial(BatchConv2d, **fast),
+        norm2d=nn.BatchNorm2d,
+    )
+
+
+def deep_ensemble_layers(num_members: int) -> LayerFactory:
+    """M independent weights (and BatchNorm statistics) per layer, evaluated in one op."""
+    from ensemble_lab.nn.ensemble_conv import EnsembleBatchNorm2d, EnsembleConv2d
+
+    return LayerFactory(
+        num_members=num_members,
+        linear=partial(EnsembleLinear, num_members=num_members),
+        conv2d=partial(EnsembleConv2d, num_members=num_members),
+        norm2d=partial(EnsembleBatchNorm2d, num_members=num_members),
+    )
