@@ -5,11 +5,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ensemble_lab import __version__
 from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import EnsembleLabError
+from ensemble_lab.evaluation.results import check_can_write
 from ensemble_lab.methods.base import EnsembleModule
 
 #: subcommands that are not LightningCLI's: name -> (handler(argv), one-line help)
@@ -32,6 +34,9 @@ class EnsembleLabCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Always checkpoint: last.ckpt exists for every run (resume with --ckpt_path last).
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
         parser.add_argument(
@@ -65,6 +70,8 @@ class EnsembleLabCLI(LightningCLI):
 
     def before_test(self) -> None:
         self._configure_outputs(self._subcommand_config().get("ckpt_path"))
+        if self.model.results_dir is not None:  # fail before any work, not after the evaluation
+            check_can_write(Path(self.model.results_dir), self.model.overwrite_results)
 
     def before_fit(self) -> None:
         self._configure_outputs(None)
@@ -107,8 +114,20 @@ def main(args: Sequence[str] | None = None) -> None:
             EXTRA_SUBCOMMANDS[argv[0]][0](argv[1:])
         else:
             EnsembleLabCLI(args=argv)
-    except EnsembleLabError as error:
-        if os.environ.get("ENSEMBLE_LAB_DEBUG"):
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None or os.environ.get("ENSEMBLE_LAB_DEBUG"):
             raise
-        print(f"ensemble-lab: error: {error}", file=sys.stderr)
+        print(f"ensemble-lab: error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def find_user_error(error: BaseException) -> EnsembleLabError | None:
+    """The EnsembleLabError behind ``error`` (jsonargparse and Lightning wrap exceptions), if any."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, EnsembleLabError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

@@ -1,8 +1,10 @@
 """Layers and backbones. Every layer consumes member-major rows (M*B, ...)."""
 
 from ensemble_lab.nn.backbones import BACKBONES, build_backbone
+from ensemble_lab.nn.batch_conv import BatchConv2d
 from ensemble_lab.nn.batch_linear import BatchLinear
 from ensemble_lab.nn.dropout import AlwaysOnDropout, AlwaysOnDropout2d
+from ensemble_lab.nn.ensemble_conv import EnsembleBatchNorm2d, EnsembleConv2d
 from ensemble_lab.nn.ensemble_linear import EnsembleLinear
 from ensemble_lab.nn.factories import LayerFactory, batch_ensemble_layers, deep_ensemble_layers, plain_layers
 from ensemble_lab.nn.members import rows_per_member, tile_members
@@ -10,7 +12,10 @@ from ensemble_lab.nn.mlp import mlp
 
 __all__ = [
     "BACKBONES",
+    "BatchConv2d",
     "BatchLinear",
+    "EnsembleBatchNorm2d",
+    "EnsembleConv2d",
     "EnsembleLinear",
     "LayerFactory",
     "AlwaysOnDropout",

@@ -7,11 +7,10 @@ from torch import nn
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.factories import LayerFactory
 from ensemble_lab.nn.mlp import mlp
+from ensemble_lab.nn.resnet import resnet18
 
 
 def _resnet18(layers: LayerFactory, input_shape: Sequence[int], num_classes: int, width: int, dropout: float, **_) -> nn.Module:
-    from ensemble_lab.nn.resnet import resnet18
-
     return resnet18(layers, tuple(input_shape), num_classes, width=width, dropout=dropout)
 
 

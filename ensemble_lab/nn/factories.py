@@ -11,8 +11,10 @@ from functools import partial
 
 from torch import nn
 
+from ensemble_lab.nn.batch_conv import BatchConv2d
 from ensemble_lab.nn.batch_linear import BatchLinear, check_num_members
 from ensemble_lab.nn.dropout import AlwaysOnDropout, AlwaysOnDropout2d
+from ensemble_lab.nn.ensemble_conv import EnsembleBatchNorm2d, EnsembleConv2d
 from ensemble_lab.nn.ensemble_linear import EnsembleLinear
 
 
@@ -43,8 +45,6 @@ def plain_layers(num_members: int = 1, mc_dropout: bool = False) -> LayerFactory
 
 def batch_ensemble_layers(num_members: int, fast_weight_init: str = "normal", fast_weight_std: float = 0.5) -> LayerFactory:
     """Rank-1 BatchLinear / BatchConv2d with a shared weight; BatchNorm shared by the members."""
-    from ensemble_lab.nn.batch_conv import BatchConv2d
-
     fast = dict(num_members=num_members, fast_weight_init=fast_weight_init, fast_weight_std=fast_weight_std)
     return LayerFactory(
         num_members=num_members,
@@ -56,8 +56,6 @@ def batch_ensemble_layers(num_members: int, fast_weight_init: str = "normal", fa
 
 def deep_ensemble_layers(num_members: int) -> LayerFactory:
     """M independent weights (and BatchNorm statistics) per layer, evaluated in one op."""
-    from ensemble_lab.nn.ensemble_conv import EnsembleBatchNorm2d, EnsembleConv2d
-
     return LayerFactory(
         num_members=num_members,
         linear=partial(EnsembleLinear, num_members=num_members),

@@ -1,0 +1,182 @@
+"""M independent convolutions and batch norms over member-major rows (the Deep Ensemble layers).
+
+Both layers move the members from the row axis into the channel axis, (M*B, C, H, W) ->
+(B, M*C, H, W), so that one grouped convolution (groups=M) or one batch norm over M*C channels
+computes every member at once. On CPU for ResNet-18 shapes, the grouped convolution ran as fast
+as torch.vmap over F.conv2d (which lowers to the same kernel) and 2-3x faster than unfold + bmm
+on the 3x3 convs (unfold + bmm only won on the 1x1 shortcuts, a small share of the work).
+"""
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ensemble_lab.nn.batch_linear import check_num_members
+from ensemble_lab.nn.members import rows_per_member
+
+IntOrPair = int | tuple[int, int]
+
+
+def members_to_channels(x: Tensor, num_members: int) -> Tensor:
+    """(M*B, C, H, W) member-major rows -> (B, M*C, H, W), member m in channels [m*C, (m+1)*C)."""
+    b = rows_per_member(x.shape[0], num_members)
+    x = x.view(num_members, b, *x.shape[1:])  # (M, B, C, H, W)
+    return x.transpose(0, 1).reshape(b, -1, *x.shape[-2:])  # (B, M*C, H, W)
+
+
+def channels_to_members(x: Tensor, num_members: int) -> Tensor:
+    """(B, M*C, H, W) -> (M*B, C, H, W) member-major rows; inverse of ``members_to_channels``."""
+    b, mc, h, w = x.shape
+    x = x.view(b, num_members, mc // num_members, h, w)  # (B, M, C, H, W)
+    return x.transpose(0, 1).reshape(num_members * b, mc // num_members, h, w)  # (M*B, C, H, W)
+
+
+def _flat(t: Tensor | None) -> Tensor | None:
+    """(M, C) -> (M*C,) as a view, so F.batch_norm's in-place running-stat updates reach the buffer."""
+    return None if t is None else t.view(-1)
+
+
+class EnsembleConv2d(nn.Module):
+    """M independent 2-D convolutions; member i uses ``weight[i]`` (and ``bias[i]``) on its rows."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        num_members: int,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        bias: bool = False,
+    ) -> None:
+        """
+        Args:
+            in_channels: channels of each input row.
+            out_channels: channels of each output row.
+            kernel_size: height and width of the kernel (int or pair).
+            num_members: number of independent members M.
+            stride: stride of the convolution (int or pair).
+            padding: zero padding on each side (int or pair).
+            bias: give every member a bias vector (out_channels,).
+        """
+        super().__init__()
+        check_num_members(num_members)
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.in_channels, self.out_channels, self.num_members = in_channels, out_channels, num_members
+        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.weight = nn.Parameter(torch.empty(num_members, out_channels, in_channels, kh, kw))
+        self.bias = nn.Parameter(torch.empty(num_members, out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Each member drawn independently from nn.Conv2d's default init."""
+        for i in range(self.num_members):  # init only: each slice gets nn.Conv2d's fan-in
+            nn.init.kaiming_uniform_(self.weight[i], a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(M*B, in_channels, H, W) member-major rows -> (M*B, out_channels, H', W')."""
+        m = self.num_members
+        weight = self.weight.flatten(0, 1)  # (M*Cout, Cin, kh, kw)
+        bias = None if self.bias is None else self.bias.flatten()  # (M*Cout,)
+        x = members_to_channels(x, m)  # (B, M*Cin, H, W)
+        # groups=M: output channels [m*Cout, (m+1)*Cout) see only input channels [m*Cin, (m+1)*Cin).
+        y = F.conv2d(x, weight, bias, self.stride, self.padding, groups=m)  # (B, M*Cout, H', W')
+        return channels_to_members(y, m)  # (M*B, Cout, H', W')
+
+    def member_weight(self, i: int) -> Tensor:
+        """Member i's weight (out_channels, in_channels, kh, kw)."""
+        return self.weight[i]
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"num_members={self.num_members}, stride={self.stride}, padding={self.padding}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+class EnsembleBatchNorm2d(nn.Module):
+    """M independent nn.BatchNorm2d: per-member batch statistics, running statistics and affine.
+
+    Parameters and buffers have shape (M, C); row m holds what member m's own BatchNorm2d would.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_members: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        """
+        Args:
+            num_features: channels C of each row.
+            num_members: number of independent members M.
+            eps: added to the variance for numerical stability.
+            momentum: weight of the new batch in the running statistics; None for a cumulative average.
+            affine: learn a per-member scale and shift.
+            track_running_stats: keep running statistics for eval; if False, eval uses batch statistics.
+        """
+        super().__init__()
+        check_num_members(num_members)
+        self.num_features, self.num_members = num_features, num_members
+        self.eps, self.momentum = eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        shape = (num_members, num_features)
+        self.weight = nn.Parameter(torch.ones(shape)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(shape)) if affine else None
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(shape))
+            self.register_buffer("running_var", torch.ones(shape))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1, no batches seen."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """Running statistics and affine parameters back to nn.BatchNorm2d's initial values."""
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(M*B, C, H, W) member-major rows -> (M*B, C, H, W), each member normalised on its own."""
+        m = self.num_members
+        update = self.training and self.track_running_stats
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if update:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or not self.track_running_stats
+        y = F.batch_norm(
+            members_to_channels(x, m),  # (B, M*C, H, W): stats over (B, H, W) per member and channel
+            _flat(self.running_mean),
+            _flat(self.running_var),
+            _flat(self.weight),
+            _flat(self.bias),
+            use_batch_stats,
+            momentum,
+            self.eps,
+        )
+        return channels_to_members(y, m)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, num_members={self.num_members}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+        )

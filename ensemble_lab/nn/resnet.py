@@ -1,0 +1,99 @@
+"""CIFAR-style ResNet-18 (PAPER.md, Recipe), built from a LayerFactory.
+
+Every conv, norm, linear and dropout comes from the factory, so this one definition is the single
+model, BatchEnsemble, Deep Ensemble and MC Dropout network. Input and output are member-major rows.
+"""
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ensemble_lab.errors import ConfigError
+from ensemble_lab.nn.factories import LayerFactory
+
+
+class BasicBlock(nn.Module):
+    """conv3x3 -> norm -> ReLU [-> dropout2d] -> conv3x3 -> norm, plus shortcut, then ReLU."""
+
+    def __init__(self, layers: LayerFactory, in_channels: int, out_channels: int, stride: int, dropout: float) -> None:
+        """
+        Args:
+            layers: the method's layer factory.
+            in_channels: channels entering the block.
+            out_channels: channels leaving the block.
+            stride: stride of the first conv (2 halves the resolution).
+            dropout: Dropout2d probability after the first conv's norm; 0 builds none.
+        """
+        super().__init__()
+        self.conv1 = layers.conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = layers.norm2d(out_channels)
+        self.dropout = layers.dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = layers.conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = layers.norm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:  # identity no longer fits: project with 1x1 conv + norm
+            self.shortcut = nn.Sequential(
+                layers.conv2d(in_channels, out_channels, 1, stride=stride, padding=0, bias=False),
+                layers.norm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.dropout(F.relu(self.bn1(self.conv1(x))))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """Stem conv3x3 (stride 1, no max-pool) -> 4 stages of 2 BasicBlocks -> global avg pool -> linear."""
+
+    def __init__(self, layers: LayerFactory, in_channels: int, num_classes: int, width: int, dropout: float) -> None:
+        """
+        Args:
+            layers: the method's layer factory.
+            in_channels: channels of the input images.
+            num_classes: number of output logits.
+            width: channels of the first stage; stages use width * (1, 2, 4, 8).
+            dropout: MC Dropout probability inside every block and before the linear; 0 builds none.
+        """
+        super().__init__()
+        self.conv1 = layers.conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = layers.norm2d(width)
+        blocks, channels = [], width
+        for stage, mult in enumerate((1, 2, 4, 8)):
+            stride = 1 if stage == 0 else 2
+            for i in range(2):
+                blocks.append(BasicBlock(layers, channels, width * mult, stride if i == 0 else 1, dropout))
+                channels = width * mult
+        self.blocks = nn.Sequential(*blocks)
+        self.dropout = layers.dropout(dropout) if dropout > 0 else nn.Identity()
+        self.linear = layers.linear(channels, num_classes, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(M*B, C, H, W) member-major rows -> (M*B, num_classes) logits."""
+        out = self.blocks(F.relu(self.bn1(self.conv1(x))))  # (M*B, 8*width, H/8, W/8)
+        out = out.mean(dim=(2, 3))  # (M*B, 8*width): global average pool
+        return self.linear(self.dropout(out))
+
+
+def resnet18(
+    layers: LayerFactory,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    width: int = 64,
+    dropout: float = 0.0,
+) -> ResNet18:
+    """CIFAR-style ResNet-18; 11,173,962 parameters with plain layers, width 64, 10 classes.
+
+    Args:
+        layers: the method's layer factory.
+        input_shape: shape of one input (C, H, W); H and W are free thanks to the global pool.
+        num_classes: number of output logits.
+        width: channels of the first stage (64 in the paper).
+        dropout: MC Dropout probability (Dropout2d in every block, Dropout before the linear); 0 builds none.
+    """
+    if len(input_shape) != 3:
+        raise ConfigError(f"resnet18 needs input_shape (C, H, W), got {tuple(input_shape)}")
+    if width < 1:
+        raise ConfigError(f"width must be >= 1, got {width}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+    return ResNet18(layers, input_shape[0], num_classes, width, dropout)

@@ -1,0 +1,39 @@
+"""Shared fixtures: run the real CLI inside a temporary directory."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ensemble_lab.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+#: trainer options that keep an end-to-end CLI run to a few seconds
+TINY_TRAINER = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.accelerator=cpu",
+]
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Run directories (lightning_logs/version_N) below ``root``, oldest first."""
+    return sorted((root / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def read_results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """Call ``main(args)`` with the working directory (and so lightning_logs/) in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> None:
+        main(list(args))
+
+    return run

@@ -1,0 +1,125 @@
+"""The real CLI end to end on digits: fit, then test, for every method."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble_lab.evaluation.metrics import ood_metrics, predictive_metrics
+from tests.conftest import REPO, TINY_TRAINER, read_results, run_dirs
+
+SET_KEYS = {"role", "acc", "nll", "brier", "ece", "entropy", "expected_entropy", "mi", "disagreement", "member_acc"}
+OOD_KEYS = {f"{m}_{s}" for m in ("auroc", "aupr", "fpr95") for s in ("msp", "entropy", "mi")}
+ROLES = {"digits": "id", "digits_shifted": "shift", "photo_patches": "ood"}
+
+
+def check_results(results: dict, method: str, members: int) -> None:
+    assert results["method"] == method and results["num_members"] == members
+    assert results["seed"] == 7 and results["datamodule"] == "DigitsDataModule"
+    assert {name: s["role"] for name, s in results["sets"].items()} == ROLES
+    for name, metrics in results["sets"].items():
+        assert SET_KEYS <= metrics.keys(), name
+        assert (OOD_KEYS <= metrics.keys()) == (metrics["role"] == "ood"), name
+        for key in ("acc", "ece", "disagreement"):
+            assert 0.0 <= metrics[key] <= 1.0, (name, key)
+        assert metrics["nll"] > 0 and 0 <= metrics["brier"] <= 2
+        assert metrics["mi"] >= 0 and metrics["entropy"] <= np.log(10) + 1e-6
+        assert len(metrics["member_acc"]) == members
+        if members == 1:
+            assert metrics["mi"] == pytest.approx(0, abs=1e-6) and metrics["disagreement"] == 0
+    for key in OOD_KEYS:
+        assert 0.0 <= results["sets"]["photo_patches"][key] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method,members",
+    [("SingleModel", 1), ("BatchEnsemble", 4), ("DeepEnsemble", 3), ("MCDropout", 3)],
+)
+def test_fit_then_test_end_to_end(cli, tmp_path, method, members):
+    member_args = [] if method == "SingleModel" else [f"--model.num_members={members}"]
+    cli("fit", f"--model={method}", "--data=DigitsDataModule", "--seed_everything=7", *member_args, *TINY_TRAINER)
+    (fit_run,) = run_dirs(tmp_path)
+    check_results(read_results(fit_run), method, members)
+    assert (fit_run / "config.yaml").exists() and (fit_run / "results.csv").exists()
+    assert (fit_run / "checkpoints" / "last.ckpt").exists()
+    assert list(fit_run.glob("events.out.tfevents.*")), "TensorBoard logs missing"
+
+    # test writes into the checkpoint's run: refuses to replace results.json without --overwrite
+    ckpt = str(fit_run / "checkpoints" / "last.ckpt")
+    test_args = ["test", "--config", str(fit_run / "config.yaml"), f"--ckpt_path={ckpt}", "--save_predictions=true"]
+    with pytest.raises(SystemExit) as refused:
+        cli(*test_args)
+    assert refused.value.code == 2
+    before = (fit_run / "results.json").read_text()
+    cli(*test_args, "--overwrite=true")
+    results = read_results(fit_run)
+    check_results(results, method, members)
+    if method != "MCDropout":  # MC Dropout draws new masks on every run
+        assert json.loads(before)["sets"]["digits"]["acc"] == results["sets"]["digits"]["acc"]
+
+    # saved predictions reproduce every reported number
+    for name, role in ROLES.items():
+        saved = np.load(fit_run / "predictions" / f"{name}.npz")
+        probs, targets = saved["member_probs"], saved["targets"]
+        assert probs.dtype == np.float32 and targets.dtype == np.int64
+        assert probs.shape == (members, len(targets), 10)
+        np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-5)
+        recomputed = predictive_metrics(torch.from_numpy(probs), torch.from_numpy(targets))
+        for key in ("acc", "nll", "ece", "mi", "disagreement"):
+            assert recomputed[key] == pytest.approx(results["sets"][name][key], abs=1e-6), (name, key)
+    id_probs = torch.from_numpy(np.load(fit_run / "predictions" / "digits.npz")["member_probs"])
+    ood_probs = torch.from_numpy(np.load(fit_run / "predictions" / "photo_patches.npz")["member_probs"])
+    recomputed = ood_metrics(id_probs, ood_probs)
+    assert recomputed["auroc_mi"] == pytest.approx(results["sets"]["photo_patches"]["auroc_mi"], abs=1e-6)
+
+
+def test_version_and_help(capsys):
+    from ensemble_lab.cli import main
+
+    main(["--version"])
+    assert capsys.readouterr().out.startswith("ensemble-lab 0.")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for option in ("--test_after_fit", "--save_predictions", "--overwrite", "--checkpoint.every_n_train_steps"):
+        assert option in help_text
+
+
+def test_model_help_comes_from_docstrings(cli, capsys):
+    with pytest.raises(SystemExit):
+        cli("fit", "--model=BatchEnsemble", "--help")
+    # The subclass help is shown with --model.help
+    with pytest.raises(SystemExit):
+        cli("fit", "--model.help=BatchEnsemble")
+    text = capsys.readouterr().out
+    assert "fast_weight_init" in text and "number of ensemble members M" in text
+
+
+def test_print_config_lists_linked_and_default_options(cli, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli("fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--print_config")
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "class_path: ensemble_lab.methods.BatchEnsemble" in text or "BatchEnsemble" in text
+    assert "num_members: 4" in text
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model=NoSuchMethod", "--data=DigitsDataModule"], "NoSuchMethod"),
+        (["--model=BatchEnsemble", "--data=NoSuchData"], "NoSuchData"),
+        (["--model=BatchEnsemble", "--model.num_members=0", "--data=DigitsDataModule"], "num_members must be an integer >= 1"),
+        (["--model=MCDropout", "--model.dropout=1.5", "--data=DigitsDataModule"], r"dropout must be in \[0, 1\)"),
+    ],
+)
+def test_bad_input_exits_with_a_clear_message(cli, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli("fit", *args, *TINY_TRAINER)
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert message.replace("\\", "") in err.replace("\\", "") or __import__("re").search(message, err), err[-2000:]
+    assert "Traceback" not in err
