@@ -2,6 +2,7 @@
 
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -98,9 +99,20 @@ def _print_usage() -> None:
         print(f"  {name:<30} {help_text}")
 
 
+def quiet_known_warnings() -> None:
+    """Silence warnings that are noise for ensemble-lab users (they say nothing about their run)."""
+    # in-memory uint8 tensors need no loader workers; Lightning suggests them for every loader
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # a Lightning / torch version mismatch notice, printed once per loop
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # main(args) is the documented way to call the CLI from Python (tests, `ensemble-lab study`)
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``ensemble-lab`` and ``python -m ensemble_lab``; ``args`` defaults to sys.argv[1:]."""
     argv = list(sys.argv[1:] if args is None else args)
+    quiet_known_warnings()
     if argv[:1] in (["--version"], ["-V"]):
         print(f"ensemble-lab {__version__}")
         return

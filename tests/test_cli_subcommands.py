@@ -1,0 +1,25 @@
+"""validate, predict and `python -m ensemble_lab`: the other LightningCLI subcommands work too."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, TINY_TRAINER, run_dirs
+
+
+@pytest.mark.slow
+def test_validate_and_predict_from_a_checkpoint(cli, tmp_path, capsys):
+    cli("fit", "--model=BatchEnsemble", "--model.num_members=2", "--data=DigitsDataModule", "--test_after_fit=false", *TINY_TRAINER)
+    (run,) = run_dirs(tmp_path)
+    assert not (run / "results.json").exists(), "--test_after_fit false must skip the evaluation"
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    config = str(run / "config.yaml")
+    cli("validate", "--config", config, f"--ckpt_path={ckpt}")
+    assert "val/acc" in capsys.readouterr().out
+    cli("predict", "--config", config, f"--ckpt_path={ckpt}")
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "ensemble_lab", "--version"], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.startswith("ensemble-lab ")
