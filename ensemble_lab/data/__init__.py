@@ -1,6 +1,15 @@
 """Datasets as in-memory uint8 tensors, and the datamodules that serve them."""
 
 from ensemble_lab.data.base import EnsembleDataModule, IndexedImages, LabeledImages
+from ensemble_lab.data.cifar10 import CIFAR10DataModule
 from ensemble_lab.data.digits import DigitsDataModule
+from ensemble_lab.data.mnist import MNISTDataModule
 
-__all__ = ["DigitsDataModule", "EnsembleDataModule", "IndexedImages", "LabeledImages"]
+__all__ = [
+    "CIFAR10DataModule",
+    "DigitsDataModule",
+    "EnsembleDataModule",
+    "IndexedImages",
+    "LabeledImages",
+    "MNISTDataModule",
+]

@@ -3,12 +3,31 @@
 from torch import Tensor
 from torch.nn import functional as F
 
+from ensemble_lab.errors import ConfigError
+from ensemble_lab.methods.assemble import load_member_checkpoints
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.nn import LayerFactory, deep_ensemble_layers
 
 
 class DeepEnsemble(EnsembleModule):
     """M independent members; every layer holds M weights and runs them in one op."""
+
+    def __init__(self, member_checkpoints: list[str] | None = None, **kwargs) -> None:
+        """
+        Args:
+            member_checkpoints: assemble the ensemble from SingleModel checkpoints trained as separate
+                runs (own seeds and data orders): member i gets checkpoint i's weights and BatchNorm
+                statistics, and num_members becomes the list's length. Meant for ``test`` without
+                --ckpt_path: ``--model.member_checkpoints [a.ckpt,b.ckpt,c.ckpt]``.
+        """
+        if member_checkpoints is not None:
+            if not member_checkpoints:
+                raise ConfigError("model.member_checkpoints is empty; give one SingleModel checkpoint per member")
+            kwargs["num_members"] = len(member_checkpoints)
+        super().__init__(**kwargs)
+        self.member_checkpoints = None if member_checkpoints is None else list(member_checkpoints)
+        if self.member_checkpoints:
+            load_member_checkpoints(self.network, dict(self.hparams), self.member_checkpoints)
 
     def layer_factory(self) -> LayerFactory:
         return deep_ensemble_layers(self.num_members)

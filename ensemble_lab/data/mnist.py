@@ -1,0 +1,106 @@
+"""MNIST with MNIST-C and rotated digits as shift sets and FashionMNIST as the OOD set (the MLP study)."""
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from ensemble_lab.data import download as dl
+from ensemble_lab.data.base import EnsembleDataModule, LabeledImages
+from ensemble_lab.data.native import check_choices, idx_files, labeled, require_files
+from ensemble_lab.data.readers import MNIST_C_CORRUPTIONS, read_fashion_mnist, read_mnist, read_mnist_c
+
+
+def rotate(images: Tensor, degrees: float) -> Tensor:
+    """Rotate uint8 images (N, C, H, W) counter-clockwise (as displayed) about their centre; bilinear, zero fill."""
+    n = images.shape[0]
+    angle = math.radians(degrees)
+    cos, sin = math.cos(angle), math.sin(angle)
+    # affine_grid maps each output pixel to the input point it samples, in (x right, y down) coordinates;
+    # with y pointing down, this matrix turns the content counter-clockwise as displayed
+    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]]).expand(n, 2, 3)  # (N, 2, 3)
+    x = images.float()
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (N, H, W, 2)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+class MNISTDataModule(EnsembleDataModule):
+    """MNIST for the MLP study (PAPER.md), read from its native files under ``data_dir``.
+
+    Test sets: ``mnist`` (id, the 10,000 test digits), ``mnist_c`` (shift: the chosen MNIST-C
+    corruptions pooled; off with ``mnist_c: false``), ``rotated_mnist`` (shift: the MNIST test digits
+    rotated by ``rotation_degrees``, made here, no download) and ``fashion_mnist`` (ood, its test
+    split; labels are clothing classes, unrelated to digits). Every set is normalised with MNIST's
+    mean and std, as the network sees them. No augmentation: crops and flips change digits.
+    """
+
+    num_classes = 10
+    input_shape = (1, 28, 28)
+    mean = (0.1307,)
+    std = (0.3081,)
+    crop_padding = None  # the study trains on plain digits; a flipped 2 or 5 is not a 2 or 5
+    flip = False
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        download: bool = False,
+        batch_size: int = 128,
+        val_size: int = 5000,
+        mnist_c: bool = True,
+        corruptions: Sequence[str] = MNIST_C_CORRUPTIONS,
+        rotation_degrees: float = 45.0,
+        **kwargs,
+    ) -> None:
+        """
+        Args:
+            data_dir: root holding MNIST/raw/, FashionMNIST/raw/ and mnist_c/ (created by download).
+            download: fetch missing MNIST, FashionMNIST and (if mnist_c) MNIST-C files first.
+            batch_size: training batch size in unique images (each member sees all of them).
+            val_size: training images held out of MNIST's 60,000 for validation (never the test set).
+            mnist_c: evaluate the ``mnist_c`` shift set; turn off if you have no MNIST-C files.
+            corruptions: MNIST-C corruptions pooled into ``mnist_c`` (default: all 15 of PAPER.md).
+            rotation_degrees: angle by which every test digit of ``rotated_mnist`` is turned counter-clockwise.
+        """
+        super().__init__(batch_size=batch_size, val_size=val_size, **kwargs)
+        self.corruptions = check_choices("data.corruptions", corruptions, MNIST_C_CORRUPTIONS, "MNIST-C corruption")
+        self.data_dir, self.download = Path(data_dir).expanduser(), download
+        self.mnist_c, self.rotation_degrees = mnist_c, rotation_degrees
+
+    @property
+    def test_set_roles(self) -> dict[str, str]:
+        roles = {"mnist": "id", "mnist_c": "shift", "rotated_mnist": "shift", "fashion_mnist": "ood"}
+        if not self.mnist_c:
+            del roles["mnist_c"]
+        return roles
+
+    def prepare_data(self) -> None:
+        """Download what is missing (``download``), then check every file exists before any training."""
+        if self.download:
+            dl.download_mnist(self.data_dir)
+            dl.download_fashion_mnist(self.data_dir)
+            if self.mnist_c:
+                dl.download_mnist_c(self.data_dir)
+        expected = idx_files(self.data_dir / "MNIST" / "raw", "MNIST")
+        expected += idx_files(self.data_dir / "FashionMNIST" / "raw", "FashionMNIST", prefixes=("t10k",))
+        if self.mnist_c:
+            folder = self.data_dir / "mnist_c"
+            expected += [("MNIST-C", [folder / c / f"test_{k}.npy"]) for c in self.corruptions for k in ("images", "labels")]
+        require_files(expected)
+
+    def load_train(self) -> LabeledImages:
+        return labeled(*read_mnist(self.data_dir, train=True))
+
+    def load_test_sets(self) -> dict[str, LabeledImages]:
+        test = labeled(*read_mnist(self.data_dir, train=False))
+        sets = {"mnist": test}
+        if self.mnist_c:
+            parts = [labeled(*read_mnist_c(self.data_dir, c)) for c in self.corruptions]
+            sets["mnist_c"] = LabeledImages(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+        sets["rotated_mnist"] = LabeledImages(rotate(test.images, self.rotation_degrees), test.labels)
+        sets["fashion_mnist"] = labeled(*read_fashion_mnist(self.data_dir, train=False))
+        return sets

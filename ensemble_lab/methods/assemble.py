@@ -1,0 +1,128 @@
+"""Assemble a Deep Ensemble from separately trained SingleModel checkpoints.
+
+The paper-faithful Deep Ensemble trains its members as independent runs (own seed, own data
+order). Member i of the assembled ensemble takes checkpoint i's network: every EnsembleLinear /
+EnsembleConv2d slice ``[i]`` gets the matching nn.Linear / nn.Conv2d weight and bias, every
+EnsembleBatchNorm2d row ``[i]`` the BatchNorm2d's affine parameters and running statistics.
+Layers are paired in order of appearance, so indices of parameter-free layers (dropout) may differ.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ensemble_lab.errors import CheckpointMismatchError
+from ensemble_lab.methods.single import SingleModel
+from ensemble_lab.nn import EnsembleBatchNorm2d, EnsembleConv2d, EnsembleLinear
+
+#: ensemble layer -> the plain layer whose tensors fill one member slice
+MEMBER_OF = {EnsembleLinear: nn.Linear, EnsembleConv2d: nn.Conv2d, EnsembleBatchNorm2d: nn.BatchNorm2d}
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(hyper_parameters, state_dict) of a Lightning checkpoint; CheckpointMismatchError if unusable."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointMismatchError(f"member checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated file or not a torch checkpoint at all
+        raise CheckpointMismatchError(f"member checkpoint {path} cannot be read as a Lightning checkpoint: {e}") from e
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointMismatchError(f"member checkpoint {path} holds no 'state_dict'; is it a Lightning checkpoint?")
+    return dict(checkpoint.get("hyper_parameters") or {}), checkpoint["state_dict"]
+
+
+def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The options that fix a network's tensors, as comparable plain values."""
+    arch = {
+        "backbone": hparams.get("backbone", "mlp"),
+        "num_classes": int(hparams.get("num_classes", 10)),
+        "input_shape": [int(v) for v in hparams.get("input_shape", (1, 8, 8))],
+    }
+    if arch["backbone"] == "mlp":
+        arch["hidden_sizes"] = [int(v) for v in hparams.get("hidden_sizes", (64, 32, 16))]
+    else:
+        arch["width"] = int(hparams.get("width", 64))
+    return arch
+
+
+def check_single(path: Path, hparams: dict[str, Any], expected: dict[str, Any]) -> None:
+    """A SingleModel checkpoint whose architecture equals ``expected``, else a message naming both sides."""
+    # the CLI records the method as _class_path; without it, a num_members other than 1 gives it away
+    class_path = hparams.get("_class_path")
+    method = class_path.rsplit(".", 1)[-1] if class_path else None
+    if class_path is None and hparams.get("num_members", 1) != 1:
+        method = f"model with num_members={hparams['num_members']}"
+    if method is not None and method != "SingleModel":
+        raise CheckpointMismatchError(
+            f"member checkpoint {path} is a {method}, not a SingleModel; "
+            "a Deep Ensemble is assembled from separately trained SingleModel runs"
+        )
+    found = architecture(hparams)
+    for key, want in expected.items():
+        if found.get(key) != want:
+            raise CheckpointMismatchError(
+                f"member checkpoint {path} has {key}={found.get(key)!r}, but this DeepEnsemble has {key}={want!r}; "
+                f"set --model.{key} (or the datamodule) to match the checkpoints"
+            )
+
+
+def single_network(path: Path, hparams: dict[str, Any], state_dict: dict[str, Tensor]) -> nn.Module:
+    """The checkpoint's network, rebuilt as a SingleModel and loaded strictly."""
+    arch = architecture(hparams)
+    model = SingleModel(dropout=float(hparams.get("dropout", 0.0)), **arch)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:  # other layers (BatchEnsemble's r, s; a Deep Ensemble's member axis)
+        raise CheckpointMismatchError(f"member checkpoint {path} does not hold a SingleModel's tensors: {e}") from e
+    return model.network
+
+
+def _layers(network: nn.Module, types: tuple[type, ...]) -> list[tuple[str, nn.Module]]:
+    return [(name, module) for name, module in network.named_modules() if isinstance(module, types)]
+
+
+def _copy(target: Tensor | None, source: Tensor | None, where: str) -> None:
+    if (target is None) != (source is None) or (target is not None and target.shape != source.shape):
+        describe = lambda t: "none" if t is None else tuple(t.shape)
+        raise CheckpointMismatchError(f"{where}: member slice is {describe(target)}, checkpoint tensor is {describe(source)}")
+    if target is not None:
+        target.copy_(source)
+
+
+@torch.no_grad()
+def fill_member(ensemble: nn.Module, member: nn.Module, i: int, path: Path) -> None:
+    """Copy plain network ``member`` into member slice ``i`` of every layer of ``ensemble``."""
+    targets = _layers(ensemble, tuple(MEMBER_OF))
+    sources = _layers(member, tuple(MEMBER_OF.values()))
+    if len(targets) != len(sources):
+        raise CheckpointMismatchError(
+            f"member checkpoint {path} has {len(sources)} layers with weights, this DeepEnsemble {len(targets)}"
+        )
+    for (name, layer), (source_name, source) in zip(targets, sources):
+        where = f"member checkpoint {path}, layer {source_name} -> {name}"
+        if not isinstance(source, MEMBER_OF[type(layer)]):
+            raise CheckpointMismatchError(f"{where}: a {type(source).__name__} cannot fill a {type(layer).__name__}")
+        _copy(layer.weight[i] if layer.weight is not None else None, source.weight, where)
+        _copy(layer.bias[i] if layer.bias is not None else None, source.bias, where)
+        if isinstance(layer, EnsembleBatchNorm2d) and layer.track_running_stats:
+            _copy(layer.running_mean[i], source.running_mean, where)
+            _copy(layer.running_var[i], source.running_var, where)
+            layer.num_batches_tracked.copy_(torch.maximum(layer.num_batches_tracked, source.num_batches_tracked))
+    covered = {id(p) for _, layer in targets for p in layer.parameters()}
+    for name, p in ensemble.named_parameters():
+        if id(p) not in covered:  # a layer type without a copy rule: refuse rather than keep random weights
+            raise CheckpointMismatchError(f"cannot assemble: parameter {name} belongs to a layer with no member-copy rule")
+
+
+def load_member_checkpoints(ensemble: nn.Module, hparams: dict[str, Any], paths: list[str]) -> None:
+    """Fill member i of ``ensemble`` (a DeepEnsemble network) from SingleModel checkpoint ``paths[i]``."""
+    expected = architecture(hparams)
+    for i, raw in enumerate(paths):
+        path = Path(raw).expanduser()
+        member_hparams, state_dict = read_checkpoint(path)
+        check_single(path, member_hparams, expected)
+        fill_member(ensemble, single_network(path, member_hparams, state_dict), i, path)

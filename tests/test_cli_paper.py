@@ -1,0 +1,115 @@
+"""The real CLI on tiny native-format copies of the paper's benchmarks, with the shipped configs.
+
+Every method is fit from configs/cifar10/*.yaml and configs/mnist/*.yaml (shrunk by command-line
+overrides: width 4, two steps, fp32 on the CPU), then tested from its checkpoint; a Deep Ensemble
+is assembled from SingleModel checkpoints; and every YAML under configs/ parses.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY_TRAINER, read_results, run_dirs
+from tests.data import paper_fixtures as fx
+
+SMALL = [*TINY_TRAINER, "--trainer.limit_train_batches=2", "--trainer.num_sanity_val_steps=0", "--trainer.precision=32"]
+NO_FIGURES = "--figures=false"  # matplotlib would double the time of every test run
+CIFAR_ROLES = {"cifar10": "id", "cifar10c": "shift", "svhn": "ood"}
+MNIST_ROLES = {"mnist": "id", "mnist_c": "shift", "rotated_mnist": "shift", "fashion_mnist": "ood"}
+MEMBERS = {"single": 1, "batch_ensemble": 4, "deep_ensemble": 4, "mc_dropout": 4}
+METHODS = {"single": "SingleModel", "batch_ensemble": "BatchEnsemble", "deep_ensemble": "DeepEnsemble", "mc_dropout": "MCDropout"}
+
+
+def check_results(results: dict, config: str, datamodule: str, roles: dict[str, str], members: int | None = None) -> None:
+    assert results["method"] == METHODS[config] and results["datamodule"] == datamodule
+    assert results["num_members"] == (MEMBERS[config] if members is None else members)
+    assert {name: s["role"] for name, s in results["sets"].items()} == roles
+    for name, metrics in results["sets"].items():
+        assert 0 <= metrics["acc"] <= 1 and math.isfinite(metrics["nll"]) and metrics["mi"] >= -1e-6, name
+        assert len(metrics["member_acc"]) == results["num_members"]
+    (ood,) = [name for name, role in roles.items() if role == "ood"]
+    assert 0 <= results["sets"][ood]["auroc_msp"] <= 1
+
+
+def fit_then_test(cli, tmp_path, config: str, data_args: list[str], *extra: str):
+    """Fit from ``config`` (no test after fit), then ``test`` the run's last.ckpt with its saved config."""
+    cli("fit", f"--config={config}", *data_args, *SMALL, "--test_after_fit=false", *extra)
+    (run,) = run_dirs(tmp_path)
+    assert not (run / "results.json").exists()
+    ckpt = run / "checkpoints" / "last.ckpt"
+    cli("test", f"--config={run / 'config.yaml'}", f"--ckpt_path={ckpt}", "--save_predictions=true", NO_FIGURES)
+    return run, read_results(run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", list(METHODS))
+def test_cifar10_fit_then_test(cli, tmp_path, config):
+    data = fx.write_cifar_benchmark(tmp_path / "data")
+    config_path = str(REPO / "configs" / "cifar10" / f"{config}.yaml")
+    run, results = fit_then_test(cli, tmp_path, config_path, fx.cifar_args(data), "--model.width=4")
+    check_results(results, config, "CIFAR10DataModule", CIFAR_ROLES)
+    assert len(np.load(run / "predictions" / "cifar10c.npz")["targets"]) == 19 * fx.CIFAR10C_BLOCK
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["batch_ensemble", "deep_ensemble", "mc_dropout"])
+def test_mnist_fit_then_test(cli, tmp_path, config):
+    data = fx.write_mnist_benchmark(tmp_path / "data")
+    _, results = fit_then_test(cli, tmp_path, str(REPO / "configs" / "mnist" / f"{config}.yaml"), fx.mnist_args(data))
+    check_results(results, config, "MNISTDataModule", MNIST_ROLES)
+
+
+@pytest.mark.slow
+def test_mnist_single_model_then_assembled_deep_ensemble(cli, tmp_path):
+    data = fx.write_mnist_benchmark(tmp_path / "data")
+    single_run, results = fit_then_test(cli, tmp_path, str(REPO / "configs" / "mnist" / "single.yaml"), fx.mnist_args(data))
+    check_results(results, "single", "MNISTDataModule", MNIST_ROLES)
+    ckpt = single_run / "checkpoints" / "last.ckpt"
+    # the documented usage: no --ckpt_path; results go to a new run directory
+    cli("test", f"--config={REPO / 'configs' / 'mnist' / 'deep_ensemble.yaml'}", *fx.mnist_args(data), *SMALL,
+        f"--model.member_checkpoints=[{ckpt},{ckpt}]", "--save_predictions=true", NO_FIGURES)
+    ensemble_run = run_dirs(tmp_path)[-1]
+    check_results(read_results(ensemble_run), "deep_ensemble", "MNISTDataModule", MNIST_ROLES, members=2)
+    for name in MNIST_ROLES:
+        single = np.load(single_run / "predictions" / f"{name}.npz")["member_probs"]  # (1, N, C)
+        assembled = np.load(ensemble_run / "predictions" / f"{name}.npz")["member_probs"]  # (2, N, C)
+        assert assembled.shape == (2, *single.shape[1:])
+        np.testing.assert_allclose(assembled, np.repeat(single, 2, axis=0), atol=1e-6)
+
+
+CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("configs/**/*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_shipped_config_parses(cli, capsys, config):
+    """Run configs print their full resolved config; study files (a ``methods`` grid) list their runs."""
+    study = "methods" in (yaml.safe_load((REPO / config).read_text()) or {})
+    command = ["study", "--dry_run"] if study else ["fit", "--print_config"]
+    args = [command[0], f"--config={REPO / config}", command[1]]
+    try:
+        cli(*args)
+    except SystemExit as exit_info:  # --print_config exits 0 after printing
+        assert exit_info.code == 0, capsys.readouterr().err[-2000:]
+    out = capsys.readouterr().out
+    assert ("--config" in out) if study else ("class_path" in out)
+
+
+@pytest.mark.parametrize(
+    "config,args,message",
+    [
+        ("cifar10/single.yaml", ["--data.data_dir=empty"], "CIFAR-10 file 'data_batch_1' not found"),
+        ("cifar10/single.yaml", ["--data.severities=[5,7]"], "unknown severity (1..5) 7"),
+        ("mnist/single.yaml", ["--data.corruptions=[fog,snow]"], "unknown MNIST-C corruption 'snow'"),
+        ("mnist/deep_ensemble.yaml", ["--model.member_checkpoints=[missing.ckpt]"], "missing.ckpt does not exist"),
+    ],
+)
+def test_user_errors_are_one_line_before_any_training(cli, capsys, config, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli("fit", f"--config={REPO / 'configs' / config}", *args, *SMALL)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err[-2000:]
+    if "data_dir" in args[0]:
+        assert "--data.download true" in err
