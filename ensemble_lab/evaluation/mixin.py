@@ -7,6 +7,7 @@ member probabilities, and prints a table.
 """
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,15 @@ from torch import Tensor
 from ensemble_lab.evaluation.metrics import ood_metrics, predictive_metrics
 from ensemble_lab.evaluation.results import check_can_write, format_table, write_predictions, write_results
 from ensemble_lab.evaluation.store import PredictionStore
+from ensemble_lab.evaluation.weight_space import weight_space_summary
 
 VAL_CURVES = ("acc", "nll", "ece", "mi", "disagreement")
+
+# Under DDP, Lightning advises sync_dist for epoch-level values and warns that DistributedSampler
+# repeats samples at test. Neither applies here: the PredictionStore gathers the complete set and
+# drops the repeats, so val/ and test/ values are already exact and identical on every rank.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/")
+warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders\. During `trainer\.test\(\)`")
 
 
 class UncertaintyEvalMixin:
@@ -34,6 +42,8 @@ class UncertaintyEvalMixin:
     results_dir: str | None = None
     #: replace an existing results.json (set by the CLI's --overwrite)
     overwrite_results: bool = False
+    #: draw figures into <results_dir>/figures/ and TensorBoard during test (set by the CLI's --figures)
+    save_figures: bool = True
 
     # ---- shared step -------------------------------------------------------------------------
     def _store_batch(self, store: PredictionStore, batch: Any) -> None:
@@ -77,8 +87,10 @@ class UncertaintyEvalMixin:
         return Path(self.results_dir or self.trainer.log_dir or os.getcwd())
 
     def on_test_start(self) -> None:
-        if self.trainer.is_global_zero:
-            check_can_write(self.resolved_results_dir(), self.overwrite_results)
+        # On every rank: trainer.log_dir is a collective under DDP (calling it on rank 0 alone hangs),
+        # and a refusal must stop all ranks together rather than leave the others waiting.
+        self._results_path = self.resolved_results_dir()
+        check_can_write(self._results_path, self.overwrite_results)
 
     def on_test_epoch_start(self) -> None:
         self._test_names = list(self.test_set_roles())
@@ -101,6 +113,8 @@ class UncertaintyEvalMixin:
             scalars = {f"test/{name}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
             self.log_dict(scalars, sync_dist=False, add_dataloader_idx=False)
         self.test_results = self._results_document(sets)
+        if self.test_results["weight_cosine_mean"] is not None:
+            self.log("test/weight_cosine_mean", self.test_results["weight_cosine_mean"], sync_dist=False, add_dataloader_idx=False)
         self._write_test_outputs(collected)
 
     def _results_document(self, sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -112,14 +126,19 @@ class UncertaintyEvalMixin:
             "seed": int(seed) if seed is not None else None,
             "datamodule": type(datamodule).__name__ if datamodule is not None else None,
             "checkpoint": getattr(self.trainer, "ckpt_path", None),
+            **weight_space_summary(self),  # weight_cosine (M×M or None), weight_cosine_mean
             "sets": sets,
         }
 
     @rank_zero_only
     def _write_test_outputs(self, collected: dict[str, tuple[Tensor, Tensor]]) -> None:
-        results_dir = self.resolved_results_dir()
+        results_dir = self._results_path  # resolved on every rank in on_test_start
         if self.save_predictions:
             for name, (member_probs, targets) in collected.items():
                 write_predictions(results_dir, name, member_probs.cpu().numpy(), targets.cpu().numpy())
         path = write_results(results_dir, self.test_results)
+        if self.save_figures:
+            from ensemble_lab.evaluation.figures import write_figures  # matplotlib only when drawing
+
+            write_figures(results_dir, collected, self.test_set_roles(), self.test_results, self.loggers, self.global_step)
         print(f"\n{type(self).__name__} (M={self.num_members}) results -> {path}\n{format_table(self.test_results['sets'])}\n")

@@ -1,0 +1,168 @@
+"""Figures of a test run: reliability diagrams, uncertainty histograms, diversity heatmaps.
+
+Figures are ``matplotlib.figure.Figure`` objects drawn with the Agg canvas, never through pyplot,
+so nothing needs a display and no global figure list grows. ``write_figures`` saves them as PNG
+under ``<results_dir>/figures/`` and adds them to every TensorBoard logger as ``test/figures/<name>``.
+"""
+
+import io
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from ensemble_lab.evaluation.metrics import reliability_bins, uncertainty_scores
+from ensemble_lab.evaluation.results import atomic_write_bytes
+
+DPI = 80
+#: heatmap cells get their value written in them up to this many members
+ANNOTATE_MAX_MEMBERS = 10
+
+
+def reliability_figure(name: str, probs: Tensor, targets: Tensor, num_bins: int = 15) -> Figure:
+    """Accuracy against confidence of p̄ in ``num_bins`` equal-width bins, with the diagonal.
+
+    Args:
+        name: test set name, for the title.
+        probs: ensemble probabilities p̄ (N, C).
+        targets: true classes (N,).
+        num_bins: number of confidence bins (as the ECE).
+    """
+    accuracy, confidence, count = (t.cpu().numpy() for t in reliability_bins(probs, targets, num_bins))
+    weight = count / max(int(count.sum()), 1)
+    ece = float((weight * abs(accuracy - confidence)).sum())
+    centers = (0.5 + np.arange(num_bins)) / num_bins  # (num_bins,)
+    fig = Figure(figsize=(4, 4), dpi=DPI)
+    ax = fig.add_subplot()
+    filled = count > 0
+    ax.bar(centers[filled], accuracy[filled], width=1 / num_bins, edgecolor="black", label="accuracy")
+    ax.bar(centers[filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=1 / num_bins,
+           color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to confidence")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max p̄)", ylabel="accuracy", title=f"{name}: ECE {ece:.3f}")
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def uncertainty_histograms(scores: dict[str, dict[str, Tensor]], roles: dict[str, str]) -> Figure:
+    """Histograms of total entropy H[p̄] and of mi, one outline per test set (id vs shift vs ood).
+
+    Args:
+        scores: {set name: uncertainty_scores(member_probs)}, each score (N,).
+        roles: {set name: role}, for the legend.
+    """
+    fig = Figure(figsize=(8, 3.2), dpi=DPI)
+    for k, key in enumerate(("entropy", "mi")):
+        ax = fig.add_subplot(1, 2, k + 1)
+        top = max(float(s[key].max()) for s in scores.values())
+        value_range = (0.0, top if top > 0 else 1e-3)  # all-zero mi (M = 1) still gets an axis
+        for name, s in scores.items():
+            ax.hist(s[key].cpu().numpy(), bins=30, range=value_range, density=True, histtype="step",
+                    linewidth=1.5, label=f"{name} ({roles.get(name, '?')})")  # fmt: skip
+        ax.set(xlabel=key if key == "mi" else "entropy H[p̄]", ylabel="density", title=key)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_figure(matrix: list[list[float]], title: str, vmin: float | None = None, vmax: float | None = None,
+                   cmap: str = "viridis") -> Figure:  # fmt: skip
+    """An M × M matrix as a heatmap with a colour bar, values written in the cells for small M.
+
+    Args:
+        matrix: M × M nested list (e.g. pairwise disagreement or weight cosine).
+        title: figure title.
+        vmin: lower end of the colour scale (None: the data's minimum).
+        vmax: upper end of the colour scale (None: the data's maximum).
+        cmap: matplotlib colour map name.
+    """
+    m = len(matrix)
+    fig = Figure(figsize=(4.2, 3.6), dpi=DPI)
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, vmin=vmin, vmax=vmax, cmap=cmap)
+    fig.colorbar(image, ax=ax)
+    ax.set(xticks=range(m), yticks=range(m), xlabel="member j", ylabel="member i", title=title)
+    if m <= ANNOTATE_MAX_MEMBERS:
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                missing = value is None or math.isnan(value)
+                red, green, blue, _ = image.cmap(image.norm(0.0 if missing else value))
+                ink = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"  # readable on the cell
+                ax.text(j, i, "nan" if missing else f"{value:.3f}", ha="center", va="center", color=ink, fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def build_figures(collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, str], results: dict[str, Any]) -> dict[str, Figure]:
+    """Every figure of a test run, by name.
+
+    Args:
+        collected: {set name: (member_probs (M, N, C), targets (N,))}.
+        roles: {set name: "id" | "shift" | "ood"}.
+        results: the run's results document (``sets`` with ``pairwise_disagreement``; ``weight_cosine``).
+
+    Returns:
+        ``reliability_<set>`` for id and shift sets (OOD sets have no labels to be calibrated
+        against), ``uncertainty_histograms``, and for M > 1 ``pairwise_disagreement_<first id set>``
+        and ``weight_cosine`` (when the method has one).
+    """
+    figures: dict[str, Figure] = {}
+    for name, (member_probs, targets) in collected.items():
+        if roles.get(name) != "ood":
+            figures[f"reliability_{name}"] = reliability_figure(name, member_probs.mean(0), targets)
+    if collected:
+        scores = {name: uncertainty_scores(probs) for name, (probs, _) in collected.items()}
+        figures["uncertainty_histograms"] = uncertainty_histograms(scores, roles)
+    id_names = [n for n in collected if roles.get(n) == "id"]
+    if results.get("num_members", 1) > 1:
+        if id_names:
+            matrix = results["sets"][id_names[0]]["pairwise_disagreement"]
+            figures[f"pairwise_disagreement_{id_names[0]}"] = heatmap_figure(
+                matrix, f"pairwise disagreement ({id_names[0]})", vmin=0.0
+            )
+        if results.get("weight_cosine") is not None:
+            figures["weight_cosine"] = heatmap_figure(
+                results["weight_cosine"], "weight cosine similarity", vmin=-1.0, vmax=1.0, cmap="RdBu_r"
+            )
+    return figures
+
+
+def write_figures(
+    results_dir: Path,
+    collected: dict[str, tuple[Tensor, Tensor]],
+    roles: dict[str, str],
+    results: dict[str, Any],
+    loggers: Iterable[Any] = (),
+    step: int = 0,
+) -> list[Path]:
+    """Save every figure as ``<results_dir>/figures/<name>.png`` and add it to TensorBoard loggers.
+
+    Args:
+        results_dir: the run directory.
+        collected: {set name: (member_probs (M, N, C), targets (N,))}.
+        roles: {set name: role}.
+        results: the run's results document.
+        loggers: Lightning loggers; TensorBoardLogger ones receive ``test/figures/<name>``.
+        step: global step the figures are logged at.
+
+    Returns:
+        The paths of the PNG files written.
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    paths = []
+    for name, fig in build_figures(collected, roles, results).items():
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI)
+        path = Path(results_dir) / "figures" / f"{name}.png"
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(f"test/figures/{name}", fig, global_step=step, close=False)
+    return paths

@@ -1,0 +1,232 @@
+"""``ensemble-lab report``: the paper's tables (mean ± std over seeds) from results.json files.
+
+Every results.json below the given paths is one run. Runs are grouped by (method, num_members,
+datamodule); for each test set a Markdown table has one row per group and a column per metric,
+``mean ± std`` over the group's runs. std is the sample standard deviation (ddof = 1); with a
+single run it is left out (printed as the mean alone, null in CSV / JSON). A metric some runs lack
+is averaged over the runs that have it and marked ``(n=k)``; one no run has is a blank cell.
+"""
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ensemble_lab.errors import EnsembleLabError
+from ensemble_lab.evaluation.results import atomic_write_bytes
+
+#: columns of id and shift sets, and of ood sets (class-based metrics mean nothing on OOD data)
+ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement")
+OOD_COLUMNS = tuple(f"{m}_{s}" for s in ("msp", "entropy", "mi") for m in ("auroc", "aupr", "fpr95")) + ("mi", "disagreement")
+#: top-level (per run, not per set) metrics, shown in the "weight space" table
+RUN_COLUMNS = ("weight_cosine_mean",)
+#: row order of the paper's tables; other methods follow alphabetically
+METHOD_ORDER = ("SingleModel", "MCDropout", "DeepEnsemble", "BatchEnsemble")
+WEIGHTS = "weight space"
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample std (None with fewer than 2 values) and number of runs of one metric."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+
+@dataclass
+class Group:
+    """Runs sharing (method, num_members, datamodule) and their per-set statistics."""
+
+    method: str | None
+    num_members: int | None
+    datamodule: str | None
+    runs: list[Path] = field(default_factory=list)
+    seeds: list[Any] = field(default_factory=list)
+    roles: dict[str, str] = field(default_factory=dict)  # set name -> role
+    stats: dict[str, dict[str, Stat]] = field(default_factory=dict)  # set name (or WEIGHTS) -> metric -> Stat
+
+
+def find_results(paths: Sequence[str | Path]) -> list[Path]:
+    """Every results.json at or below ``paths``, sorted, without duplicates."""
+    found: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise EnsembleLabError(f"{path} does not exist; give run or study directories (or results.json files)")
+        found.update([path] if path.is_file() else path.rglob("results.json"))
+    return sorted(p.resolve() for p in found if p.name == "results.json")
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for missing, null, NaN and non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def summarize(values: Sequence[float]) -> Stat:
+    """Mean and sample std (ddof = 1) of ``values``; std is None for fewer than two."""
+    if not values:
+        return Stat(None, None, 0)
+    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        print(f"ensemble-lab report: skipping {path}: {error}", file=sys.stderr)
+        return None
+    if not isinstance(document, dict):
+        print(f"ensemble-lab report: skipping {path}: not a results document", file=sys.stderr)
+        return None
+    return document
+
+
+def build_report(paths: Sequence[str | Path], sets: Sequence[str] | None = None) -> list[Group]:
+    """Group the runs below ``paths`` and compute mean ± std of every reported metric.
+
+    Args:
+        paths: run directories, study directories or results.json files.
+        sets: test sets to keep, in this order; None keeps all, in the order they first appear.
+
+    Returns:
+        Groups in the paper's row order (per datamodule: single, MC Dropout, Deep Ensemble, BatchEnsemble, others).
+    """
+    files = find_results(paths)
+    runs = [(f, d) for f in files if (d := _load(f)) is not None]
+    if not runs:
+        where = ", ".join(str(p) for p in paths)
+        raise EnsembleLabError(f"no readable results.json found below {where}; run `ensemble-lab fit` or `ensemble-lab test` first")
+    groups: dict[tuple, Group] = {}
+    docs: dict[tuple, list[dict[str, Any]]] = {}
+    for path, doc in runs:
+        key = (doc.get("method"), doc.get("num_members"), doc.get("datamodule"))
+        group = groups.setdefault(key, Group(*key))
+        docs.setdefault(key, []).append(doc)
+        group.runs.append(path.parent)
+        group.seeds.append(doc.get("seed"))
+        for name, metrics in (doc.get("sets") or {}).items():
+            if isinstance(metrics, dict):
+                group.roles.setdefault(name, str(metrics.get("role", "id")))
+    available = list(dict.fromkeys(n for g in groups.values() for n in g.roles))
+    if sets:
+        unknown = [s for s in sets if s not in available]
+        if unknown:
+            raise EnsembleLabError(f"--sets {' '.join(unknown)}: no such test set in the runs; available: {', '.join(available)}")
+    for key, group in groups.items():
+        seeds = [s for s in group.seeds if s is not None]
+        if len(set(seeds)) < len(seeds):
+            print(f"ensemble-lab report: warning: {key[0]} (M={key[1]}, {key[2]}) has several runs with the same seed: {sorted(seeds)}", file=sys.stderr)
+        for name in (sets or available):
+            if name not in group.roles:
+                continue
+            per_run = [(d.get("sets") or {}).get(name) for d in docs[key]]
+            per_run = [m for m in per_run if isinstance(m, dict)]
+            columns = OOD_COLUMNS if group.roles[name] == "ood" else ID_COLUMNS
+            group.stats[name] = {c: summarize([v for m in per_run if (v := _number(m.get(c))) is not None]) for c in columns}
+        group.stats[WEIGHTS] = {c: summarize([v for d in docs[key] if (v := _number(d.get(c))) is not None]) for c in RUN_COLUMNS}
+    order = {name: i for i, name in enumerate(METHOD_ORDER)}
+    return sorted(
+        groups.values(),
+        key=lambda g: (str(g.datamodule), order.get(g.method, len(order)), str(g.method), g.num_members or 0),
+    )
+
+
+def format_stat(stat: Stat | None, runs: int, digits: int = 3) -> str:
+    """``mean ± std`` (``mean`` alone for one run; blank when no run has it; ``(n=k)`` when k < runs)."""
+    if stat is None or stat.mean is None:
+        return ""
+    text = f"{stat.mean:.{digits}f}" + ("" if stat.std is None else f" ± {stat.std:.{digits}f}")
+    return text if stat.n == runs else f"{text} (n={stat.n})"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def to_markdown(groups: list[Group], digits: int = 3) -> str:
+    """One Markdown table per test set (rows = groups) and one for the weight-space metrics."""
+    names = list(dict.fromkeys(n for g in groups for n in g.stats if n != WEIGHTS)) + [WEIGHTS]
+    parts = [f"Mean ± sample std over runs (n = runs per row); {sum(len(g.runs) for g in groups)} runs."]
+    for name in names:
+        members = [g for g in groups if name in g.stats]
+        if not members:
+            continue
+        role = next((g.roles[name] for g in members if name in g.roles), None)
+        columns = list(members[0].stats[name])
+        rows = [
+            [str(g.method), str(g.num_members), str(g.datamodule), str(len(g.runs))]
+            + [format_stat(g.stats[name].get(c), len(g.runs), digits) for c in columns]
+            for g in members
+        ]
+        title = f"### {name}" + (f" ({role})" if role else "")
+        parts.append(title + "\n\n" + _markdown_table(["method", "M", "data", "n", *columns], rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def to_rows(groups: list[Group]) -> list[dict[str, Any]]:
+    """Long format: one row per (group, set, metric) with mean, std and n."""
+    return [
+        {"method": g.method, "num_members": g.num_members, "datamodule": g.datamodule,
+         "set": "" if name == WEIGHTS else name, "role": g.roles.get(name, ""),
+         "metric": metric, "mean": s.mean, "std": s.std, "n": s.n}  # fmt: skip
+        for g in groups
+        for name, metrics in g.stats.items()
+        for metric, s in metrics.items()
+    ]
+
+
+def write_report(groups: list[Group], out: Path, digits: int = 3) -> list[Path]:
+    """Write report.md, report.csv (long format) and report.json (groups with their runs) into ``out``."""
+    out = Path(out)
+    rows = to_rows(groups)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["method"])
+    writer.writeheader()
+    writer.writerows(rows)
+    document = [
+        {"method": g.method, "num_members": g.num_members, "datamodule": g.datamodule, "n": len(g.runs),
+         "seeds": g.seeds, "runs": [str(r) for r in g.runs], "roles": g.roles,
+         "stats": {name: {k: vars(s) for k, s in m.items()} for name, m in g.stats.items()}}  # fmt: skip
+        for g in groups
+    ]
+    files = {"report.md": to_markdown(groups, digits), "report.csv": buffer.getvalue(), "report.json": json.dumps(document, indent=2)}
+    for name, text in files.items():
+        atomic_write_bytes(out / name, text.encode())
+    return [out / name for name in files]
+
+
+def parser() -> argparse.ArgumentParser:
+    """Options of ``ensemble-lab report``."""
+    p = argparse.ArgumentParser(
+        prog="ensemble-lab report",
+        description="Mean ± std over seeds of every results.json below PATH..., grouped by (method, num_members, datamodule), as Markdown tables.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="run or study directories, or results.json files")
+    p.add_argument("--out", type=Path, default=None, help="also write report.md, report.csv and report.json into this directory")
+    p.add_argument("--sets", nargs="+", default=None, metavar="SET", help="only these test sets, in this order")
+    p.add_argument("--digits", type=int, default=3, help="decimals in the tables (default 3)")
+    return p
+
+
+def report_main(argv: Sequence[str]) -> None:
+    """``ensemble-lab report PATH... [--out DIR] [--sets SET...] [--digits N]``."""
+    cli = parser()
+    options = cli.parse_args(list(argv))
+    if not 0 <= options.digits <= 12:
+        cli.error(f"--digits must be between 0 and 12, got {options.digits}")
+    groups = build_report(options.paths, options.sets)
+    print(to_markdown(groups, options.digits))
+    if options.out is not None:
+        for path in write_report(groups, options.out, options.digits):
+            print(f"wrote {path}")

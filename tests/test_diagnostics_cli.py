@@ -1,0 +1,50 @@
+"""Diversity diagnostics through the real CLI: results.json keys, weight cosine, figures, --figures false."""
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ensemble_lab.evaluation.weight_space import weight_cosine
+from ensemble_lab.methods import BatchEnsemble
+from tests.conftest import TINY_TRAINER, read_results, run_dirs
+
+FIGURES = {"reliability_digits", "reliability_digits_shifted", "uncertainty_histograms", "pairwise_disagreement_digits", "weight_cosine"}
+
+
+@pytest.mark.slow
+def test_batch_ensemble_diagnostics_and_figures(cli, tmp_path):
+    cli("fit", "--model=BatchEnsemble", "--model.num_members=3", "--data=DigitsDataModule", "--seed_everything=3", *TINY_TRAINER)
+    (run,) = run_dirs(tmp_path)
+    results = read_results(run)
+
+    # function space, per set: M-long lists and M × M matrices, symmetric with a zero diagonal
+    for name, metrics in results["sets"].items():
+        for key in ("member_acc", "member_nll", "member_ece"):
+            assert len(metrics[key]) == 3, (name, key)
+        for key in ("pairwise_disagreement", "pairwise_jsd"):
+            matrix = np.array(metrics[key])
+            assert matrix.shape == (3, 3) and np.allclose(matrix, matrix.T) and np.all(np.diag(matrix) == 0), (name, key)
+        off = np.array(metrics["pairwise_disagreement"])[np.triu_indices(3, 1)]
+        assert metrics["disagreement"] == pytest.approx(off.mean())
+
+    # weight space: what the checkpoint's weights give
+    cosine = np.array(results["weight_cosine"])
+    assert cosine.shape == (3, 3) and np.allclose(cosine, cosine.T) and np.all(np.diag(cosine) == 1.0)
+    assert results["weight_cosine_mean"] == pytest.approx(cosine[~np.eye(3, dtype=bool)].mean())
+    model = BatchEnsemble.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert np.allclose(weight_cosine(model).numpy(), cosine, atol=1e-12)
+
+    # figures: PNG files and TensorBoard images, plus the weight cosine scalar
+    assert {p.stem for p in (run / "figures").glob("*.png")} == FIGURES
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert set(events.Tags()["images"]) == {f"test/figures/{name}" for name in FIGURES}
+    assert events.Scalars("test/weight_cosine_mean")[0].value == pytest.approx(results["weight_cosine_mean"], abs=1e-6)
+
+    # --figures false draws nothing
+    for png in (run / "figures").iterdir():
+        png.unlink()
+    cli("test", "--config", str(run / "config.yaml"), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "--overwrite=true", "--figures=false")  # fmt: skip
+    assert not list((run / "figures").iterdir())
+    assert read_results(run)["weight_cosine"] == results["weight_cosine"]

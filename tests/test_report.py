@@ -1,0 +1,133 @@
+"""`ensemble-lab report` against hand-written results.json files."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from ensemble_lab.cli import main
+from ensemble_lab.report import Stat, build_report, format_stat, summarize, to_markdown
+
+OOD = {f"{m}_{s}": 0.5 for m in ("auroc", "aupr", "fpr95") for s in ("msp", "entropy", "mi")}
+
+
+def write_run(root: Path, name: str, method: str, members: int, seed: int, acc: float, data: str = "DigitsDataModule",
+              cosine: float | None = 0.9, **id_extra) -> Path:  # fmt: skip
+    run = root / name
+    run.mkdir(parents=True)
+    document = {
+        "method": method, "num_members": members, "seed": seed, "datamodule": data,
+        "weight_cosine_mean": cosine,
+        "sets": {
+            "digits": {"role": "id", "acc": acc, "nll": 0.2, "ece": 0.03, "mi": 0.01, "disagreement": 0.02, **id_extra},
+            "photo_patches": {"role": "ood", "acc": 0.0, "mi": 0.1, "disagreement": 0.3, **OOD},
+        },
+    }  # fmt: skip
+    (run / "results.json").write_text(json.dumps(document))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "study"
+    for k, (seed, acc) in enumerate([(1, 0.5), (2, 0.6), (3, 0.7)]):
+        write_run(root, f"be/seed_{seed}", "BatchEnsemble", 4, seed, acc, cosine=0.9 + 0.01 * k)
+    write_run(root, "be2/seed_1", "BatchEnsemble", 2, 1, 0.8)  # other num_members: own group
+    write_run(root, "be_mnist/seed_1", "BatchEnsemble", 4, 1, 0.9, data="MNISTDataModule")  # other datamodule
+    write_run(root, "de/seed_1", "DeepEnsemble", 4, 1, 0.75, cosine=0.1)
+    write_run(root, "de/seed_2", "DeepEnsemble", 4, 2, 0.85, cosine=None, nll=None)  # null values = missing
+    single = write_run(root, "single/seed_1", "SingleModel", 1, 1, 0.4, cosine=None)
+    doc = json.loads((single / "results.json").read_text())
+    del doc["sets"]["digits"]["ece"], doc["sets"]["photo_patches"]  # older file: keys missing
+    (single / "results.json").write_text(json.dumps(doc))
+    (root / "broken").mkdir()
+    (root / "broken" / "results.json").write_text("{not json")  # skipped with a warning
+    return root
+
+
+def by_method(groups, method, members=4, data="DigitsDataModule"):
+    (group,) = [g for g in groups if (g.method, g.num_members, g.datamodule) == (method, members, data)]
+    return group
+
+
+def test_summarize_sample_std():
+    assert summarize([0.5, 0.6, 0.7]) == Stat(pytest.approx(0.6), pytest.approx(0.1), 3)  # ddof = 1
+    assert summarize([0.3]) == Stat(0.3, None, 1)
+    assert summarize([]) == Stat(None, None, 0)
+    assert format_stat(Stat(0.6, 0.1, 3), 3) == "0.600 ± 0.100"
+    assert format_stat(Stat(0.3, None, 1), 1) == "0.300"
+    assert format_stat(Stat(0.3, None, 1), 2) == "0.300 (n=1)"
+    assert format_stat(Stat(None, None, 0), 2) == ""
+
+
+def test_grouping_means_and_stds(runs, capsys):
+    groups = build_report([runs])
+    assert "skipping" in capsys.readouterr().err  # the broken file
+    assert [(g.method, g.num_members, g.datamodule) for g in groups] == [
+        ("SingleModel", 1, "DigitsDataModule"),
+        ("DeepEnsemble", 4, "DigitsDataModule"),
+        ("BatchEnsemble", 2, "DigitsDataModule"),
+        ("BatchEnsemble", 4, "DigitsDataModule"),
+        ("BatchEnsemble", 4, "MNISTDataModule"),
+    ]
+    be = by_method(groups, "BatchEnsemble")
+    assert sorted(be.seeds) == [1, 2, 3] and len(be.runs) == 3
+    assert be.stats["digits"]["acc"].mean == pytest.approx(0.6)
+    assert be.stats["digits"]["acc"].std == pytest.approx(0.1)
+    assert be.stats["weight space"]["weight_cosine_mean"].mean == pytest.approx(0.91)
+    assert be.stats["weight space"]["weight_cosine_mean"].std == pytest.approx(0.01)
+    assert be.stats["photo_patches"]["auroc_mi"] == Stat(0.5, 0.0, 3)
+    assert "acc" not in be.stats["photo_patches"]  # class-based metrics are not shown for OOD sets
+    de = by_method(groups, "DeepEnsemble")
+    assert de.stats["digits"]["nll"] == Stat(0.2, None, 1)  # the null nll counts as missing
+    assert de.stats["weight space"]["weight_cosine_mean"] == Stat(0.1, None, 1)
+    single = by_method(groups, "SingleModel", members=1)
+    assert single.stats["digits"]["ece"] == Stat(None, None, 0)
+    assert "photo_patches" not in single.stats
+
+
+def test_markdown_tables(runs):
+    text = to_markdown(build_report([runs]))
+    assert "### digits (id)" in text and "### photo_patches (ood)" in text and "### weight space" in text
+    lines = text.splitlines()
+    be_row = next(line for line in lines if line.startswith("| BatchEnsemble | 4 | DigitsDataModule | 3 |"))
+    assert "0.600 ± 0.100" in be_row
+    de_row = next(line for line in lines if line.startswith("| DeepEnsemble | 4 | DigitsDataModule | 2 | 0.800 ± 0.071"))
+    assert "0.200 (n=1)" in de_row
+    single_row = next(line for line in lines if line.startswith("| SingleModel | 1 | DigitsDataModule | 1 | 0.400 |"))
+    assert "|  |" in single_row  # missing ece: a blank cell
+
+
+def test_cli_report_writes_csv_markdown_json(runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    main(["report", str(runs), "--out", str(out), "--sets", "digits"])
+    printed = capsys.readouterr().out
+    assert "### digits (id)" in printed and "photo_patches" not in printed
+    assert (out / "report.md").read_text() in printed
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    row = next(r for r in rows if r["method"] == "BatchEnsemble" and r["num_members"] == "4"
+               and r["datamodule"] == "DigitsDataModule" and r["metric"] == "acc")  # fmt: skip
+    assert float(row["mean"]) == pytest.approx(0.6) and float(row["std"]) == pytest.approx(0.1) and row["n"] == "3"
+    document = json.loads((out / "report.json").read_text())
+    single = next(g for g in document if g["method"] == "SingleModel")
+    assert single["stats"]["digits"]["acc"] == {"mean": 0.4, "std": None, "n": 1}
+
+
+@pytest.mark.parametrize("make", ["empty", "missing", "bad_set"])
+def test_clear_errors(tmp_path, capsys, runs, make):
+    args = {"empty": [str(tmp_path / "empty")], "missing": [str(tmp_path / "nope")], "bad_set": [str(runs), "--sets", "cifar10"]}[make]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    message = {"empty": "no readable results.json found", "missing": "does not exist", "bad_set": "no such test set"}[make]
+    assert "ensemble-lab: error: " in err and message in err and "Traceback" not in err
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--help"])
+    assert exit_info.value.code == 0
+    assert "--out" in capsys.readouterr().out
