@@ -6,17 +6,36 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from ensemble_lab import __version__
+from ensemble_lab.callbacks import FinalLastCheckpoint, NonFiniteLossGuard
+from ensemble_lab.cli_errors import EnsembleLabArgumentParser
 from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import EnsembleLabError
 from ensemble_lab.evaluation.results import check_can_write
 from ensemble_lab.methods.base import EnsembleModule
+from ensemble_lab.resume import SPECIAL, RunConfigSaver, continue_run, resolve_ckpt_path
 
 #: subcommands that are not LightningCLI's: name -> (handler(argv), one-line help)
 EXTRA_SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], object], str]] = {}
+
+
+def _report_main(argv: list[str]) -> None:
+    from ensemble_lab.report import report_main  # imported on use: keeps `fit` startup lean
+
+    report_main(argv)
+
+
+def _study_main(argv: list[str]) -> None:
+    from ensemble_lab.study import study_main  # imported on use: study calls back into main()
+
+    study_main(argv)
+
+
+EXTRA_SUBCOMMANDS["report"] = (_report_main, "mean ± std over seeds of results.json files below PATH..., as the paper's tables")
+EXTRA_SUBCOMMANDS["study"] = (_study_main, "run a grid of methods × seeds (fit + test), resumable, then print the report")
 
 
 class EnsembleLabCLI(LightningCLI):
@@ -25,6 +44,8 @@ class EnsembleLabCLI(LightningCLI):
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         kwargs.setdefault("parser_kwargs", {"default_env": False})
+        kwargs.setdefault("parser_class", EnsembleLabArgumentParser)  # one-line errors, not the usage text
+        kwargs.setdefault("save_config_callback", RunConfigSaver)  # a resumed run keeps its config.yaml
         super().__init__(
             EnsembleModule,
             EnsembleDataModule,
@@ -36,8 +57,10 @@ class EnsembleLabCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Always checkpoint: last.ckpt exists for every run (resume with --ckpt_path last).
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FinalLastCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
+        # Always guard: a NaN / inf loss stops training before any checkpoint takes the bad weights.
+        parser.add_lightning_class_args(NonFiniteLossGuard, "nan_guard")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
         parser.add_argument(
@@ -53,6 +76,12 @@ class EnsembleLabCLI(LightningCLI):
             help="also write <run>/predictions/<set>.npz with member_probs (M, N, C) and targets (N,) for every test set.",
         )
         parser.add_argument(
+            "--figures",
+            type=bool,
+            default=True,
+            help="draw reliability diagrams, uncertainty histograms and diversity heatmaps into <run>/figures/*.png and TensorBoard at test.",
+        )
+        parser.add_argument(
             "--overwrite",
             type=bool,
             default=False,
@@ -66,16 +95,48 @@ class EnsembleLabCLI(LightningCLI):
     def _configure_outputs(self, ckpt_path: str | None) -> None:
         config = self._subcommand_config()
         self.model.save_predictions = bool(config.get("save_predictions", False))
+        self.model.save_figures = bool(config.get("figures", True))
         self.model.overwrite_results = bool(config.get("overwrite", False))
         self.model.results_dir = run_dir_of_checkpoint(ckpt_path)
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would replace the model options by the checkpoint's hyper-parameters, silently
+        # turning `--model DeepEnsemble` or `--model.num_members 8` into whatever the checkpoint was.
+        # Here the config is the one source of truth; CheckpointStateMixin names both sides when a
+        # checkpoint does not fit it.
+        return None
+
+    def _resolve_ckpt_path(self) -> str | None:
+        """--ckpt_path as a file ("last": the newest run's last.ckpt), handed on to the subcommand."""
+        config = self.config_init[self.subcommand]
+        ckpt_path = resolve_ckpt_path(self.trainer, config.get("ckpt_path"), fitting=self.subcommand == "fit")
+        config["ckpt_path"] = ckpt_path
+        return ckpt_path
+
     def before_test(self) -> None:
-        self._configure_outputs(self._subcommand_config().get("ckpt_path"))
+        self._configure_outputs(self._resolve_ckpt_path())
         if self.model.results_dir is not None:  # fail before any work, not after the evaluation
             check_can_write(Path(self.model.results_dir), self.model.overwrite_results)
 
+    def before_validate(self) -> None:
+        self._resolve_ckpt_path()
+
+    def before_predict(self) -> None:
+        self._resolve_ckpt_path()
+
     def before_fit(self) -> None:
+        ckpt_path = self._resolve_ckpt_path()
         self._configure_outputs(None)
+        run_dir = continue_run(self.trainer, ckpt_path) if ckpt_path and ckpt_path not in SPECIAL else None
+        if run_dir is None:
+            return
+        # a resumed run continues in its own directory (events, checkpoints, results.json)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RunConfigSaver):
+                callback.resumed_run_dir = run_dir
+        if self._subcommand_config().get("test_after_fit", True):  # refuse before training, not after
+            check_can_write(run_dir, self.model.overwrite_results)
+        rank_zero_info(f"ensemble-lab: resuming {run_dir} from {Path(ckpt_path).name}")
 
     def after_fit(self) -> None:
         if self._subcommand_config().get("test_after_fit", True) and not self.trainer.interrupted:
@@ -107,6 +168,8 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # main(args) is the documented way to call the CLI from Python (tests, `ensemble-lab study`)
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    # the datamodule saves and restores the mid-epoch position itself (data/sampler.py)
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
 
 
 def main(args: Sequence[str] | None = None) -> None:

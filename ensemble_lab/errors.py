@@ -15,3 +15,7 @@ class DatasetError(EnsembleLabError, FileNotFoundError):
 
 class CheckpointMismatchError(EnsembleLabError):
     """A checkpoint does not match the model it is loaded into."""
+
+
+class NonFiniteLossError(EnsembleLabError, ArithmeticError):
+    """Training produced a NaN or infinite loss; it was stopped and the last good checkpoint kept."""

@@ -1,5 +1,6 @@
 """Per-batch image preprocessing that runs wherever the batch is (GPU when there is one)."""
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -12,10 +13,18 @@ def to_float(images: Tensor) -> Tensor:
     return images.float().div_(255.0)
 
 
+@functools.lru_cache(maxsize=64)
+def _channel_constants(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(1, C, 1, 1) constants, made once per device: building them from Python floats on every
+    batch would be a blocking host-to-device copy per training step on a GPU."""
+    with torch.inference_mode(False), torch.no_grad():  # usable in training even if first made at test
+        return torch.tensor(values, dtype=dtype, device=device).view(1, -1, 1, 1)
+
+
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """Per-channel (x - mean) / std on a float batch (B, C, H, W)."""
-    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    mean_t = _channel_constants(tuple(mean), images.dtype, images.device)
+    std_t = _channel_constants(tuple(std), images.dtype, images.device)
     return (images - mean_t) / std_t
 
 

@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ensemble_lab.data.augment import normalize, random_crop, random_hflip, to_float
+from ensemble_lab.data.sampler import ResumableTrainOrder
 from ensemble_lab.errors import ConfigError
 
 ROLES = ("id", "shift", "ood")
@@ -49,7 +50,7 @@ def keep_batch(batch: Any) -> Any:
     return batch
 
 
-class EnsembleDataModule(L.LightningDataModule):
+class EnsembleDataModule(ResumableTrainOrder, L.LightningDataModule):
     """Base datamodule: train / val split, named test sets with roles, on-device preprocessing.
 
     Subclasses set ``num_classes``, ``input_shape``, ``mean``, ``std`` and implement
@@ -127,10 +128,15 @@ class EnsembleDataModule(L.LightningDataModule):
 
     # ---- loaders ----------------------------------------------------------------------------------
     def _loader(self, data: LabeledImages, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = IndexedImages(data)
         return DataLoader(
-            IndexedImages(data),
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            # training order: seeded per epoch and resumable mid-epoch (see data/sampler.py)
+            sampler=self.train_sampler(dataset) if shuffle else None,
+            # every new iterator draws a worker base seed; from the global RNG that draw would make
+            # dropout / augmentation depend on when loaders were (re)created, e.g. after a resume
+            generator=torch.Generator().manual_seed(self.split_seed),
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -162,4 +168,6 @@ class EnsembleDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, *rest = batch
         training = self.trainer is not None and self.trainer.training
+        if training:
+            self.count_train_batch()  # the resume position saved in checkpoints
         return (self.preprocess(images, train=training), *rest)

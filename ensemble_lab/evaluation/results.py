@@ -36,7 +36,7 @@ def check_can_write(results_dir: Path, overwrite: bool) -> None:
     if (results_dir / "results.json").exists() and not overwrite:
         raise EnsembleLabError(
             f"{results_dir / 'results.json'} already exists; nothing was changed. "
-            "Pass --overwrite true to replace it, or test into another run directory."
+            "Pass --overwrite true to replace it (the old file is kept as results.prev-<N>.json)."
         )
 
 
@@ -51,9 +51,24 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
+def keep_previous(path: Path) -> Path | None:
+    """Copy an existing ``results.json`` to ``results.prev-<N>.json`` (N = 1, 2, ...) before it is replaced."""
+    if not path.exists():
+        return None
+    n = 1
+    while (backup := path.with_name(f"{path.stem}.prev-{n}{path.suffix}")).exists():
+        n += 1
+    atomic_write_bytes(backup, path.read_bytes())
+    return backup
+
+
 def write_results(results_dir: Path, results: dict[str, Any]) -> Path:
-    """Write results.json and results.csv (one row per test set, scalar metrics only)."""
+    """Write results.json and results.csv (one row per test set, scalar metrics only).
+
+    A results.json already there (replaced under --overwrite) is kept as results.prev-<N>.json.
+    """
     results_dir = Path(results_dir)
+    keep_previous(results_dir / "results.json")
     atomic_write_bytes(results_dir / "results.json", json.dumps(_json_ready(results), indent=2).encode())
     rows = [
         {"set": name, **{k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}}

@@ -1,0 +1,99 @@
+"""Callbacks the CLI registers by default (``--checkpoint.*``, ``--nan_guard.*``)."""
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+
+from ensemble_lab.errors import NonFiniteLossError
+
+
+class NonFiniteLossGuard(Callback):
+    """Stops training at the first NaN or infinite training loss; no checkpoint gets the bad weights.
+
+    Each step only appends a device-side flag (no GPU-host sync); the flags are read every
+    ``check_every_n_steps`` steps and always before a checkpoint is written. This callback's
+    hooks run before ModelCheckpoint's, so a bad step raises before it could be saved, and
+    ``last.ckpt`` keeps the weights of the last good save.
+    """
+
+    def __init__(self, enabled: bool = True, check_every_n_steps: int = 1) -> None:
+        """
+        Args:
+            enabled: stop training on a NaN / inf loss (false: let it run on).
+            check_every_n_steps: read the loss flags every N training steps; 1 stops at once, larger values avoid a GPU-host sync per step (checkpoints are always checked first).
+        """
+        if check_every_n_steps < 1:
+            raise ValueError(f"nan_guard.check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        self.enabled, self.check_every_n_steps = enabled, check_every_n_steps
+        self._flags: list[Tensor] = []  # one 0-d bool per step since the last check: loss not finite
+        self._losses: list[Tensor] = []
+        self._where: list[tuple[int, int, int]] = []  # (epoch, batch, global step) of those steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not self.enabled or not isinstance(loss, Tensor):
+            return
+        loss = loss.detach()
+        self._flags.append(~torch.isfinite(loss).all())
+        self._losses.append(loss.float().sum())
+        self._where.append((trainer.current_epoch, batch_idx, trainer.global_step))
+        if len(self._flags) >= self.check_every_n_steps:
+            self.check(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # runs while the checkpoint is assembled, before anything is written: raising here keeps the old file
+        if self.enabled and trainer.state.fn == TrainerFn.FITTING:
+            self.check(trainer)
+            finite = torch.stack([p.detach().isfinite().all() for p in pl_module.parameters()]).all()
+            if not bool(finite):
+                raise NonFiniteLossError(self._message(trainer, "the weights became NaN or infinite", *self._last_where(trainer)))
+
+    def check(self, trainer: L.Trainer) -> None:
+        """Raise NonFiniteLossError if any loss since the last check was NaN or infinite."""
+        if not self._flags:
+            return
+        flags, losses, where = torch.stack(self._flags), self._losses, self._where
+        self._flags, self._losses, self._where = [], [], []
+        bad = flags.nonzero().flatten().tolist()  # the only host sync
+        # under DDP every process must stop together, or the others wait forever in the next all-reduce
+        if not trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            return
+        if not bad:
+            raise NonFiniteLossError(self._message(trainer, "the training loss was NaN or infinite in another process", *where[-1]))
+        value = float(losses[bad[0]])
+        kind = "NaN" if math.isnan(value) else f"{value}"
+        raise NonFiniteLossError(self._message(trainer, f"the training loss was {kind}", *where[bad[0]]))
+
+    def _last_where(self, trainer: L.Trainer) -> tuple[int, int, int]:
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx, trainer.global_step
+
+    @staticmethod
+    def _message(trainer: L.Trainer, what: str, epoch: int, batch: int, step: int) -> str:
+        callback = trainer.checkpoint_callback
+        last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        # resuming would replay the same steps exactly (and the optimizer state keeps the old lr): start again
+        kept = f"the last good checkpoint, {last}, keeps the weights from before it" if last else "no checkpoint had been written yet"
+        return (
+            f"training stopped: {what} at epoch {epoch}, batch {batch} (global step {step}); {kept}. "
+            "Lower the learning rate (--model.optimizer.lr) or check the data, and start again."
+        )
+
+
+class FinalLastCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose last.ckpt always holds the final weights of a finished fit.
+
+    With ``every_n_train_steps`` Lightning saves only every N steps (it refuses epoch-end saves as
+    well), so a fit ending between two saves would leave last.ckpt behind the weights that were
+    evaluated. This writes last.ckpt once more at the end of training when needed.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and trainer.global_step != self._last_global_step_saved:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

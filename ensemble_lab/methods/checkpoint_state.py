@@ -1,0 +1,133 @@
+"""What a method's checkpoint carries besides the weights, and the check made before loading one.
+
+* identity (method, num_members, num_classes): a checkpoint given to a different model fails with
+  one message naming both sides, before Lightning's wall of missing / mismatched tensor names;
+* the random number generators (torch CPU and CUDA, numpy, python): a resumed ``fit`` continues
+  with the very draws (dropout masks, augmentation) the uninterrupted run would have made.
+
+Everything is stored as tensors and plain Python values, so ``torch.load(weights_only=True)`` reads it.
+"""
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+
+from ensemble_lab.errors import CheckpointMismatchError
+
+KEY = "ensemble_lab"
+
+
+def rng_states() -> dict[str, Any]:
+    """The global generators' states, in types ``weights_only`` loading accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned (CUDA only when this process has as many GPUs)."""
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    cuda = states.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def identity_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Method, num_members and num_classes a checkpoint was trained with (None where unknown)."""
+    saved = checkpoint.get(KEY) or {}
+    hparams = checkpoint.get("hyper_parameters") or {}
+    class_path = hparams.get("_class_path")  # written by LightningCLI into older checkpoints
+    return {
+        "method": saved.get("method") or (class_path.rsplit(".", 1)[-1] if class_path else None),
+        "num_members": saved.get("num_members", hparams.get("num_members")),
+        "num_classes": saved.get("num_classes", hparams.get("num_classes")),
+    }
+
+
+def describe(identity: dict[str, Any]) -> str:
+    """'BatchEnsemble with num_members=4, num_classes=10'."""
+    return f"{identity['method'] or 'an unknown method'} with num_members={identity['num_members']}, num_classes={identity['num_classes']}"
+
+
+def tensor_mismatch(own: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> str | None:
+    """The first difference between two state dicts' names and shapes, in words; None if they agree."""
+    missing, unexpected = sorted(own.keys() - theirs.keys()), sorted(theirs.keys() - own.keys())
+    if missing:
+        return f"{len(missing)} tensors missing from the checkpoint, e.g. {missing[0]}"
+    if unexpected:
+        return f"{len(unexpected)} tensors in the checkpoint that this model lacks, e.g. {unexpected[0]}"
+    for name, tensor in own.items():
+        if tuple(theirs[name].shape) != tuple(tensor.shape):
+            return f"{name} is {tuple(theirs[name].shape)} in the checkpoint, {tuple(tensor.shape)} here"
+    return None
+
+
+class CheckpointStateMixin:
+    """Mix into an EnsembleModule: identity and RNG states in every checkpoint, checked on load."""
+
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """This model's method, num_members and num_classes."""
+        return {"method": type(self).__name__, "num_members": int(self.num_members), "num_classes": int(self.hparams.num_classes)}
+
+    #: the generators' states when validation began; restored when it ends (see on_validation_start)
+    _rng_outside_validation: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # an epoch-end checkpoint is written during validation: store the state training continues with
+        rng = self._rng_outside_validation or rng_states()
+        checkpoint[KEY] = {**self.checkpoint_identity(), "rng": rng}
+
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        # Validation draws random numbers (MC Dropout's masks) but must not move the training stream:
+        # a run resumed from a checkpoint written just before a validation skips that validation.
+        self._rng_outside_validation = rng_states()
+
+    def on_validation_end(self) -> None:
+        super().on_validation_end()
+        if self._rng_outside_validation is not None:
+            set_rng_states(self._rng_outside_validation)
+            self._rng_outside_validation = None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        trainer = getattr(self, "_trainer", None)  # None under LightningModule.load_from_checkpoint
+        self.check_checkpoint(checkpoint, getattr(trainer, "ckpt_path", None))
+        rng = (checkpoint.get(KEY) or {}).get("rng")
+        # only a resumed fit continues the random stream; test / validate keep their own seed
+        if rng is not None and trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+            set_rng_states(rng)
+
+    def check_checkpoint(self, checkpoint: dict[str, Any], path: str | None = None) -> None:
+        """CheckpointMismatchError unless ``checkpoint`` was trained as this model (method and tensors)."""
+        theirs, mine = identity_of(checkpoint), self.checkpoint_identity()
+        other_method = theirs["method"] is not None and theirs["method"] != mine["method"]
+        # MC Dropout's num_members is a test-time sample count: the tensors decide, not the number
+        tensors = tensor_mismatch(self.state_dict(), checkpoint.get("state_dict") or {})
+        if not other_method and tensors is None:
+            return
+        name = f"checkpoint {path}" if path else "the checkpoint"
+        same_identity = all(theirs[k] in (None, mine[k]) for k in mine)
+        detail = f" ({tensors})" if tensors and same_identity else ""  # e.g. other hidden_sizes
+        config = Path(path).parent.parent / "config.yaml" if path else None
+        fix = (
+            f"Evaluate it with its own run's config: --config {config}"
+            if config is not None and config.is_file()
+            else "Pass the --model options it was trained with"
+        )
+        raise CheckpointMismatchError(f"{name} was trained as {describe(theirs)}; this run builds {describe(mine)}{detail}. {fix}.")

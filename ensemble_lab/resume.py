@@ -1,0 +1,105 @@
+"""Resuming a run in its own directory: ``--ckpt_path last``, the logger's version, config files.
+
+Lightning resolves ``ckpt_path="last"`` inside the *new* run's checkpoint folder
+(``lightning_logs/version_<N+1>/checkpoints``), which is empty, so a plain resume silently starts
+from scratch. Here "last" means the newest ``last.ckpt`` below the logger's root
+(``lightning_logs/version_*/checkpoints``), and a resumed ``fit`` keeps writing into the run
+directory it resumes (TensorBoard events, checkpoints, results.json). Its config.yaml is kept;
+the resume's own config goes beside it as ``config.resume-<N>.yaml``.
+"""
+
+import re
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from ensemble_lab.errors import ConfigError
+
+SPECIAL = ("best", "hpc", "registry")  # Lightning's other ckpt_path keywords, resolved by Lightning
+_LAST = re.compile(r"^last(-v\d+)?\.ckpt$")  # Lightning names a second last checkpoint last-v1.ckpt
+
+
+def _versioned_logger(trainer: L.Trainer) -> TensorBoardLogger | CSVLogger | None:
+    logger = trainer.logger
+    return logger if isinstance(logger, (TensorBoardLogger, CSVLogger)) else None
+
+
+def _own_dirpath(trainer: L.Trainer) -> bool:
+    """True if some ModelCheckpoint was given an explicit dirpath (then Lightning's "last" is right)."""
+    return any(isinstance(cb, ModelCheckpoint) and cb.dirpath for cb in trainer.callbacks)
+
+
+def find_last_checkpoint(root: Path) -> Path | None:
+    """The most recently written last.ckpt in ``root/<run>/checkpoints/``, or None."""
+    found = [p for p in Path(root).glob("*/checkpoints/last*.ckpt") if _LAST.match(p.name)]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def resolve_ckpt_path(trainer: L.Trainer, ckpt_path: str | None, fitting: bool) -> str | None:
+    """A concrete checkpoint file for ``ckpt_path`` ("last" included), or None to start fresh.
+
+    Raises ConfigError for a file that does not exist, and for "last" with nothing to resume
+    outside ``fit`` (``fit`` then starts a new run, so one command both starts and resumes).
+    """
+    if not ckpt_path or ckpt_path in SPECIAL:
+        return ckpt_path
+    if ckpt_path != "last":
+        if not Path(ckpt_path).expanduser().is_file():
+            raise ConfigError(f"checkpoint not found: {ckpt_path} (runs keep theirs in <run>/checkpoints/, e.g. last.ckpt)")
+        return ckpt_path
+    logger = _versioned_logger(trainer)
+    if logger is None or _own_dirpath(trainer):
+        return ckpt_path  # a custom layout: leave "last" to Lightning
+    root = Path(logger.root_dir)
+    last = find_last_checkpoint(root)
+    if last is not None:
+        return str(last)
+    if not fitting:
+        raise ConfigError(f"--ckpt_path last: no run with a checkpoints/last.ckpt below {root}; give the checkpoint's path")
+    rank_zero_info(f"ensemble-lab: --ckpt_path last: no checkpoints/last.ckpt below {root} yet, starting a new run")
+    return None
+
+
+def continue_run(trainer: L.Trainer, ckpt_path: str) -> Path | None:
+    """Make the trainer's logger write into the run directory of ``<run>/checkpoints/x.ckpt``.
+
+    Returns that run directory, or None where the logger or layout is not Lightning's
+    ``<root>/version_N`` (the resumed run then gets a new directory, as Lightning does).
+    """
+    ckpt = Path(ckpt_path).expanduser().resolve()
+    run_dir = ckpt.parent.parent
+    logger = _versioned_logger(trainer)
+    if ckpt.parent.name != "checkpoints" or logger is None or _own_dirpath(trainer):
+        return None
+    if Path(logger.root_dir).expanduser().resolve() != run_dir.parent:
+        return None
+    if logger._version is not None and str(logger._version) != run_dir.name:
+        return None  # the user named another version: respect it
+    # the constructor's `version` argument; nothing has been logged yet, so no directory exists for another version
+    logger._version = run_dir.name
+    return run_dir
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Saves the run's config.yaml; never overwrites it.
+
+    A resumed run that continues in its own directory writes ``config.resume-<N>.yaml`` instead
+    (N = 1, 2, ...), so both the original and every resume's options stay on record.
+    """
+
+    #: set by the CLI to the run directory a resumed fit continues in
+    resumed_run_dir: Path | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.already_saved and self.resumed_run_dir is not None and trainer.log_dir:
+            log_dir = Path(trainer.log_dir)
+            if log_dir.resolve() == self.resumed_run_dir and (log_dir / self.config_filename).exists():
+                n = 1
+                while (log_dir / f"config.resume-{n}.yaml").exists():
+                    n += 1
+                self.config_filename = f"config.resume-{n}.yaml"
+        super().setup(trainer, pl_module, stage)

@@ -1,0 +1,68 @@
+"""Test-only callbacks and datamodules that the real CLI loads by class path."""
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from ensemble_lab.data.digits import DigitsDataModule
+
+
+@contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """Run the block with ``path`` as the current directory (where lightning_logs/ goes)."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+class PauseAtStep(Callback):
+    """After optimizer step ``step``, create ``flag_file`` and sleep, so a test can SIGKILL the process there."""
+
+    def __init__(self, step: int, flag_file: str) -> None:
+        """
+        Args:
+            step: global step after which to pause.
+            flag_file: created when the pause begins.
+        """
+        self.step, self.flag_file = step, flag_file
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            Path(self.flag_file).write_text(str(os.getpid()))
+            time.sleep(300)
+
+
+class FiveClassDigits(DigitsDataModule):
+    """Digits that claim five classes: a datamodule whose num_classes differs from a checkpoint's."""
+
+    num_classes = 5
+
+
+class AugmentedDigits(DigitsDataModule):
+    """Digits with random crops and flips, so training draws from the global torch RNG."""
+
+    crop_padding = 1
+    flip = True
+
+
+class NaNAtStep(Callback):
+    """Turns the training batch of global step ``step`` into NaNs: an injected non-finite loss."""
+
+    def __init__(self, step: int) -> None:
+        """
+        Args:
+            step: global step (optimizer steps done so far) whose batch becomes NaN.
+        """
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            batch[0].fill_(float("nan"))  # training_step receives this very tensor

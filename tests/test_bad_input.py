@@ -1,0 +1,168 @@
+"""Every user mistake ends in one line, `ensemble-lab: error: ...`, exit status 2 and no traceback."""
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble_lab.cli import main
+from ensemble_lab.data import download
+from tests.conftest import TINY_TRAINER, read_results, run_dirs
+from tests.data import paper_fixtures as fx
+from tests.run_helpers import working_directory
+
+FIT = ["fit", "--model=BatchEnsemble", "--data=DigitsDataModule"]
+QUICK = [*TINY_TRAINER, "--figures=false"]
+
+
+def error_line(capsys, *args: str) -> str:
+    """Run the CLI, expect exit status 2 and return its single error line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "usage:" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("ensemble-lab: error: ")]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- options and config keys
+@pytest.mark.parametrize(
+    "args,yaml_text,expected",
+    [
+        (["--model.num_memberz=3"], None, ["unknown option 'model.num_memberz'", "did you mean 'num_members'", "BatchEnsemble accepts: "]),
+        ([], "model:\n  class_path: BatchEnsemble\n  init_args:\n    num_memberz: 3\n", ["unknown option 'model.num_memberz'", "did you mean 'num_members'"]),
+        ([], "trainer:\n  max_epochz: 3\n", ["unknown option 'trainer.max_epochz'", "did you mean 'trainer.max_epochs'"]),
+        (["--trainer.max_epochz=3"], None, ["unrecognized arguments: --trainer.max_epochz=3", "did you mean --trainer.max_epochs"]),
+        (["--model.optimizer=SGD", "--model.optimizer.lrr=0.1"], None, ["unknown option 'model.optimizer.lrr'", "did you mean 'lr'"]),
+        (["--model.num_members=abc"], None, ["invalid value 'abc' for --model.num_members: expected int"]),
+        (["--trainer.max_epochs=abc"], None, ["invalid value 'abc' for --trainer.max_epochs: expected int or null"]),
+        (["--model=NoSuchMethod"], None, ["unknown class 'NoSuchMethod' for --model", "choose from ", "DeepEnsemble"]),
+        (["--config=missing.yaml"], None, ["config file not found: ", "/missing.yaml"]),
+    ],
+)
+def test_unknown_or_malformed_options_name_the_key(cli, tmp_path, capsys, args, yaml_text, expected):
+    if yaml_text is not None:
+        (tmp_path / "bad.yaml").write_text(yaml_text)
+        args = ["--config=bad.yaml"]
+    line = error_line(capsys, *FIT, *args, *QUICK)
+    for fragment in expected:
+        assert fragment in line, line
+
+
+# --------------------------------------------------------------------------- data files and data options
+@pytest.fixture
+def cifar(tmp_path, monkeypatch):
+    """Tiny CIFAR-10 / CIFAR-10-C / SVHN files and the CLI options that use them."""
+    monkeypatch.chdir(tmp_path)
+    root = fx.write_cifar_benchmark(tmp_path / "data")
+    return root, ["--model=SingleModel", "--data=CIFAR10DataModule", *fx.cifar_args(root), *QUICK]
+
+
+def test_missing_data_directory(cifar, capsys):
+    _, args = cifar
+    line = error_line(capsys, "fit", *args, "--data.data_dir=nowhere")
+    assert "CIFAR-10 file 'data_batch_1' not found: expected it at nowhere/cifar-10-batches-py/data_batch_1" in line
+    assert "--data.download true" in line
+
+
+def test_truncated_data_file(cifar, capsys):
+    root, args = cifar
+    batch = root / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(batch.read_bytes()[:1000])
+    line = error_line(capsys, "fit", *args)
+    assert f"'data_batch_1' at {batch} is damaged (cannot unpickle" in line and "Delete it and get it again" in line
+
+
+def test_damaged_file_fails_its_checksum(cifar, capsys, monkeypatch):
+    root, args = cifar
+    monkeypatch.setattr(download, "_download_archive", lambda *a, **k: None)  # the network, stood in for
+    line = error_line(capsys, "fit", *args, "--data.download=true")  # fixture batches are not the real ones
+    assert f"damaged file {root / 'cifar-10-batches-py' / 'data_batch_1'}: MD5 " in line and "download again" in line
+
+
+def test_npy_of_the_wrong_shape(cifar, capsys):
+    root, args = cifar
+    np.save(root / "CIFAR-10-C" / "fog.npy", np.zeros((10, 32, 32), np.uint8))
+    line = error_line(capsys, "test", *args)
+    assert "'fog.npy'" in line and "is damaged (array is uint8 (10, 32, 32), expected uint8 (N, 32, 32, 3))" in line
+
+
+@pytest.mark.parametrize(
+    "option,expected",
+    [
+        ("--data.corruptions=[fogg]", "data.corruptions: unknown CIFAR-10-C corruption 'fogg'; choose from brightness, contrast"),
+        ("--data.severities=[6]", "data.severities: unknown severity (1..5) 6; choose from 1, 2, 3, 4, 5"),
+    ],
+)
+def test_unknown_corruption_or_severity(cifar, capsys, option, expected):
+    _, args = cifar
+    assert expected in error_line(capsys, "fit", *args, option)
+
+
+# --------------------------------------------------------------------------- checkpoints of another model
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A BatchEnsemble (M = 4) run on digits: its directory."""
+    root = tmp_path_factory.mktemp("fitted")
+    with working_directory(root):
+        main([*FIT, "--model.num_members=4", "--test_after_fit=false", *QUICK])
+    return run_dirs(root)[0]
+
+
+@pytest.mark.parametrize(
+    "args,this_run",
+    [
+        (["--model=DeepEnsemble", "--model.num_members=3"], "DeepEnsemble with num_members=3, num_classes=10"),
+        (["--model.num_members=3"], "BatchEnsemble with num_members=3, num_classes=10"),
+        (["--data=tests.run_helpers.FiveClassDigits"], "BatchEnsemble with num_members=4, num_classes=5"),
+    ],
+)
+def test_checkpoint_of_another_model_names_both_sides(fitted, capsys, args, this_run):
+    ckpt = fitted / "checkpoints" / "last.ckpt"
+    with working_directory(fitted.parent.parent):
+        line = error_line(capsys, "test", f"--config={fitted / 'config.yaml'}", f"--ckpt_path={ckpt}", *args)
+    assert f"checkpoint {ckpt} was trained as BatchEnsemble with num_members=4, num_classes=10; this run builds {this_run}" in line
+    assert f"--config {fitted / 'config.yaml'}" in line
+    assert not (fitted / "results.json").exists()
+
+
+def test_mc_dropout_checkpoint_tests_with_any_number_of_samples(cli, tmp_path):
+    # MC Dropout's num_members counts test-time samples, not weights: not a mismatch
+    cli("fit", "--model=MCDropout", "--data=DigitsDataModule", "--model.num_members=2", "--test_after_fit=false", *QUICK)
+    (run,) = run_dirs(tmp_path)
+    cli("test", f"--config={run / 'config.yaml'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "--model.num_members=5")
+    assert read_results(run)["num_members"] == 5
+
+
+def test_missing_checkpoint_file(fitted, capsys):
+    with working_directory(fitted.parent.parent):
+        line = error_line(capsys, "test", f"--config={fitted / 'config.yaml'}", "--ckpt_path=nowhere.ckpt")
+    assert "checkpoint not found: nowhere.ckpt" in line
+
+
+def test_ckpt_path_last_with_no_run_to_test(cli, tmp_path, capsys):
+    line = error_line(capsys, "test", "--model=BatchEnsemble", "--data=DigitsDataModule", "--ckpt_path=last", *QUICK)
+    assert f"--ckpt_path last: no run with a checkpoints/last.ckpt below {tmp_path / 'lightning_logs'}" in line
+
+
+# --------------------------------------------------------------------------- NaN / inf loss
+@pytest.mark.slow
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(cli, tmp_path, capsys):
+    # the loss flags are read only every 4 steps, so the checkpoint due at step 6 must be refused by the guard itself
+    nan_at = "--trainer.callbacks=[{class_path: tests.run_helpers.NaNAtStep, init_args: {step: 5}}]"
+    line = error_line(capsys, "fit", "--model=SingleModel", "--data=DigitsDataModule", *QUICK, "--trainer.limit_train_batches=12",
+                      "--checkpoint.every_n_train_steps=2", "--nan_guard.check_every_n_steps=4", nan_at)
+    (run,) = run_dirs(tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    assert f"training stopped: the training loss was NaN at epoch 0, batch 5 (global step 6); the last good checkpoint, {last}," in line
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 4
+    assert all(bool(t.isfinite().all()) for t in checkpoint["state_dict"].values())
+
+
+def test_huge_learning_rate_stops_at_the_first_nan(cli, tmp_path, capsys):
+    line = error_line(capsys, "fit", "--model=SingleModel", "--data=DigitsDataModule", *QUICK,
+                      "--model.optimizer=SGD", "--model.optimizer.lr=1e30")
+    assert "training stopped: the training loss was" in line and "at epoch 0, batch" in line
+    assert "no checkpoint had been written yet" in line and "Lower the learning rate (--model.optimizer.lr)" in line
