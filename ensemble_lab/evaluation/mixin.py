@@ -24,8 +24,9 @@ VAL_CURVES = ("acc", "nll", "ece", "mi", "disagreement")
 
 # Under DDP, Lightning advises sync_dist for epoch-level values and warns that DistributedSampler
 # repeats samples at test. Neither applies here: the PredictionStore gathers the complete set and
-# drops the repeats, so val/ and test/ values are already exact and identical on every rank.
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/")
+# drops the repeats, so val/ and test/ values are already exact and identical on every rank (and
+# EnsembleModule reduces its train/ epoch sums across ranks itself).
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test|train)/")
 warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders\. During `trainer\.test\(\)`")
 
 

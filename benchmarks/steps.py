@@ -1,0 +1,172 @@
+"""Figures (a)-(d): layers and training / inference steps against the plain model doing the same work.
+
+Every step here is hand-written (zero_grad, forward, loss, backward, optimizer step) so that the
+two sides of a ratio differ only in the thing being measured.
+"""
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from benchmarks.settings import Settings
+from benchmarks.timing import Figure, compare
+from ensemble_lab.methods import BatchEnsemble, DeepEnsemble, MCDropout, SingleModel
+from ensemble_lab.methods.base import EnsembleModule
+from ensemble_lab.nn import BatchConv2d, BatchLinear
+
+#: the paper's CIFAR optimizer (PAPER.md, Recipe)
+SGD = partial(torch.optim.SGD, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def _layer_step(layer: nn.Module, x: Tensor, settings: Settings, backward: bool) -> Callable[[], None]:
+    grad = None
+
+    def run() -> None:
+        nonlocal grad
+        if not backward:
+            with torch.no_grad(), settings.autocast():
+                layer(x)
+            return
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        with settings.autocast():
+            y = layer(x)
+        if grad is None or grad.dtype != y.dtype:
+            grad = torch.ones_like(y)
+        y.backward(grad)
+
+    return run
+
+
+def layers(settings: Settings) -> list[Figure]:
+    """(a) BatchLinear / BatchConv2d vs nn.Linear / nn.Conv2d on the same M·B rows."""
+    s, dev = settings.sizes, settings.device
+    rows = s.members * s.batch
+    fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+    pairs = {
+        "BatchLinear": (
+            BatchLinear(s.features, s.features, s.members),
+            nn.Linear(s.features, s.features),
+            torch.randn(rows, s.features),
+        ),
+        "BatchConv2d 3x3": (
+            BatchConv2d(s.channels, s.channels, 3, s.members, padding=1),
+            nn.Conv2d(s.channels, s.channels, 3, padding=1, bias=False),
+            torch.randn(rows, s.channels, s.conv_size, s.conv_size),
+        ),
+    }
+    figures = []
+    for name, (batch_layer, plain_layer, x) in pairs.items():
+        x = x.to(dev)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=fmt)
+            batch_layer, plain_layer = batch_layer.to(memory_format=fmt), plain_layer.to(memory_format=fmt)
+        batch_layer, plain_layer = batch_layer.to(dev), plain_layer.to(dev)
+        # An inner layer: its input needs a gradient. (On a leaf input the plain layer would skip
+        # the input gradient, while BatchLinear / BatchConv2d still need it to reach r.)
+        x.requires_grad_(True)
+        for backward in (False, True):
+            label = "fwd+bwd" if backward else "fwd"
+            figures.append(compare(
+                f"(a) {name} {label}",
+                (name, _layer_step(batch_layer, x, settings, backward)),
+                (type(plain_layer).__name__, _layer_step(plain_layer, x, settings, backward)),
+                **settings.timing(),
+            ))
+    return figures
+
+
+def make_method(cls: type[EnsembleModule], settings: Settings, backbone: str, **options) -> EnsembleModule:
+    """A method on the benchmark's device, with the paper's SGD."""
+    s = settings.sizes
+    if backbone == "mlp":  # PAPER.md's MNIST MLP on MNIST-shaped inputs
+        shape, extra = (1, 28, 28), dict(hidden_sizes=(64, 32, 16))
+    else:
+        shape, extra = (3, s.image, s.image), dict(width=s.width)
+    module = cls(num_classes=10, input_shape=shape, backbone=backbone, channels_last=settings.channels_last, optimizer=SGD, **extra, **options)
+    return module.to(settings.device)
+
+
+def training_step(module: EnsembleModule, x: Tensor, y: Tensor, settings: Settings) -> Callable[[], None]:
+    """One optimizer step of ``module`` on (x, y), as Lightning's automatic optimisation does it."""
+    optimizer = module.configure_optimizers()
+    module.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with settings.autocast():
+            loss = module.training_loss(module.training_logits(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def batch(settings: Settings, backbone: str, count: int) -> tuple[Tensor, Tensor]:
+    s = settings.sizes
+    shape = (1, 28, 28) if backbone == "mlp" else (3, s.image, s.image)
+    x = torch.randn(count, *shape, device=settings.device)
+    return x, torch.randint(0, 10, (count,), device=settings.device)
+
+
+def batch_ensemble_steps(settings: Settings) -> list[Figure]:
+    """(b) a BatchEnsemble step on B images (M·B rows) vs the single model on M·B images."""
+    s, figures = settings.sizes, []
+    for backbone in ("mlp", "resnet18"):
+        b = s.mlp_batch if backbone == "mlp" else s.batch
+        x, y = batch(settings, backbone, b)
+        ensemble = make_method(BatchEnsemble, settings, backbone, num_members=s.members)
+        single = make_method(SingleModel, settings, backbone)
+        tiled_x, tiled_y = x.repeat(s.members, *[1] * (x.dim() - 1)), y.repeat(s.members)  # (M*B, ...)
+        figures.append(compare(
+            f"(b) BatchEnsemble step, {backbone}",
+            (f"BE M={s.members} B={b}", training_step(ensemble, x, y, settings)),
+            (f"single B={s.members * b}", training_step(single, tiled_x, tiled_y, settings)),
+            target="<= 1.15", **settings.timing(),
+        ))
+    return figures
+
+
+def deep_ensemble_steps(settings: Settings) -> list[Figure]:
+    """(c) the vectorized DeepEnsemble step vs M single-model steps one after the other."""
+    s, figures = settings.sizes, []
+    for backbone in ("mlp", "resnet18"):
+        b = s.mlp_batch if backbone == "mlp" else s.batch
+        x, y = batch(settings, backbone, b)
+        ensemble = make_method(DeepEnsemble, settings, backbone, num_members=s.members)
+        members = [training_step(make_method(SingleModel, settings, backbone), x, y, settings) for _ in range(s.members)]
+
+        def sequential() -> None:
+            for member_step in members:  # the reference: M independent networks, one at a time
+                member_step()
+
+        figures.append(compare(
+            f"(c) DeepEnsemble step, {backbone}",
+            (f"DE M={s.members} vectorized", training_step(ensemble, x, y, settings)),
+            (f"{s.members} single steps", sequential),
+            note="< 1 means the vectorized form is faster", **settings.timing(),
+        ))
+    return figures
+
+
+def mc_dropout_samples(settings: Settings) -> list[Figure]:
+    """(d) MC Dropout's M test-time samples as one tiled batch vs M separate forward passes."""
+    s = settings.sizes
+    x, _ = batch(settings, "resnet18", s.batch)
+    model = make_method(MCDropout, settings, "resnet18", num_members=s.members, dropout=0.1).eval()
+
+    def batched() -> None:
+        with torch.inference_mode(), settings.autocast():
+            F.softmax(model(x), dim=-1)  # (M, B, C)
+
+    def looped() -> None:
+        with torch.inference_mode(), settings.autocast():
+            F.softmax(torch.stack([model.network(x) for _ in range(s.members)]), dim=-1)  # (M, B, C)
+
+    return [compare(
+        "(d) MC Dropout M samples", (f"batched M·B={s.members * s.batch}", batched), (f"{s.members} loops of B", looped),
+        note="< 1 means batching is faster", **settings.timing(),
+    )]

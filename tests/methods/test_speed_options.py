@@ -1,0 +1,73 @@
+"""GPU speed options, each run on CPU: bf16-mixed precision, channels_last, torch.compile."""
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from ensemble_lab.methods import BatchEnsemble, DeepEnsemble, MCDropout, SingleModel
+from tests.conftest import TINY_TRAINER, read_results, run_dirs
+
+RESNET = dict(num_classes=10, input_shape=(3, 8, 8), backbone="resnet18", width=4)
+CLI_RESNET = ["--data=DigitsDataModule", "--model.backbone=resnet18", "--model.width=4", "--seed_everything=7", "--figures=false"]
+
+
+def assert_sane_results(run) -> None:
+    results = read_results(run)
+    for name, metrics in results["sets"].items():
+        for key in ("acc", "nll", "ece", "mi"):
+            assert math.isfinite(metrics[key]), (name, key)
+
+
+@pytest.mark.parametrize(
+    "method,args",
+    [
+        ("BatchEnsemble", ["--model.num_members=2", "--trainer.precision=bf16-mixed"]),
+        ("DeepEnsemble", ["--model.num_members=2", "--trainer.precision=bf16-mixed", "--model.channels_last=true"]),
+        ("MCDropout", ["--model.num_members=2", "--model.channels_last=true"]),
+    ],
+)
+def test_precision_and_channels_last_through_the_cli(cli, tmp_path, method, args):
+    cli("fit", f"--model={method}", *CLI_RESNET, *args, *TINY_TRAINER)
+    (run,) = run_dirs(tmp_path)
+    assert_sane_results(run)
+
+
+@pytest.mark.parametrize(
+    "cls,options",
+    [(SingleModel, {}), (BatchEnsemble, dict(num_members=2)), (DeepEnsemble, dict(num_members=2)), (MCDropout, dict(num_members=2))],
+)
+def test_channels_last_changes_memory_order_not_values(cls, options):
+    torch.manual_seed(0)
+    plain = cls(**RESNET, **options)
+    fast = cls(**RESNET, **options, channels_last=True)
+    fast.load_state_dict(plain.state_dict())
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    for p in fast.parameters():
+        if p.dim() == 4:
+            assert p.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(5, 3, 8, 8)
+    torch.manual_seed(1)  # MC Dropout: the same masks in both
+    expected = plain(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))), reason="TorchInductor on CPU needs a C++ compiler")
+def test_compile_fits_and_keeps_checkpoint_names(cli, tmp_path, monkeypatch):
+    """A tiny MLP only: compiling on CPU costs ~20 s per graph (a ResNet takes minutes)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    cli(
+        "fit", "--model=BatchEnsemble", "--model.num_members=2", "--model.hidden_sizes=[16]", "--model.compile=true",
+        "--data=DigitsDataModule", "--seed_everything=7", "--test_after_fit=false", "--trainer.limit_val_batches=0",
+        *TINY_TRAINER,
+    )
+    (run,) = run_dirs(tmp_path)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 3
+    # the same names as an uncompiled model: checkpoints move freely between the two
+    eager = BatchEnsemble(num_members=2, hidden_sizes=(16,), num_classes=10, input_shape=(1, 8, 8))
+    eager.load_state_dict(checkpoint["state_dict"], strict=True)
+    assert all(torch.isfinite(p).all() for p in eager.parameters())

@@ -1,0 +1,23 @@
+"""The benchmark suite runs end to end (micro sizes, seconds). Timings are printed, never asserted."""
+
+import json
+
+from benchmarks.run import main
+
+
+def test_micro_suite_writes_every_figure(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    figures = main(["--micro", "--out", str(out)])
+    document = json.loads(out.read_text())
+    names = [f["name"] for f in document["figures"]]
+    assert len(names) == len(figures) and {name[:3] for name in names} == {f"({c})" for c in "abcdefg"}
+    for figure in document["figures"]:
+        assert figure["pairs"] >= 1 and figure["ratio_median"] > 0
+        assert figure["ratio_q25"] <= figure["ratio_median"] <= figure["ratio_q75"]
+    table = capsys.readouterr().out
+    assert "(e) training epoch" in table and "target" in table
+
+
+def test_micro_suite_with_gpu_options_on_cpu(tmp_path):
+    figures = main(["--micro", "--only", "abd", "--precision", "bf16-mixed", "--channels-last", "--out", str(tmp_path / "b.json")])
+    assert len(figures) == 7
