@@ -22,13 +22,16 @@ class NonFiniteLossGuard(Callback):
     ``last.ckpt`` keeps the weights of the last good save.
     """
 
-    def __init__(self, enabled: bool = True, check_every_n_steps: int = 1) -> None:
+    #: steps between two reads of the flags on an accelerator when ``check_every_n_steps`` is not set
+    ACCELERATOR_CHECK_EVERY = 50
+
+    def __init__(self, enabled: bool = True, check_every_n_steps: int | None = None) -> None:
         """
         Args:
             enabled: stop training on a NaN / inf loss (false: let it run on).
-            check_every_n_steps: read the loss flags every N training steps; 1 stops at once, larger values avoid a GPU-host sync per step (checkpoints are always checked first).
+            check_every_n_steps: read the loss flags every N training steps; 1 stops at once, larger values avoid a GPU-host sync per step (checkpoints are always checked first). Default: every step when the loss is on the CPU (reading it costs nothing there), every 50 steps on a GPU.
         """
-        if check_every_n_steps < 1:
+        if check_every_n_steps is not None and check_every_n_steps < 1:
             raise ValueError(f"nan_guard.check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.enabled, self.check_every_n_steps = enabled, check_every_n_steps
         self._flags: list[Tensor] = []  # one 0-d bool per step since the last check: loss not finite
@@ -43,8 +46,14 @@ class NonFiniteLossGuard(Callback):
         self._flags.append(~torch.isfinite(loss).all())
         self._losses.append(loss.float().sum())
         self._where.append((trainer.current_epoch, batch_idx, trainer.global_step))
-        if len(self._flags) >= self.check_every_n_steps:
+        if len(self._flags) >= self.steps_between_checks(loss.device):
             self.check(trainer)
+
+    def steps_between_checks(self, device: torch.device) -> int:
+        """How many steps' flags are collected before they are read, for a loss on ``device``."""
+        if self.check_every_n_steps is not None:
+            return self.check_every_n_steps
+        return 1 if device.type == "cpu" else self.ACCELERATOR_CHECK_EVERY
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # runs while the checkpoint is assembled, before anything is written: raising here keeps the old file

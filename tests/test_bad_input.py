@@ -166,3 +166,14 @@ def test_huge_learning_rate_stops_at_the_first_nan(cli, tmp_path, capsys):
                       "--model.optimizer=SGD", "--model.optimizer.lr=1e30")
     assert "training stopped: the training loss was" in line and "at epoch 0, batch" in line
     assert "no checkpoint had been written yet" in line and "Lower the learning rate (--model.optimizer.lr)" in line
+
+
+def test_nan_guard_reads_every_step_on_cpu_and_rarely_on_a_gpu():
+    from ensemble_lab.callbacks import NonFiniteLossGuard
+
+    default = NonFiniteLossGuard()
+    assert default.steps_between_checks(torch.device("cpu")) == 1
+    assert default.steps_between_checks(torch.device("cuda", 0)) == NonFiniteLossGuard.ACCELERATOR_CHECK_EVERY > 1
+    assert NonFiniteLossGuard(check_every_n_steps=7).steps_between_checks(torch.device("cpu")) == 7
+    with pytest.raises(ValueError, match="check_every_n_steps must be >= 1, got 0"):
+        NonFiniteLossGuard(check_every_n_steps=0)
