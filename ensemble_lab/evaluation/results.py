@@ -14,6 +14,8 @@ import numpy as np
 from ensemble_lab.errors import EnsembleLabError
 
 TABLE_COLUMNS = ("acc", "nll", "brier", "ece", "entropy", "mi", "disagreement", "auroc_msp", "auroc_mi", "fpr95_msp")
+#: metrics scored against the labels: on an ood set those are not the model's classes, so the table shows '-'
+LABEL_METRICS = frozenset({"acc", "nll", "brier", "ece", "member_acc", "member_nll", "member_ece"})
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -93,13 +95,16 @@ def write_predictions(results_dir: Path, set_name: str, member_probs: np.ndarray
 
 
 def format_table(sets: dict[str, dict[str, Any]], columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
-    """A fixed-width text table, one row per test set; '-' where a metric does not apply."""
+    """A fixed-width text table, one row per test set; '-' where a metric does not apply.
+
+    results.json keeps every key for every set; the table leaves out label-based metrics of ood sets.
+    """
     header = ["set", "role", *columns]
     rows = []
     for name, metrics in sets.items():
         cells = [name, str(metrics.get("role", ""))]
         for col in columns:
-            value = metrics.get(col)
+            value = None if metrics.get("role") == "ood" and col in LABEL_METRICS else metrics.get(col)
             cells.append("-" if value is None else f"{value:.4f}")
         rows.append(cells)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
