@@ -1,11 +1,13 @@
 """The ``ensemble-lab`` command: LightningCLI for fit / validate / test / predict, plus extra subcommands."""
 
+import logging
 import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import lightning_utilities.core.rank_zero
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -160,6 +162,13 @@ def _print_usage() -> None:
         print(f"  {name:<30} {help_text}")
 
 
+class _DropAdverts(logging.Filter):
+    """Drops Lightning's product tips ("💡 Tip: try installing litlogger ..."), printed on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
 def quiet_known_warnings() -> None:
     """Silence warnings that are noise for ensemble-lab users (they say nothing about their run)."""
     # in-memory uint8 tensors need no loader workers; Lightning suggests them for every loader
@@ -170,6 +179,10 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     # the datamodule saves and restores the mid-epoch position itself (data/sampler.py)
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+    # Lightning's rank_zero_info goes through the logger Lightning installs here; its product tips say nothing about the run
+    rank_zero_log = lightning_utilities.core.rank_zero.log
+    if not any(isinstance(f, _DropAdverts) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropAdverts())
 
 
 def main(args: Sequence[str] | None = None) -> None:

@@ -23,3 +23,21 @@ def test_validate_and_predict_from_a_checkpoint(cli, tmp_path, capsys):
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "ensemble_lab", "--version"], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.startswith("ensemble-lab ")
+
+
+def test_lightning_product_tips_are_dropped_and_other_info_kept(caplog):
+    import logging
+
+    from lightning.pytorch.utilities import rank_zero_info
+
+    from ensemble_lab.cli import quiet_known_warnings
+
+    quiet_known_warnings()
+    quiet_known_warnings()  # idempotent: one filter, however often main() runs
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing something")
+        rank_zero_info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+    import lightning_utilities.core.rank_zero
+
+    assert len(lightning_utilities.core.rank_zero.log.filters) == 1
