@@ -81,7 +81,10 @@ class CIFAR10DataModule(EnsembleDataModule):
 
     # ---- files -------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Download what is missing (``download``), then check every file exists before any training."""
+        """Download what is missing (``download``), then check every file before any training.
+
+        Every file must exist; the CIFAR-10-C arrays must also have whole, correctly shaped headers.
+        """
         if self.download:
             dl.download_cifar10(self.data_dir)
             dl.download_cifar10c(self.data_dir)
@@ -93,6 +96,10 @@ class CIFAR10DataModule(EnsembleDataModule):
             + [("CIFAR-10-C", [corrupted / f"{c}.npy"]) for c in [*self.corruptions, "labels"]]
             + [("SVHN", [self.data_dir / "svhn" / "test_32x32.mat"])]
         )
+        # the shift set is read only at test time: catch a truncated or misshapen file now, not after training
+        rows = 5 * self.cifar10c_block_size
+        shapes = {corrupted / f"{c}.npy": (rows, 32, 32, 3) for c in self.corruptions}
+        dl.check_npy_files({**shapes, corrupted / "labels.npy": (rows,)}, "CIFAR-10-C")
 
     def load_train(self) -> LabeledImages:
         return labeled(*read_cifar10(self.data_dir, train=True))

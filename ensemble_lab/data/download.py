@@ -91,8 +91,11 @@ def _first_bad(expected: dict[Path, tuple[int, ...]]) -> Path | None:
     return None
 
 
-def _check_extracted(expected: dict[Path, tuple[int, ...]], dataset: str) -> None:
-    """After extracting, name the first file that is still missing or has the wrong shape."""
+def check_npy_files(expected: dict[Path, tuple[int, ...]], dataset: str) -> None:
+    """Name the first .npy file that is missing, truncated or of the wrong shape (headers only, no data read).
+
+    ``expected`` maps each path to its shape, -1 for any length.
+    """
     bad = _first_bad(expected)
     if bad is not None and not bad.is_file():
         raise missing_file_error(bad, dataset)
@@ -204,7 +207,7 @@ def download_cifar10c(root: Path | str) -> Path:
         return folder
     _fetch("CIFAR-10-C", CIFAR10C_URL, folder,
            lambda: _download_archive(CIFAR10C_URL, root, "CIFAR-10-C.tar", CIFAR10C_MD5))
-    _check_extracted(expected, "CIFAR-10-C")
+    check_npy_files(expected, "CIFAR-10-C")
     return folder
 
 
@@ -220,5 +223,5 @@ def download_mnist_c(root: Path | str) -> Path:
         return folder
     _fetch("MNIST-C", MNIST_C_URL, folder,
            lambda: _download_archive(MNIST_C_URL, root, "mnist_c.zip", MNIST_C_MD5))
-    _check_extracted(expected, "MNIST-C")
+    check_npy_files(expected, "MNIST-C")
     return folder

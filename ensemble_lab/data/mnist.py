@@ -79,7 +79,10 @@ class MNISTDataModule(EnsembleDataModule):
         return roles
 
     def prepare_data(self) -> None:
-        """Download what is missing (``download``), then check every file exists before any training."""
+        """Download what is missing (``download``), then check every file before any training.
+
+        Every file must exist; the MNIST-C arrays must also have whole, correctly shaped headers.
+        """
         if self.download:
             dl.download_mnist(self.data_dir)
             dl.download_fashion_mnist(self.data_dir)
@@ -91,6 +94,10 @@ class MNISTDataModule(EnsembleDataModule):
             folder = self.data_dir / "mnist_c"
             expected += [("MNIST-C", [folder / c / f"test_{k}.npy"]) for c in self.corruptions for k in ("images", "labels")]
         require_files(expected)
+        if self.mnist_c:  # read only at test time: catch a truncated or misshapen file now, not after training
+            shapes = {folder / c / "test_images.npy": (-1, 28, 28, 1) for c in self.corruptions}
+            shapes.update({folder / c / "test_labels.npy": (-1,) for c in self.corruptions})
+            dl.check_npy_files(shapes, "MNIST-C")
 
     def load_train(self) -> LabeledImages:
         return labeled(*read_mnist(self.data_dir, train=True))

@@ -127,6 +127,24 @@ def test_cifar10_missing_file_fails_before_training(tmp_path):
         cifar(tmp_path).setup("test")
 
 
+def test_truncated_or_misshapen_shift_files_fail_before_training(tmp_path):
+    fx.write_cifar_benchmark(tmp_path / "cifar")
+    fog = tmp_path / "cifar" / "CIFAR-10-C" / "fog.npy"
+    fog.write_bytes(fog.read_bytes()[:-100])  # an interrupted copy
+    with pytest.raises(DatasetError) as err:
+        cifar(tmp_path / "cifar").prepare_data()
+    assert str(fog) in str(err.value)
+    assert "not a readable .npy array" in str(err.value)
+    cifar(tmp_path / "cifar", corruptions=["snow"]).prepare_data()  # only the chosen corruptions are read
+
+    fx.write_mnist_benchmark(tmp_path / "mnist")
+    labels = tmp_path / "mnist" / "mnist_c" / "fog" / "test_labels.npy"
+    np.save(labels, np.zeros((3, 2), dtype=np.int64))
+    with pytest.raises(DatasetError) as err:
+        mnist(tmp_path / "mnist").prepare_data()
+    assert str(labels) in str(err.value) and "array shaped (3, 2), expected (-1,)" in str(err.value)
+
+
 def test_mnist_missing_mnist_c_can_be_turned_off(tmp_path):
     fx.write_mnist_benchmark(tmp_path)
     (tmp_path / "mnist_c" / "fog" / "test_images.npy").unlink()
