@@ -101,8 +101,9 @@ def check_npy_files(expected: dict[Path, tuple[int, ...]], dataset: str) -> None
         raise missing_file_error(bad, dataset)
     if bad is not None:
         found = _npy_shape(bad)
+        want = "(" + ", ".join("N" if n == -1 else str(n) for n in expected[bad]) + ("," if len(expected[bad]) == 1 else "") + ")"
         why = "not a readable .npy array" if found is None else f"array shaped {found}"
-        why += f", expected {expected[bad]} (-1: any length)"
+        why += f", expected {want}"
         raise damaged_file_error(bad, dataset, why)
 
 
