@@ -115,10 +115,28 @@ class EnsembleLabCLI(LightningCLI):
         config["ckpt_path"] = ckpt_path
         return ckpt_path
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "test":  # the mixin prints its own table; Lightning's lists ~100 test/<set>/<metric> rows
+            parser.set_defaults({"verbose": False})
+        return parser
+
+    def _continue_in(self, run_dir: Path, kind: str) -> None:
+        """The config of this command goes into ``run_dir`` as config.<kind>-<N>.yaml (config.yaml is kept)."""
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RunConfigSaver):
+                callback.resumed_run_dir, callback.continued_as = run_dir, kind
+
     def before_test(self) -> None:
-        self._configure_outputs(self._resolve_ckpt_path())
-        if self.model.results_dir is not None:  # fail before any work, not after the evaluation
-            check_can_write(Path(self.model.results_dir), self.model.overwrite_results)
+        ckpt_path = self._resolve_ckpt_path()
+        self._configure_outputs(ckpt_path)
+        if self.model.results_dir is None:
+            return
+        check_can_write(Path(self.model.results_dir), self.model.overwrite_results)  # fail before any work
+        # the run's own directory also takes the TensorBoard scalars and figures: no stray version_N
+        run_dir = continue_run(self.trainer, ckpt_path)
+        if run_dir is not None:
+            self._continue_in(run_dir, "test")
 
     def before_validate(self) -> None:
         self._resolve_ckpt_path()
@@ -133,9 +151,7 @@ class EnsembleLabCLI(LightningCLI):
         if run_dir is None:
             return
         # a resumed run continues in its own directory (events, checkpoints, results.json)
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, RunConfigSaver):
-                callback.resumed_run_dir = run_dir
+        self._continue_in(run_dir, "resume")
         if self._subcommand_config().get("test_after_fit", True):  # refuse before training, not after
             check_can_write(run_dir, self.model.overwrite_results)
         rank_zero_info(f"ensemble-lab: resuming {run_dir} from {Path(ckpt_path).name}")

@@ -4,8 +4,9 @@ Lightning resolves ``ckpt_path="last"`` inside the *new* run's checkpoint folder
 (``lightning_logs/version_<N+1>/checkpoints``), which is empty, so a plain resume silently starts
 from scratch. Here "last" means the newest ``last.ckpt`` below the logger's root
 (``lightning_logs/version_*/checkpoints``), and a resumed ``fit`` keeps writing into the run
-directory it resumes (TensorBoard events, checkpoints, results.json). Its config.yaml is kept;
-the resume's own config goes beside it as ``config.resume-<N>.yaml``.
+directory it resumes (TensorBoard events, checkpoints, results.json), and so does a ``test`` of one
+of the run's checkpoints. Its config.yaml is kept; the resume's or test's own config goes beside it
+as ``config.resume-<N>.yaml`` or ``config.test-<N>.yaml``.
 """
 
 import re
@@ -87,19 +88,22 @@ def continue_run(trainer: L.Trainer, ckpt_path: str) -> Path | None:
 class RunConfigSaver(SaveConfigCallback):
     """Saves the run's config.yaml; never overwrites it.
 
-    A resumed run that continues in its own directory writes ``config.resume-<N>.yaml`` instead
-    (N = 1, 2, ...), so both the original and every resume's options stay on record.
+    A command that continues in an existing run directory (a resumed fit, a test of the run's
+    checkpoint) writes ``config.<kind>-<N>.yaml`` instead (N = 1, 2, ...), so the original
+    options and those of every later command stay on record.
     """
 
-    #: set by the CLI to the run directory a resumed fit continues in
+    #: set by the CLI to the run directory a resumed fit or a test continues in
     resumed_run_dir: Path | None = None
+    #: what continues there: "resume" or "test"; names the extra config file
+    continued_as: str = "resume"
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self.already_saved and self.resumed_run_dir is not None and trainer.log_dir:
             log_dir = Path(trainer.log_dir)
             if log_dir.resolve() == self.resumed_run_dir and (log_dir / self.config_filename).exists():
                 n = 1
-                while (log_dir / f"config.resume-{n}.yaml").exists():
+                while (log_dir / f"config.{self.continued_as}-{n}.yaml").exists():
                     n += 1
-                self.config_filename = f"config.resume-{n}.yaml"
+                self.config_filename = f"config.{self.continued_as}-{n}.yaml"
         super().setup(trainer, pl_module, stage)

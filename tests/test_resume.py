@@ -135,8 +135,14 @@ def test_a_second_test_keeps_the_earlier_results(uninterrupted, tmp_path, capsys
         assert "results.json already exists; nothing was changed" in capsys.readouterr().err
         assert {name: (run / name).read_bytes() for name in before} == before
 
+        config = (run / "config.yaml").read_bytes()
         main([*test, "--overwrite=true"])
+        printed = capsys.readouterr().out
+        assert "BatchEnsemble (M=2) results ->" in printed and "test/digits/acc" not in printed  # one table: ours
         assert (run / "results.prev-1.json").read_bytes() == before["results.json"]
+        # the test continued in the run's directory: no new version_N, its options beside the run's own
+        assert run_dirs(tmp_path) == [run] and (run / "config.yaml").read_bytes() == config
+        assert (run / "config.test-1.yaml").exists()
         replaced = json.loads((run / "results.json").read_text())
         assert replaced["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
         assert replaced["sets"] == json.loads(before["results.json"])["sets"]  # BatchEnsemble evaluates deterministically
@@ -144,3 +150,4 @@ def test_a_second_test_keeps_the_earlier_results(uninterrupted, tmp_path, capsys
         main([*test, "--overwrite=true"])
         assert (run / "results.prev-1.json").read_bytes() == before["results.json"]
         assert (run / "results.prev-2.json").read_text() == json.dumps(replaced, indent=2)
+        assert (run / "config.test-2.yaml").exists() and run_dirs(tmp_path) == [run]
