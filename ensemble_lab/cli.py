@@ -129,6 +129,7 @@ class EnsembleLabCLI(LightningCLI):
 
     def before_test(self) -> None:
         ckpt_path = self._resolve_ckpt_path()
+        _quiet_checkpoint_callback_state()
         self._configure_outputs(ckpt_path)
         if self.model.results_dir is None:
             return
@@ -140,9 +141,11 @@ class EnsembleLabCLI(LightningCLI):
 
     def before_validate(self) -> None:
         self._resolve_ckpt_path()
+        _quiet_checkpoint_callback_state()
 
     def before_predict(self) -> None:
         self._resolve_ckpt_path()
+        _quiet_checkpoint_callback_state()
 
     def before_fit(self) -> None:
         ckpt_path = self._resolve_ckpt_path()
@@ -152,6 +155,7 @@ class EnsembleLabCLI(LightningCLI):
             return
         # a resumed run continues in its own directory (events, checkpoints, results.json)
         self._continue_in(run_dir, "resume")
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # by design
         if self._subcommand_config().get("test_after_fit", True):  # refuse before training, not after
             check_can_write(run_dir, self.model.overwrite_results)
         rank_zero_info(f"ensemble-lab: resuming {run_dir} from {Path(ckpt_path).name}")
@@ -159,6 +163,12 @@ class EnsembleLabCLI(LightningCLI):
     def after_fit(self) -> None:
         if self._subcommand_config().get("test_after_fit", True) and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+
+
+def _quiet_checkpoint_callback_state() -> None:
+    """Outside fit, Lightning's notice that a checkpoint's ModelCheckpoint state (best / last paths of
+    another directory) is not restored says nothing: no checkpoint is written."""
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* won't be reloaded")
 
 
 def run_dir_of_checkpoint(ckpt_path: str | None) -> str | None:
