@@ -48,6 +48,9 @@ class EnsembleLabCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         kwargs.setdefault("parser_class", EnsembleLabArgumentParser)  # one-line errors, not the usage text
         kwargs.setdefault("save_config_callback", RunConfigSaver)  # a resumed run keeps its config.yaml
+        # optimizers are model options (--model.optimizer): a top-level --optimizer would replace the
+        # method's configure_optimizers and silently drop BatchEnsemble's fast-weight parameter groups
+        kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(
             EnsembleModule,
             EnsembleDataModule,

@@ -114,6 +114,10 @@ def test_print_config_lists_linked_and_default_options(cli, capsys):
         (["--model=BatchEnsemble", "--data=NoSuchData"], "NoSuchData"),
         (["--model=BatchEnsemble", "--model.num_members=0", "--data=DigitsDataModule"], "num_members must be an integer >= 1"),
         (["--model=MCDropout", "--model.dropout=1.5", "--data=DigitsDataModule"], r"dropout must be in \[0, 1\)"),
+        # optimizers are model options only: a top-level one would bypass BatchEnsemble's parameter groups
+        (["--model=BatchEnsemble", "--data=DigitsDataModule", "--optimizer=SGD"], "unrecognized arguments: --optimizer"),
+        (["--model=BatchEnsemble", "--data=DigitsDataModule", "--model.lr_scheduler=OneCycleLR",
+          "--model.lr_scheduler.max_lr=0.1", "--model.lr_scheduler.total_steps=10"], "OneCycleLR sets the same learning rate"),
     ],
 )
 def test_bad_input_exits_with_a_clear_message(cli, capsys, args, message):

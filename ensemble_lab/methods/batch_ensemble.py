@@ -1,9 +1,11 @@
 """BatchEnsemble: members share W and differ by rank-1 fast weights r_i, s_i (Wen et al., 2020)."""
 
+import math
 from typing import Any
 
 import torch
 
+from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.nn import LayerFactory, batch_ensemble_layers
 
@@ -42,6 +44,21 @@ class BatchEnsemble(EnsembleModule):
         fast = [p for n, p in named if self._is_fast_weight(n)]
         shared = [p for n, p in named if not self._is_fast_weight(n)]
         return [{"params": shared}, {"params": fast, "fast_weights": True}]
+
+    def configure_optimizers(self) -> Any:
+        config = super().configure_optimizers()
+        optimizer = config["optimizer"] if isinstance(config, dict) else config
+        shared, fast = optimizer.param_groups  # the order of parameter_groups()
+        # OneCycleLR, CyclicLR, ... set one absolute rate for every group when they are built
+        if not math.isclose(fast["lr"], shared["lr"] * self.fast_weight_lr_scale, rel_tol=1e-6, abs_tol=1e-12):
+            name = type(config["lr_scheduler"]["scheduler"]).__name__
+            raise ConfigError(
+                f"--model.lr_scheduler {name} sets the same learning rate for every parameter group, which undoes "
+                f"--model.fast_weight_lr_scale {self.fast_weight_lr_scale} (r and s at a scaled rate). Pass "
+                "--model.fast_weight_lr_scale 1.0, or use a scheduler that scales the optimizer's own rates "
+                "(MultiStepLR, CosineAnnealingLR, LinearLR, ...)."
+            )
+        return config
 
     def adjust_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         for group in optimizer.param_groups:

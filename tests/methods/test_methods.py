@@ -74,6 +74,24 @@ def test_batch_ensemble_fast_weight_groups():
         assert (id(p) in fast_ids) == (name.endswith(".r") or name.endswith(".s")), name
 
 
+def test_batch_ensemble_keeps_the_fast_weight_rate_under_schedulers():
+    model = BatchEnsemble(num_members=2, fast_weight_lr_scale=0.5, **MLP)
+    model.optimizer = lambda groups: torch.optim.SGD(groups, lr=0.1)
+    model.lr_scheduler = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    scheduler = model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    for _ in range(3):
+        scheduler.step()
+        shared, fast = scheduler.optimizer.param_groups
+        assert fast["lr"] == pytest.approx(0.5 * shared["lr"]) and shared["lr"] < 0.1
+
+    # OneCycleLR gives every group one absolute rate: refused unless the scale is 1
+    model.lr_scheduler = lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    with pytest.raises(ConfigError, match="OneCycleLR sets the same learning rate for every parameter group"):
+        model.configure_optimizers()
+    model.fast_weight_lr_scale = 1.0
+    assert model.configure_optimizers()["lr_scheduler"]["scheduler"].optimizer.param_groups[1]["lr"] > 0
+
+
 @pytest.mark.parametrize(
     "build,match",
     [
