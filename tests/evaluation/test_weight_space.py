@@ -13,14 +13,14 @@ RESNET = dict(input_shape=(3, 8, 8), num_classes=10, backbone="resnet18", width=
 
 
 def explicit_member_vectors(model: nn.Module, num_members: int) -> torch.Tensor:
-    """(M, P): each member's parameters written out one by one (effective weights, biases, norm affine)."""
+    """(M, P): each member's linear / conv parameters written out one by one (effective weights, biases)."""
     members = []
     for i in range(num_members):
         parts = []
         for module in model.modules():
             if isinstance(module, (BatchLinear, BatchConv2d)):
                 parts.append(module.member_weight(i).flatten())  # W ∘ s_i r_iᵀ, materialised
-            elif isinstance(module, (EnsembleLinear, EnsembleConv2d, EnsembleBatchNorm2d)):
+            elif isinstance(module, (EnsembleLinear, EnsembleConv2d)):
                 parts.append(module.weight[i].flatten())
             else:
                 continue
@@ -87,6 +87,19 @@ def test_batch_ensemble_shared_batchnorm_is_left_out():
             if isinstance(module, nn.BatchNorm2d):
                 module.weight.mul_(10.0).add_(3.0)
     torch.testing.assert_close(weight_cosine(model), before, rtol=0, atol=0)
+
+
+def test_norm_layers_are_left_out_so_independent_inits_are_near_orthogonal():
+    torch.manual_seed(4)
+    model = DeepEnsemble(num_members=2, **RESNET)
+    before = weight_cosine(model)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, EnsembleBatchNorm2d):
+                module.weight.mul_(10.0).add_(3.0)
+                module.bias.add_(1.0)
+    torch.testing.assert_close(weight_cosine(model), before, rtol=0, atol=0)
+    assert abs(off_diagonal_mean(before)) < 0.1  # independent inits: orthogonal up to sampling noise
 
 
 def test_identical_and_opposite_members():
