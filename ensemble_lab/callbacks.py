@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
-from ensemble_lab.errors import NonFiniteLossError
+from ensemble_lab.errors import ConfigError, NonFiniteLossError
 
 
 class NonFiniteLossGuard(Callback):
@@ -32,7 +32,7 @@ class NonFiniteLossGuard(Callback):
             check_every_n_steps: read the loss flags every N training steps; 1 stops at once, larger values avoid a GPU-host sync per step (checkpoints are always checked first). Default: every step when the loss is on the CPU (reading it costs nothing there), every 50 steps on a GPU.
         """
         if check_every_n_steps is not None and check_every_n_steps < 1:
-            raise ValueError(f"nan_guard.check_every_n_steps must be >= 1, got {check_every_n_steps}")
+            raise ConfigError(f"--nan_guard.check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.enabled, self.check_every_n_steps = enabled, check_every_n_steps
         self._flags: list[Tensor] = []  # one 0-d bool per step since the last check: loss not finite
         self._losses: list[Tensor] = []

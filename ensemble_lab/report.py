@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ensemble_lab.errors import EnsembleLabError
+from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.evaluation.results import atomic_write_bytes
 
 #: columns of id and shift sets, and of ood sets (class-based metrics mean nothing on OOD data)
@@ -225,6 +225,8 @@ def report_main(argv: Sequence[str]) -> None:
     options = cli.parse_args(list(argv))
     if not 0 <= options.digits <= 12:
         cli.error(f"--digits must be between 0 and 12, got {options.digits}")
+    if options.out is not None and options.out.exists() and not options.out.is_dir():
+        raise ConfigError(f"--out {options.out} is a file; give a directory (it is created if missing)")
     groups = build_report(options.paths, options.sets)
     print(to_markdown(groups, options.digits))
     if options.out is not None:

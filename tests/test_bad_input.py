@@ -6,6 +6,7 @@ import torch
 
 from ensemble_lab.cli import main
 from ensemble_lab.data import download
+from ensemble_lab.errors import ConfigError
 from tests.conftest import TINY_TRAINER, read_results, run_dirs
 from tests.data import paper_fixtures as fx
 from tests.run_helpers import working_directory
@@ -175,5 +176,5 @@ def test_nan_guard_reads_every_step_on_cpu_and_rarely_on_a_gpu():
     assert default.steps_between_checks(torch.device("cpu")) == 1
     assert default.steps_between_checks(torch.device("cuda", 0)) == NonFiniteLossGuard.ACCELERATOR_CHECK_EVERY > 1
     assert NonFiniteLossGuard(check_every_n_steps=7).steps_between_checks(torch.device("cpu")) == 7
-    with pytest.raises(ValueError, match="check_every_n_steps must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match="check_every_n_steps must be >= 1, got 0"):
         NonFiniteLossGuard(check_every_n_steps=0)

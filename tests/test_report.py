@@ -114,16 +114,20 @@ def test_cli_report_writes_csv_markdown_json(runs, tmp_path, capsys):
     assert single["stats"]["digits"]["acc"] == {"mean": 0.4, "std": None, "n": 1}
 
 
-@pytest.mark.parametrize("make", ["empty", "missing", "bad_set"])
+@pytest.mark.parametrize("make", ["empty", "missing", "bad_set", "out_is_a_file"])
 def test_clear_errors(tmp_path, capsys, runs, make):
-    args = {"empty": [str(tmp_path / "empty")], "missing": [str(tmp_path / "nope")], "bad_set": [str(runs), "--sets", "cifar10"]}[make]
+    args = {"empty": [str(tmp_path / "empty")], "missing": [str(tmp_path / "nope")], "bad_set": [str(runs), "--sets", "cifar10"],
+            "out_is_a_file": [str(runs), "--out", str(tmp_path / "notes.txt")]}[make]
     (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit) as exit_info:
         main(["report", *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    message = {"empty": "no readable results.json found", "missing": "does not exist", "bad_set": "no such test set"}[make]
+    message = {"empty": "no readable results.json found", "missing": "does not exist", "bad_set": "no such test set",
+               "out_is_a_file": "is a file; give a directory"}[make]
     assert "ensemble-lab: error: " in err and message in err and "Traceback" not in err
+    assert (tmp_path / "notes.txt").read_text() == "mine" and "| method |" not in capsys.readouterr().out
 
 
 def test_help(capsys):

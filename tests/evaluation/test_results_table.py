@@ -15,3 +15,20 @@ def test_table_rows_values_and_blanks() -> None:
     # an ood set's labels are not the model's classes: its acc / nll are left out of the table
     assert ood_row.split() == ["photos", "ood", "-", "-", "0.3743", "0.9837"]
     assert len({len(line) for line in (header, id_row, ood_row)}) == 1
+
+
+def test_atomic_writes_replace_whole_files_readable_by_others(tmp_path):
+    import os
+
+    from ensemble_lab.evaluation.results import atomic_write_bytes
+
+    old_mask = os.umask(0o022)
+    try:
+        path = tmp_path / "sub" / "results.json"
+        atomic_write_bytes(path, b"first")
+        atomic_write_bytes(path, b"second")
+    finally:
+        os.umask(old_mask)
+    assert path.read_bytes() == b"second"
+    assert path.stat().st_mode & 0o777 == 0o644  # as any other file the run writes, not mkstemp's 0600
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temporary file left
