@@ -18,6 +18,7 @@ from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import EnsembleLabError
 from ensemble_lab.evaluation.results import check_can_write
 from ensemble_lab.methods.base import EnsembleModule
+from ensemble_lab.methods.checkpoint_state import load_checkpoint
 from ensemble_lab.resume import SPECIAL, RunConfigSaver, continue_run, resolve_ckpt_path
 
 #: subcommands that are not LightningCLI's: name -> (handler(argv), one-line help)
@@ -112,10 +113,17 @@ class EnsembleLabCLI(LightningCLI):
         return None
 
     def _resolve_ckpt_path(self) -> str | None:
-        """--ckpt_path as a file ("last": the newest run's last.ckpt), handed on to the subcommand."""
+        """--ckpt_path as a file ("last": the newest run's last.ckpt), handed on to the subcommand.
+
+        A file is read (memory-mapped) and checked against the model here, before Lightning restores
+        anything or any run directory is written: an unreadable file or another model's checkpoint
+        is refused with one message.
+        """
         config = self.config_init[self.subcommand]
         ckpt_path = resolve_ckpt_path(self.trainer, config.get("ckpt_path"), fitting=self.subcommand == "fit")
         config["ckpt_path"] = ckpt_path
+        if ckpt_path and ckpt_path not in SPECIAL:
+            self.model.check_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
         return ckpt_path
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:

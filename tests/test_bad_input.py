@@ -128,6 +128,33 @@ def test_checkpoint_of_another_model_names_both_sides(fitted, capsys, args, this
     assert not (fitted / "results.json").exists()
 
 
+def test_other_architecture_is_named_and_refused_before_anything_is_written(fitted, capsys):
+    ckpt = fitted / "checkpoints" / "last.ckpt"
+    before = sorted(p.name for p in fitted.iterdir())
+    with working_directory(fitted.parent.parent):
+        with pytest.raises(SystemExit):
+            main(["test", f"--config={fitted / 'config.yaml'}", f"--ckpt_path={ckpt}", "--model.hidden_sizes=[32,16]"])
+    err = capsys.readouterr().err
+    assert ("was trained as BatchEnsemble with num_members=4, num_classes=10, hidden_sizes=[64, 32, 16]; "
+            "this run builds BatchEnsemble with num_members=4, num_classes=10, hidden_sizes=[32, 16]") in err
+    assert "Restoring states" not in err  # refused before Lightning loads anything
+    assert sorted(p.name for p in fitted.iterdir()) == before and run_dirs(fitted.parent.parent) == [fitted]
+
+
+@pytest.mark.parametrize("damage", ["text", "empty", "truncated", "plain_dict"])
+def test_unreadable_checkpoint_is_one_line(fitted, tmp_path, capsys, damage):
+    bad = tmp_path / "bad.ckpt"
+    good = (fitted / "checkpoints" / "last.ckpt").read_bytes()
+    if damage == "plain_dict":
+        torch.save({"weights": torch.zeros(2)}, bad)
+    else:
+        bad.write_bytes({"text": b"not a checkpoint\n", "empty": b"", "truncated": good[: len(good) // 2]}[damage])
+    with working_directory(fitted.parent.parent):
+        line = error_line(capsys, "test", f"--config={fitted / 'config.yaml'}", f"--ckpt_path={bad}")
+    expected = "holds no 'state_dict'" if damage == "plain_dict" else "cannot be read as a checkpoint"
+    assert f"checkpoint {bad} " in line and expected in line
+
+
 def test_mc_dropout_checkpoint_tests_with_any_number_of_samples(cli, tmp_path):
     # MC Dropout's num_members counts test-time samples, not weights: not a mismatch
     cli("fit", "--model=MCDropout", "--data=DigitsDataModule", "--model.num_members=2", "--test_after_fit=false", *QUICK)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ensemble_lab.errors import CheckpointMismatchError
+from ensemble_lab.methods.checkpoint_state import load_checkpoint
 from ensemble_lab.methods.single import SingleModel
 from ensemble_lab.nn import EnsembleBatchNorm2d, EnsembleConv2d, EnsembleLinear
 
@@ -23,15 +24,7 @@ MEMBER_OF = {EnsembleLinear: nn.Linear, EnsembleConv2d: nn.Conv2d, EnsembleBatch
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(hyper_parameters, state_dict) of a Lightning checkpoint; CheckpointMismatchError if unusable."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointMismatchError(f"member checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated file or not a torch checkpoint at all
-        raise CheckpointMismatchError(f"member checkpoint {path} cannot be read as a Lightning checkpoint: {e}") from e
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointMismatchError(f"member checkpoint {path} holds no 'state_dict'; is it a Lightning checkpoint?")
+    checkpoint = load_checkpoint(path, "member checkpoint")
     return dict(checkpoint.get("hyper_parameters") or {}), checkpoint["state_dict"]
 
 

@@ -46,6 +46,45 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """A Lightning checkpoint file as a dict (tensors memory-mapped, not read); CheckpointMismatchError
+    naming the file if it is missing, unreadable (truncated, empty, not a torch file) or not a Lightning one.
+
+    Args:
+        path: the .ckpt file.
+        what: how the message names the file, e.g. "member checkpoint".
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointMismatchError(f"{what} {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated, empty, a text file, an old-style pickle
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointMismatchError(
+            f"{what} {path} cannot be read as a checkpoint ({reason}); give a .ckpt file that ensemble-lab "
+            "wrote, e.g. <run>/checkpoints/last.ckpt"
+        ) from e
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointMismatchError(f"{what} {path} holds no 'state_dict'; is it a Lightning checkpoint?")
+    return checkpoint
+
+
+#: hyper-parameters that fix a network's tensors; the mismatch message names those that differ
+ARCHITECTURE_KEYS = ("backbone", "hidden_sizes", "width", "input_shape")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def architecture_differences(theirs: dict[str, Any], mine: dict[str, Any]) -> tuple[str, str]:
+    """(', key=value' of the checkpoint, the same of this model) for the architecture keys that differ."""
+    unused = {"mlp": "width", "resnet18": "hidden_sizes"}.get(mine.get("backbone")) if theirs.get("backbone") == mine.get("backbone") else None
+    keys = [k for k in ARCHITECTURE_KEYS if k != unused and k in theirs and k in mine and _plain(theirs[k]) != _plain(mine[k])]
+    return "".join(f", {k}={_plain(theirs[k])}" for k in keys), "".join(f", {k}={_plain(mine[k])}" for k in keys)
+
+
 def identity_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Method, num_members and num_classes a checkpoint was trained with (None where unknown)."""
     saved = checkpoint.get(KEY) or {}
@@ -122,12 +161,15 @@ class CheckpointStateMixin:
         if not other_method and tensors is None:
             return
         name = f"checkpoint {path}" if path else "the checkpoint"
+        their_arch, my_arch = architecture_differences(dict(checkpoint.get("hyper_parameters") or {}), dict(self.hparams))
         same_identity = all(theirs[k] in (None, mine[k]) for k in mine)
-        detail = f" ({tensors})" if tensors and same_identity else ""  # e.g. other hidden_sizes
+        detail = f" ({tensors})" if tensors and same_identity and not their_arch else ""
         config = Path(path).parent.parent / "config.yaml" if path else None
         fix = (
-            f"Evaluate it with its own run's config: --config {config}"
+            f"Use it with its own run's config: --config {config}"
             if config is not None and config.is_file()
             else "Pass the --model options it was trained with"
         )
-        raise CheckpointMismatchError(f"{name} was trained as {describe(theirs)}; this run builds {describe(mine)}{detail}. {fix}.")
+        raise CheckpointMismatchError(
+            f"{name} was trained as {describe(theirs)}{their_arch}; this run builds {describe(mine)}{my_arch}{detail}. {fix}."
+        )
