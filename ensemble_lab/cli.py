@@ -15,7 +15,7 @@ from ensemble_lab import __version__
 from ensemble_lab.callbacks import FinalLastCheckpoint, NonFiniteLossGuard
 from ensemble_lab.cli_errors import EnsembleLabArgumentParser
 from ensemble_lab.data.base import EnsembleDataModule
-from ensemble_lab.errors import EnsembleLabError
+from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.evaluation.results import check_can_write
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.methods.checkpoint_state import load_checkpoint
@@ -141,6 +141,13 @@ class EnsembleLabCLI(LightningCLI):
     def before_test(self) -> None:
         ckpt_path = self._resolve_ckpt_path()
         _quiet_checkpoint_callback_state()
+        if ckpt_path is None and not getattr(self.model, "member_checkpoints", None):
+            # results of freshly initialised weights look like any other results.json (and `report` averages them)
+            raise ConfigError(
+                "test needs trained weights: pass --ckpt_path <run>/checkpoints/last.ckpt (or --ckpt_path last for "
+                "the newest run below lightning_logs/); a Deep Ensemble of separate SingleModel runs takes "
+                "--model.member_checkpoints [a.ckpt,b.ckpt,...] instead"
+            )
         self._configure_outputs(ckpt_path)
         if self.model.results_dir is None:
             return

@@ -85,7 +85,7 @@ def test_damaged_file_fails_its_checksum(cifar, capsys, monkeypatch):
 def test_npy_of_the_wrong_shape(cifar, capsys):
     root, args = cifar
     np.save(root / "CIFAR-10-C" / "fog.npy", np.zeros((10, 32, 32), np.uint8))
-    line = error_line(capsys, "test", *args)
+    line = error_line(capsys, "fit", *args)  # found by prepare_data, before any training
     assert "'fog.npy'" in line and "is damaged (array shaped (10, 32, 32), expected (10, 32, 32, 3))" in line
 
 

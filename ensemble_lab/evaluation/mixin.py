@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from ensemble_lab.evaluation.metrics import ood_metrics, predictive_metrics
-from ensemble_lab.evaluation.results import check_can_write, format_table, write_predictions, write_results
+from ensemble_lab.evaluation.results import check_can_write, format_table, set_aside_previous, write_predictions, write_results
 from ensemble_lab.evaluation.store import PredictionStore
 from ensemble_lab.evaluation.weight_space import weight_space_summary
 
@@ -92,6 +92,18 @@ class UncertaintyEvalMixin:
         # and a refusal must stop all ranks together rather than leave the others waiting.
         self._results_path = self.resolved_results_dir()
         check_can_write(self._results_path, self.overwrite_results)
+        # Random draws at test (MC Dropout's masks) start from the run's seed, so a test right after fit
+        # and a later `test` of the same weights give the same numbers; the outer stream is put back after.
+        device = self.device
+        self._test_rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        self._test_rng.__enter__()
+        torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
+
+    def on_test_end(self) -> None:
+        rng = getattr(self, "_test_rng", None)
+        if rng is not None:
+            rng.__exit__(None, None, None)
+            self._test_rng = None
 
     def on_test_epoch_start(self) -> None:
         self._test_names = list(self.test_set_roles())
@@ -134,12 +146,13 @@ class UncertaintyEvalMixin:
     @rank_zero_only
     def _write_test_outputs(self, collected: dict[str, tuple[Tensor, Tensor]]) -> None:
         results_dir = self._results_path  # resolved on every rank in on_test_start
+        set_aside_previous(results_dir)  # an earlier test's files (--overwrite) move to *.prev-N
         if self.save_predictions:
             for name, (member_probs, targets) in collected.items():
                 write_predictions(results_dir, name, member_probs.cpu().numpy(), targets.cpu().numpy())
-        path = write_results(results_dir, self.test_results)
         if self.save_figures:
             from ensemble_lab.evaluation.figures import write_figures  # matplotlib only when drawing
 
             write_figures(results_dir, collected, self.test_set_roles(), self.test_results, self.loggers, self.global_step)
+        path = write_results(results_dir, self.test_results)  # last: results.json marks a complete test
         print(f"\n{type(self).__name__} (M={self.num_members}) results -> {path}\n{format_table(self.test_results['sets'])}\n")

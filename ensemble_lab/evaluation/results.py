@@ -45,7 +45,8 @@ def check_can_write(results_dir: Path, overwrite: bool) -> None:
     if (results_dir / "results.json").exists() and not overwrite:
         raise EnsembleLabError(
             f"{results_dir / 'results.json'} already exists; nothing was changed. "
-            "Pass --overwrite true to replace it (the old file is kept as results.prev-<N>.json)."
+            "Pass --overwrite true to replace it (the old results, predictions and figures are kept as "
+            "results.prev-<N>.json, predictions.prev-<N>/ and figures.prev-<N>/)."
         )
 
 
@@ -60,25 +61,39 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def keep_previous(path: Path) -> Path | None:
-    """Copy an existing ``results.json`` to ``results.prev-<N>.json`` (N = 1, 2, ...) before it is replaced."""
-    if not path.exists():
+#: what one test writes into a run directory besides results.json / results.csv
+OUTPUT_DIRS = ("predictions", "figures")
+
+
+def set_aside_previous(results_dir: Path) -> int | None:
+    """Before a test replaces a run's outputs, keep the earlier ones under one number N = 1, 2, ...
+
+    results.json is copied to results.prev-N.json (it stays in place until the new one replaces it),
+    and predictions/ and figures/ are renamed predictions.prev-N/ and figures.prev-N/, so no old file
+    is lost and none is left beside the new results. Returns N, or None when there was nothing.
+    """
+    results_dir = Path(results_dir)
+    present = [name for name in ("results.json", *OUTPUT_DIRS) if (results_dir / name).exists()]
+    if not present:
         return None
     n = 1
-    while (backup := path.with_name(f"{path.stem}.prev-{n}{path.suffix}")).exists():
+    while any((results_dir / name).exists() for name in (f"results.prev-{n}.json", *(f"{d}.prev-{n}" for d in OUTPUT_DIRS))):
         n += 1
-    atomic_write_bytes(backup, path.read_bytes())
-    return backup
+    if "results.json" in present:
+        atomic_write_bytes(results_dir / f"results.prev-{n}.json", (results_dir / "results.json").read_bytes())
+    for name in OUTPUT_DIRS:
+        if name in present:
+            os.replace(results_dir / name, results_dir / f"{name}.prev-{n}")
+    return n
 
 
 def write_results(results_dir: Path, results: dict[str, Any]) -> Path:
-    """Write results.json and results.csv (one row per test set, scalar metrics only).
+    """Write results.csv (one row per test set, scalar metrics only), then results.json.
 
-    A results.json already there (replaced under --overwrite) is kept as results.prev-<N>.json.
+    results.json comes last: a run that has it has every output of its test (``ensemble-lab study``
+    counts such a run as finished). Call :func:`set_aside_previous` first to keep an earlier one.
     """
     results_dir = Path(results_dir)
-    keep_previous(results_dir / "results.json")
-    atomic_write_bytes(results_dir / "results.json", json.dumps(_json_ready(results), indent=2).encode())
     rows = [
         {"set": name, **{k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}}
         for name, metrics in results["sets"].items()
@@ -89,6 +104,7 @@ def write_results(results_dir: Path, results: dict[str, Any]) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(results_dir / "results.csv", buffer.getvalue().encode())
+    atomic_write_bytes(results_dir / "results.json", json.dumps(_json_ready(results), indent=2).encode())
     return results_dir / "results.json"
 
 

@@ -32,3 +32,27 @@ def test_atomic_writes_replace_whole_files_readable_by_others(tmp_path):
     assert path.read_bytes() == b"second"
     assert path.stat().st_mode & 0o777 == 0o644  # as any other file the run writes, not mkstemp's 0600
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temporary file left
+
+
+def test_results_json_is_written_last_and_earlier_outputs_are_set_aside(tmp_path, monkeypatch):
+    import json
+
+    from ensemble_lab.evaluation import results as results_module
+
+    run = tmp_path / "run"
+    (run / "figures").mkdir(parents=True)
+    (run / "figures" / "old.png").write_bytes(b"png")
+    (run / "predictions").mkdir()
+    (run / "results.json").write_text('{"old": true}')
+    assert results_module.set_aside_previous(run) == 1
+    assert (run / "figures.prev-1" / "old.png").exists() and (run / "predictions.prev-1").is_dir()
+    assert not (run / "figures").exists() and (run / "results.prev-1.json").read_text() == '{"old": true}'
+    assert (run / "results.json").exists()  # replaced only when the new one is complete
+
+    written = []
+    real_write = results_module.atomic_write_bytes
+    monkeypatch.setattr(results_module, "atomic_write_bytes", lambda path, data: (written.append(path.name), real_write(path, data)))
+    results_module.write_results(run, {"method": "X", "sets": {"digits": {"role": "id", "acc": 0.5, "member_acc": [0.5]}}})
+    assert written == ["results.csv", "results.json"]
+    assert json.loads((run / "results.json").read_text())["sets"]["digits"]["acc"] == 0.5
+    assert results_module.set_aside_previous(run) == 2 and results_module.set_aside_previous(tmp_path / "empty") is None
