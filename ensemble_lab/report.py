@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 import sys
 from collections.abc import Sequence
@@ -61,8 +62,13 @@ def find_results(paths: Sequence[str | Path]) -> list[Path]:
         path = Path(raw)
         if not path.exists():
             raise EnsembleLabError(f"{path} does not exist; give run or study directories (or results.json files)")
-        found.update([path] if path.is_file() else path.rglob("results.json"))
+        # below a directory, runs set aside by `study --rerun_changed` (<run>.prev-N/) are not today's
+        found.update([path] if path.is_file() else (p for p in path.rglob("results.json") if not _set_aside(p.relative_to(path))))
     return sorted(p.resolve() for p in found if p.name == "results.json")
+
+
+def _set_aside(relative: Path) -> bool:
+    return any(re.search(r"\.prev-\d+$", part) for part in relative.parts[:-1])
 
 
 def _number(value: Any) -> float | None:

@@ -11,32 +11,45 @@ A study file (YAML) names the grid::
         args: [--model.num_members=4]           # optional
 
 Run ``<method>`` with seed ``s`` lives in ``<out>/<method>/seed_<s>/`` (TensorBoard logs,
-config.yaml, checkpoints/last.ckpt, results.json, figures/). Runs go in sequence, in this process,
-through ``ensemble_lab.cli.main``. A run with results.json is skipped; one with checkpoints/last.ckpt
-but no results.json was interrupted and is resumed from that checkpoint; a failed run is reported
-and the others still run. The study ends by printing (and writing ``<out>/report.*``) the report.
+config.yaml, checkpoints/last.ckpt, results.json, figures/, and study_run.json: the fit arguments
+the study used). Every run's arguments are first checked with the CLI's parser. Runs go in
+sequence, in this process, through ``ensemble_lab.cli.main``. A run with results.json is skipped;
+one with checkpoints/last.ckpt but no results.json was interrupted and is resumed from that
+checkpoint (config.yaml is kept, the resume's config goes to config.resume-N.yaml). A finished or
+interrupted run recorded with other arguments stops the study before anything runs, unless
+--rerun_changed moves it to ``<run>.prev-N`` and runs it afresh. A failed run is reported and the
+others still run; Ctrl-C stops the study (status 130). The study ends by printing (and writing
+``<out>/report.*``) the report of its runs.
 """
 
 import argparse
+import contextlib
+import io
 import json
 import re
 import shlex
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
 
 from ensemble_lab.errors import ConfigError, EnsembleLabError
+from ensemble_lab.evaluation.results import atomic_write_bytes
 
 STUDY_KEYS = {"out", "seeds", "args", "methods"}
 METHOD_KEYS = {"config", "args"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+RECORD = "study_run.json"  # in each run directory: {"argv": the fit arguments the study last used}
+#: fit options that only place a run in its directory; they follow from --out and are not compared
+PLACEMENT = ("--trainer.logger", "--checkpoint.dirpath", "--ckpt_path")
 
 
 @dataclass(frozen=True)
@@ -50,8 +63,17 @@ class Run:
     run_dir: Path  # <out>/<name>/seed_<seed>
 
     @property
+    def label(self) -> str:
+        return f"{self.name} seed {self.seed}"
+
+    @property
     def last_ckpt(self) -> Path:
         return self.run_dir / "checkpoints" / "last.ckpt"
+
+    @property
+    def record(self) -> Path:
+        """``study_run.json``: the fit arguments the study last ran this run with."""
+        return self.run_dir / RECORD
 
     def status(self) -> str:
         """"done" (results.json present), "resume" (last.ckpt but no results.json) or "new"."""
@@ -60,14 +82,81 @@ class Run:
         return "resume" if self.last_ckpt.exists() else "new"
 
     def fit_args(self, resume: bool) -> list[str]:
-        """Arguments of ``ensemble_lab.cli.main`` for this run; the study's own options come last and win."""
+        """Arguments of ``ensemble_lab.cli.main`` for this run; the study's own options come last and win.
+
+        The logger names the run directory (``<out>/<name>/seed_<s>``) and checkpoints go to Lightning's
+        default ``<run>/checkpoints`` (dirpath null): a resume then continues in the run directory the way
+        ``ensemble-lab fit --ckpt_path`` does, keeping config.yaml and adding config.resume-N.yaml.
+        """
         logger = {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": str(self.run_dir.parent.parent), "name": self.run_dir.parent.name, "version": self.run_dir.name},
         }
         args = ["fit", "--config", str(self.config), *self.overrides, f"--seed_everything={self.seed}"]
-        args += [f"--trainer.logger={json.dumps(logger)}", f"--checkpoint.dirpath={self.run_dir / 'checkpoints'}"]
+        args += [f"--trainer.logger={json.dumps(logger)}", "--checkpoint.dirpath=null"]
         return args + ([f"--ckpt_path={self.last_ckpt}"] if resume else [])
+
+    def change(self) -> str | None:
+        """What differs between the recorded fit arguments and today's; None if they match or none are recorded."""
+        if not self.record.exists():
+            return None  # a run made before the study recorded its arguments: taken as matching
+        try:
+            recorded = json.loads(self.record.read_text())["argv"]
+            if not isinstance(recorded, list):
+                raise TypeError(f"argv is {type(recorded).__name__}, not a list")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return f"{RECORD} unreadable ({error})"
+        return describe_change(recorded, self.fit_args(resume=False))
+
+    def state(self) -> str:
+        """``status()``, or "changed" for a finished or interrupted run made with other arguments."""
+        status = self.status()
+        return "changed" if status != "new" and self.change() is not None else status
+
+
+def _settings(argv: Sequence[str]) -> list[tuple[str | None, str | None]]:
+    """``argv`` as (option, value) pairs (``--k=v`` and ``--k v`` alike; a positional has option None),
+    without the options that only place the run in its directory (they follow from --out)."""
+    pairs: list[tuple[str | None, str | None]] = []
+    tokens = [str(t) for t in argv]
+    k = 0
+    while k < len(tokens):
+        token = tokens[k]
+        if not token.startswith("--"):
+            pairs.append((None, token))
+        elif "=" in token:
+            option, value = token.split("=", 1)
+            pairs.append((option, value))
+        elif k + 1 < len(tokens) and not tokens[k + 1].startswith("--"):
+            pairs.append((token, tokens[k + 1]))
+            k += 1
+        else:
+            pairs.append((token, None))
+        k += 1
+    return [(option, value) for option, value in pairs if option not in PLACEMENT]
+
+
+def _shown(option: str | None, value: str | None) -> str:
+    """One (option, value) pair as written on a command line."""
+    return str(value) if option is None else option if value is None else f"{option}={value}"
+
+
+def describe_change(before: Sequence[str], after: Sequence[str]) -> str | None:
+    """What differs from fit arguments ``before`` to ``after``, e.g. "--trainer.max_epochs: 3 -> 5"; None if nothing."""
+    old, new = _settings(before), _settings(after)
+    if old == new:
+        return None
+    removed, added = [p for p in old if p not in new], [p for p in new if p not in old]
+    parts = []
+    for option, value in removed:
+        replaced = [p for p in added if option is not None and p[0] == option]
+        if len(replaced) == 1 and sum(p[0] == option for p in removed) == 1:
+            parts.append(f"{option}: {value} -> {replaced[0][1]}")
+            added.remove(replaced[0])
+        else:
+            parts.append(f"dropped {_shown(option, value)}")
+    parts += [f"added {_shown(option, value)}" for option, value in added]
+    return "; ".join(parts) or f"the same arguments in another order: {shlex.join(_shown(*p) for p in new)}"
 
 
 def _string_list(value: Any, where: str) -> tuple[str, ...]:
@@ -125,28 +214,111 @@ def load_study(study_file: Path, out: Path | None = None) -> list[Run]:
     return runs
 
 
-def execute(run: Run, resume: bool) -> str | None:
-    """Fit + test one run in this process; None on success, else why it failed."""
+class InterruptWatch:
+    """SIGINT handler for the duration of a study: notes Ctrl-C, then raises KeyboardInterrupt as Python's does.
+
+    Lightning catches the KeyboardInterrupt inside fit and test, shuts down "gracefully" and exits
+    with status 1, which the study cannot tell from a failed run; ``interrupted`` can. The previous
+    handler comes back on exit; a SIGINT that was ignored when the study started stays ignored.
+    """
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> "InterruptWatch":
+        previous = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN:
+            self._previous, self._installed = previous, True
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C came, whatever a run made of it."""
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+
+def cli_error(args: Sequence[str]) -> str | None:
+    """Parse ``ensemble-lab <args>`` with the real CLI parser (``--print_config``: nothing is built or run).
+
+    Returns None if the arguments parse, else the CLI's one-line error.
+    """
     from ensemble_lab.cli import main
 
-    # SaveConfigCallback refuses to replace a config.yaml; one left by an interrupted attempt is stale.
-    (run.run_dir / "config.yaml").unlink(missing_ok=True)
-    sigint_before = signal.getsignal(signal.SIGINT)
-    failure = None
+    stdout, stderr = io.StringIO(), io.StringIO()
     try:
-        main(run.fit_args(resume))
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            main([*args, "--print_config"])
     except SystemExit as error:
-        failure = None if error.code in (0, None) else f"exit status {error.code}"
+        if error.code in (0, None):
+            return None
+        lines = [line for line in stderr.getvalue().splitlines() if line.strip()]
+        return lines[-1].removeprefix("ensemble-lab: error: ") if lines else f"exit status {error.code}"
+    except Exception as error:  # not a user error main() knows; still this run's arguments at fault
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def validate(runs: Sequence[Run]) -> None:
+    """Raise ConfigError naming the first run whose fit arguments the CLI refuses (before any training)."""
+    for run in runs:
+        if (error := cli_error(run.fit_args(resume=False))) is not None:
+            raise ConfigError(f"study run {run.label} ({run.run_dir}): {error}")
+
+
+def refuse_changed(runs: Sequence[Run]) -> None:
+    """Print a line per finished or interrupted run made with other arguments, then raise EnsembleLabError."""
+    changed = [run for run in runs if run.state() == "changed"]
+    if not changed:
+        return
+    for run in changed:
+        print(f"study: {run.label} ({run.run_dir}) was made with other arguments: {run.change()}", file=sys.stderr)
+    raise EnsembleLabError(
+        f"{len(changed)} of {len(runs)} runs were made with other arguments (listed above), so their results would "
+        "not match the others; nothing was run. Restore the arguments, or pass --rerun_changed to move those runs "
+        "aside (<run>.prev-N) and run them afresh."
+    )
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Rename ``run_dir`` to the first free ``<run_dir>.prev-N`` (N = 1, 2, ...) and return the new path."""
+    n = 1
+    while (target := run_dir.with_name(f"{run_dir.name}.prev-{n}")).exists():
+        n += 1
+    return run_dir.rename(target)
+
+
+def execute(run: Run, resume: bool) -> str | None:
+    """Fit + test one run in this process; None on success, else why it failed.
+
+    The arguments go to ``<run>/study_run.json`` first, so an interrupted run has them on record too.
+    """
+    from ensemble_lab.cli import main
+
+    args = run.fit_args(resume)
+    if not resume:  # a fresh start: a config.yaml from an attempt that failed before its first checkpoint is stale
+        (run.run_dir / "config.yaml").unlink(missing_ok=True)
+    atomic_write_bytes(run.record, json.dumps({"argv": args}, indent=2).encode())
+    try:
+        main(args)
+    except SystemExit as error:
+        if error.code not in (0, None):
+            return f"exit status {error.code}"
     except Exception as error:  # a bug in one run must not stop the grid; show it, go on
         traceback.print_exc()
-        failure = f"{type(error).__name__}: {error}"
-    # Lightning turns Ctrl-C into sys.exit(1) and leaves SIGINT ignored: the user wants to stop.
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and sigint_before is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, sigint_before)
-        raise KeyboardInterrupt
-    if failure is None and not (run.run_dir / "results.json").exists():
-        failure = "finished without writing results.json"
-    return failure
+        return f"{type(error).__name__}: {error}"
+    return None if (run.run_dir / "results.json").exists() else "finished without writing results.json"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -159,41 +331,65 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="study file, e.g. configs/study/digits.yaml")
     p.add_argument("--out", type=Path, default=None, help="study directory (default: the file's 'out', else studies/<name>)")
     p.add_argument("--dry_run", action="store_true", help="list the runs, their state and their commands; run nothing")
+    p.add_argument(
+        "--rerun_changed",
+        action="store_true",
+        help="run afresh the finished or interrupted runs made with other arguments, moving each old run directory to <run>.prev-N",
+    )
     return p
 
 
-def study_main(argv: Sequence[str]) -> None:
-    """``ensemble-lab study --config FILE [--out DIR] [--dry_run]``."""
+def dry_run(runs: Sequence[Run]) -> None:
+    """Print every run's state and command, then check every run's arguments with the CLI parser."""
+    for run in runs:
+        state = run.state()
+        print(f"{state:>7}  {run.run_dir}\n         ensemble-lab {shlex.join(run.fit_args(state == 'resume'))}")
+        if state == "changed":
+            print(f"         differs from its recorded arguments: {run.change()}")
+    validate(runs)
+
+
+def run_one(run: Run, label: str, watch: InterruptWatch) -> str | None:
+    """Skip, start, resume or restart (a changed run, moved aside first) one run; why it failed, if it did.
+
+    Raises KeyboardInterrupt if Ctrl-C came during the run, whatever the run made of it.
+    """
+    state = run.state()
+    if state == "done":
+        print(f"study: {label}: done before, skipped ({run.run_dir / 'results.json'})", flush=True)
+        return None
+    if state == "changed":  # only with --rerun_changed: refuse_changed() stops the study otherwise
+        print(f"study: {label}: arguments changed ({run.change()}); old run moved to {move_aside(run.run_dir)}", flush=True)
+    print(f"study: {label}: {'resuming from ' + str(run.last_ckpt) if state == 'resume' else 'running'}", flush=True)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    failure = execute(run, resume=state == "resume")
+    watch.check()
+    print(f"study: {label}: {'FAILED: ' + failure if failure else 'finished'} in {time.perf_counter() - began:.1f} s", flush=True)
+    return failure
+
+
+def run_all(runs: Sequence[Run], watch: InterruptWatch) -> list[str]:
+    """Run the grid in order; returns "<method> seed <s> (why)" for each run that failed."""
+    failed = []
+    for k, run in enumerate(runs, 1):
+        if failure := run_one(run, f"[{k}/{len(runs)}] {run.label}", watch):
+            failed.append(f"{run.label} ({failure})")
+    return failed
+
+
+def report(runs: Sequence[Run], failed: Sequence[str], seconds: float) -> None:
+    """Print the summary and the report of the study's runs, write ``<out>/report.*``; raise if runs failed."""
     from ensemble_lab.report import build_report, to_markdown, write_report
 
-    options = parser().parse_args(list(argv))
-    runs = load_study(options.config, options.out)
     out = runs[0].run_dir.parent.parent
-    if options.dry_run:
-        for run in runs:
-            print(f"{run.status():>6}  {run.run_dir}\n        ensemble-lab {shlex.join(run.fit_args(run.status() == 'resume'))}")
-        return
-    failed: list[str] = []
-    start = time.perf_counter()
+    print(f"\nstudy: {len(runs)} runs in {out}, {len(failed)} failed, {seconds:.1f} s\n")
+    # the study's own runs only: not the <run>.prev-N directories --rerun_changed keeps below <out>
+    results = [run.run_dir / "results.json" for run in runs if (run.run_dir / "results.json").exists()]
     try:
-        for k, run in enumerate(runs, 1):
-            label = f"[{k}/{len(runs)}] {run.name} seed {run.seed}"
-            status = run.status()
-            if status == "done":
-                print(f"study: {label}: done before, skipped ({run.run_dir / 'results.json'})", flush=True)
-                continue
-            print(f"study: {label}: {'resuming from ' + str(run.last_ckpt) if status == 'resume' else 'running'}", flush=True)
-            began = time.perf_counter()
-            failure = execute(run, resume=status == "resume")
-            if failure:
-                failed.append(f"{run.name} seed {run.seed} ({failure})")
-            print(f"study: {label}: {'FAILED: ' + failure if failure else 'finished'} in {time.perf_counter() - began:.1f} s", flush=True)
-    except KeyboardInterrupt:
-        print("\nstudy: interrupted; run the same command again to resume (finished runs are skipped)", file=sys.stderr)
-        raise SystemExit(130) from None
-    print(f"\nstudy: {len(runs)} runs in {out}, {len(failed)} failed, {time.perf_counter() - start:.1f} s\n")
-    try:
-        groups = build_report([out])
+        if not results:
+            raise EnsembleLabError("no run has a results.json")
+        groups = build_report(results)
     except EnsembleLabError as error:
         print(f"study: no report: {error}")
     else:
@@ -201,3 +397,23 @@ def study_main(argv: Sequence[str]) -> None:
         write_report(groups, out)
     if failed:
         raise EnsembleLabError(f"{len(failed)} of {len(runs)} runs failed: {'; '.join(failed)}. Run the same command again to retry them.")
+
+
+def study_main(argv: Sequence[str]) -> None:
+    """``ensemble-lab study --config FILE [--out DIR] [--dry_run] [--rerun_changed]``."""
+    options = parser().parse_args(list(argv))
+    runs = load_study(options.config, options.out)
+    if options.dry_run:
+        dry_run(runs)
+        return
+    start = time.perf_counter()
+    with InterruptWatch() as watch:
+        try:
+            validate(runs)  # a typo in the args: one error now, not one failed run after another
+            if not options.rerun_changed:
+                refuse_changed(runs)
+            failed = run_all(runs, watch)
+        except KeyboardInterrupt:
+            print("\nstudy: interrupted; run the same command again to resume (finished runs are skipped)", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+    report(runs, failed, time.perf_counter() - start)

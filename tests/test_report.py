@@ -135,3 +135,13 @@ def test_help(capsys):
         main(["report", "--help"])
     assert exit_info.value.code == 0
     assert "--out" in capsys.readouterr().out
+
+
+def test_runs_set_aside_by_a_study_are_not_found(tmp_path):
+    from ensemble_lab.report import find_results
+
+    write_run(tmp_path, "be/seed_1", "BatchEnsemble", 4, 1, 0.5)
+    write_run(tmp_path, "be/seed_1.prev-1", "BatchEnsemble", 4, 1, 0.1)  # moved aside by --rerun_changed
+    assert find_results([tmp_path]) == [(tmp_path / "be" / "seed_1" / "results.json").resolve()]
+    aside = tmp_path / "be" / "seed_1.prev-1"
+    assert find_results([aside]) == [(aside / "results.json").resolve()]  # asked for by name: found

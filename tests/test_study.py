@@ -1,19 +1,53 @@
-"""`ensemble-lab study`: a tiny digits grid run, skipped, resumed; the study file's checks."""
+"""`ensemble-lab study`: a tiny digits grid run, skipped, resumed, interrupted, changed; the study file's checks."""
 
 import json
+import os
 import signal
-import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from ensemble_lab.cli import main
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.study import load_study
+from ensemble_lab.study import describe_change, load_study
 from tests.conftest import REPO, TINY_TRAINER
 
 DIGITS = REPO / "configs" / "digits"
+
+
+class SigintOnce(Callback):
+    """Sends this process SIGINT, as Ctrl-C does, once (while ``flag_file`` does not exist yet):
+    after optimizer step 1 (``phase="fit"``) or after the first batch of the post-fit test (``"test"``)."""
+
+    def __init__(self, phase: str, flag_file: str) -> None:
+        """
+        Args:
+            phase: "fit" or "test".
+            flag_file: created when the signal is sent; while it exists, nothing is sent.
+        """
+        self.phase, self.flag_file = phase, Path(flag_file)
+
+    def _send(self) -> None:
+        if not self.flag_file.exists():
+            self.flag_file.write_text("sent")
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if self.phase == "fit" and trainer.global_step == 1:
+            self._send()
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if self.phase == "test":
+            self._send()
+
+
+def sigint_once(phase: str, flag_file: Path) -> str:
+    """The --trainer.callbacks option that adds SigintOnce to a run."""
+    callback = {"class_path": f"{__name__}.SigintOnce", "init_args": {"phase": phase, "flag_file": str(flag_file)}}
+    return f"--trainer.callbacks={json.dumps([callback])}"
 
 
 def write_study(path: Path, methods: dict, seeds=(1,), args=TINY_TRAINER) -> Path:
@@ -28,7 +62,8 @@ def test_study_runs_skips_resumes_and_reports(tmp_path, capsys):
         {
             "single": {"config": str(DIGITS / "single.yaml")},
             "be": {"config": str(DIGITS / "batch_ensemble.yaml"), "args": ["--model.num_members=2"]},
-            "broken": {"config": str(DIGITS / "single.yaml"), "args": ["--model.hidden_sizes=oops"]},
+            # parses, so it passes the study's check, but the datamodule refuses it when the run builds it
+            "broken": {"config": str(DIGITS / "single.yaml"), "args": ["--data.batch_size=0"]},
         },
     )
     out = tmp_path / "out"
@@ -55,15 +90,18 @@ def test_study_runs_skips_resumes_and_reports(tmp_path, capsys):
     assert captured.out.count("done before, skipped") == 2 and "### digits (id)" in captured.out
     assert (out / "be" / "seed_1" / "results.json").stat().st_mtime_ns == first
 
-    # an interrupted run (last.ckpt, no results.json) is resumed from its checkpoint
-    (out / "be" / "seed_1" / "results.json").unlink()
+    # an interrupted run (last.ckpt, no results.json) is resumed from its checkpoint, in its directory
+    run = out / "be" / "seed_1"
+    config = (run / "config.yaml").read_bytes()
+    (run / "results.json").unlink()
     with pytest.raises(SystemExit):
         main(command)
     captured = capsys.readouterr()
-    last = out / "be" / "seed_1" / "checkpoints" / "last.ckpt"
-    assert f"be seed 1: resuming from {last}" in captured.out
-    assert yaml.safe_load((out / "be" / "seed_1" / "config.yaml").read_text())["ckpt_path"] == str(last)
-    assert json.loads((out / "be" / "seed_1" / "results.json").read_text())["num_members"] == 2
+    assert f"be seed 1: resuming from {run / 'checkpoints' / 'last.ckpt'}" in captured.out
+    assert (run / "config.yaml").read_bytes() == config
+    assert yaml.safe_load((run / "config.resume-1.yaml").read_text())["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")
+    assert json.loads((run / "results.json").read_text())["num_members"] == 2
+    assert sorted(p.name for p in (out / "be").iterdir()) == ["seed_1"]  # no stray version_N
 
 
 def test_dry_run_lists_states_without_running(tmp_path, capsys):
@@ -81,23 +119,144 @@ def test_dry_run_lists_states_without_running(tmp_path, capsys):
     assert not (out / "de" / "seed_3").exists()
 
 
-def test_ctrl_c_stops_the_study(tmp_path, monkeypatch, capsys):
-    """Lightning turns Ctrl-C into sys.exit(1) with SIGINT ignored; the study must stop, not go on."""
-    calls = []
-
-    def interrupted_fit(args):
-        calls.append(args)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        sys.exit(1)
-
-    monkeypatch.setattr("ensemble_lab.cli.main", interrupted_fit)
-    study = write_study(tmp_path / "s.yaml", {"single": {"config": str(DIGITS / "single.yaml")}}, seeds=(1, 2))
+@pytest.mark.slow
+def test_ctrl_c_stops_the_study(tmp_path, capsys):
+    """Lightning catches the KeyboardInterrupt and exits with status 1; the study must stop, not go on."""
+    flag = tmp_path / "sigint-sent"
+    study = write_study(
+        tmp_path / "s.yaml", {"single": {"config": str(DIGITS / "single.yaml"), "args": [sigint_once("fit", flag)]}}, seeds=(1, 2)
+    )
+    out = tmp_path / "out"
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(SystemExit) as exit_info:
-        main(["study", "--config", str(study), "--out", str(tmp_path / "out")])
-    assert exit_info.value.code == 130 and len(calls) == 1
+        main(["study", "--config", str(study), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 130 and flag.exists()
+    assert not (out / "single" / "seed_2").exists() and "seed 2" not in captured.out  # the next run never started
+    assert "FAILED" not in captured.out and "failed" not in captured.err
+    assert "study: interrupted; run the same command again to resume" in captured.err
     assert signal.getsignal(signal.SIGINT) is before
-    assert "run the same command again to resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_post_fit_test_then_resume_keeps_config_yaml(tmp_path, capsys):
+    """Interrupted in its post-fit test, a run has last.ckpt but no results.json; the next call resumes it in
+    its directory: config.yaml stays as it was, the resume's config goes to config.resume-1.yaml."""
+    flag = tmp_path / "sigint-sent"
+    study = write_study(tmp_path / "s.yaml", {"single": {"config": str(DIGITS / "single.yaml"), "args": [sigint_once("test", flag)]}})
+    out, run = tmp_path / "out", tmp_path / "out" / "single" / "seed_1"
+    command = ["study", "--config", str(study), "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    assert exit_info.value.code == 130 and flag.exists()
+    assert (run / "checkpoints" / "last.ckpt").exists() and not (run / "results.json").exists()
+    config = (run / "config.yaml").read_bytes()
+    capsys.readouterr()
+
+    main(command)  # the flag file exists: no second interrupt
+    assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().out
+    assert (run / "config.yaml").read_bytes() == config
+    assert yaml.safe_load((run / "config.resume-1.yaml").read_text())["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")
+    assert (run / "results.json").exists() and not (run / "config.resume-2.yaml").exists()
+    assert sorted(p.name for p in (out / "single").iterdir()) == ["seed_1"]
+
+
+@pytest.mark.slow
+def test_changed_arguments_are_refused_then_rerun_aside(tmp_path, capsys):
+    methods = {"single": {"config": str(DIGITS / "single.yaml")}}
+    study, out = write_study(tmp_path / "s.yaml", methods), tmp_path / "out"
+    run = out / "single" / "seed_1"
+    command = ["study", "--config", str(study), "--out", str(out)]
+    main(command)
+    recorded = json.loads((run / "study_run.json").read_text())["argv"]
+    assert recorded[:3] == ["fit", "--config", str(DIGITS / "single.yaml")] and "--trainer.limit_train_batches=3" in recorded
+    results = (run / "results.json").read_bytes()
+    capsys.readouterr()
+
+    # the study's args change: the finished run is named with what differs, nothing runs or moves
+    changed = [a.replace("limit_train_batches=3", "limit_train_batches=2") for a in TINY_TRAINER]
+    write_study(study, methods, args=changed)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert f"study: single seed 1 ({run}) was made with other arguments: --trainer.limit_train_batches: 3 -> 2" in captured.err
+    assert "--rerun_changed" in captured.err and "running" not in captured.out
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before and (run / "results.json").read_bytes() == results
+
+    main([*command, "--dry_run"])
+    assert capsys.readouterr().out.split()[0] == "changed"
+
+    # --rerun_changed: the old run is kept as seed_1.prev-1, the run starts afresh; the report has the new one only
+    main([*command, "--rerun_changed"])
+    captured = capsys.readouterr()
+    assert f"old run moved to {out / 'single' / 'seed_1.prev-1'}" in captured.out
+    assert (out / "single" / "seed_1.prev-1" / "results.json").read_bytes() == results
+    assert "--trainer.limit_train_batches=2" in json.loads((run / "study_run.json").read_text())["argv"]
+    assert json.loads((out / "report.json").read_text())[0]["runs"] == [str(run)]
+
+    # a run without study_run.json (made before the study kept one) counts as matching: skipped
+    (run / "study_run.json").unlink()
+    write_study(study, methods)
+    main(command)
+    assert "done before, skipped" in capsys.readouterr().out
+
+
+def test_interrupted_run_with_other_arguments_is_changed(tmp_path, capsys):
+    study = write_study(tmp_path / "s.yaml", {"single": {"config": str(DIGITS / "single.yaml"), "args": ["--model.dropout=0.1"]}})
+    out, run = tmp_path / "out", tmp_path / "out" / "single" / "seed_1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "config.yaml").write_text("old: config\n")
+    [current] = load_study(study, out)
+    old = [a for a in current.fit_args(resume=False) if a != "--model.dropout=0.1"] + ["--model.dropout=0.2", "--figures=false"]
+    (run / "study_run.json").write_text(json.dumps({"argv": old}))
+    command = ["study", "--config", str(study), "--out", str(out)]
+
+    main([*command, "--dry_run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["changed", str(run)] and "--ckpt_path" not in lines[1]
+    assert lines[2].strip() == "differs from its recorded arguments: --model.dropout: 0.2 -> 0.1; dropped --figures=false"
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    assert exit_info.value.code == 2
+    assert "single seed 1" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "study_run.json"]
+    assert json.loads((run / "study_run.json").read_text())["argv"] == old
+
+
+def test_describe_change():
+    base = ["fit", "--config", "a.yaml", "--trainer.max_epochs=3", "--seed_everything=1"]
+    placed = [*base, '--trainer.logger={"save_dir": "/x"}', "--checkpoint.dirpath=null", "--ckpt_path=/x/last.ckpt"]
+    assert describe_change(base, placed) is None  # where the run lives is not a setting
+    assert describe_change(base, ["fit", "--config", "a.yaml", "--trainer.max_epochs", "3", "--seed_everything=1"]) is None
+    assert describe_change(base, [*base[:3], "--trainer.max_epochs=5", base[4]]) == "--trainer.max_epochs: 3 -> 5"
+    assert describe_change(base, [*base[:2], "b.yaml", *base[3:], "--x=1"]) == "--config: a.yaml -> b.yaml; added --x=1"
+    assert describe_change(base, [base[0], *base[3:]]) == "dropped --config=a.yaml"
+    assert describe_change(["--a=1", "--b=2"], ["--b=2", "--a=1"]) == "the same arguments in another order: --b=2 --a=1"
+
+
+@pytest.mark.parametrize("where", ["study", "method"])
+def test_a_typo_in_the_args_stops_the_study_before_any_run(tmp_path, capsys, where):
+    typo = "--trainer.max_epochz=3"
+    methods = {
+        "be": {"config": str(DIGITS / "batch_ensemble.yaml")},  # the study file lists methods sorted: be runs first
+        "single": {"config": str(DIGITS / "single.yaml"), **({"args": [typo]} if where == "method" else {})},
+    }
+    study = write_study(tmp_path / "s.yaml", methods, args=[*TINY_TRAINER, *([typo] if where == "study" else [])])
+    out = tmp_path / "out"
+    for extra in ([], ["--dry_run"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["study", "--config", str(study), "--out", str(out), *extra])
+        captured = capsys.readouterr()
+        assert exit_info.value.code == 2 and not out.exists()
+        first = "be" if where == "study" else "single"
+        [line] = captured.err.splitlines()
+        assert line.startswith(f"ensemble-lab: error: study run {first} seed 1 ({out / first / 'seed_1'}): unrecognized arguments: {typo}")
+        assert "did you mean --trainer.max_epochs?" in line
+        assert "running" not in captured.out and "Run the same command again" not in captured.err
 
 
 def test_relative_config_paths_and_defaults(tmp_path, monkeypatch):
