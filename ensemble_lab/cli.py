@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning_utilities.core.rank_zero
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -254,11 +255,12 @@ def main(args: Sequence[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
-def find_user_error(error: BaseException) -> EnsembleLabError | None:
-    """The EnsembleLabError behind ``error`` (jsonargparse and Lightning wrap exceptions), if any."""
+def find_user_error(error: BaseException) -> Exception | None:
+    """The EnsembleLabError behind ``error`` (jsonargparse and Lightning wrap exceptions), if any, or
+    Lightning's MisconfigurationException: its message names the bad trainer / callback value."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, EnsembleLabError):
+        if isinstance(error, (EnsembleLabError, MisconfigurationException)):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__

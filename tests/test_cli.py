@@ -122,6 +122,9 @@ def test_test_without_trained_weights_is_refused(cli, tmp_path, capsys):
         (["--model=BatchEnsemble", "--data=NoSuchData"], "NoSuchData"),
         (["--model=BatchEnsemble", "--model.num_members=0", "--data=DigitsDataModule"], "num_members must be an integer >= 1"),
         (["--model=MCDropout", "--model.dropout=1.5", "--data=DigitsDataModule"], r"dropout must be in \[0, 1\)"),
+        (["--model=SingleModel", "--data=DigitsDataModule", "--checkpoint.every_n_train_steps=-3"], "every_n_train_steps=-3"),
+        (["--model=SingleModel", "--data=DigitsDataModule", "--model.optimizer.lr=-1"], "--model.optimizer: Invalid learning rate: -1"),
+        (["--model=SingleModel", "--data=DigitsDataModule", "--data.shift_noise=-1"], "data.shift_noise is a standard deviation"),
         # optimizers are model options only: a top-level one would bypass BatchEnsemble's parameter groups
         (["--model=BatchEnsemble", "--data=DigitsDataModule", "--optimizer=SGD"], "unrecognized arguments: --optimizer"),
         (["--model=BatchEnsemble", "--data=DigitsDataModule", "--model.lr_scheduler=OneCycleLR",

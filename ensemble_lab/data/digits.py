@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ensemble_lab.data.base import EnsembleDataModule, LabeledImages
+from ensemble_lab.errors import ConfigError
 
 TEST_FRACTION = 0.2
 TEST_SPLIT_SEED = 1797  # fixed: the test split never depends on an option
@@ -83,6 +84,8 @@ class DigitsDataModule(EnsembleDataModule):
             shift_noise: standard deviation of the Gaussian noise added to the shift set (pixel range 0..1).
         """
         super().__init__(batch_size=batch_size, val_size=val_size, **kwargs)
+        if shift_noise < 0:
+            raise ConfigError(f"data.shift_noise is a standard deviation: it must be >= 0, got {shift_noise}")
         self.shift_degrees, self.shift_noise = shift_degrees, shift_noise
 
     @property

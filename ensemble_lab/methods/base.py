@@ -9,6 +9,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torch.nn import functional as F
 
+from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation import UncertaintyEvalMixin
 from ensemble_lab.methods.checkpoint_state import CheckpointStateMixin
 from ensemble_lab.nn import LayerFactory, build_backbone, tile_members
@@ -133,8 +134,15 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         """Hook to change per-group options after the optimizer was built (before the scheduler)."""
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameter_groups())
+        try:  # torch checks the values (a negative lr, betas outside [0, 1), ...) when they are built
+            optimizer = self.optimizer(self.parameter_groups())
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"--model.optimizer: {error}") from error
         self.adjust_optimizer(optimizer)
         if self.lr_scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "epoch"}}
+        try:
+            scheduler = self.lr_scheduler(optimizer)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"--model.lr_scheduler: {error}") from error
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
