@@ -18,6 +18,7 @@ from ensemble_lab.cli_errors import EnsembleLabArgumentParser
 from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.evaluation.results import check_can_write
+from ensemble_lab.interrupts import INTERRUPTED, InterruptWatch
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.methods.checkpoint_state import load_checkpoint
 from ensemble_lab.resume import SPECIAL, RunConfigSaver, continue_run, resolve_ckpt_path
@@ -246,13 +247,29 @@ def main(args: Sequence[str] | None = None) -> None:
         if argv[0] in EXTRA_SUBCOMMANDS:
             EXTRA_SUBCOMMANDS[argv[0]][0](argv[1:])
         else:
-            EnsembleLabCLI(args=argv)
+            _run_lightning_cli(argv)
     except Exception as error:
         user_error = find_user_error(error)
         if user_error is None or os.environ.get("ENSEMBLE_LAB_DEBUG"):
             raise
         print(f"ensemble-lab: error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _run_lightning_cli(argv: list[str]) -> None:
+    """EnsembleLabCLI(argv); Ctrl-C ends it with status 130 and says how to go on (not Lightning's status 1)."""
+    with InterruptWatch() as watch:
+        try:
+            EnsembleLabCLI(args=argv)
+        except (SystemExit, KeyboardInterrupt):
+            if not watch.interrupted:
+                raise
+            print(
+                "ensemble-lab: interrupted. checkpoints/last.ckpt keeps the last saved state of a fit: the same "
+                "command with --ckpt_path last continues it.",
+                file=sys.stderr,
+            )
+            raise SystemExit(INTERRUPTED) from None
 
 
 def find_user_error(error: BaseException) -> Exception | None:

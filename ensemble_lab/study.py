@@ -28,21 +28,19 @@ import io
 import json
 import re
 import shlex
-import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import yaml
 
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.evaluation.results import atomic_write_bytes
+from ensemble_lab.interrupts import INTERRUPTED, InterruptWatch
 
 STUDY_KEYS = {"out", "seeds", "args", "methods"}
 METHOD_KEYS = {"config", "args"}
@@ -214,41 +212,6 @@ def load_study(study_file: Path, out: Path | None = None) -> list[Run]:
     return runs
 
 
-class InterruptWatch:
-    """SIGINT handler for the duration of a study: notes Ctrl-C, then raises KeyboardInterrupt as Python's does.
-
-    Lightning catches the KeyboardInterrupt inside fit and test, shuts down "gracefully" and exits
-    with status 1, which the study cannot tell from a failed run; ``interrupted`` can. The previous
-    handler comes back on exit; a SIGINT that was ignored when the study started stays ignored.
-    """
-
-    def __init__(self) -> None:
-        self.interrupted = False
-        self._previous: Any = None
-        self._installed = False
-
-    def __enter__(self) -> "InterruptWatch":
-        previous = signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN:
-            self._previous, self._installed = previous, True
-            signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
-            self._installed = False
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.interrupted = True
-        raise KeyboardInterrupt
-
-    def check(self) -> None:
-        """Raise KeyboardInterrupt if Ctrl-C came, whatever a run made of it."""
-        if self.interrupted:
-            raise KeyboardInterrupt
-
-
 def cli_error(args: Sequence[str]) -> str | None:
     """Parse ``ensemble-lab <args>`` with the real CLI parser (``--print_config``: nothing is built or run).
 
@@ -313,6 +276,8 @@ def execute(run: Run, resume: bool) -> str | None:
     try:
         main(args)
     except SystemExit as error:
+        if error.code == INTERRUPTED:  # main() noticed Ctrl-C itself
+            raise KeyboardInterrupt from None
         if error.code not in (0, None):
             return f"exit status {error.code}"
     except Exception as error:  # a bug in one run must not stop the grid; show it, go on
@@ -415,5 +380,5 @@ def study_main(argv: Sequence[str]) -> None:
             failed = run_all(runs, watch)
         except KeyboardInterrupt:
             print("\nstudy: interrupted; run the same command again to resume (finished runs are skipped)", file=sys.stderr, flush=True)
-            raise SystemExit(130) from None
+            raise SystemExit(INTERRUPTED) from None
     report(runs, failed, time.perf_counter() - start)

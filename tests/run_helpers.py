@@ -1,6 +1,8 @@
 """Test-only callbacks and datamodules that the real CLI loads by class path."""
 
+import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,3 +68,36 @@ class NaNAtStep(Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if trainer.global_step == self.step:
             batch[0].fill_(float("nan"))  # training_step receives this very tensor
+
+
+class SigintOnce(Callback):
+    """Sends this process SIGINT, as Ctrl-C does, once (while ``flag_file`` does not exist yet):
+    after optimizer step ``step`` (``phase="fit"``) or after the first batch of the post-fit test (``"test"``)."""
+
+    def __init__(self, phase: str, flag_file: str, step: int = 1) -> None:
+        """
+        Args:
+            phase: "fit" or "test".
+            flag_file: created when the signal is sent; while it exists, nothing is sent.
+            step: the optimizer step after which a "fit" signal is sent.
+        """
+        self.phase, self.flag_file, self.step = phase, Path(flag_file), step
+
+    def _send(self) -> None:
+        if not self.flag_file.exists():
+            self.flag_file.write_text("sent")
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if self.phase == "fit" and trainer.global_step == self.step:
+            self._send()
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if self.phase == "test":
+            self._send()
+
+
+def sigint_once(phase: str, flag_file: Path, step: int = 1) -> str:
+    """The --trainer.callbacks option that adds SigintOnce to a run."""
+    callback = {"class_path": "tests.run_helpers.SigintOnce", "init_args": {"phase": phase, "flag_file": str(flag_file), "step": step}}
+    return f"--trainer.callbacks={json.dumps([callback])}"

@@ -151,3 +151,21 @@ def test_a_second_test_keeps_the_earlier_results(uninterrupted, tmp_path, capsys
         assert (run / "results.prev-1.json").read_bytes() == before["results.json"]
         assert (run / "results.prev-2.json").read_text() == json.dumps(replaced, indent=2)
         assert (run / "config.test-2.yaml").exists() and run_dirs(tmp_path) == [run]
+
+
+def test_ctrl_c_during_fit_exits_130_and_says_how_to_continue(tmp_path, capsys):
+    from tests.run_helpers import sigint_once
+
+    fit = ["fit", "--model=SingleModel", "--data=DigitsDataModule", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
+           "--trainer.enable_model_summary=false", "--checkpoint.every_n_train_steps=1", sigint_once("fit", tmp_path / "sent", step=3)]
+    with working_directory(tmp_path):
+        with pytest.raises(SystemExit) as exit_info:
+            main(fit)
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert "ensemble-lab: interrupted." in err and "--ckpt_path last continues it" in err
+    (run,) = run_dirs(tmp_path)
+    assert (run / "checkpoints" / "last.ckpt").exists() and not (run / "results.json").exists()
+    with working_directory(tmp_path):
+        main([*fit, "--ckpt_path=last"])  # the flag file exists: no second signal
+    assert run_dirs(tmp_path) == [run] and (run / "results.json").exists()

@@ -1,53 +1,19 @@
 """`ensemble-lab study`: a tiny digits grid run, skipped, resumed, interrupted, changed; the study file's checks."""
 
 import json
-import os
 import signal
 from pathlib import Path
 
-import lightning as L
 import pytest
 import yaml
-from lightning.pytorch.callbacks import Callback
 
 from ensemble_lab.cli import main
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.study import describe_change, load_study
 from tests.conftest import REPO, TINY_TRAINER
+from tests.run_helpers import sigint_once
 
 DIGITS = REPO / "configs" / "digits"
-
-
-class SigintOnce(Callback):
-    """Sends this process SIGINT, as Ctrl-C does, once (while ``flag_file`` does not exist yet):
-    after optimizer step 1 (``phase="fit"``) or after the first batch of the post-fit test (``"test"``)."""
-
-    def __init__(self, phase: str, flag_file: str) -> None:
-        """
-        Args:
-            phase: "fit" or "test".
-            flag_file: created when the signal is sent; while it exists, nothing is sent.
-        """
-        self.phase, self.flag_file = phase, Path(flag_file)
-
-    def _send(self) -> None:
-        if not self.flag_file.exists():
-            self.flag_file.write_text("sent")
-            os.kill(os.getpid(), signal.SIGINT)
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        if self.phase == "fit" and trainer.global_step == 1:
-            self._send()
-
-    def on_test_batch_end(self, trainer: L.Trainer, *args) -> None:
-        if self.phase == "test":
-            self._send()
-
-
-def sigint_once(phase: str, flag_file: Path) -> str:
-    """The --trainer.callbacks option that adds SigintOnce to a run."""
-    callback = {"class_path": f"{__name__}.SigintOnce", "init_args": {"phase": phase, "flag_file": str(flag_file)}}
-    return f"--trainer.callbacks={json.dumps([callback])}"
 
 
 def write_study(path: Path, methods: dict, seeds=(1,), args=TINY_TRAINER) -> Path:
