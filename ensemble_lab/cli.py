@@ -1,5 +1,6 @@
 """The ``ensemble-lab`` command: LightningCLI for fit / validate / test / predict, plus extra subcommands."""
 
+import difflib
 import logging
 import os
 import sys
@@ -243,6 +244,12 @@ def main(args: Sequence[str] | None = None) -> None:
         if not argv:
             raise SystemExit(2)
         return
+    commands = ["fit", "validate", "test", "predict", *EXTRA_SUBCOMMANDS]
+    if not argv[0].startswith("-") and argv[0] not in commands:
+        close = difflib.get_close_matches(argv[0], commands, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        print(f"ensemble-lab: error: unknown command '{argv[0]}'{hint}; choose from {', '.join(commands)}", file=sys.stderr)
+        raise SystemExit(2)
     try:
         if argv[0] in EXTRA_SUBCOMMANDS:
             EXTRA_SUBCOMMANDS[argv[0]][0](argv[1:])

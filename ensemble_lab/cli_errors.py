@@ -97,6 +97,15 @@ def _unknown_class(e: ParserError) -> str | None:
     return f"unknown class '{name}' for --{'.'.join(e.keys)}{_did_you_mean(name, choices)}{allowed}"
 
 
+def _unknown_help_class(e: ParserError) -> str | None:
+    found = re.search(r"\b(model|data)\.help: Expected a dot import path string: (\S+)", e.message)
+    if not found:
+        return None
+    group, name = found.groups()
+    choices = subclass_names(group)
+    return f"unknown class '{name}' for --{group}.help{_did_you_mean(name, choices)}; choose from {', '.join(choices)}"
+
+
 def _bad_value(e: ParserError) -> str | None:
     if not e.keys:
         return None
@@ -124,7 +133,8 @@ def _no_model(e: ParserError) -> str | None:
 
 
 RULES: tuple[Callable[[ParserError], str | None], ...] = (
-    _unknown_init_argument, _unknown_key, _unrecognized, _unknown_class, _bad_value, _missing_config_file, _no_model,
+    _unknown_init_argument, _unknown_key, _unrecognized, _unknown_help_class, _unknown_class, _bad_value,
+    _missing_config_file, _no_model,
 )
 
 

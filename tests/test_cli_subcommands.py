@@ -41,3 +41,21 @@ def test_lightning_product_tips_are_dropped_and_other_info_kept(caplog):
     import lightning_utilities.core.rank_zero
 
     assert len(lightning_utilities.core.rank_zero.log.filters) == 1
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["studdy"], "unknown command 'studdy' (did you mean 'study'?); choose from fit, validate, test, predict, report, study"),
+        (["fit", "--model.help", "BatchEnsembel"], "unknown class 'BatchEnsembel' for --model.help (did you mean 'BatchEnsemble'?)"),
+        (["fit", "--data.help", "Digits"], "unknown class 'Digits' for --data.help; choose from CIFAR10DataModule, DigitsDataModule"),
+    ],
+)
+def test_mistyped_command_or_help_class(capsys, argv, expected):
+    from ensemble_lab.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"ensemble-lab: error: {expected}" in err and "Traceback" not in err
