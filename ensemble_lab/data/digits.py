@@ -79,7 +79,7 @@ class DigitsDataModule(EnsembleDataModule):
         """
         Args:
             batch_size: training batch size in unique images.
-            val_size: images held out of the 1,437 training digits for validation.
+            val_size: images held out of the 1,438 training digits for validation.
             shift_degrees: the shift set rotates each test digit by an angle drawn from ±shift_degrees.
             shift_noise: standard deviation of the Gaussian noise added to the shift set (pixel range 0..1).
         """
