@@ -263,8 +263,30 @@ def main(args: Sequence[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
+def check_config_files(argv: Sequence[str]) -> None:
+    """ConfigError naming the file for a --config that is not a YAML mapping (jsonargparse would name
+    "<unicode string>" or print "Unexpected config"); a missing file is left to the parser's message."""
+    import yaml
+
+    paths = [argv[k + 1] for k, a in enumerate(argv[:-1]) if a == "--config"] + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            continue
+        try:
+            content = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            raise ConfigError(f"config file {raw} is not valid YAML{at}: {getattr(error, 'problem', None) or error}") from None
+        if not isinstance(content, dict):
+            got = "nothing (the file is empty)" if content is None else f"a {type(content).__name__}"
+            raise ConfigError(f"config file {raw} must be a mapping of options (model:, data:, trainer:, ...); it holds {got}")
+
+
 def _run_lightning_cli(argv: list[str]) -> None:
     """EnsembleLabCLI(argv); Ctrl-C ends it with status 130 and says how to go on (not Lightning's status 1)."""
+    check_config_files(argv)
     with InterruptWatch() as watch:
         try:
             EnsembleLabCLI(args=argv)

@@ -59,3 +59,22 @@ def test_mistyped_command_or_help_class(capsys, argv, expected):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"ensemble-lab: error: {expected}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        ("", "must be a mapping of options (model:, data:, trainer:, ...); it holds nothing (the file is empty)"),
+        ("- a\n- b\n", "it holds a list"),
+        ("model: [unclosed\n", "is not valid YAML at line 2, column 1"),
+    ],
+)
+def test_config_file_that_is_not_a_mapping(tmp_path, capsys, content, expected):
+    from ensemble_lab.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", f"--config={config}"])
+    assert exit_info.value.code == 2
+    assert f"ensemble-lab: error: config file {config} {expected}" in capsys.readouterr().err
