@@ -65,7 +65,7 @@ def test_mistyped_command_or_help_class(capsys, argv, expected):
     "content,expected",
     [
         ("", "must be a mapping of options (model:, data:, trainer:, ...); it holds nothing (the file is empty)"),
-        ("- a\n- b\n", "it holds a list"),
+        ("- a\n- b\n", "must be a mapping of options (model:, data:, trainer:, ...); it holds a list"),
         ("model: [unclosed\n", "is not valid YAML at line 2, column 1"),
     ],
 )
