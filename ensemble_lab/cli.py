@@ -1,6 +1,7 @@
 """The ``ensemble-lab`` command: LightningCLI for fit / validate / test / predict, plus extra subcommands."""
 
 import difflib
+import errno
 import logging
 import os
 import sys
@@ -256,7 +257,7 @@ def main(args: Sequence[str] | None = None) -> None:
         else:
             _run_lightning_cli(argv)
     except Exception as error:
-        user_error = find_user_error(error)
+        user_error = find_user_error(error) or unwritable(error)
         if user_error is None or os.environ.get("ENSEMBLE_LAB_DEBUG"):
             raise
         print(f"ensemble-lab: error: {user_error}", file=sys.stderr)
@@ -299,6 +300,25 @@ def _run_lightning_cli(argv: list[str]) -> None:
                 file=sys.stderr,
             )
             raise SystemExit(INTERRUPTED) from None
+
+
+#: errno values that say the disk or the permissions, not the program, stopped a write
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def unwritable(error: BaseException) -> str | None:
+    """A one-line message for a file that could not be written (permissions, read-only, disk full), else None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in UNWRITABLE:
+            where = f" {error.filename}" if error.filename else ""
+            return (
+                f"cannot write{where}: {error.strerror}. Free some space or make the directory writable, "
+                "or write elsewhere (--trainer.default_root_dir DIR; study: --out DIR)"
+            )
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def find_user_error(error: BaseException) -> Exception | None:

@@ -78,3 +78,25 @@ def test_config_file_that_is_not_a_mapping(tmp_path, capsys, content, expected):
         main(["fit", f"--config={config}"])
     assert exit_info.value.code == 2
     assert f"ensemble-lab: error: config file {config} {expected}" in capsys.readouterr().err
+
+
+def test_a_directory_that_cannot_be_written_is_one_line(cli, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from ensemble_lab.cli import unwritable
+    from ensemble_lab.evaluation import results
+
+    wrapped = RuntimeError("while saving")
+    wrapped.__cause__ = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "lightning_logs"))
+    assert unwritable(wrapped).startswith(f"cannot write {tmp_path / 'lightning_logs'}: Read-only file system.")
+    assert unwritable(OSError(errno.ENOENT, "No such file or directory")) is None  # not about writing: a bug
+
+    def disk_full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(results, "atomic_write_bytes", disk_full)  # the results files, after a real fit
+    with pytest.raises(SystemExit) as exit_info:
+        cli("fit", "--model=SingleModel", "--data=DigitsDataModule", "--figures=false", *TINY_TRAINER)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "ensemble-lab: error: cannot write " in err and "results.csv: No space left on device." in err
