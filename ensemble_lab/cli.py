@@ -161,13 +161,20 @@ class EnsembleLabCLI(LightningCLI):
         if run_dir is not None:
             self._continue_in(run_dir, "test")
 
-    def before_validate(self) -> None:
-        self._resolve_ckpt_path()
+    def _evaluate_in_its_run(self, kind: str) -> str | None:
+        """validate / predict of a run's checkpoint log into that run (config.<kind>-N.yaml), not a new version_N."""
+        ckpt_path = self._resolve_ckpt_path()
         _quiet_checkpoint_callback_state()
+        run_dir = continue_run(self.trainer, ckpt_path) if ckpt_path and ckpt_path not in SPECIAL else None
+        if run_dir is not None:
+            self._continue_in(run_dir, kind)
+        return ckpt_path
+
+    def before_validate(self) -> None:
+        self._evaluate_in_its_run("validate")
 
     def before_predict(self) -> None:
-        self._resolve_ckpt_path()
-        _quiet_checkpoint_callback_state()
+        self._evaluate_in_its_run("predict")
 
     def before_fit(self) -> None:
         ckpt_path = self._resolve_ckpt_path()

@@ -18,6 +18,9 @@ def test_validate_and_predict_from_a_checkpoint(cli, tmp_path, capsys):
     cli("validate", "--config", config, f"--ckpt_path={ckpt}")
     assert "val/acc" in capsys.readouterr().out
     cli("predict", "--config", config, f"--ckpt_path={ckpt}")
+    # both logged into the checkpoint's own run, beside its config.yaml: no new version_N
+    assert run_dirs(tmp_path) == [run]
+    assert (run / "config.validate-1.yaml").exists() and (run / "config.predict-1.yaml").exists()
 
 
 def test_python_dash_m_entry_point():
