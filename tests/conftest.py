@@ -1,6 +1,7 @@
 """Shared fixtures: run the real CLI inside a temporary directory."""
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,12 @@ def cli(tmp_path, monkeypatch):
         main(list(args))
 
     return run
+
+
+@pytest.fixture
+def sigint_enabled():
+    """Python's own Ctrl-C handler for a test that sends SIGINT to this process: a shell that starts
+    pytest in the background (``cmd &``) leaves SIGINT ignored, and ensemble-lab keeps it that way."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

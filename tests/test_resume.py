@@ -153,7 +153,7 @@ def test_a_second_test_keeps_the_earlier_results(uninterrupted, tmp_path, capsys
         assert (run / "config.test-2.yaml").exists() and run_dirs(tmp_path) == [run]
 
 
-def test_ctrl_c_during_fit_exits_130_and_says_how_to_continue(tmp_path, capsys):
+def test_ctrl_c_during_fit_exits_130_and_says_how_to_continue(tmp_path, capsys, sigint_enabled):
     from tests.run_helpers import sigint_once
 
     fit = ["fit", "--model=SingleModel", "--data=DigitsDataModule", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",

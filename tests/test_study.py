@@ -86,7 +86,7 @@ def test_dry_run_lists_states_without_running(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_study(tmp_path, capsys):
+def test_ctrl_c_stops_the_study(tmp_path, capsys, sigint_enabled):
     """Lightning catches the KeyboardInterrupt and exits with status 1; the study must stop, not go on."""
     flag = tmp_path / "sigint-sent"
     study = write_study(
@@ -105,7 +105,7 @@ def test_ctrl_c_stops_the_study(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_the_post_fit_test_then_resume_keeps_config_yaml(tmp_path, capsys):
+def test_ctrl_c_in_the_post_fit_test_then_resume_keeps_config_yaml(tmp_path, capsys, sigint_enabled):
     """Interrupted in its post-fit test, a run has last.ckpt but no results.json; the next call resumes it in
     its directory: config.yaml stays as it was, the resume's config goes to config.resume-1.yaml."""
     flag = tmp_path / "sigint-sent"
