@@ -97,6 +97,24 @@ class EnsembleLabCLI(LightningCLI):
             default=False,
             help="replace an existing results.json of the run instead of refusing.",
         )
+        # Configs saved before optimizers became model-only options hold `optimizer: null` and
+        # `lr_scheduler: null` at the top level; they still load, and any other value is refused.
+        for legacy in ("optimizer", "lr_scheduler"):
+            parser.add_argument(
+                f"--{legacy}",
+                type=str | None,
+                default=None,
+                help=f"not an option (only null is accepted, so older saved configs load): use --model.{legacy}.",
+            )
+
+    def before_instantiate_classes(self) -> None:
+        config = self._subcommand_config()
+        for legacy in ("optimizer", "lr_scheduler"):
+            if config.get(legacy) is not None:
+                raise ConfigError(
+                    f"--{legacy} is not an option: the {legacy.replace('_', ' ')} belongs to the model, e.g. "
+                    f"--model.{legacy} {'SGD --model.optimizer.lr 0.05' if legacy == 'optimizer' else 'MultiStepLR'}"
+                )
 
     # ---- hooks around the subcommands ---------------------------------------------------------------
     def _subcommand_config(self):

@@ -126,7 +126,7 @@ def test_test_without_trained_weights_is_refused(cli, tmp_path, capsys):
         (["--model=SingleModel", "--data=DigitsDataModule", "--model.optimizer.lr=-1"], "--model.optimizer: Invalid learning rate: -1"),
         (["--model=SingleModel", "--data=DigitsDataModule", "--data.shift_noise=-1"], "data.shift_noise is a standard deviation"),
         # optimizers are model options only: a top-level one would bypass BatchEnsemble's parameter groups
-        (["--model=BatchEnsemble", "--data=DigitsDataModule", "--optimizer=SGD"], "unrecognized arguments: --optimizer"),
+        (["--model=BatchEnsemble", "--data=DigitsDataModule", "--optimizer=SGD"], "--optimizer is not an option: the optimizer belongs to the model"),
         (["--model=BatchEnsemble", "--data=DigitsDataModule", "--model.lr_scheduler=OneCycleLR",
           "--model.lr_scheduler.max_lr=0.1", "--model.lr_scheduler.total_steps=10"], "OneCycleLR sets the same learning rate"),
     ],

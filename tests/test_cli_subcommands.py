@@ -103,3 +103,14 @@ def test_a_directory_that_cannot_be_written_is_one_line(cli, tmp_path, capsys, m
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert "ensemble-lab: error: cannot write " in err and "results.csv: No space left on device." in err
+
+
+def test_configs_saved_with_top_level_optimizer_null_still_load(tmp_path, capsys):
+    from ensemble_lab.cli import main
+
+    config = tmp_path / "config.yaml"  # as runs of earlier versions saved it
+    config.write_text("optimizer: null\nlr_scheduler: null\nmodel:\n  class_path: SingleModel\ndata:\n  class_path: DigitsDataModule\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", f"--config={config}", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path: ensemble_lab.methods.SingleModel" in capsys.readouterr().out
