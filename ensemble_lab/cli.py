@@ -160,9 +160,18 @@ class EnsembleLabCLI(LightningCLI):
             if isinstance(callback, RunConfigSaver):
                 callback.resumed_run_dir, callback.continued_as = run_dir, kind
 
-    def before_test(self) -> None:
+    def _evaluate_in_its_run(self, kind: str) -> str | None:
+        """test / validate / predict of a run's checkpoint log into that run (config.<kind>-N.yaml), not a
+        new version_N; returns the checkpoint path. Only the logger's version is set here: nothing is written."""
         ckpt_path = self._resolve_ckpt_path()
         _quiet_checkpoint_callback_state()
+        run_dir = continue_run(self.trainer, ckpt_path) if ckpt_path and ckpt_path not in SPECIAL else None
+        if run_dir is not None:
+            self._continue_in(run_dir, kind)
+        return ckpt_path
+
+    def before_test(self) -> None:
+        ckpt_path = self._evaluate_in_its_run("test")
         if ckpt_path is None and not getattr(self.model, "member_checkpoints", None):
             # results of freshly initialised weights look like any other results.json (and `report` averages them)
             raise ConfigError(
@@ -171,22 +180,8 @@ class EnsembleLabCLI(LightningCLI):
                 "--model.member_checkpoints [a.ckpt,b.ckpt,...] instead"
             )
         self._configure_outputs(ckpt_path)
-        if self.model.results_dir is None:
-            return
-        check_can_write(Path(self.model.results_dir), self.model.overwrite_results)  # fail before any work
-        # the run's own directory also takes the TensorBoard scalars and figures: no stray version_N
-        run_dir = continue_run(self.trainer, ckpt_path)
-        if run_dir is not None:
-            self._continue_in(run_dir, "test")
-
-    def _evaluate_in_its_run(self, kind: str) -> str | None:
-        """validate / predict of a run's checkpoint log into that run (config.<kind>-N.yaml), not a new version_N."""
-        ckpt_path = self._resolve_ckpt_path()
-        _quiet_checkpoint_callback_state()
-        run_dir = continue_run(self.trainer, ckpt_path) if ckpt_path and ckpt_path not in SPECIAL else None
-        if run_dir is not None:
-            self._continue_in(run_dir, kind)
-        return ckpt_path
+        if self.model.results_dir is not None:
+            check_can_write(Path(self.model.results_dir), self.model.overwrite_results)  # fail before any work
 
     def before_validate(self) -> None:
         self._evaluate_in_its_run("validate")
