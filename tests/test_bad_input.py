@@ -197,7 +197,7 @@ def test_huge_learning_rate_stops_at_the_first_nan(cli, tmp_path, capsys):
 
 
 def test_nan_guard_reads_every_step_on_cpu_and_rarely_on_a_gpu():
-    from ensemble_lab.callbacks import NonFiniteLossGuard
+    from ensemble_lab.cli.callbacks import NonFiniteLossGuard
 
     default = NonFiniteLossGuard()
     assert default.steps_between_checks(torch.device("cpu")) == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ensemble_lab.cli import main
-from ensemble_lab.report import Stat, build_report, format_stat, summarize, to_markdown
+from ensemble_lab.cli.report import Stat, build_report, format_stat, summarize, to_markdown
 
 OOD = {f"{m}_{s}": 0.5 for m in ("auroc", "aupr", "fpr95") for s in ("msp", "entropy", "mi")}
 
@@ -138,10 +138,48 @@ def test_help(capsys):
 
 
 def test_runs_set_aside_by_a_study_are_not_found(tmp_path):
-    from ensemble_lab.report import find_results
+    from ensemble_lab.cli.report import find_results
 
     write_run(tmp_path, "be/seed_1", "BatchEnsemble", 4, 1, 0.5)
     write_run(tmp_path, "be/seed_1.prev-1", "BatchEnsemble", 4, 1, 0.1)  # moved aside by --rerun_changed
     assert find_results([tmp_path]) == [(tmp_path / "be" / "seed_1" / "results.json").resolve()]
     aside = tmp_path / "be" / "seed_1.prev-1"
     assert find_results([aside]) == [(aside / "results.json").resolve()]  # asked for by name: found
+
+
+def with_config(run: Path, run_name: str | None = None, **trained) -> Path:
+    """Give a hand-written run a resolved config (trainer / model options) and a label, as the CLI records them."""
+    doc = json.loads((run / "results.json").read_text())
+    seed = doc["seed"]
+    doc["config"] = {"seed_everything": seed, "trainer": {"max_epochs": trained.get("max_epochs", 30), "logger": f"run-{seed}"},
+                     "model": {"class_path": doc["method"], "init_args": {"lr": trained.get("lr", 0.003)}}}  # fmt: skip
+    if run_name is not None:
+        doc["run_name"] = run_name
+    (run / "results.json").write_text(json.dumps(doc))
+    return run
+
+
+def test_runs_trained_differently_are_not_pooled_and_the_report_says_why(tmp_path, capsys):
+    # three 30-epoch Deep Ensembles and one of 3 epochs: two rows (n=3 and n=1), never one of n=4
+    for seed, acc in [(1, 0.80), (2, 0.82), (3, 0.84)]:
+        with_config(write_run(tmp_path, f"de/seed_{seed}", "DeepEnsemble", 4, seed, acc))
+    with_config(write_run(tmp_path, "short/seed_4", "DeepEnsemble", 4, 4, 0.40), max_epochs=3)
+    groups = build_report([tmp_path])
+    rows = sorted((g.variant, len(g.runs), g.stats["digits"]["acc"].mean) for g in groups)
+    assert rows == [("trainer.max_epochs=3", 1, 0.40), ("trainer.max_epochs=30", 3, pytest.approx(0.82))]
+    assert "DeepEnsemble (M=4, DigitsDataModule): 4 runs were trained differently and are not pooled: 2 rows, by trainer.max_epochs" in capsys.readouterr().err
+    table = to_markdown(groups)
+    assert "| DeepEnsemble [trainer.max_epochs=30] | 4 | DigitsDataModule | 3 |" in table
+    assert "- DeepEnsemble rows differ in `trainer.max_epochs`" in table
+
+
+def test_run_names_are_rows_of_their_own_and_seeds_or_placement_do_not_split(tmp_path, capsys):
+    for seed in (1, 2):  # seeds and logger differ: pooled
+        with_config(write_run(tmp_path, f"a/seed_{seed}", "BatchEnsemble", 4, seed, 0.5 + seed / 10), run_name="be_normal")
+    with_config(write_run(tmp_path, "b/seed_1", "BatchEnsemble", 4, 1, 0.9), run_name="be_fast", lr=0.01)
+    groups = build_report([tmp_path])
+    assert sorted((g.label, g.variant, len(g.runs)) for g in groups) == [("be_fast", None, 1), ("be_normal", None, 2)]
+    assert "not pooled" not in capsys.readouterr().err
+    table = to_markdown(groups)
+    assert "- BatchEnsemble rows differ in `model.init_args.lr` (be_fast: 0.01; be_normal: 0.003)" in table
+    assert "3 runs." in table and "1 runs" not in to_markdown(build_report([tmp_path / "b"]))

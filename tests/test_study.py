@@ -9,7 +9,7 @@ import yaml
 
 from ensemble_lab.cli import main
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.study import describe_change, load_study
+from ensemble_lab.cli.study import describe_change, load_study
 from tests.conftest import REPO, TINY_TRAINER
 from tests.run_helpers import sigint_once
 
@@ -28,8 +28,8 @@ def test_study_runs_skips_resumes_and_reports(tmp_path, capsys):
         {
             "single": {"config": str(DIGITS / "single.yaml")},
             "be": {"config": str(DIGITS / "batch_ensemble.yaml"), "args": ["--model.num_members=2"]},
-            # parses, so it passes the study's check, but the datamodule refuses it when the run builds it
-            "broken": {"config": str(DIGITS / "single.yaml"), "args": ["--data.batch_size=0"]},
+            # valid options, so it passes the study's check, but its loss turns NaN in training
+            "broken": {"config": str(DIGITS / "single.yaml"), "args": ["--model.optimizer.lr=1e30"]},
         },
     )
     out = tmp_path / "out"
@@ -147,7 +147,7 @@ def test_changed_arguments_are_refused_then_rerun_aside(tmp_path, capsys):
         main(command)
     captured = capsys.readouterr()
     assert exit_info.value.code == 2
-    assert f"study: single seed 1 ({run}) was made with other arguments: --trainer.limit_train_batches: 3 -> 2" in captured.err
+    assert f"study: single seed 1 ({run}) was made with other arguments: trainer.limit_train_batches: 3.0 -> 2.0" in captured.err
     assert "--rerun_changed" in captured.err and "running" not in captured.out
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before and (run / "results.json").read_bytes() == results
 
@@ -169,6 +169,34 @@ def test_changed_arguments_are_refused_then_rerun_aside(tmp_path, capsys):
     assert "done before, skipped" in capsys.readouterr().out
 
 
+def states(dry_run_output: str) -> list[str]:
+    """The state column of `study --dry_run` (its other lines are indented commands and differences)."""
+    return [line.split()[0] for line in dry_run_output.splitlines() if line[:1] != " " or not line.startswith(" " * 9)]
+
+
+@pytest.mark.slow
+def test_an_edit_inside_a_method_config_file_marks_its_runs_changed(tmp_path, capsys):
+    config = tmp_path / "single.yaml"
+    config.write_text((DIGITS / "single.yaml").read_text())
+    study = write_study(tmp_path / "s.yaml", {"single": {"config": str(config)}}, seeds=(1, 2))
+    out = tmp_path / "out"
+    command = ["study", "--config", str(study), "--out", str(out)]
+    main(command)
+    capsys.readouterr()
+    main([*command, "--dry_run"])
+    assert states(capsys.readouterr().out) == ["done", "done"]
+
+    # same path, same arguments, another learning rate inside the file
+    config.write_text(config.read_text().replace("lr: 0.003", "lr: 0.01"))
+    main([*command, "--dry_run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert states("\n".join(lines)) == ["changed", "changed"]
+    assert lines[2].strip() == "differs from what it was made with: model.init_args.optimizer.init_args.lr: 0.003 -> 0.01"
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    assert exit_info.value.code == 2 and "optimizer.init_args.lr: 0.003 -> 0.01" in capsys.readouterr().err
+
+
 def test_interrupted_run_with_other_arguments_is_changed(tmp_path, capsys):
     study = write_study(tmp_path / "s.yaml", {"single": {"config": str(DIGITS / "single.yaml"), "args": ["--model.dropout=0.1"]}})
     out, run = tmp_path / "out", tmp_path / "out" / "single" / "seed_1"
@@ -183,7 +211,8 @@ def test_interrupted_run_with_other_arguments_is_changed(tmp_path, capsys):
     main([*command, "--dry_run"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["changed", str(run)] and "--ckpt_path" not in lines[1]
-    assert lines[2].strip() == "differs from its recorded arguments: --model.dropout: 0.2 -> 0.1; dropped --figures=false"
+    # a record without a resolved config (older studies) is compared by its arguments
+    assert lines[2].strip() == "differs from what it was made with: --model.dropout: 0.2 -> 0.1; dropped --figures=false"
 
     with pytest.raises(SystemExit) as exit_info:
         main(command)

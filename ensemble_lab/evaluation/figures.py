@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ensemble_lab.evaluation.metrics import reliability_bins, uncertainty_scores
-from ensemble_lab.evaluation.results import atomic_write_bytes
+from ensemble_lab.run_files import atomic_write_bytes
 
 DPI = 80
 #: heatmap cells get their value written in them up to this many members

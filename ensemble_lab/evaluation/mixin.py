@@ -45,6 +45,13 @@ class UncertaintyEvalMixin:
     overwrite_results: bool = False
     #: draw figures into <results_dir>/figures/ and TensorBoard during test (set by the CLI's --figures)
     save_figures: bool = True
+    #: the run's label (--run_name) and resolved configuration, recorded in results.json (set by the CLI)
+    run_name: str | None = None
+    run_config: dict[str, Any] | None = None
+    #: the checkpoint whose weights a test after fit evaluates (last.ckpt); else the trainer's ckpt_path
+    tested_checkpoint: str | None = None
+    #: the training step the tested weights are from (set by the CLI for a checkpoint); else global_step
+    logging_step: int | None = None
 
     # ---- shared step -------------------------------------------------------------------------
     def _store_batch(self, store: PredictionStore, batch: Any) -> None:
@@ -71,6 +78,28 @@ class UncertaintyEvalMixin:
         # Values are identical on every rank after the gather, so no further sync is needed.
         self.log_dict({f"val/{k}": float(metrics[k]) for k in VAL_CURVES}, prog_bar=False, sync_dist=False)
         self.log("val/acc_bar", float(metrics["acc"]), prog_bar=True, logger=False)
+
+    # ---- predict: member probabilities of the first id set, to predictions/<set>.npz -------------------
+    def on_predict_start(self) -> None:
+        self._predict_dir = self.resolved_results_dir()  # every rank: trainer.log_dir is a collective under DDP
+        self._stores = {"predict": self._new_store()}
+
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._stores["predict"].update(outputs, batch[1], batch[2])  # outputs: member probabilities (M, B, C)
+
+    def on_predict_end(self) -> None:
+        store = self._stores["predict"]
+        if not store.is_empty:
+            member_probs, targets = store.compute()  # the complete set, in dataset order, on every rank
+            self._write_predictions(member_probs, targets)
+
+    @rank_zero_only
+    def _write_predictions(self, member_probs: Tensor, targets: Tensor) -> None:
+        roles = getattr(getattr(self.trainer, "datamodule", None), "test_set_roles", None) or {"predict": "id"}
+        name = next(n for n, role in roles.items() if role == "id")
+        path = write_predictions(self._predict_dir, name, member_probs.cpu().numpy(), targets.cpu().numpy())
+        m, n, c = member_probs.shape
+        print(f"\n{type(self).__name__} (M={m}) member probabilities of {name} ({n} images, {c} classes) -> {path}")
 
     # ---- test: every set, result files ----------------------------------------------------------
     def test_set_roles(self) -> dict[str, str]:
@@ -133,15 +162,23 @@ class UncertaintyEvalMixin:
     def _results_document(self, sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
         datamodule = getattr(self.trainer, "datamodule", None)
         seed = os.environ.get("PL_GLOBAL_SEED")
+        checkpoint = getattr(self.trainer, "ckpt_path", None) or self.tested_checkpoint
         return {
             "method": type(self).__name__,
+            "run_name": self.run_name or type(self).__name__,
             "num_members": int(self.num_members),
             "seed": int(seed) if seed is not None else None,
             "datamodule": type(datamodule).__name__ if datamodule is not None else None,
-            "checkpoint": getattr(self.trainer, "ckpt_path", None),
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            **self.members_description(),  # e.g. the checkpoints an assembled ensemble's members came from
             **weight_space_summary(self),  # weight_cosine (M×M or None), weight_cosine_mean
+            "config": self.run_config,
             "sets": sets,
         }
+
+    def members_description(self) -> dict[str, Any]:
+        """Extra top-level entries of results.json that say where the members came from (default: none)."""
+        return {}
 
     @rank_zero_only
     def _write_test_outputs(self, collected: dict[str, tuple[Tensor, Tensor]]) -> None:
@@ -153,6 +190,7 @@ class UncertaintyEvalMixin:
         if self.save_figures:
             from ensemble_lab.evaluation.figures import write_figures  # matplotlib only when drawing
 
-            write_figures(results_dir, collected, self.test_set_roles(), self.test_results, self.loggers, self.global_step)
+            step = self.global_step if self.logging_step is None else self.logging_step
+            write_figures(results_dir, collected, self.test_set_roles(), self.test_results, self.loggers, step)
         path = write_results(results_dir, self.test_results)  # last: results.json marks a complete test
         print(f"\n{type(self).__name__} (M={self.num_members}) results -> {path}\n{format_table(self.test_results['sets'])}\n")

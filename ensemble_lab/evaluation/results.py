@@ -5,39 +5,17 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ensemble_lab.errors import EnsembleLabError
+from ensemble_lab.run_files import atomic_write_bytes, first_free_number
 
 TABLE_COLUMNS = ("acc", "nll", "brier", "ece", "entropy", "mi", "disagreement", "auroc_msp", "auroc_mi", "fpr95_msp")
 #: metrics scored against the labels: on an ood set those are not the model's classes, so the table shows '-'
 LABEL_METRICS = frozenset({"acc", "nll", "brier", "ece", "member_acc", "member_nll", "member_ece"})
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it; set straight back
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for colleagues to read too
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_can_write(results_dir: Path, overwrite: bool) -> None:
@@ -76,9 +54,7 @@ def set_aside_previous(results_dir: Path) -> int | None:
     present = [name for name in ("results.json", *OUTPUT_DIRS) if (results_dir / name).exists()]
     if not present:
         return None
-    n = 1
-    while any((results_dir / name).exists() for name in (f"results.prev-{n}.json", *(f"{d}.prev-{n}" for d in OUTPUT_DIRS))):
-        n += 1
+    n = first_free_number(lambda k: any((results_dir / name).exists() for name in (f"results.prev-{k}.json", *(f"{d}.prev-{k}" for d in OUTPUT_DIRS))))
     if "results.json" in present:
         atomic_write_bytes(results_dir / f"results.prev-{n}.json", (results_dir / "results.json").read_bytes())
     for name in OUTPUT_DIRS:

@@ -20,7 +20,7 @@ def test_table_rows_values_and_blanks() -> None:
 def test_atomic_writes_replace_whole_files_readable_by_others(tmp_path):
     import os
 
-    from ensemble_lab.evaluation.results import atomic_write_bytes
+    from ensemble_lab.run_files import atomic_write_bytes
 
     old_mask = os.umask(0o022)
     try:

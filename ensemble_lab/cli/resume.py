@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.run_files import first_free_number, run_dir_of_checkpoint
 
 SPECIAL = ("best", "hpc", "registry")  # Lightning's other ckpt_path keywords, resolved by Lightning
 _LAST = re.compile(r"^last(-v\d+)?\.ckpt$")  # Lightning names a second last checkpoint last-v1.ckpt
@@ -71,10 +72,9 @@ def continue_run(trainer: L.Trainer, ckpt_path: str) -> Path | None:
     Returns that run directory, or None where the logger or layout is not Lightning's
     ``<root>/version_N`` (the resumed run then gets a new directory, as Lightning does).
     """
-    ckpt = Path(ckpt_path).expanduser().resolve()
-    run_dir = ckpt.parent.parent
+    run_dir = run_dir_of_checkpoint(Path(ckpt_path).expanduser().resolve())
     logger = _versioned_logger(trainer)
-    if ckpt.parent.name != "checkpoints" or logger is None or _own_dirpath(trainer):
+    if run_dir is None or logger is None or _own_dirpath(trainer):
         return None
     if Path(logger.root_dir).expanduser().resolve() != run_dir.parent:
         return None
@@ -102,8 +102,6 @@ class RunConfigSaver(SaveConfigCallback):
         if not self.already_saved and self.resumed_run_dir is not None and trainer.log_dir:
             log_dir = Path(trainer.log_dir)
             if log_dir.resolve() == self.resumed_run_dir and (log_dir / self.config_filename).exists():
-                n = 1
-                while (log_dir / f"config.{self.continued_as}-{n}.yaml").exists():
-                    n += 1
+                n = first_free_number(lambda k: (log_dir / f"config.{self.continued_as}-{k}.yaml").exists())
                 self.config_filename = f"config.{self.continued_as}-{n}.yaml"
         super().setup(trainer, pl_module, stage)

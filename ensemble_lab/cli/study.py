@@ -13,7 +13,7 @@ A study file (YAML) names the grid::
 Run ``<method>`` with seed ``s`` lives in ``<out>/<method>/seed_<s>/`` (TensorBoard logs,
 config.yaml, checkpoints/last.ckpt, results.json, figures/, and study_run.json: the fit arguments
 the study used). Every run's arguments are first checked with the CLI's parser. Runs go in
-sequence, in this process, through ``ensemble_lab.cli.main``. A run with results.json is skipped;
+sequence, in this process, through the same LightningCLI as ``ensemble-lab fit``. A run with results.json is skipped;
 one with checkpoints/last.ckpt but no results.json was interrupted and is resumed from that
 checkpoint (config.yaml is kept, the resume's config goes to config.resume-N.yaml). A finished or
 interrupted run recorded with other arguments stops the study before anything runs, unless
@@ -23,8 +23,7 @@ others still run; Ctrl-C stops the study (status 130). The study ends by printin
 """
 
 import argparse
-import contextlib
-import io
+import functools
 import json
 import re
 import shlex
@@ -38,10 +37,13 @@ from typing import Any
 
 import yaml
 
+from ensemble_lab.cli.failures import user_message
+from ensemble_lab.cli.interrupts import INTERRUPTED, InterruptWatch
+from ensemble_lab.cli.lightning_cli import check_arguments, run_lightning_cli
+from ensemble_lab.cli.run_config import comparable, differences, flatten
+from ensemble_lab.cli.study_args import describe_change
 from ensemble_lab.errors import ConfigError, EnsembleLabError
-from ensemble_lab.evaluation.results import atomic_write_bytes
-from ensemble_lab.interrupts import INTERRUPTED, InterruptWatch
-from ensemble_lab.study_args import describe_change
+from ensemble_lab.run_files import atomic_write_bytes, first_free_number
 
 STUDY_KEYS = {"out", "seeds", "args", "methods"}
 METHOD_KEYS = {"config", "args"}
@@ -79,7 +81,7 @@ class Run:
         return "resume" if self.last_ckpt.exists() else "new"
 
     def fit_args(self, resume: bool) -> list[str]:
-        """Arguments of ``ensemble_lab.cli.main`` for this run; the study's own options come last and win.
+        """Arguments of ``ensemble-lab`` for this run; the study's own options come last and win.
 
         The logger names the run directory (``<out>/<name>/seed_<s>``) and checkpoints go to Lightning's
         default ``<run>/checkpoints`` (dirpath null): a resume then continues in the run directory the way
@@ -89,26 +91,43 @@ class Run:
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": str(self.run_dir.parent.parent), "name": self.run_dir.parent.name, "version": self.run_dir.name},
         }
-        args = ["fit", "--config", str(self.config), *self.overrides, f"--seed_everything={self.seed}"]
+        args = ["fit", "--config", str(self.config), *self.overrides, f"--seed_everything={self.seed}", f"--run_name={self.name}"]
         args += [f"--trainer.logger={json.dumps(logger)}", "--checkpoint.dirpath=null"]
         return args + ([f"--ckpt_path={self.last_ckpt}"] if resume else [])
 
+    def resolved(self) -> dict[str, Any]:
+        """The run's resolved configuration today (config files read, defaults filled in), as flat comparable keys."""
+        return _resolved(tuple(self.fit_args(resume=False)))
+
     def change(self) -> str | None:
-        """What differs between the recorded fit arguments and today's; None if they match or none are recorded."""
+        """What differs between the recorded run and today's; None if they match or nothing is recorded.
+
+        The resolved configurations are compared, so an edit inside a method's config file counts; a record
+        from before the study kept them is compared by its arguments.
+        """
         if not self.record.exists():
             return None  # a run made before the study recorded its arguments: taken as matching
         try:
-            recorded = json.loads(self.record.read_text())["argv"]
-            if not isinstance(recorded, list):
-                raise TypeError(f"argv is {type(recorded).__name__}, not a list")
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            record = json.loads(self.record.read_text())
+            recorded, config = record["argv"], record.get("config")
+            if not isinstance(recorded, list) or not isinstance(config, (dict, type(None))):
+                raise TypeError("argv is not a list, or config not a mapping")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             return f"{RECORD} unreadable ({error})"
-        return describe_change(recorded, self.fit_args(resume=False))
+        if config is None:
+            return describe_change(recorded, self.fit_args(resume=False))
+        return "; ".join(differences(comparable(config), self.resolved())) or None
 
     def state(self) -> str:
         """``status()``, or "changed" for a finished or interrupted run made with other arguments."""
         status = self.status()
         return "changed" if status != "new" and self.change() is not None else status
+
+
+@functools.cache
+def _resolved(argv: tuple[str, ...]) -> dict[str, Any]:
+    """A run's flat comparable configuration; parsed once per study command (every run is compared several times)."""
+    return comparable(flatten(check_arguments(argv)))
 
 
 def _string_list(value: Any, where: str) -> tuple[str, ...]:
@@ -166,32 +185,13 @@ def load_study(study_file: Path, out: Path | None = None) -> list[Run]:
     return runs
 
 
-def cli_error(args: Sequence[str]) -> str | None:
-    """Parse ``ensemble-lab <args>`` with the real CLI parser (``--print_config``: nothing is built or run).
-
-    Returns None if the arguments parse, else the CLI's one-line error.
-    """
-    from ensemble_lab.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            main([*args, "--print_config"])
-    except SystemExit as error:
-        if error.code in (0, None):
-            return None
-        lines = [line for line in stderr.getvalue().splitlines() if line.strip()]
-        return lines[-1].removeprefix("ensemble-lab: error: ") if lines else f"exit status {error.code}"
-    except Exception as error:  # not a user error main() knows; still this run's arguments at fault
-        return f"{type(error).__name__}: {error}"
-    return None
-
-
 def validate(runs: Sequence[Run]) -> None:
     """Raise ConfigError naming the first run whose fit arguments the CLI refuses (before any training)."""
     for run in runs:
-        if (error := cli_error(run.fit_args(resume=False))) is not None:
-            raise ConfigError(f"study run {run.label} ({run.run_dir}): {error}")
+        try:
+            check_arguments(run.fit_args(resume=False))
+        except ConfigError as error:
+            raise ConfigError(f"study run {run.label} ({run.run_dir}): {error}") from None
 
 
 def refuse_changed(runs: Sequence[Run]) -> None:
@@ -210,10 +210,8 @@ def refuse_changed(runs: Sequence[Run]) -> None:
 
 def move_aside(run_dir: Path) -> Path:
     """Rename ``run_dir`` to the first free ``<run_dir>.prev-N`` (N = 1, 2, ...) and return the new path."""
-    n = 1
-    while (target := run_dir.with_name(f"{run_dir.name}.prev-{n}")).exists():
-        n += 1
-    return run_dir.rename(target)
+    n = first_free_number(lambda k: run_dir.with_name(f"{run_dir.name}.prev-{k}").exists())
+    return run_dir.rename(run_dir.with_name(f"{run_dir.name}.prev-{n}"))
 
 
 def execute(run: Run, resume: bool) -> str | None:
@@ -221,20 +219,21 @@ def execute(run: Run, resume: bool) -> str | None:
 
     The arguments go to ``<run>/study_run.json`` first, so an interrupted run has them on record too.
     """
-    from ensemble_lab.cli import main
-
     args = run.fit_args(resume)
     if not resume:  # a fresh start: a config.yaml from an attempt that failed before its first checkpoint is stale
         (run.run_dir / "config.yaml").unlink(missing_ok=True)
-    atomic_write_bytes(run.record, json.dumps({"argv": args}, indent=2).encode())
+    atomic_write_bytes(run.record, json.dumps({"argv": args, "config": run.resolved()}, indent=2).encode())
     try:
-        main(args)
+        run_lightning_cli(args)
     except SystemExit as error:
-        if error.code == INTERRUPTED:  # main() noticed Ctrl-C itself
+        if error.code == INTERRUPTED:  # the run noticed Ctrl-C itself
             raise KeyboardInterrupt from None
         if error.code not in (0, None):
             return f"exit status {error.code}"
     except Exception as error:  # a bug in one run must not stop the grid; show it, go on
+        if (message := user_message(error)) is not None:
+            print(f"ensemble-lab: error: {message}", file=sys.stderr)
+            return message
         traceback.print_exc()
         return f"{type(error).__name__}: {error}"
     return None if (run.run_dir / "results.json").exists() else "finished without writing results.json"
@@ -259,13 +258,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def dry_run(runs: Sequence[Run]) -> None:
-    """Print every run's state and command, then check every run's arguments with the CLI parser."""
+    """Check every run's arguments with the CLI parser, then print every run's state and command."""
+    validate(runs)
     for run in runs:
         state = run.state()
         print(f"{state:>7}  {run.run_dir}\n         ensemble-lab {shlex.join(run.fit_args(state == 'resume'))}")
         if state == "changed":
-            print(f"         differs from its recorded arguments: {run.change()}")
-    validate(runs)
+            print(f"         differs from what it was made with: {run.change()}")
 
 
 def run_one(run: Run, label: str, watch: InterruptWatch) -> str | None:
@@ -299,7 +298,7 @@ def run_all(runs: Sequence[Run], watch: InterruptWatch) -> list[str]:
 
 def report(runs: Sequence[Run], failed: Sequence[str], seconds: float) -> None:
     """Print the summary and the report of the study's runs, write ``<out>/report.*``; raise if runs failed."""
-    from ensemble_lab.report import build_report, to_markdown, write_report
+    from ensemble_lab.cli.report import build_report, to_markdown, write_report
 
     out = runs[0].run_dir.parent.parent
     print(f"\nstudy: {len(runs)} runs in {out}, {len(failed)} failed, {seconds:.1f} s\n")
@@ -321,6 +320,7 @@ def report(runs: Sequence[Run], failed: Sequence[str], seconds: float) -> None:
 def study_main(argv: Sequence[str]) -> None:
     """``ensemble-lab study --config FILE [--out DIR] [--dry_run] [--rerun_changed]``."""
     options = parser().parse_args(list(argv))
+    _resolved.cache_clear()  # config files may have changed since an earlier study in this process
     runs = load_study(options.config, options.out)
     if options.dry_run:
         dry_run(runs)

@@ -1,48 +1,39 @@
-"""The ``ensemble-lab`` command: LightningCLI for fit / validate / test / predict, plus extra subcommands."""
+"""LightningCLI for ``ensemble-lab fit / validate / test / predict``: the options, the hooks around each
+subcommand (resume, outputs, refusals before anything is written) and the Ctrl-C watch."""
 
-import difflib
-import errno
+import argparse
 import logging
-import os
+import secrets
+import shutil
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning_utilities.core.rank_zero
-from lightning.fabric.utilities.exceptions import MisconfigurationException
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from ensemble_lab import __version__
-from ensemble_lab.callbacks import FinalLastCheckpoint, NonFiniteLossGuard
-from ensemble_lab.cli_errors import EnsembleLabArgumentParser
+from ensemble_lab.cli.callbacks import FinalLastCheckpoint, NonFiniteLossGuard
+from ensemble_lab.cli.failures import user_message
+from ensemble_lab.cli.interrupts import INTERRUPTED, InterruptWatch
+from ensemble_lab.cli.parser_errors import EnsembleLabArgumentParser
+from ensemble_lab.cli.resume import (
+    SPECIAL,
+    RunConfigSaver,
+    continue_run,
+    resolve_ckpt_path,
+)
 from ensemble_lab.data.base import EnsembleDataModule
-from ensemble_lab.errors import ConfigError, EnsembleLabError
+from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.results import check_can_write
-from ensemble_lab.interrupts import INTERRUPTED, InterruptWatch
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.methods.checkpoint_state import load_checkpoint
-from ensemble_lab.resume import SPECIAL, RunConfigSaver, continue_run, resolve_ckpt_path
-
-#: subcommands that are not LightningCLI's: name -> (handler(argv), one-line help)
-EXTRA_SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], object], str]] = {}
-
-
-def _report_main(argv: list[str]) -> None:
-    from ensemble_lab.report import report_main  # imported on use: keeps `fit` startup lean
-
-    report_main(argv)
-
-
-def _study_main(argv: list[str]) -> None:
-    from ensemble_lab.study import study_main  # imported on use: study calls back into main()
-
-    study_main(argv)
-
-
-EXTRA_SUBCOMMANDS["report"] = (_report_main, "mean ± std over seeds of results.json files below PATH..., as the paper's tables")
-EXTRA_SUBCOMMANDS["study"] = (_study_main, "run a grid of methods × seeds (fit + test), resumable, then print the report")
+from ensemble_lab.run_files import run_dir_of_checkpoint
 
 
 class EnsembleLabCLI(LightningCLI):
@@ -65,12 +56,23 @@ class EnsembleLabCLI(LightningCLI):
             **kwargs,
         )
 
+    #: the subcommand whose parser add_arguments_to_parser is filling
+    _adding_for: str | None = None
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Always checkpoint: last.ckpt exists for every run (resume with --ckpt_path last).
         parser.add_lightning_class_args(FinalLastCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
         # Always guard: a NaN / inf loss stops training before any checkpoint takes the bad weights.
         parser.add_lightning_class_args(NonFiniteLossGuard, "nan_guard")
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="a label for this run, recorded in results.json: `report` groups runs by it (default: the "
+            "method's class name), so two variants of one method get rows of their own. `study` sets it to the "
+            "method's name in the study file.",
+        )
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
         parser.add_argument(
@@ -83,7 +85,7 @@ class EnsembleLabCLI(LightningCLI):
             "--save_predictions",
             type=bool,
             default=False,
-            help="also write <run>/predictions/<set>.npz with member_probs (M, N, C) and targets (N,) for every test set.",
+            help="test: also write <run>/predictions/<set>.npz with member_probs (M, N, C) and targets (N,) for every test set (predict always writes them, for the first id set).",
         )
         parser.add_argument(
             "--figures",
@@ -97,6 +99,11 @@ class EnsembleLabCLI(LightningCLI):
             default=False,
             help="replace an existing results.json of the run instead of refusing.",
         )
+        if self._adding_for not in (None, "fit"):
+            # test / validate / predict accept the fit-only options (a run's config.yaml holds them) without listing them
+            for action in parser._actions:
+                if action.dest == "test_after_fit" or action.dest.startswith("checkpoint"):
+                    action.help = argparse.SUPPRESS
         # Configs saved before optimizers became model-only options hold `optimizer: null` and
         # `lr_scheduler: null` at the top level; they still load, and any other value is refused.
         for legacy in ("optimizer", "lr_scheduler"):
@@ -109,12 +116,65 @@ class EnsembleLabCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self._subcommand_config()
+        model_args = config.get("model", {}).get("init_args") or {}
+        members = model_args.get("member_checkpoints") if hasattr(model_args, "get") else None
+        if members:  # an assembled ensemble has one member per checkpoint: config.yaml says the M it really has
+            model_args["num_members"] = len(members)
         for legacy in ("optimizer", "lr_scheduler"):
             if config.get(legacy) is not None:
                 raise ConfigError(
                     f"--{legacy} is not an option: the {legacy.replace('_', ' ')} belongs to the model, e.g. "
                     f"--model.{legacy} {'SGD --model.optimizer.lr 0.05' if legacy == 'optimizer' else 'MultiStepLR'}"
                 )
+
+    #: set by check_arguments(): parse and build the model and datamodule, seed nothing, run nothing
+    checking_only = False
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        # --print_config prints whatever parses; the values are first checked the way a run checks them
+        # (num_members 0, a negative width, ...), so a printed config is one that runs
+        if args is not None and not self.checking_only and any(_is_print_config(a) for a in args):
+            check_arguments([a for a in args if not _is_print_config(a)])
+        super().parse_arguments(parser, args)
+
+    def _set_seed(self) -> None:
+        """``--seed_everything true`` (the default) draws a real random seed (Lightning would set 0 every
+        time), records it in the config (config.yaml, results.json) and says which it was."""
+        if self.checking_only:
+            return
+        config = self._subcommand_config()
+        if config.get("seed_everything") is True:
+            config["seed_everything"] = secrets.randbelow(2**31)
+            rank_zero_info(
+                f"ensemble-lab: seed_everything={config['seed_everything']} (drawn at random; "
+                f"--seed_everything {config['seed_everything']} repeats this run)"
+            )
+        super()._set_seed()
+
+    def instantiate_classes(self) -> None:
+        if not self.checking_only:
+            return super().instantiate_classes()
+        # the options' own checks run when the classes are built; no Trainer (it may name devices this machine lacks)
+        self.config_init = self.parser.instantiate_classes(self.config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        if self.subcommand == "fit":
+            self.model.configure_optimizers()  # torch checks the optimizer's and scheduler's values as they are built
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a user error before the first training step removes the run directory it made (nothing in it is a result)."""
+        if self.checking_only:
+            return
+        logger = self.trainer.logger if isinstance(self.trainer.logger, (TensorBoardLogger, CSVLogger)) else None
+        if isinstance(logger, TensorBoardLogger):
+            logger._default_hp_metric = False  # its placeholder hp_metric = -1 is in every run and means nothing
+        existed = logger is not None and logger._version is not None and Path(logger.log_dir).exists()
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException as error:
+            if logger is not None and not existed and logger._version is not None and user_message(error) is not None:
+                _remove_unstarted_run(Path(logger.log_dir), self.trainer.global_step)
+            raise
 
     # ---- hooks around the subcommands ---------------------------------------------------------------
     def _subcommand_config(self):
@@ -125,7 +185,19 @@ class EnsembleLabCLI(LightningCLI):
         self.model.save_predictions = bool(config.get("save_predictions", False))
         self.model.save_figures = bool(config.get("figures", True))
         self.model.overwrite_results = bool(config.get("overwrite", False))
-        self.model.results_dir = run_dir_of_checkpoint(ckpt_path)
+        run_dir = run_dir_of_checkpoint(ckpt_path) if ckpt_path not in (None, *SPECIAL, "last") else None
+        self.model.results_dir = str(run_dir) if run_dir is not None else None
+        # what the run is, for results.json: the configuration its weights were trained with (a tested
+        # checkpoint's run: its config.yaml) and its label
+        trained_with = _read_yaml(run_dir / "config.yaml") if run_dir is not None else None
+        self.model.run_config = trained_with if trained_with is not None else self.resolved_config()
+        self.model.run_name = config.get("run_name") or self.model.run_config.get("run_name")
+
+    def resolved_config(self) -> dict[str, Any]:
+        """This command's configuration, every default filled in, as plain data (what config.yaml holds)."""
+        sub = self.subcommand
+        text = self._parser(sub).dump(self.config[sub] if sub else self.config, skip_none=False)
+        return yaml.safe_load(text)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would replace the model options by the checkpoint's hyper-parameters, silently
@@ -145,10 +217,20 @@ class EnsembleLabCLI(LightningCLI):
         ckpt_path = resolve_ckpt_path(self.trainer, config.get("ckpt_path"), fitting=self.subcommand == "fit")
         config["ckpt_path"] = ckpt_path
         if ckpt_path and ckpt_path not in SPECIAL:
-            self.model.check_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
+            checkpoint = load_checkpoint(ckpt_path)
+            self.model.check_checkpoint(checkpoint, ckpt_path)
+            if self.subcommand != "fit":  # test scalars and figures go to TensorBoard at the step the weights are from
+                self._log_at_step(int(checkpoint.get("global_step", 0)))
         return ckpt_path
 
+    def _log_at_step(self, step: int) -> None:
+        """Scalars logged outside fit take the fit loop's step counter: set it to the checkpoint's step, so a
+        later test draws at the end of the training curves, not at step 0."""
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = step
+        self.model.logging_step = step
+
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
+        self._adding_for = subcommand
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "test":  # the mixin prints its own table; Lightning's lists ~100 test/<set>/<metric> rows
             parser.set_defaults({"verbose": False})
@@ -190,6 +272,7 @@ class EnsembleLabCLI(LightningCLI):
         self._evaluate_in_its_run("predict")
 
     def before_fit(self) -> None:
+        self.model.configure_optimizers()  # torch checks the optimizer's values here, before the run directory exists
         ckpt_path = self._resolve_ckpt_path()
         self._configure_outputs(None)
         run_dir = continue_run(self.trainer, ckpt_path) if ckpt_path and ckpt_path not in SPECIAL else None
@@ -204,30 +287,56 @@ class EnsembleLabCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self._subcommand_config().get("test_after_fit", True) and not self.trainer.interrupted:
+            # the final weights are those of last.ckpt (FinalLastCheckpoint writes it at the end of fit)
+            last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else None
+            self.model.tested_checkpoint = last or None
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+
+
+def _read_yaml(path: Path) -> dict[str, Any] | None:
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def _is_print_config(arg: str) -> bool:
+    return arg == "--print_config" or arg.startswith("--print_config=")
+
+
+@rank_zero_only
+def _remove_unstarted_run(run_dir: Path, global_step: int) -> None:
+    """Remove ``run_dir`` made by a command that failed before training a step and before any checkpoint."""
+    if global_step == 0 and run_dir.is_dir() and not any(run_dir.rglob("*.ckpt")) and not (run_dir / "results.json").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class _ArgumentCheck(EnsembleLabCLI):
+    checking_only = True
+
+
+def check_arguments(argv: Sequence[str]) -> dict[str, Any]:
+    """Parse ``ensemble-lab <argv>`` and build its model and datamodule (so their option checks run), writing
+    and running nothing. Returns the resolved configuration (what config.yaml would hold); raises the
+    one-line ConfigError a run of ``argv`` would stop with."""
+    quiet_known_warnings()
+    check_config_files(argv)
+    try:
+        return _ArgumentCheck(args=list(argv)).resolved_config()
+    except SystemExit:  # --help and the like
+        raise
+    except Exception as error:
+        message = user_message(error)
+        if message is None:
+            raise
+        raise ConfigError(message) from error
 
 
 def _quiet_checkpoint_callback_state() -> None:
     """Outside fit, Lightning's notice that a checkpoint's ModelCheckpoint state (best / last paths of
     another directory) is not restored says nothing: no checkpoint is written."""
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* won't be reloaded")
-
-
-def run_dir_of_checkpoint(ckpt_path: str | None) -> str | None:
-    """The run directory of ``<run>/checkpoints/<name>.ckpt``, so its results land beside the run."""
-    if not ckpt_path or ckpt_path in ("last", "best"):
-        return None
-    path = Path(ckpt_path)
-    return str(path.parent.parent) if path.parent.name == "checkpoints" else None
-
-
-def _print_usage() -> None:
-    print(f"ensemble-lab {__version__}: train and evaluate ensembles\n")
-    print("usage: ensemble-lab {fit,validate,test,predict" + "".join(f",{n}" for n in EXTRA_SUBCOMMANDS) + "} ...")
-    print("       ensemble-lab --version\n")
-    print("  fit, validate, test, predict   LightningCLI subcommands; see `ensemble-lab fit --help`")
-    for name, (_, help_text) in EXTRA_SUBCOMMANDS.items():
-        print(f"  {name:<30} {help_text}")
 
 
 class _DropAdverts(logging.Filter):
@@ -253,37 +362,6 @@ def quiet_known_warnings() -> None:
         rank_zero_log.addFilter(_DropAdverts())
 
 
-def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of ``ensemble-lab`` and ``python -m ensemble_lab``; ``args`` defaults to sys.argv[1:]."""
-    argv = list(sys.argv[1:] if args is None else args)
-    quiet_known_warnings()
-    if argv[:1] in (["--version"], ["-V"]):
-        print(f"ensemble-lab {__version__}")
-        return
-    if not argv or argv[:1] in (["-h"], ["--help"]):
-        _print_usage()
-        if not argv:
-            raise SystemExit(2)
-        return
-    commands = ["fit", "validate", "test", "predict", *EXTRA_SUBCOMMANDS]
-    if not argv[0].startswith("-") and argv[0] not in commands:
-        close = difflib.get_close_matches(argv[0], commands, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        print(f"ensemble-lab: error: unknown command '{argv[0]}'{hint}; choose from {', '.join(commands)}", file=sys.stderr)
-        raise SystemExit(2)
-    try:
-        if argv[0] in EXTRA_SUBCOMMANDS:
-            EXTRA_SUBCOMMANDS[argv[0]][0](argv[1:])
-        else:
-            _run_lightning_cli(argv)
-    except Exception as error:
-        user_error = find_user_error(error) or unwritable(error)
-        if user_error is None or os.environ.get("ENSEMBLE_LAB_DEBUG"):
-            raise
-        print(f"ensemble-lab: error: {user_error}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 def check_config_files(argv: Sequence[str]) -> None:
     """ConfigError naming the file for a --config that is not a YAML mapping (jsonargparse would name
     "<unicode string>" or print "Unexpected config"); a missing file is left to the parser's message."""
@@ -305,8 +383,9 @@ def check_config_files(argv: Sequence[str]) -> None:
             raise ConfigError(f"config file {raw} must be a mapping of options (model:, data:, trainer:, ...); it holds {got}")
 
 
-def _run_lightning_cli(argv: list[str]) -> None:
+def run_lightning_cli(argv: list[str]) -> None:
     """EnsembleLabCLI(argv); Ctrl-C ends it with status 130 and says how to go on (not Lightning's status 1)."""
+    quiet_known_warnings()
     check_config_files(argv)
     with InterruptWatch() as watch:
         try:
@@ -322,32 +401,3 @@ def _run_lightning_cli(argv: list[str]) -> None:
             raise SystemExit(INTERRUPTED) from None
 
 
-#: errno values that say the disk or the permissions, not the program, stopped a write
-UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
-
-
-def unwritable(error: BaseException) -> str | None:
-    """A one-line message for a file that could not be written (permissions, read-only, disk full), else None."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, OSError) and error.errno in UNWRITABLE:
-            where = f" {error.filename}" if error.filename else ""
-            return (
-                f"cannot write{where}: {error.strerror}. Free some space or make the directory writable, "
-                "or write elsewhere (--trainer.default_root_dir DIR; study: --out DIR)"
-            )
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def find_user_error(error: BaseException) -> Exception | None:
-    """The EnsembleLabError behind ``error`` (jsonargparse and Lightning wrap exceptions), if any, or
-    Lightning's MisconfigurationException: its message names the bad trainer / callback value."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, (EnsembleLabError, MisconfigurationException)):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None

@@ -5,7 +5,7 @@ import shlex
 from collections.abc import Sequence
 
 #: fit options that only place a run in its directory; they follow from --out and are not compared
-PLACEMENT = ("--trainer.logger", "--checkpoint.dirpath", "--ckpt_path")
+PLACEMENT = ("--trainer.logger", "--checkpoint.dirpath", "--ckpt_path", "--run_name")
 
 
 def _settings(argv: Sequence[str]) -> list[tuple[str | None, str | None]]:

@@ -1,7 +1,9 @@
 """``ensemble-lab report``: the paper's tables (mean ± std over seeds) from results.json files.
 
-Every results.json below the given paths is one run. Runs are grouped by (method, num_members,
-datamodule); for each test set a Markdown table has one row per group and a column per metric,
+Every results.json below the given paths is one run. Runs are grouped by (run label, num_members,
+datamodule), the label being ``--run_name`` (a study's method name) or else the method's class; runs of
+one group whose resolved configurations differ in anything but the seed are never pooled: the group is
+split into one row per configuration, and the report says what differs. For each test set a Markdown table has one row per group and a column per metric,
 ``mean ± std`` over the group's runs. std is the sample standard deviation (ddof = 1); with a
 single run it is left out (printed as the mean alone, null in CSV / JSON). A metric some runs lack
 is averaged over the runs that have it and marked ``(n=k)``; one no run has is a blank cell.
@@ -20,8 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ensemble_lab.cli.run_config import (
+    OUTPUT,
+    PLACEMENT,
+    REPLICATE,
+    comparable,
+    flatten,
+)
 from ensemble_lab.errors import ConfigError, EnsembleLabError
-from ensemble_lab.evaluation.results import atomic_write_bytes
+from ensemble_lab.run_files import atomic_write_bytes
 
 #: columns of id and shift sets, and of ood sets (class-based metrics mean nothing on OOD data)
 ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement")
@@ -44,11 +53,14 @@ class Stat:
 
 @dataclass
 class Group:
-    """Runs sharing (method, num_members, datamodule) and their per-set statistics."""
+    """Runs sharing (label, num_members, datamodule) and one configuration, and their per-set statistics."""
 
     method: str | None
     num_members: int | None
     datamodule: str | None
+    label: str | None = None  # --run_name (a study's method name), else the method's class name
+    variant: str | None = None  # what sets this row apart from others of its label, when a label was split
+    config: dict[str, Any] | None = None  # the options its runs were trained with (flat; seeds and placement aside)
     runs: list[Path] = field(default_factory=list)
     seeds: list[Any] = field(default_factory=list)
     roles: dict[str, str] = field(default_factory=dict)  # set name -> role
@@ -114,16 +126,14 @@ def build_report(paths: Sequence[str | Path], sets: Sequence[str] | None = None)
         raise EnsembleLabError(f"no readable results.json found below {where}; run `ensemble-lab fit` or `ensemble-lab test` first")
     groups: dict[tuple, Group] = {}
     docs: dict[tuple, list[dict[str, Any]]] = {}
-    for path, doc in runs:
-        key = (doc.get("method"), doc.get("num_members"), doc.get("datamodule"))
-        group = groups.setdefault(key, Group(*key))
-        docs.setdefault(key, []).append(doc)
-        group.runs.append(path.parent)
-        group.seeds.append(doc.get("seed"))
-        for name, metrics in (doc.get("sets") or {}).items():
-            if isinstance(metrics, dict):
-                group.roles.setdefault(name, str(metrics.get("role", "id")))
+    for (key, variant), members in split_by_config(runs).items():
+        method, num_members, datamodule, label = key
+        groups[(key, variant)] = Group(method, num_members, datamodule, label, variant, _trained_as(members[0][1]))
+        docs[(key, variant)] = [doc for _, doc in members]
+        for path, doc in members:
+            _add_run(groups[(key, variant)], path, doc)
     available = list(dict.fromkeys(n for g in groups.values() for n in g.roles))
+
     if sets:
         unknown = [s for s in sets if s not in available]
         if unknown:
@@ -131,7 +141,7 @@ def build_report(paths: Sequence[str | Path], sets: Sequence[str] | None = None)
     for key, group in groups.items():
         seeds = [s for s in group.seeds if s is not None]
         if len(set(seeds)) < len(seeds):
-            print(f"ensemble-lab report: warning: {key[0]} (M={key[1]}, {key[2]}) has several runs with the same seed: {sorted(seeds)}", file=sys.stderr)
+            print(f"ensemble-lab report: warning: {group.label} (M={group.num_members}, {group.datamodule}) has several runs with the same seed: {sorted(seeds)}", file=sys.stderr)
         for name in (sets or available):
             if name not in group.roles:
                 continue
@@ -143,8 +153,76 @@ def build_report(paths: Sequence[str | Path], sets: Sequence[str] | None = None)
     order = {name: i for i, name in enumerate(METHOD_ORDER)}
     return sorted(
         groups.values(),
-        key=lambda g: (str(g.datamodule), order.get(g.method, len(order)), str(g.method), g.num_members or 0),
+        key=lambda g: (str(g.datamodule), order.get(g.method, len(order)), str(g.method), str(g.label), g.num_members or 0, str(g.variant)),
     )
+
+
+def _add_run(group: Group, path: Path, doc: dict[str, Any]) -> None:
+    group.runs.append(path.parent)
+    group.seeds.append(doc.get("seed"))
+    for name, metrics in (doc.get("sets") or {}).items():
+        if isinstance(metrics, dict):
+            group.roles.setdefault(name, str(metrics.get("role", "id")))
+
+
+def _trained_as(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a run was trained with, seeds and placement aside (runs written before results.json kept it: {})."""
+    config = doc.get("config")
+    return comparable(flatten(config), PLACEMENT | REPLICATE | OUTPUT) if isinstance(config, dict) else {}
+
+
+def split_by_config(runs: Sequence[tuple[Path, dict[str, Any]]]) -> dict[tuple, list[tuple[Path, dict[str, Any]]]]:
+    """Runs by ((method, M, datamodule, label), variant): one variant per distinct configuration of a label.
+
+    A label with runs trained differently is split (variant = the differing options' values) and a line
+    on stderr says so; a label with one configuration has variant None.
+    """
+    by_label: dict[tuple, list[tuple[Path, dict[str, Any]]]] = {}
+    for path, doc in runs:
+        label = doc.get("run_name") or doc.get("method")
+        by_label.setdefault((doc.get("method"), doc.get("num_members"), doc.get("datamodule"), label), []).append((path, doc))
+    result: dict[tuple, list[tuple[Path, dict[str, Any]]]] = {}
+    for key, members in by_label.items():
+        configs = [_trained_as(doc) for _, doc in members]
+        distinct = [dict(c) for c in {json.dumps(c, sort_keys=True, default=str): c for c in configs}.values()]
+        if len(distinct) == 1:
+            result[(key, None)] = members
+            continue
+        keys = sorted({k for c in distinct for k in c if any(c.get(k, _UNSET) != d.get(k, _UNSET) for d in distinct)})
+        for config in distinct:
+            variant = ", ".join(f"{k.removeprefix('model.init_args.')}={config.get(k, '(unset)')}" for k in keys[:3])
+            variant += f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            result[(key, variant)] = [m for m, c in zip(members, configs) if c == config]
+        print(
+            f"ensemble-lab report: {key[3]} (M={key[1]}, {key[2]}): {len(members)} runs were trained differently and are "
+            f"not pooled: {len(distinct)} rows, by {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}",
+            file=sys.stderr,
+        )
+    return result
+
+
+_UNSET = object()
+
+
+def row_differences(groups: Sequence[Group]) -> list[str]:
+    """For each method with several rows (labels or variants): the options in which its rows' configurations differ."""
+    lines = []
+    by_method: dict[str | None, list[Group]] = {}
+    for group in groups:
+        by_method.setdefault(group.method, []).append(group)
+    for method, members in by_method.items():
+        configs = {_row_name(g): g.config for g in members if g.config}
+        if len(configs) < 2:
+            continue
+        keys = sorted({k for c in configs.values() for k in c if len({json.dumps(d.get(k), default=str) for d in configs.values()}) > 1})
+        for k in keys:
+            values = "; ".join(f"{name}: {json.dumps(c.get(k), default=str)}" for name, c in configs.items())
+            lines.append(f"- {method} rows differ in `{k}` ({values})")
+    return lines
+
+
+def _row_name(group: Group) -> str:
+    return str(group.label) + (f" [{group.variant}]" if group.variant else "")
 
 
 def format_stat(stat: Stat | None, runs: int, digits: int = 3) -> str:
@@ -163,7 +241,8 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def to_markdown(groups: list[Group], digits: int = 3) -> str:
     """One Markdown table per test set (rows = groups) and one for the weight-space metrics."""
     names = list(dict.fromkeys(n for g in groups for n in g.stats if n != WEIGHTS)) + [WEIGHTS]
-    parts = [f"Mean ± sample std over runs (n = runs per row); {sum(len(g.runs) for g in groups)} runs."]
+    total = sum(len(g.runs) for g in groups)
+    parts = [f"Mean ± sample std over runs (n = runs per row); {total} run{'s' if total != 1 else ''}."]
     for name in names:
         members = [g for g in groups if name in g.stats]
         if not members:
@@ -171,19 +250,21 @@ def to_markdown(groups: list[Group], digits: int = 3) -> str:
         role = next((g.roles[name] for g in members if name in g.roles), None)
         columns = list(members[0].stats[name])
         rows = [
-            [str(g.method), str(g.num_members), str(g.datamodule), str(len(g.runs))]
+            [_row_name(g), str(g.num_members), str(g.datamodule), str(len(g.runs))]
             + [format_stat(g.stats[name].get(c), len(g.runs), digits) for c in columns]
             for g in members
         ]
         title = f"### {name}" + (f" ({role})" if role else "")
-        parts.append(title + "\n\n" + _markdown_table(["method", "M", "data", "n", *columns], rows))
+        parts.append(title + "\n\n" + _markdown_table(["run", "M", "data", "n", *columns], rows))
+    if differences := row_differences(groups):
+        parts.append("### options that differ between rows of one method\n\n" + "\n".join(differences))
     return "\n\n".join(parts) + "\n"
 
 
 def to_rows(groups: list[Group]) -> list[dict[str, Any]]:
     """Long format: one row per (group, set, metric) with mean, std and n."""
     return [
-        {"method": g.method, "num_members": g.num_members, "datamodule": g.datamodule,
+        {"method": g.method, "run": _row_name(g), "num_members": g.num_members, "datamodule": g.datamodule,
          "set": "" if name == WEIGHTS else name, "role": g.roles.get(name, ""),
          "metric": metric, "mean": s.mean, "std": s.std, "n": s.n}  # fmt: skip
         for g in groups
@@ -201,7 +282,8 @@ def write_report(groups: list[Group], out: Path, digits: int = 3) -> list[Path]:
     writer.writeheader()
     writer.writerows(rows)
     document = [
-        {"method": g.method, "num_members": g.num_members, "datamodule": g.datamodule, "n": len(g.runs),
+        {"method": g.method, "label": g.label, "variant": g.variant, "num_members": g.num_members,
+         "datamodule": g.datamodule, "n": len(g.runs),
          "seeds": g.seeds, "runs": [str(r) for r in g.runs], "roles": g.roles,
          "stats": {name: {k: vars(s) for k, s in m.items()} for name, m in g.stats.items()}}  # fmt: skip
         for g in groups
@@ -216,7 +298,7 @@ def parser() -> argparse.ArgumentParser:
     """Options of ``ensemble-lab report``."""
     p = argparse.ArgumentParser(
         prog="ensemble-lab report",
-        description="Mean ± std over seeds of every results.json below PATH..., grouped by (method, num_members, datamodule), as Markdown tables.",
+        description="Mean ± std over seeds of every results.json below PATH..., grouped by (run label, num_members, datamodule) and never pooling runs trained differently, as Markdown tables.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="run or study directories, or results.json files")
     p.add_argument("--out", type=Path, default=None, help="also write report.md, report.csv and report.json into this directory")

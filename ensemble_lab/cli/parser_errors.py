@@ -58,6 +58,19 @@ class ParserError:
         return f"`ensemble-lab {sub + ' ' if sub else ''}--help` lists every option"
 
 
+def _missing_required(e: ParserError) -> str | None:
+    """"--model.lr_scheduler MultiStepLR needs milestones ..." for a nested class given without a required argument
+    (jsonargparse would report the whole enclosing Namespace as an invalid value)."""
+    found = re.search(r"the following arguments are required: ([\w, ]+)", e.message)
+    if not found or not e.keys:
+        return None
+    names = [n.strip() for n in found.group(1).split(",")]
+    given = re.search(rf"Given value: Namespace\(class_path='([\w.]+)', init_args=Namespace\([^()]*\b{names[0]}=None", e.message)
+    option = "--" + ".".join(e.keys)
+    needs = f"{given.group(1).rsplit('.', 1)[-1]} needs" if given else "needs"
+    return f"{option} {needs} {', '.join(names)}: add {' '.join(f'{option}.{n} VALUE' for n in names)}"
+
+
 def _unknown_init_argument(e: ParserError) -> str | None:
     unknown = re.search(r"Option '([^']+)' is not accepted(?! before)", e.message)
     if not unknown or not e.class_paths:
@@ -133,7 +146,7 @@ def _no_model(e: ParserError) -> str | None:
 
 
 RULES: tuple[Callable[[ParserError], str | None], ...] = (
-    _unknown_init_argument, _unknown_key, _unrecognized, _unknown_help_class, _unknown_class, _bad_value,
+    _missing_required, _unknown_init_argument, _unknown_key, _unrecognized, _unknown_help_class, _unknown_class, _bad_value,
     _missing_config_file, _no_model,
 )
 
