@@ -1,4 +1,8 @@
-"""Per-batch image preprocessing that runs wherever the batch is (GPU when there is one)."""
+"""Image transforms on whole batches, wherever the batch is (GPU when there is one).
+
+Training augmentation and normalisation run on every batch after it reached the device; ``rotate``
+makes rotated shift sets (digits, MNIST) from a test set, once, in one batched op.
+"""
 
 import functools
 from collections.abc import Sequence
@@ -45,3 +49,25 @@ def random_hflip(images: Tensor, generator: torch.Generator | None = None) -> Te
     """Mirror each image left-right with probability 1/2."""
     flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+def rotate(images: Tensor, degrees: float | Tensor) -> Tensor:
+    """Rotate images (N, C, H, W) counter-clockwise (as displayed) about their centre; bilinear, zero fill.
+
+    ``degrees`` is one angle for every image or a tensor of one angle per image (N,). uint8 images
+    come back as uint8 (rounded); float images stay float, so noise can be added before rounding.
+    """
+    n = images.shape[0]
+    # float64 trigonometry: cos 90° is 6e-17 there (float32: -4e-8), so a quarter turn moves pixels exactly
+    angles = torch.deg2rad(torch.as_tensor(degrees, dtype=torch.float64).cpu().expand(n))  # (N,)
+    cos, sin, zero = angles.cos(), angles.sin(), torch.zeros_like(angles)
+    # affine_grid maps each output pixel to the input point it samples, in (x right, y down) coordinates;
+    # with y pointing down, this matrix turns the content counter-clockwise as displayed
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (N, 2, 3)
+    x = images if images.is_floating_point() else images.float()
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (N, H, W, 2)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if images.is_floating_point():
+        return x
+    return x.round().clamp(0, 255).to(images.dtype)

@@ -13,8 +13,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ensemble_lab.data.augment import normalize, random_crop, random_hflip, to_float
+from ensemble_lab.data.options import check_at_least, check_val_size
 from ensemble_lab.data.sampler import ResumableTrainOrder
-from ensemble_lab.errors import ConfigError
 
 ROLES = ("id", "shift", "ood")
 
@@ -55,12 +55,16 @@ class EnsembleDataModule(ResumableTrainOrder, L.LightningDataModule):
 
     Subclasses set ``num_classes``, ``input_shape``, ``mean``, ``std`` and implement
     ``load_train`` and ``load_test_sets``; ``test_set_roles`` must be known before loading.
+    Options are checked in ``__init__``, before any trainer or logger exists.
     """
 
     num_classes: int
     input_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    #: images in the training split (validation included) where that is known without reading a file,
+    #: so that ``__init__`` checks ``val_size`` against it; None: checked once the data is read
+    train_size: int | None = None
 
     def __init__(
         self,
@@ -81,8 +85,11 @@ class EnsembleDataModule(ResumableTrainOrder, L.LightningDataModule):
             num_workers: DataLoader workers; 0 is right for in-memory tensors.
         """
         super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        check_at_least("batch_size", batch_size, 1)
+        if eval_batch_size is not None:
+            check_at_least("eval_batch_size", eval_batch_size, 1, " (or null for 2 × batch_size)")
+        check_val_size(val_size, self.train_size, f"{type(self).__name__}'s training split")
+        check_at_least("num_workers", num_workers, 0)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or 2 * batch_size
         self.val_size, self.augment, self.split_seed, self.num_workers = val_size, augment, split_seed, num_workers
         self.train_set: LabeledImages | None = None
@@ -120,8 +127,7 @@ class EnsembleDataModule(ResumableTrainOrder, L.LightningDataModule):
 
     def _split(self, data: LabeledImages) -> tuple[LabeledImages, LabeledImages]:
         n = len(data.labels)
-        if not 0 < self.val_size < n:
-            raise ConfigError(f"data.val_size must be between 1 and {n - 1} (the training set has {n} images), got {self.val_size}")
+        check_val_size(self.val_size, n)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         val, train = order[: self.val_size], order[self.val_size :]
         return LabeledImages(data.images[train], data.labels[train]), LabeledImages(data.images[val], data.labels[val])

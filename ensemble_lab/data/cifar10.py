@@ -7,26 +7,28 @@ import torch
 
 from ensemble_lab.data import download as dl
 from ensemble_lab.data.base import EnsembleDataModule, LabeledImages
-from ensemble_lab.data.native import check_choices, labeled, require_files
+from ensemble_lab.data.native import labeled, require_files
+from ensemble_lab.data.options import check_choices
 from ensemble_lab.data.readers import (
-    CIFAR10C_BLOCK,
     CIFAR10C_CORRUPTIONS,
     CIFAR10C_SEVERITIES,
+    cifar10c_shapes,
     read_cifar10,
     read_cifar10c,
     read_svhn,
 )
-from ensemble_lab.errors import ConfigError
 
 
 class CIFAR10DataModule(EnsembleDataModule):
-    """CIFAR-10 (PAPER.md, Recipe), read from its native files under ``data_dir``.
+    """CIFAR-10 (docs/paper.md), read from its native files under ``data_dir``.
 
     Test sets: ``cifar10`` (id, the 10,000 test images), ``cifar10c`` (shift: the chosen
     CIFAR-10-C corruptions × severities pooled), ``svhn`` (ood, SVHN's test split; its labels are
     SVHN digits, unrelated to CIFAR's classes). With ``per_corruption`` every corruption × severity
     is also its own shift set ``cifar10c_<corruption>_<severity>``. All sets are normalised with
     CIFAR-10's statistics, as the network sees them. Validation is held out of the training set.
+    CIFAR-10-C renders the CIFAR-10 test set once per corruption and severity, so its severity
+    blocks are as long as the test set found under ``data_dir`` (10,000 images in the real files).
     """
 
     num_classes = 10
@@ -45,7 +47,6 @@ class CIFAR10DataModule(EnsembleDataModule):
         corruptions: Sequence[str] = CIFAR10C_CORRUPTIONS,
         severities: Sequence[int] = (5,),
         per_corruption: bool = False,
-        cifar10c_block_size: int = CIFAR10C_BLOCK,
         **kwargs,
     ) -> None:
         """
@@ -57,15 +58,12 @@ class CIFAR10DataModule(EnsembleDataModule):
             corruptions: CIFAR-10-C corruptions pooled into the ``cifar10c`` shift set (default: all 19).
             severities: CIFAR-10-C severities (1..5) to use; the paper uses [5].
             per_corruption: also report every corruption × severity as its own shift set, e.g. ``cifar10c_fog_5``.
-            cifar10c_block_size: rows per severity in the CIFAR-10-C files (10,000); only tiny test fixtures differ.
         """
         super().__init__(batch_size=batch_size, val_size=val_size, **kwargs)
-        self.corruptions = check_choices("data.corruptions", corruptions, CIFAR10C_CORRUPTIONS, "CIFAR-10-C corruption")
-        self.severities = check_choices("data.severities", severities, CIFAR10C_SEVERITIES, "severity (1..5)")
-        if cifar10c_block_size < 1:
-            raise ConfigError(f"data.cifar10c_block_size must be >= 1, got {cifar10c_block_size}")
+        self.corruptions = check_choices("corruptions", corruptions, CIFAR10C_CORRUPTIONS, "CIFAR-10-C corruption")
+        self.severities = check_choices("severities", severities, CIFAR10C_SEVERITIES, "severity (1..5)")
         self.data_dir, self.download = Path(data_dir).expanduser(), download
-        self.per_corruption, self.cifar10c_block_size = per_corruption, cifar10c_block_size
+        self.per_corruption = per_corruption
 
     # ---- names and roles (known without loading) -------------------------------------------------------
     def corruption_set_names(self) -> list[str]:
@@ -83,30 +81,32 @@ class CIFAR10DataModule(EnsembleDataModule):
     def prepare_data(self) -> None:
         """Download what is missing (``download``), then check every file before any training.
 
-        Every file must exist; the CIFAR-10-C arrays must also have whole, correctly shaped headers.
+        Every file must exist; the CIFAR-10-C arrays must also have whole headers of the shape the
+        CIFAR-10 test set implies (5 severity blocks of its length).
         """
         if self.download:
             dl.download_cifar10(self.data_dir)
             dl.download_cifar10c(self.data_dir)
             dl.download_svhn_test(self.data_dir)
-        cifar, corrupted = self.data_dir / "cifar-10-batches-py", self.data_dir / "CIFAR-10-C"
+        cifar = self.data_dir / "cifar-10-batches-py"
         names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
         require_files(
             [("CIFAR-10", [cifar / n]) for n in names]
-            + [("CIFAR-10-C", [corrupted / f"{c}.npy"]) for c in [*self.corruptions, "labels"]]
+            + [("CIFAR-10-C", [path]) for path in cifar10c_shapes(self.data_dir, self.corruptions)]
             + [("SVHN", [self.data_dir / "svhn" / "test_32x32.mat"])]
         )
         # the shift set is read only at test time: catch a truncated or misshapen file now, not after training
-        rows = 5 * self.cifar10c_block_size
-        shapes = {corrupted / f"{c}.npy": (rows, 32, 32, 3) for c in self.corruptions}
-        dl.check_npy_files({**shapes, corrupted / "labels.npy": (rows,)}, "CIFAR-10-C")
+        block = len(read_cifar10(self.data_dir, train=False)[1])  # the test set: one 30 MB file, read once here
+        dl.check_npy_files(cifar10c_shapes(self.data_dir, self.corruptions, block), "CIFAR-10-C")
 
     def load_train(self) -> LabeledImages:
         return labeled(*read_cifar10(self.data_dir, train=True))
 
-    def load_cifar10c(self) -> LabeledImages:
-        """The chosen corruptions × severities as one set, corruption-major then severity."""
-        block = self.cifar10c_block_size
+    def load_cifar10c(self, block: int) -> LabeledImages:
+        """The chosen corruptions × severities as one set, corruption-major then severity.
+
+        ``block``: images per severity, the length of the CIFAR-10 test set that CIFAR-10-C renders.
+        """
         n = len(self.corruptions) * len(self.severities) * block
         images = torch.empty((n, *self.input_shape), dtype=torch.uint8)  # filled in place: no 2× peak
         labels = torch.empty(n, dtype=torch.long)
@@ -117,14 +117,11 @@ class CIFAR10DataModule(EnsembleDataModule):
         return LabeledImages(images, labels)
 
     def load_test_sets(self) -> dict[str, LabeledImages]:
-        pooled = self.load_cifar10c()
-        sets = {
-            "cifar10": labeled(*read_cifar10(self.data_dir, train=False)),
-            "cifar10c": pooled,
-            "svhn": labeled(*read_svhn(self.data_dir, "test")),
-        }
+        cifar10 = labeled(*read_cifar10(self.data_dir, train=False))
+        block = len(cifar10.labels)
+        pooled = self.load_cifar10c(block)
+        sets = {"cifar10": cifar10, "cifar10c": pooled, "svhn": labeled(*read_svhn(self.data_dir, "test"))}
         if self.per_corruption:  # views into the pooled tensor, in its order: no extra memory
-            block = self.cifar10c_block_size
             for k, name in enumerate(self.corruption_set_names()):
                 rows = slice(k * block, (k + 1) * block)
                 sets[name] = LabeledImages(pooled.images[rows], pooled.labels[rows])

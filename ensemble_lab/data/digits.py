@@ -1,17 +1,18 @@
 """scikit-learn's bundled handwritten digits: real data, no download, for quick runs and tests."""
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ensemble_lab.data.augment import rotate
 from ensemble_lab.data.base import EnsembleDataModule, LabeledImages
 from ensemble_lab.errors import ConfigError
 
+DIGITS = 1797  # images in scikit-learn's bundled digits
 TEST_FRACTION = 0.2
 TEST_SPLIT_SEED = 1797  # fixed: the test split never depends on an option
+TEST_SIZE = round(TEST_FRACTION * DIGITS)  # 359
 
 
 def _load_digits() -> LabeledImages:
@@ -26,13 +27,8 @@ def _load_digits() -> LabeledImages:
 def _rotate_and_noise(images: Tensor, max_degrees: float, noise_std: float, seed: int) -> Tensor:
     """Rotate each uint8 image by its own angle in ±max_degrees, add Gaussian noise (std in 0..1 units)."""
     g = torch.Generator().manual_seed(seed)
-    n = images.shape[0]
-    angles = (torch.rand(n, generator=g) * 2 - 1) * math.radians(max_degrees)
-    cos, sin = torch.cos(angles), torch.sin(angles)
-    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], 1), torch.stack([sin, cos, torch.zeros(n)], 1)], 1)  # (N, 2, 3)
-    x = images.float() / 255.0
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (N, H, W, 2)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    degrees = (torch.rand(images.shape[0], generator=g) * 2 - 1) * max_degrees  # (N,)
+    x = rotate(images.float() / 255.0, degrees)  # float: the noise is added before rounding
     x = x + noise_std * torch.randn(x.shape, generator=g)
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
@@ -67,6 +63,7 @@ class DigitsDataModule(EnsembleDataModule):
     std = (0.3760,)
     crop_padding = None  # 8×8 digits: cropping would cut strokes away
     flip = False
+    train_size = DIGITS - TEST_SIZE  # 1,438: known without loading, so __init__ checks val_size
 
     def __init__(
         self,
@@ -79,13 +76,13 @@ class DigitsDataModule(EnsembleDataModule):
         """
         Args:
             batch_size: training batch size in unique images.
-            val_size: images held out of the 1,438 training digits for validation.
+            val_size: images held out of the 1,438 training digits for validation (1 to 1,437).
             shift_degrees: the shift set rotates each test digit by an angle drawn from ±shift_degrees.
             shift_noise: standard deviation of the Gaussian noise added to the shift set (pixel range 0..1).
         """
         super().__init__(batch_size=batch_size, val_size=val_size, **kwargs)
         if shift_noise < 0:
-            raise ConfigError(f"data.shift_noise is a standard deviation: it must be >= 0, got {shift_noise}")
+            raise ConfigError(f"--data.shift_noise is a standard deviation: it must be >= 0, got {shift_noise}")
         self.shift_degrees, self.shift_noise = shift_degrees, shift_noise
 
     @property
@@ -94,9 +91,10 @@ class DigitsDataModule(EnsembleDataModule):
 
     def _train_test(self) -> tuple[LabeledImages, LabeledImages]:
         data = _load_digits()
-        order = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(TEST_SPLIT_SEED))
-        n_test = int(round(TEST_FRACTION * len(order)))
-        test, train = order[:n_test], order[n_test:]
+        if len(data.labels) != DIGITS:  # train_size, checked against val_size in __init__, relies on it
+            raise RuntimeError(f"scikit-learn's digits hold {len(data.labels)} images, expected {DIGITS}")
+        order = torch.randperm(DIGITS, generator=torch.Generator().manual_seed(TEST_SPLIT_SEED))
+        test, train = order[:TEST_SIZE], order[TEST_SIZE:]
         return LabeledImages(data.images[train], data.labels[train]), LabeledImages(data.images[test], data.labels[test])
 
     def load_train(self) -> LabeledImages:

@@ -19,14 +19,13 @@ import numpy as np
 
 from ensemble_lab.data.readers import (
     CIFAR10_URL,
-    CIFAR10C_BLOCK,
-    CIFAR10C_CORRUPTIONS,
     CIFAR10C_URL,
-    MNIST_C_CORRUPTIONS,
     MNIST_C_URL,
     SVHN_URL,
+    cifar10c_shapes,
     damaged_file_error,
     missing_file_error,
+    mnist_c_shapes,
     read_fashion_mnist,
     read_mnist,
 )
@@ -201,9 +200,7 @@ def download_cifar10c(root: Path | str) -> Path:
     """CIFAR-10-C (2.9 GB tar from Zenodo) into ``root/CIFAR-10-C``; returns that folder."""
     root = Path(root).expanduser()
     folder = root / "CIFAR-10-C"
-    rows = 5 * CIFAR10C_BLOCK
-    expected = {folder / f"{c}.npy": (rows, 32, 32, 3) for c in CIFAR10C_CORRUPTIONS}
-    expected[folder / "labels.npy"] = (rows,)
+    expected = cifar10c_shapes(root)  # all 19 corruptions, 5 blocks of the 10,000 test images each
     if _first_bad(expected) is None:
         return folder
     _fetch("CIFAR-10-C", CIFAR10C_URL, folder,
@@ -216,10 +213,7 @@ def download_mnist_c(root: Path | str) -> Path:
     """MNIST-C (zip from Zenodo) into ``root/mnist_c/<corruption>/``; returns ``root/mnist_c``."""
     root = Path(root).expanduser()
     folder = root / "mnist_c"
-    expected: dict[Path, tuple[int, ...]] = {}
-    for c in MNIST_C_CORRUPTIONS:
-        expected[folder / c / "test_images.npy"] = (-1, 28, 28, 1)
-        expected[folder / c / "test_labels.npy"] = (-1,)
+    expected = mnist_c_shapes(root)  # all 15 corruptions
     if _first_bad(expected) is None:
         return folder
     _fetch("MNIST-C", MNIST_C_URL, folder,

@@ -1,35 +1,27 @@
 """MNIST with MNIST-C and rotated digits as shift sets and FashionMNIST as the OOD set (the MLP study)."""
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor
-from torch.nn import functional as F
 
 from ensemble_lab.data import download as dl
+from ensemble_lab.data.augment import rotate
 from ensemble_lab.data.base import EnsembleDataModule, LabeledImages
-from ensemble_lab.data.native import check_choices, idx_files, labeled, require_files
-from ensemble_lab.data.readers import MNIST_C_CORRUPTIONS, read_fashion_mnist, read_mnist, read_mnist_c
-
-
-def rotate(images: Tensor, degrees: float) -> Tensor:
-    """Rotate uint8 images (N, C, H, W) counter-clockwise (as displayed) about their centre; bilinear, zero fill."""
-    n = images.shape[0]
-    angle = math.radians(degrees)
-    cos, sin = math.cos(angle), math.sin(angle)
-    # affine_grid maps each output pixel to the input point it samples, in (x right, y down) coordinates;
-    # with y pointing down, this matrix turns the content counter-clockwise as displayed
-    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]]).expand(n, 2, 3)  # (N, 2, 3)
-    x = images.float()
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (N, H, W, 2)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8)
+from ensemble_lab.data.native import idx_files, labeled, require_files
+from ensemble_lab.data.options import check_choices, check_val_size
+from ensemble_lab.data.readers import (
+    MNIST_C_CORRUPTIONS,
+    idx_split_size,
+    mnist_c_shapes,
+    read_fashion_mnist,
+    read_mnist,
+    read_mnist_c,
+)
 
 
 class MNISTDataModule(EnsembleDataModule):
-    """MNIST for the MLP study (PAPER.md), read from its native files under ``data_dir``.
+    """MNIST for the MLP study (docs/paper.md), read from its native files under ``data_dir``.
 
     Test sets: ``mnist`` (id, the 10,000 test digits), ``mnist_c`` (shift: the chosen MNIST-C
     corruptions pooled; off with ``mnist_c: false``), ``rotated_mnist`` (shift: the MNIST test digits
@@ -63,11 +55,11 @@ class MNISTDataModule(EnsembleDataModule):
             batch_size: training batch size in unique images (each member sees all of them).
             val_size: training images held out of MNIST's 60,000 for validation (never the test set).
             mnist_c: evaluate the ``mnist_c`` shift set; turn off if you have no MNIST-C files.
-            corruptions: MNIST-C corruptions pooled into ``mnist_c`` (default: all 15 of PAPER.md).
+            corruptions: MNIST-C corruptions pooled into ``mnist_c`` (default: all 15).
             rotation_degrees: angle by which every test digit of ``rotated_mnist`` is turned counter-clockwise.
         """
         super().__init__(batch_size=batch_size, val_size=val_size, **kwargs)
-        self.corruptions = check_choices("data.corruptions", corruptions, MNIST_C_CORRUPTIONS, "MNIST-C corruption")
+        self.corruptions = check_choices("corruptions", corruptions, MNIST_C_CORRUPTIONS, "MNIST-C corruption")
         self.data_dir, self.download = Path(data_dir).expanduser(), download
         self.mnist_c, self.rotation_degrees = mnist_c, rotation_degrees
 
@@ -81,7 +73,8 @@ class MNISTDataModule(EnsembleDataModule):
     def prepare_data(self) -> None:
         """Download what is missing (``download``), then check every file before any training.
 
-        Every file must exist; the MNIST-C arrays must also have whole, correctly shaped headers.
+        Every file must exist; the MNIST-C arrays must also have whole, correctly shaped headers, and
+        ``val_size`` must leave training images (their count is read from the idx header alone).
         """
         if self.download:
             dl.download_mnist(self.data_dir)
@@ -90,13 +83,11 @@ class MNISTDataModule(EnsembleDataModule):
                 dl.download_mnist_c(self.data_dir)
         expected = idx_files(self.data_dir / "MNIST" / "raw", "MNIST")
         expected += idx_files(self.data_dir / "FashionMNIST" / "raw", "FashionMNIST", prefixes=("t10k",))
-        if self.mnist_c:
-            folder = self.data_dir / "mnist_c"
-            expected += [("MNIST-C", [folder / c / f"test_{k}.npy"]) for c in self.corruptions for k in ("images", "labels")]
+        shapes = mnist_c_shapes(self.data_dir, self.corruptions) if self.mnist_c else {}
+        expected += [("MNIST-C", [path]) for path in shapes]
         require_files(expected)
-        if self.mnist_c:  # read only at test time: catch a truncated or misshapen file now, not after training
-            shapes = {folder / c / "test_images.npy": (-1, 28, 28, 1) for c in self.corruptions}
-            shapes.update({folder / c / "test_labels.npy": (-1,) for c in self.corruptions})
+        check_val_size(self.val_size, idx_split_size(self.data_dir, "MNIST", train=True), "MNIST's training split")
+        if shapes:  # read only at test time: catch a truncated or misshapen file now, not after training
             dl.check_npy_files(shapes, "MNIST-C")
 
     def load_train(self) -> LabeledImages:

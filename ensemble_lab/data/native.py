@@ -8,7 +8,6 @@ import torch
 
 from ensemble_lab.data.base import LabeledImages
 from ensemble_lab.data.readers import missing_file_error
-from ensemble_lab.errors import ConfigError
 
 
 def _owned(array: np.ndarray) -> torch.Tensor:
@@ -38,18 +37,3 @@ def idx_files(folder: Path, dataset: str, prefixes: Sequence[str] = ("train", "t
     """The idx image and label files of MNIST-style ``folder`` for :func:`require_files` (raw or .gz)."""
     stems = [f"{p}-{kind}" for p in prefixes for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
     return [(dataset, [folder / stem, folder / f"{stem}.gz"]) for stem in stems]
-
-
-def check_choices(option: str, values: Sequence, allowed: Sequence, what: str) -> list:
-    """``values`` as a list (a lone value becomes a list of one); ConfigError if it is empty, repeats
-    a value or holds one not in ``allowed``. ``option`` and ``what`` only word the error."""
-    values = [values] if isinstance(values, (str, int)) else list(values)
-    if not values:
-        raise ConfigError(f"{option} must name at least one {what}")
-    unknown = [v for v in values if v not in allowed]
-    if unknown:
-        raise ConfigError(f"{option}: unknown {what} {unknown[0]!r}; choose from {', '.join(map(str, allowed))}")
-    repeated = sorted({v for v in values if values.count(v) > 1}, key=values.index)
-    if repeated:
-        raise ConfigError(f"{option} names {repeated[0]!r} twice; each {what} may appear once")
-    return values

@@ -33,8 +33,10 @@ SVHN_URL = "http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"
 CIFAR10C_URL = "https://zenodo.org/records/2535967/files/CIFAR-10-C.tar?download=1"
 MNIST_C_URL = "https://zenodo.org/records/3239543/files/mnist_c.zip?download=1"
 
-CIFAR10C_BLOCK = 10000  # rows per severity in the real CIFAR-10-C files
+CIFAR10_TEST_SIZE = 10_000  # CIFAR-10's test split; CIFAR-10-C renders it once per corruption and severity
 CIFAR10C_SEVERITIES = (1, 2, 3, 4, 5)
+CIFAR10C_IMAGE_SHAPE = (32, 32, 3)  # one CIFAR-10-C image as stored: height, width, channels last
+MNIST_C_IMAGE_SHAPE = (28, 28, 1)  # one MNIST-C image as stored
 CIFAR10C_CORRUPTIONS = (
     "brightness", "contrast", "defocus_blur", "elastic_transform", "fog", "frost",
     "gaussian_blur", "gaussian_noise", "glass_blur", "impulse_noise", "jpeg_compression",
@@ -241,6 +243,22 @@ def _read_idx_pair(root: Path | str, dataset: str, train: bool) -> tuple[np.ndar
     return images, labels
 
 
+def idx_split_size(root: Path | str, dataset: str, train: bool) -> int:
+    """Images in a split of MNIST-style ``root/<dataset>/raw``, from its label file's header alone (8 bytes)."""
+    folder = Path(root).expanduser() / dataset / "raw"
+    path = _find_idx(folder, f"{'train' if train else 't10k'}-labels-idx1-ubyte", dataset)
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == _GZIP_MAGIC
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            header = f.read(8)
+    except (OSError, EOFError) as e:
+        raise damaged_file_error(path, dataset, f"cannot decompress: {e}") from e
+    if len(header) < 8 or int.from_bytes(header[:4], "big") != _IDX_LABELS:
+        raise damaged_file_error(path, dataset, "not an idx1-ubyte label file (bad or truncated header)")
+    return int.from_bytes(header[4:8], "big")
+
+
 def read_mnist(root: Path | str, train: bool) -> tuple[np.ndarray, np.ndarray]:
     """MNIST from ``root/MNIST/raw``: images uint8 (N, 1, 28, 28), labels int64 (N,)."""
     return _read_idx_pair(root, "MNIST", train)
@@ -252,6 +270,37 @@ def read_fashion_mnist(root: Path | str, train: bool) -> tuple[np.ndarray, np.nd
 
 
 # --------------------------------------------------------------------------- .npy corruptions
+def cifar10c_shapes(
+    root: Path | str, corruptions: Sequence[str] = CIFAR10C_CORRUPTIONS, block_size: int | None = None
+) -> dict[Path, tuple[int, ...]]:
+    """CIFAR-10-C's files under ``root/CIFAR-10-C`` and the shape each has: the one statement of its layout.
+
+    Each ``<corruption>.npy`` stacks 5 severity blocks (severity 1 first) of ``block_size`` images,
+    uint8 (5 * block_size, 32, 32, 3); ``labels.npy`` holds the 5 * block_size labels. A block is
+    CIFAR-10's test set rendered with that corruption, so ``block_size`` is the test set's length
+    (default ``CIFAR10_TEST_SIZE``, 10,000; tiny test fixtures have smaller test sets).
+    """
+    block = CIFAR10_TEST_SIZE if block_size is None else block_size
+    if block < 1:
+        raise ConfigError(f"block_size must be positive, got {block}")
+    folder = Path(root).expanduser() / "CIFAR-10-C"
+    rows = len(CIFAR10C_SEVERITIES) * block
+    shapes: dict[Path, tuple[int, ...]] = {folder / f"{c}.npy": (rows, *CIFAR10C_IMAGE_SHAPE) for c in corruptions}
+    shapes[folder / "labels.npy"] = (rows,)
+    return shapes
+
+
+def mnist_c_shapes(root: Path | str, corruptions: Sequence[str] = MNIST_C_CORRUPTIONS) -> dict[Path, tuple[int, ...]]:
+    """MNIST-C's test files under ``root/mnist_c/<corruption>/`` and their shapes, -1 for any length:
+    images uint8 (N, 28, 28, 1), labels (N,)."""
+    folder = Path(root).expanduser() / "mnist_c"
+    shapes: dict[Path, tuple[int, ...]] = {}
+    for c in corruptions:
+        shapes[folder / c / "test_images.npy"] = (-1, *MNIST_C_IMAGE_SHAPE)
+        shapes[folder / c / "test_labels.npy"] = (-1,)
+    return shapes
+
+
 def _load_npy(path: Path, dataset: str) -> np.ndarray:
     _require_file(path, dataset)
     try:
@@ -278,14 +327,15 @@ def read_cifar10c(
     root: Path | str,
     corruption: str,
     severities: Sequence[int] = (5,),
-    block_size: int = CIFAR10C_BLOCK,
+    block_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10-C corruption from ``root/CIFAR-10-C/<corruption>.npy`` and ``labels.npy``.
 
-    The file stacks the 5 severities in blocks of ``block_size`` rows, severity 1 first.
+    The file stacks the 5 severities in blocks of ``block_size`` rows, severity 1 first (see
+    :func:`cifar10c_shapes`; the block is the CIFAR-10 test set's length, 10,000 by default).
     Returns the blocks of ``severities`` concatenated in the order given: images uint8
-    (len(severities) * block_size, 3, 32, 32) and labels int64. ``block_size`` differs from
-    10,000 only for tiny test fixtures. Unknown corruption or severity raises ConfigError.
+    (len(severities) * block_size, 3, 32, 32) and labels int64. Unknown corruption or severity
+    raises ConfigError.
     """
     if corruption not in CIFAR10C_CORRUPTIONS:
         allowed = ", ".join(CIFAR10C_CORRUPTIONS)
@@ -293,20 +343,18 @@ def read_cifar10c(
     severities = list(severities)
     if not severities or any(s not in CIFAR10C_SEVERITIES for s in severities):
         raise ConfigError(f"CIFAR-10-C severities must be a non-empty list of 1..5, got {severities}")
-    if block_size < 1:
-        raise ConfigError(f"block_size must be positive, got {block_size}")
-    folder = Path(root).expanduser() / "CIFAR-10-C"
-    image_path, label_path = folder / f"{corruption}.npy", folder / "labels.npy"
+    (image_path, (rows, *_)), (label_path, _) = cifar10c_shapes(root, [corruption], block_size).items()
+    block = rows // len(CIFAR10C_SEVERITIES)
     images, labels = _load_npy(image_path, "CIFAR-10-C"), _load_npy(label_path, "CIFAR-10-C")
-    _check_images(image_path, "CIFAR-10-C", images, (32, 32, 3))
-    rows = len(images)
-    if rows != len(CIFAR10C_SEVERITIES) * block_size:
+    _check_images(image_path, "CIFAR-10-C", images, CIFAR10C_IMAGE_SHAPE)
+    if len(images) != rows:
         raise damaged_file_error(
             image_path, "CIFAR-10-C",
-            f"{rows} rows, expected 5 severity blocks of {block_size} = {5 * block_size}",
+            f"{len(images)} rows, expected 5 severity blocks of {block} = {rows} (one block per severity, "
+            "each the CIFAR-10 test set)",
         )
     _check_labels(label_path, "CIFAR-10-C", labels, rows)
-    blocks = [slice((s - 1) * block_size, s * block_size) for s in severities]
+    blocks = [slice((s - 1) * block, s * block) for s in severities]
     x = np.concatenate([images[b] for b in blocks])  # (S * block, 32, 32, 3), read from disk here
     y = np.concatenate([labels[b] for b in blocks]).astype(np.int64)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y  # (N, 3, 32, 32)
@@ -320,9 +368,8 @@ def read_mnist_c(root: Path | str, corruption: str) -> tuple[np.ndarray, np.ndar
     if corruption not in MNIST_C_CORRUPTIONS:
         allowed = ", ".join(MNIST_C_CORRUPTIONS)
         raise ConfigError(f"unknown MNIST-C corruption '{corruption}'; choose from {allowed}")
-    folder = Path(root).expanduser() / "mnist_c" / corruption
-    image_path, label_path = folder / "test_images.npy", folder / "test_labels.npy"
+    image_path, label_path = mnist_c_shapes(root, [corruption])
     images, labels = _load_npy(image_path, "MNIST-C"), _load_npy(label_path, "MNIST-C")
-    _check_images(image_path, "MNIST-C", images, (28, 28, 1))
+    _check_images(image_path, "MNIST-C", images, MNIST_C_IMAGE_SHAPE)
     _check_labels(label_path, "MNIST-C", labels, len(images))
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels.astype(np.int64)

@@ -1,8 +1,9 @@
 """Tiny copies of the paper's benchmarks in their native formats, for datamodule and CLI tests.
 
-``write_cifar_benchmark(root)`` writes CIFAR-10, CIFAR-10-C (all 19 corruptions, severity blocks
-of ``CIFAR10C_BLOCK`` rows) and SVHN's test split; ``write_mnist_benchmark(root)`` writes MNIST,
-FashionMNIST and MNIST-C (all 15 corruptions). The ``*_ARGS`` lists point a datamodule at them.
+``write_cifar_benchmark(root)`` writes CIFAR-10, CIFAR-10-C (all 19 corruptions; as in the real
+files, each severity block is the CIFAR-10 test set: ``CIFAR10C_BLOCK == CIFAR_TEST`` rows) and
+SVHN's test split; ``write_mnist_benchmark(root)`` writes MNIST, FashionMNIST and MNIST-C (all 15
+corruptions). ``cifar_args`` / ``mnist_args`` point a datamodule at them.
 """
 
 from pathlib import Path
@@ -20,16 +21,17 @@ from tests.data.native_formats import (
     write_svhn_test,
 )
 
-CIFAR_TRAIN, CIFAR_TEST, CIFAR10C_BLOCK, SVHN_TEST = 40, 12, 2, 10
+CIFAR_TRAIN, CIFAR_TEST, SVHN_TEST = 40, 2, 10
+CIFAR10C_BLOCK = CIFAR_TEST  # CIFAR-10-C renders the test set once per severity; the datamodule derives its block from it
 MNIST_TRAIN, MNIST_TEST, MNIST_C_PER, FASHION_TEST = 40, 12, 3, 10
 VAL_SIZE, BATCH_SIZE = 8, 8
 
 
 def write_cifar_benchmark(root: Path) -> Path:
-    """CIFAR-10 (40 train, 12 test), CIFAR-10-C (19 × 5 × 2 rows) and SVHN test (10) under ``root``."""
+    """CIFAR-10 (40 train, 2 test), CIFAR-10-C (19 × 5 × 2 rows: the test set per severity) and SVHN test (10) under ``root``."""
     x, y = random_images(CIFAR_TRAIN + CIFAR_TEST, 3, 32, seed=1), random_labels(CIFAR_TRAIN + CIFAR_TEST, seed=1)
     write_cifar10(root, x[:CIFAR_TRAIN], y[:CIFAR_TRAIN], x[CIFAR_TRAIN:], y[CIFAR_TRAIN:])
-    write_cifar10c(root, labels=y[CIFAR_TRAIN : CIFAR_TRAIN + CIFAR10C_BLOCK])
+    write_cifar10c(root, labels=y[CIFAR_TRAIN:])  # the test labels, as in the real labels.npy
     write_svhn_test(root, random_images(SVHN_TEST, 3, 32, seed=2), np.arange(SVHN_TEST) % 10)
     return root
 
@@ -47,7 +49,7 @@ def write_mnist_benchmark(root: Path, gz: bool = True) -> Path:
 def cifar_args(root: Path) -> list[str]:
     """CLI options that point CIFAR10DataModule at ``write_cifar_benchmark(root)``."""
     return [f"--data.data_dir={root}", f"--data.val_size={VAL_SIZE}", f"--data.batch_size={BATCH_SIZE}",
-            "--data.eval_batch_size=64", f"--data.cifar10c_block_size={CIFAR10C_BLOCK}"]
+            "--data.eval_batch_size=64"]
 
 
 def mnist_args(root: Path) -> list[str]:

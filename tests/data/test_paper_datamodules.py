@@ -1,5 +1,6 @@
 """CIFAR10DataModule and MNISTDataModule on tiny native-format fixtures: names, roles, contents, errors."""
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -8,14 +9,20 @@ import torch
 
 from ensemble_lab.data import CIFAR10DataModule, MNISTDataModule
 from ensemble_lab.data import download as dl
-from ensemble_lab.data.mnist import rotate
-from ensemble_lab.data.readers import CIFAR10C_CORRUPTIONS, MNIST_C_CORRUPTIONS, read_cifar10c, read_mnist_c
+from ensemble_lab.data.augment import rotate
+from ensemble_lab.data.readers import (
+    CIFAR10C_CORRUPTIONS,
+    MNIST_C_CORRUPTIONS,
+    read_cifar10c,
+    read_mnist_c,
+)
 from ensemble_lab.errors import ConfigError, DatasetError
 from tests.data import paper_fixtures as fx
+from tests.data.native_formats import write_cifar10c
 
 
 def cifar(root: Path, **kwargs) -> CIFAR10DataModule:
-    return CIFAR10DataModule(data_dir=str(root), val_size=fx.VAL_SIZE, cifar10c_block_size=fx.CIFAR10C_BLOCK, **kwargs)
+    return CIFAR10DataModule(data_dir=str(root), val_size=fx.VAL_SIZE, **kwargs)
 
 
 def mnist(root: Path, **kwargs) -> MNISTDataModule:
@@ -48,12 +55,18 @@ def test_cifar10_per_corruption_sets(tmp_path):
         ({"severities": [0]}, "unknown severity"),
         ({"severities": [5, 6]}, "unknown severity"),
         ({"severities": []}, "at least one"),
-        ({"cifar10c_block_size": 0}, "cifar10c_block_size"),
     ],
 )
 def test_cifar10_bad_options_fail_at_construction(tmp_path, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         CIFAR10DataModule(data_dir=str(tmp_path), **kwargs)
+
+
+def test_cifar10c_block_size_is_no_option(tmp_path):
+    """CIFAR-10-C repeats the CIFAR-10 test set once per severity: its block is that set's length."""
+    assert "cifar10c_block_size" not in inspect.signature(CIFAR10DataModule.__init__).parameters
+    with pytest.raises(TypeError):
+        CIFAR10DataModule(data_dir=str(tmp_path), cifar10c_block_size=2)
 
 
 def test_mnist_roles_and_options(tmp_path):
@@ -91,6 +104,21 @@ def test_cifar10_splits_and_test_sets(tmp_path):
     assert torch.equal(pooled.images, torch.cat(parts))
 
 
+def test_cifar10c_block_follows_the_cifar10_test_set(tmp_path):
+    """CIFAR-10-C files whose severity blocks are not the test set's length are refused before training."""
+    fx.write_cifar_benchmark(tmp_path)
+    assert fx.CIFAR10C_BLOCK == fx.CIFAR_TEST  # the fixture is laid out as the real files are
+    labels = np.arange(fx.CIFAR_TEST + 1) % 10  # one image per severity too many
+    write_cifar10c(tmp_path, ["fog"], labels=labels)
+    with pytest.raises(DatasetError) as err:
+        cifar(tmp_path, corruptions=["fog"]).prepare_data()
+    rows = 5 * fx.CIFAR_TEST
+    assert str(tmp_path / "CIFAR-10-C" / "fog.npy") in str(err.value)
+    assert f"expected ({rows}, 32, 32, 3)" in str(err.value), err.value
+    with pytest.raises(DatasetError, match=f"5 severity blocks of {fx.CIFAR_TEST}"):
+        cifar(tmp_path, corruptions=["fog"]).setup("test")
+
+
 def test_mnist_splits_and_test_sets(tmp_path):
     fx.write_mnist_benchmark(tmp_path)
     dm = mnist(tmp_path, corruptions=["fog", "zigzag"], rotation_degrees=90)
@@ -112,6 +140,26 @@ def test_rotate_is_deterministic_and_keeps_zero_angle():
     images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
     assert torch.equal(rotate(images, 0), images)
     assert torch.equal(rotate(images, 30), rotate(images, 30)) and not torch.equal(rotate(images, 30), images)
+
+
+def test_rotate_takes_one_angle_per_image_and_keeps_float_images_float():
+    images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    angles = torch.tensor([0.0, 90.0, -30.0, 12.5])
+    per_image = rotate(images, angles)
+    for i, angle in enumerate(angles.tolist()):
+        assert torch.equal(per_image[i : i + 1], rotate(images[i : i + 1], angle))
+    assert torch.equal(per_image[1], torch.rot90(images[1], 1, dims=(1, 2)))  # counter-clockwise as displayed
+    as_float = rotate(images.float() / 255, angles)
+    assert as_float.dtype == torch.float32
+    assert torch.equal((as_float * 255).round().clamp(0, 255).to(torch.uint8), per_image)
+
+
+def test_one_home_for_rotation_and_cifar10c_shapes():
+    """Rotation is written once (augment.rotate) and CIFAR-10-C's file shapes are stated once (readers)."""
+    package = Path(__file__).resolve().parents[2] / "ensemble_lab" / "data"
+    sources = {p.name: p.read_text() for p in package.glob("*.py")}
+    assert [name for name, text in sources.items() if "affine_grid" in text] == ["augment.py"]
+    assert sorted(name for name, text in sources.items() if "32, 32, 3)" in text) == ["readers.py"]
 
 
 # --------------------------------------------------------------------------- missing files, download

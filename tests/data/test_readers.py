@@ -186,6 +186,17 @@ def test_cifar10c_severity_slicing(tmp_path: Path) -> None:
         assert labels.dtype == np.int64 and np.array_equal(full_y[:3], [3, 1, 4])
 
 
+def test_cifar10c_shapes_are_stated_once(tmp_path: Path) -> None:
+    """Every CIFAR-10-C check (reader, datamodule, downloader) asks readers.cifar10c_shapes."""
+    folder = tmp_path / "CIFAR-10-C"
+    assert readers.cifar10c_shapes(tmp_path, ["fog", "snow"], block_size=3) == {
+        folder / "fog.npy": (15, 32, 32, 3), folder / "snow.npy": (15, 32, 32, 3), folder / "labels.npy": (15,),
+    }
+    real = readers.cifar10c_shapes(tmp_path)  # the real files: 19 corruptions × 5 severities × 10,000 test images
+    assert len(real) == 20 and real[folder / "labels.npy"] == (50_000,)
+    assert readers.CIFAR10_TEST_SIZE == 10_000
+
+
 def test_cifar10c_bad_arguments(tmp_path: Path) -> None:
     write_cifar10c(tmp_path, ["fog"], n_per_severity=2)
     with pytest.raises(ConfigError, match="zoom_blur"):  # lists the allowed names
@@ -293,7 +304,7 @@ def test_download_mnist_c_skips_present_and_fetches_missing(
 
 
 def test_download_cifar10c_fetches_zenodo_tar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(download, "CIFAR10C_BLOCK", 2)  # tiny fixture blocks stand in for 10,000
+    monkeypatch.setattr(readers, "CIFAR10_TEST_SIZE", 2)  # tiny fixture blocks stand in for 10,000
     calls = _fake_archive_download(monkeypatch, lambda: write_cifar10c(tmp_path, n_per_severity=2))
     download.download_cifar10c(tmp_path)
     assert calls == [(readers.CIFAR10C_URL, "CIFAR-10-C.tar", download.CIFAR10C_MD5)]
