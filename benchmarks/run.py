@@ -12,8 +12,8 @@ import platform
 import sys
 import time
 import warnings
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import lightning

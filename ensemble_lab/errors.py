@@ -19,3 +19,7 @@ class CheckpointMismatchError(EnsembleLabError):
 
 class NonFiniteLossError(EnsembleLabError, ArithmeticError):
     """Training produced a NaN or infinite loss; it was stopped and the last good checkpoint kept."""
+
+
+class NonFiniteOutputError(EnsembleLabError, ValueError):
+    """The model produced NaN or infinite probabilities (or scores), so no metric of them means anything."""

@@ -1,10 +1,12 @@
 """The real CLI end to end on digits: fit, then test, for every method."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ensemble_lab.evaluation.metrics import ood_metrics, predictive_metrics
 from tests.conftest import REPO, TINY_TRAINER, read_results, run_dirs
@@ -29,7 +31,11 @@ def check_results(results: dict, method: str, members: int) -> None:
         if members == 1:
             assert metrics["mi"] == pytest.approx(0, abs=1e-6) and metrics["disagreement"] == 0
     for key in OOD_KEYS:
-        assert 0.0 <= results["sets"]["photo_patches"][key] <= 1.0
+        value = results["sets"]["photo_patches"][key]
+        if members == 1 and key.endswith("_mi"):  # one member has no mutual information to rank by
+            assert value is None, key
+        else:
+            assert 0.0 <= value <= 1.0, key
 
 
 @pytest.mark.slow
@@ -89,22 +95,31 @@ def test_version_and_help(capsys):
 
 
 def test_model_help_comes_from_docstrings(cli, capsys):
-    with pytest.raises(SystemExit):
+    from ensemble_lab.methods import BatchEnsemble, EnsembleModule
+
+    with pytest.raises(SystemExit) as exit_info:
         cli("fit", "--model=BatchEnsemble", "--help")
-    # The subclass help is shown with --model.help
+    assert exit_info.value.code == 0 and "--model.help [CLASS_PATH_OR_NAME]" in capsys.readouterr().out
+    # The subclass help is shown with --model.help, its lines taken from the docstrings' Args
     with pytest.raises(SystemExit):
         cli("fit", "--model.help=BatchEnsemble")
-    text = capsys.readouterr().out
-    assert "fast_weight_init" in text and "number of ensemble members M" in text
+    text = " ".join(capsys.readouterr().out.split())
+    for cls, arg in ((BatchEnsemble, "fast_weight_init"), (EnsembleModule, "num_members")):
+        doc = " ".join(cls.__init__.__doc__.split())
+        first_words = doc.split(f"{arg}: ", 1)[1].split(".")[0]  # the docstring's own words for the option
+        assert f"--model.{arg}" in text and first_words in text, arg
 
 
 def test_print_config_lists_linked_and_default_options(cli, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli("fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--print_config")
     assert exit_info.value.code == 0
-    text = capsys.readouterr().out
-    assert "class_path: ensemble_lab.methods.BatchEnsemble" in text or "BatchEnsemble" in text
-    assert "num_members: 4" in text
+    printed = yaml.safe_load(capsys.readouterr().out)
+    quickstart = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    assert printed["model"]["class_path"] == "ensemble_lab.methods.BatchEnsemble"
+    assert printed["model"]["init_args"]["num_members"] == quickstart["model"]["init_args"]["num_members"]
+    # linked from the datamodule at instantiation, so not printed as a value; defaults are filled in
+    assert printed["model"]["init_args"]["fast_weight_lr_scale"] == 0.5 and printed["data"]["class_path"].endswith("DigitsDataModule")
 
 
 def test_test_without_trained_weights_is_refused(cli, tmp_path, capsys):
@@ -136,5 +151,5 @@ def test_bad_input_exits_with_a_clear_message(cli, capsys, args, message):
         cli("fit", *args, *TINY_TRAINER)
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
-    assert message.replace("\\", "") in err.replace("\\", "") or __import__("re").search(message, err), err[-2000:]
+    assert re.search(message, err), err[-2000:]
     assert "Traceback" not in err

@@ -6,6 +6,7 @@ is assembled from SingleModel checkpoints; and every YAML under configs/ parses.
 """
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -67,11 +68,20 @@ def test_mnist_single_model_then_assembled_deep_ensemble(cli, tmp_path):
     single_run, results = fit_then_test(cli, tmp_path, str(REPO / "configs" / "mnist" / "single.yaml"), fx.mnist_args(data))
     check_results(results, "single", "MNISTDataModule", MNIST_ROLES)
     ckpt = single_run / "checkpoints" / "last.ckpt"
+    copy = tmp_path / "copy.ckpt"  # the same weights under another name: accepted, with a warning
+    shutil.copy(ckpt, copy)
     # the documented usage: no --ckpt_path; results go to a new run directory
-    cli("test", f"--config={REPO / 'configs' / 'mnist' / 'deep_ensemble.yaml'}", *fx.mnist_args(data), *SMALL,
-        f"--model.member_checkpoints=[{ckpt},{ckpt}]", "--save_predictions=true", NO_FIGURES)
+    with pytest.warns(UserWarning, match="members 0 and 1 have identical weights"):
+        cli("test", f"--config={REPO / 'configs' / 'mnist' / 'deep_ensemble.yaml'}", *fx.mnist_args(data), *SMALL,
+            f"--model.member_checkpoints=[{ckpt},{copy}]", "--save_predictions=true", NO_FIGURES)
     ensemble_run = run_dirs(tmp_path)[-1]
-    check_results(read_results(ensemble_run), "deep_ensemble", "MNISTDataModule", MNIST_ROLES, members=2)
+    results = read_results(ensemble_run)
+    check_results(results, "deep_ensemble", "MNISTDataModule", MNIST_ROLES, members=2)
+    # what the ensemble is made of: its members' checkpoints and their runs' seeds, and the M it has
+    seed = yaml.safe_load((single_run / "config.yaml").read_text())["seed_everything"]
+    assert results["member_checkpoints"] == [str(ckpt), str(copy)] and results["member_seeds"] == [seed, None]
+    assert results["num_members"] == 2 and results["checkpoint"] is None
+    assert yaml.safe_load((ensemble_run / "config.yaml").read_text())["model"]["init_args"]["num_members"] == 2
     for name in MNIST_ROLES:
         single = np.load(single_run / "predictions" / f"{name}.npz")["member_probs"]  # (1, N, C)
         assembled = np.load(ensemble_run / "predictions" / f"{name}.npz")["member_probs"]  # (2, N, C)
@@ -103,6 +113,7 @@ def test_every_shipped_config_parses(cli, capsys, config):
         ("cifar10/single.yaml", ["--data.severities=[5,7]"], "unknown severity (1..5) 7"),
         ("mnist/single.yaml", ["--data.corruptions=[fog,snow]"], "unknown MNIST-C corruption 'snow'"),
         ("mnist/deep_ensemble.yaml", ["--model.member_checkpoints=[missing.ckpt]"], "missing.ckpt does not exist"),
+        ("mnist/deep_ensemble.yaml", ["--model.member_checkpoints=[a.ckpt,./a.ckpt]"], "names ./a.ckpt twice"),
     ],
 )
 def test_user_errors_are_one_line_before_any_training(cli, capsys, config, args, message):

@@ -9,6 +9,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ensemble_lab.cli.run_config import comparable, flatten
 from tests.conftest import REPO, TINY_TRAINER, read_results, run_dirs
 
 QUICK = [f"--config={REPO / 'configs' / 'digits' / 'single.yaml'}", *TINY_TRAINER, "--figures=false"]
@@ -46,9 +47,9 @@ def test_results_record_label_config_and_tested_checkpoint_and_test_logs_at_the_
     cli("fit", *QUICK, "--run_name=my_single", "--model.dropout=0.1")
     (run,) = run_dirs(tmp_path)
     results = read_results(run)
-    assert results["run_name"] == "my_single" and results["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
-    assert results["config"]["model"]["init_args"]["dropout"] == 0.1
-    assert results["config"] == yaml.safe_load((run / "config.yaml").read_text())
+    assert results["run_name"] == "my_single" and results["checkpoint"] == "checkpoints/last.ckpt"  # in its run
+    assert results["config"]["model.init_args.dropout"] == 0.1
+    assert results["config"] == comparable(flatten(yaml.safe_load((run / "config.yaml").read_text())))
     ckpt = run / "checkpoints" / "last.ckpt"
     step = torch.load(ckpt, weights_only=False)["global_step"]
     assert step == 3 and scalar_steps(run, "test/digits/acc") == [step]  # 3 = limit_train_batches
@@ -58,7 +59,7 @@ def test_results_record_label_config_and_tested_checkpoint_and_test_logs_at_the_
     cli("test", f"--config={run / 'config.yaml'}", f"--ckpt_path={ckpt}", "--overwrite=true", "--figures=false")
     assert scalar_steps(run, "test/digits/acc") == [step, step]
     again = read_results(run)
-    assert again["checkpoint"] == str(ckpt) and again["run_name"] == "my_single" and again["config"] == results["config"]
+    assert again["checkpoint"] == "checkpoints/last.ckpt" and again["run_name"] == "my_single" and again["config"] == results["config"]
 
 
 def _tags(events) -> set[str]:

@@ -76,5 +76,5 @@ def test_a_study_runs_it_like_a_built_in_method(tmp_path, capsys):
     main(["study", "--config", str(study), "--out", str(tmp_path / "out")])
     results = json.loads((tmp_path / "out" / "mine" / "seed_1" / "results.json").read_text())
     assert results["method"] == "MyEnsemble" and results["num_members"] == 2 and results["seed"] == 1
-    assert "| MyEnsemble | 2 |" in capsys.readouterr().out
+    assert "| mine (MyEnsemble) | 2 |" in capsys.readouterr().out
     assert "MyEnsemble" in (tmp_path / "out" / "report.md").read_text()

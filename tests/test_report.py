@@ -181,5 +181,5 @@ def test_run_names_are_rows_of_their_own_and_seeds_or_placement_do_not_split(tmp
     assert sorted((g.label, g.variant, len(g.runs)) for g in groups) == [("be_fast", None, 1), ("be_normal", None, 2)]
     assert "not pooled" not in capsys.readouterr().err
     table = to_markdown(groups)
-    assert "- BatchEnsemble rows differ in `model.init_args.lr` (be_fast: 0.01; be_normal: 0.003)" in table
+    assert "- BatchEnsemble rows differ in `model.init_args.lr` (be_fast (BatchEnsemble): 0.01; be_normal (BatchEnsemble): 0.003)" in table
     assert "3 runs." in table and "1 runs" not in to_markdown(build_report([tmp_path / "b"]))

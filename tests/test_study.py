@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from ensemble_lab.cli import main
-from ensemble_lab.errors import ConfigError
 from ensemble_lab.cli.study import describe_change, load_study
+from ensemble_lab.errors import ConfigError
 from tests.conftest import REPO, TINY_TRAINER
 from tests.run_helpers import sigint_once
 
@@ -41,7 +41,7 @@ def test_study_runs_skips_resumes_and_reports(tmp_path, capsys):
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert "1 of 3 runs failed: broken seed 1" in captured.err
-    assert "### digits (id)" in captured.out and "| BatchEnsemble | 2 |" in captured.out and "| SingleModel | 1 |" in captured.out
+    assert "### digits (id)" in captured.out and "| be (BatchEnsemble) | 2 |" in captured.out and "| single (SingleModel) | 1 |" in captured.out
     for name in ("single", "be"):
         run = out / name / "seed_1"
         results = json.loads((run / "results.json").read_text())

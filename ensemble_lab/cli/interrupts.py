@@ -20,6 +20,7 @@ class InterruptWatch:
     """
 
     def __init__(self) -> None:
+        """Nothing is installed until the ``with`` block starts."""
         self.interrupted = False
         self._previous: Any = None
         self._installed = False

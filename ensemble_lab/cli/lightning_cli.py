@@ -28,6 +28,7 @@ from ensemble_lab.cli.resume import (
     continue_run,
     resolve_ckpt_path,
 )
+from ensemble_lab.cli.run_config import comparable, flatten
 from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.results import check_can_write
@@ -40,6 +41,7 @@ class EnsembleLabCLI(LightningCLI):
     """LightningCLI with ensemble-lab's methods and datamodules selectable by short name."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
+        """``args``: the command line without the program name (None: sys.argv); ``kwargs`` go to LightningCLI."""
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         kwargs.setdefault("parser_class", EnsembleLabArgumentParser)  # one-line errors, not the usage text
@@ -190,8 +192,11 @@ class EnsembleLabCLI(LightningCLI):
         # what the run is, for results.json: the configuration its weights were trained with (a tested
         # checkpoint's run: its config.yaml) and its label
         trained_with = _read_yaml(run_dir / "config.yaml") if run_dir is not None else None
-        self.model.run_config = trained_with if trained_with is not None else self.resolved_config()
-        self.model.run_name = config.get("run_name") or self.model.run_config.get("run_name")
+        trained_with = trained_with if trained_with is not None else self.resolved_config()
+        self.model.run_name = config.get("run_name") or trained_with.get("run_name")
+        # flat keys, without where the run lives (its directory, the checkpoint it resumed): results.json
+        # depends on what was trained, not on where
+        self.model.run_config = comparable(flatten(trained_with))
 
     def resolved_config(self) -> dict[str, Any]:
         """This command's configuration, every default filled in, as plain data (what config.yaml holds)."""

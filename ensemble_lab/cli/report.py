@@ -222,7 +222,9 @@ def row_differences(groups: Sequence[Group]) -> list[str]:
 
 
 def _row_name(group: Group) -> str:
-    return str(group.label) + (f" [{group.variant}]" if group.variant else "")
+    """The row's label, with its method when the label is another name, and its variant when split."""
+    name = str(group.label) if group.label in (None, group.method) else f"{group.label} ({group.method})"
+    return name + (f" [{group.variant}]" if group.variant else "")
 
 
 def format_stat(stat: Stat | None, runs: int, digits: int = 3) -> str:

@@ -30,6 +30,7 @@ class IndexedImages(Dataset):
     """A split as a dataset whose batches are (images, labels, dataset indices)."""
 
     def __init__(self, data: LabeledImages) -> None:
+        """``data``: uint8 images (N, C, H, W) and int64 labels (N,) of equal length."""
         if len(data.images) != len(data.labels):
             raise ValueError(f"{len(data.images)} images but {len(data.labels)} labels")
         self.images, self.labels = data.images, data.labels

@@ -1,22 +1,29 @@
 """Metric functions on member probabilities: accuracy, calibration, uncertainty, diversity, OOD.
 
-Definitions follow ../shared/PAPER.md ("Metric definitions"). Conventions for every function:
+Definitions: docs/metrics.md. Conventions for every function:
 
 - ``member_probs`` is a float tensor (M, N, C) of per-member softmax probabilities and
-  ``targets`` an int64 tensor (N,). The ensemble prediction is p̄ = member_probs.mean(0), the mean
-  of probabilities (never of logits).
+  ``targets`` an int64 tensor (N,). The ensemble prediction is p̄, the mean of the members'
+  probabilities (never of logits), computed so that identical members give exactly their common
+  probabilities (see :func:`member_mean`).
+- Probabilities and scores must be finite: a NaN or inf raises NonFiniteOutputError (a ValueError)
+  instead of turning some metrics into NaN while others look fine.
 - Logarithms are natural. Entropies use ``torch.xlogy`` so that a zero probability contributes 0
   instead of NaN; NLL clamps p̄[y] at ``NLL_EPS`` = 1e-12, so a sample whose true class got zero
   probability costs -log(1e-12) ≈ 27.63 instead of infinity.
 - Everything runs on the device of the inputs. Reductions happen in float64 (float32 on MPS, which
-  has no float64): mutual information is a difference of two close entropies and loses most of
-  its digits in float32.
+  has no float64): entropies of close distributions differ in their last digits.
+- Mutual information is computed as mean_m KL(p_m ‖ p̄), which equals H[p̄] − mean_m H[p_m] but is
+  exactly 0 when the members are identical (the difference of entropies is not: a mean of M equal
+  entropies rounds, and that noise would rank samples when a collapsed ensemble scores OOD data).
 - Functions ending in ``_metrics`` / ``ood_detection`` return plain Python floats and lists, ready
   for a logger or ``results.json``; the others return tensors.
 """
 
 import torch
 from torch import Tensor
+
+from ensemble_lab.errors import NonFiniteOutputError
 
 NLL_EPS = 1e-12
 """Lower clamp on the probability of the true class in NLL (documented in the module docstring)."""
@@ -31,14 +38,25 @@ def _reduce_dtype(t: Tensor) -> torch.dtype:
     return torch.float32 if t.device.type == "mps" else torch.float64
 
 
+def _check_finite(values: Tensor, what: str) -> None:
+    """Raise NonFiniteOutputError (a ValueError) if any of ``values`` is NaN or infinite."""
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        raise NonFiniteOutputError(
+            f"{bad} of {values.numel()} {what} are NaN or infinite: the model produced NaN/inf probabilities "
+            "(diverged weights, or an overflow in reduced precision), so no metric of them means anything"
+        )
+
+
 def _check_member_probs(member_probs: Tensor) -> None:
-    """Raise a ValueError unless ``member_probs`` has the (M, N, C) layout with M, N >= 1."""
+    """Raise a ValueError unless ``member_probs`` has the (M, N, C) layout with M, N >= 1 and is finite."""
     if member_probs.dim() != 3:
         raise ValueError(
             f"member_probs must have shape (M, N, C) (members, samples, classes), got {tuple(member_probs.shape)}"
         )
     if member_probs.shape[0] == 0 or member_probs.shape[1] == 0:
         raise ValueError(f"member_probs needs at least one member and one sample, got {tuple(member_probs.shape)}")
+    _check_finite(member_probs, "member probabilities")
 
 
 def _check_targets(probs: Tensor, targets: Tensor) -> None:
@@ -62,6 +80,16 @@ def entropy(probs: Tensor, dim: int = -1) -> Tensor:
         when the result feeds a difference of entropies).
     """
     return -torch.xlogy(probs, probs).sum(dim)
+
+
+def member_mean(probs: Tensor) -> Tensor:
+    """Mean over members p̄ of probabilities (M, ..., C) -> (..., C), exact for identical members.
+
+    Computed as p_0 + mean_m (p_m − p_0): for identical members every difference is 0 and p̄ is p_0
+    bit for bit, where a plain mean of M equal values can round away from them (3·x / 3 need not be x).
+    """
+    first = probs[0]
+    return first + (probs - first).mean(0)
 
 
 def reliability_bins(probs: Tensor, targets: Tensor, num_bins: int = 15) -> tuple[Tensor, Tensor, Tensor]:
@@ -126,19 +154,24 @@ def uncertainty_scores(member_probs: Tensor) -> dict[str, Tensor]:
         member_probs: per-member probabilities (M, N, C).
 
     Returns:
-        ``{"msp": 1 − max_c p̄_c, "entropy": H[p̄], "mi": H[p̄] − mean_m H[p_m]}``, each of shape
-        (N,) in float64 (float32 on MPS). "mi" is clamped at 0: it is non-negative in exact
-        arithmetic (concavity of entropy) and only round-off can push it below.
+        ``{"msp": 1 − max_c p̄_c, "entropy": H[p̄], "mi": mean_m KL(p_m ‖ p̄)}``, each of shape
+        (N,) in float64 (float32 on MPS). "mi" equals H[p̄] − mean_m H[p_m] and is exactly 0 when
+        the members are identical; it is clamped at 0 (non-negative in exact arithmetic, only
+        round-off can push it below).
     """
     _check_member_probs(member_probs)
     probs = member_probs.to(_reduce_dtype(member_probs))  # (M, N, C)
-    mean_probs = probs.mean(0)  # (N, C)
-    total = entropy(mean_probs)  # (N,)
-    expected = entropy(probs).mean(0)  # (M, N) -> (N,)
+    mean_probs = member_mean(probs)  # (N, C)
+    # KL(p_m ‖ p̄) = Σ_c p_m log p_m − p_m log p̄; xlogy makes a class with p_m = 0 contribute 0.
+    # p̄ >= p_m / M > 0 wherever p_m > 0, but a subnormal p_m / M can round to 0: p̄ is floored at the
+    # smallest normal number, which changes nothing else (and such a term is ~1e-36 at most).
+    # Identical members: p̄ is p_m bit for bit, both terms are the same numbers and every KL is 0.
+    floored_mean = mean_probs.clamp_min(torch.finfo(probs.dtype).tiny)  # (N, C)
+    kl = (torch.xlogy(probs, probs) - torch.xlogy(probs, floored_mean)).sum(-1)  # (M, N)
     return {
         "msp": 1.0 - mean_probs.max(dim=-1).values,
-        "entropy": total,
-        "mi": (total - expected).clamp_min(0.0),
+        "entropy": entropy(mean_probs),
+        "mi": kl.mean(0).clamp_min(0.0),
     }
 
 
@@ -212,8 +245,9 @@ def predictive_metrics(member_probs: Tensor, targets: Tensor, num_bins: int = 15
         ``acc`` top-1 accuracy of p̄; ``nll`` mean −log p̄[y] (p̄[y] clamped at 1e-12);
         ``brier`` mean Σ_c (p̄_c − 1[y=c])²; ``ece``; ``entropy`` mean H[p̄];
         ``expected_entropy`` mean over samples of mean_m H[p_m]; ``mi`` mean of the per-sample
-        (clamped) mutual information; ``disagreement`` mean over member pairs i < j and samples
-        of 1[argmax p_i ≠ argmax p_j] (0.0 when M == 1); ``member_acc``, ``member_nll``,
+        (clamped) mutual information mean_m KL(p_m ‖ p̄), entropy − expected_entropy up to round-off
+        and exactly 0 for identical members; ``disagreement`` mean over member pairs i < j and
+        samples of 1[argmax p_i ≠ argmax p_j] (0.0 when M == 1); ``member_acc``, ``member_nll``,
         ``member_ece`` lists of M floats; ``pairwise_disagreement`` and ``pairwise_jsd`` M×M
         nested lists.
     """
@@ -222,7 +256,7 @@ def predictive_metrics(member_probs: Tensor, targets: Tensor, num_bins: int = 15
     num_members = member_probs.shape[0]
     dtype = _reduce_dtype(member_probs)
     probs = member_probs.to(dtype)  # (M, N, C)
-    mean_probs = probs.mean(0)  # (N, C)
+    mean_probs = member_mean(probs)  # (N, C)
     one_hot = torch.nn.functional.one_hot(targets, probs.shape[-1]).to(dtype)  # (N, C)
     scores = uncertainty_scores(member_probs)
     expected_entropy = entropy(probs).mean(0)  # (M, N) -> (N,)
@@ -259,13 +293,16 @@ def ood_detection(id_scores: Tensor, ood_scores: Tensor) -> dict[str, float]:
     where the true-positive rate on OOD is >= 0.95 (``roc_curve(..., drop_intermediate=False)``).
 
     Args:
-        id_scores: scores of in-distribution samples (N_id,), N_id >= 1.
-        ood_scores: scores of out-of-distribution samples (N_ood,), N_ood >= 1.
+        id_scores: scores of in-distribution samples (N_id,), N_id >= 1, finite.
+        ood_scores: scores of out-of-distribution samples (N_ood,), N_ood >= 1, finite (a NaN would
+            sort as the most OOD sample; it raises NonFiniteOutputError instead).
     """
     if id_scores.numel() == 0 or ood_scores.numel() == 0:
         raise ValueError(
             f"ood_detection needs at least one ID and one OOD score, got {id_scores.numel()} and {ood_scores.numel()}"
         )
+    _check_finite(id_scores, "ID scores")
+    _check_finite(ood_scores, "OOD scores")
     dtype = _reduce_dtype(id_scores)
     device = id_scores.device
     scores = torch.cat([id_scores.reshape(-1).to(dtype), ood_scores.reshape(-1).to(device, dtype)])  # (N,)
@@ -298,7 +335,7 @@ def ood_detection(id_scores: Tensor, ood_scores: Tensor) -> dict[str, float]:
     return {"auroc": float(auroc), "aupr": float(aupr), "fpr95": float(fpr[first_reach])}
 
 
-def ood_metrics(id_member_probs: Tensor, ood_member_probs: Tensor) -> dict[str, float]:
+def ood_metrics(id_member_probs: Tensor, ood_member_probs: Tensor) -> dict[str, float | None]:
     """OOD detection quality of each uncertainty score (msp, entropy, mi), OOD as the positive class.
 
     Args:
@@ -306,12 +343,18 @@ def ood_metrics(id_member_probs: Tensor, ood_member_probs: Tensor) -> dict[str, 
         ood_member_probs: per-member probabilities on the OOD test set (M, N_ood, C).
 
     Returns:
-        ``{"auroc_msp", "aupr_msp", "fpr95_msp", "auroc_entropy", ..., "fpr95_mi"}`` as floats.
+        ``{"auroc_msp", "aupr_msp", "fpr95_msp", "auroc_entropy", ..., "fpr95_mi"}`` as floats. For a
+        single model (M = 1) the three ``*_mi`` values are None: its mi is 0 on every sample, and
+        the 0.5 / 1.0 a constant score would get are not a detection result.
     """
     id_scores = uncertainty_scores(id_member_probs)
     ood_scores = uncertainty_scores(ood_member_probs)
-    result: dict[str, float] = {}
+    single = id_member_probs.shape[0] == 1 and ood_member_probs.shape[0] == 1
+    result: dict[str, float | None] = {}
     for name in ("msp", "entropy", "mi"):
+        if name == "mi" and single:
+            result.update({f"{metric}_mi": None for metric in ("auroc", "aupr", "fpr95")})
+            continue
         for metric, value in ood_detection(id_scores[name], ood_scores[name]).items():
             result[f"{metric}_{name}"] = value
     return result

@@ -163,6 +163,8 @@ class UncertaintyEvalMixin:
         datamodule = getattr(self.trainer, "datamodule", None)
         seed = os.environ.get("PL_GLOBAL_SEED")
         checkpoint = getattr(self.trainer, "ckpt_path", None) or self.tested_checkpoint
+        if checkpoint and Path(checkpoint).resolve().is_relative_to(self._results_path.resolve()):
+            checkpoint = Path(checkpoint).resolve().relative_to(self._results_path.resolve())  # results.json names no absolute path of its own run
         return {
             "method": type(self).__name__,
             "run_name": self.run_name or type(self).__name__,

@@ -17,6 +17,7 @@ class PredictionStore(Metric):
     full_state_update = False
 
     def __init__(self) -> None:
+        """An empty store; ``update`` adds batches, ``compute`` gathers them across ranks."""
         super().__init__()
         # member-major probabilities are stored sample-major (B, M, C) so "cat" joins along dim 0
         self.add_state("probs", default=[], dist_reduce_fx="cat")

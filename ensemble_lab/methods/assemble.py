@@ -7,16 +7,20 @@ EnsembleBatchNorm2d row ``[i]`` the BatchNorm2d's affine parameters and running 
 Layers are paired in order of appearance, so indices of parameter-free layers (dropout) may differ.
 """
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor, nn
 
-from ensemble_lab.errors import CheckpointMismatchError
+from ensemble_lab.errors import CheckpointMismatchError, ConfigError
 from ensemble_lab.methods.checkpoint_state import load_checkpoint
 from ensemble_lab.methods.single import SingleModel
 from ensemble_lab.nn import EnsembleBatchNorm2d, EnsembleConv2d, EnsembleLinear
+from ensemble_lab.nn.backbones import BACKBONES
+from ensemble_lab.run_files import run_dir_of_checkpoint
 
 #: ensemble layer -> the plain layer whose tensors fill one member slice
 MEMBER_OF = {EnsembleLinear: nn.Linear, EnsembleConv2d: nn.Conv2d, EnsembleBatchNorm2d: nn.BatchNorm2d}
@@ -35,10 +39,10 @@ def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
         "num_classes": int(hparams.get("num_classes", 10)),
         "input_shape": [int(v) for v in hparams.get("input_shape", (1, 8, 8))],
     }
-    if arch["backbone"] == "mlp":
-        arch["hidden_sizes"] = [int(v) for v in hparams.get("hidden_sizes", (64, 32, 16))]
-    else:
-        arch["width"] = int(hparams.get("width", 64))
+    backbone = BACKBONES.get(arch["backbone"])
+    for option, default in (backbone.options if backbone else {}).items():  # only this backbone's own options
+        value = default if hparams.get(option) is None else hparams[option]
+        arch[option] = [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
     return arch
 
 
@@ -109,6 +113,44 @@ def fill_member(ensemble: nn.Module, member: nn.Module, i: int, path: Path) -> N
     for name, p in ensemble.named_parameters():
         if id(p) not in covered:  # a layer type without a copy rule: refuse rather than keep random weights
             raise CheckpointMismatchError(f"cannot assemble: parameter {name} belongs to a layer with no member-copy rule")
+
+
+def refuse_duplicates(paths: list[str]) -> None:
+    """ConfigError if two member checkpoints are one file: those members would be one network counted twice."""
+    seen: dict[Path, str] = {}
+    for raw in paths:
+        key = Path(raw).expanduser().resolve()
+        if key in seen:
+            raise ConfigError(
+                f"model.member_checkpoints names {raw} twice (as {seen[key]} and {raw}); an ensemble of one network "
+                "twice has no diversity to measure. Give each member its own SingleModel run."
+            )
+        seen[key] = str(raw)
+
+
+def warn_identical_members(ensemble: nn.Module, paths: list[str]) -> None:
+    """Warn for every pair of members whose weights are equal (say, two runs with one seed and one config)."""
+    layers = [layer for _, layer in _layers(ensemble, tuple(MEMBER_OF))]
+    tensors = [t for layer in layers for t in (layer.weight, layer.bias) if t is not None]
+    for i in range(len(paths)):
+        for j in range(i + 1, len(paths)):
+            if all(torch.equal(t[i], t[j]) for t in tensors):
+                warnings.warn(
+                    f"members {i} and {j} have identical weights ({paths[i]} and {paths[j]}): they will agree on "
+                    f"every input, so this is not an ensemble of {len(paths)} independent members",
+                    stacklevel=2,
+                )
+
+
+def member_seed(path: str | Path) -> int | None:
+    """The seed of the run a checkpoint belongs to (``seed_everything`` in ``<run>/config.yaml``), if recorded."""
+    run_dir = run_dir_of_checkpoint(path)
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) if run_dir is not None else None
+    except (OSError, yaml.YAMLError):
+        return None
+    seed = config.get("seed_everything") if isinstance(config, dict) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def load_member_checkpoints(ensemble: nn.Module, hparams: dict[str, Any], paths: list[str]) -> None:

@@ -13,8 +13,9 @@ from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation import UncertaintyEvalMixin
 from ensemble_lab.methods.checkpoint_state import CheckpointStateMixin
 from ensemble_lab.nn import LayerFactory, build_backbone, tile_members
-from ensemble_lab.nn.batch_linear import check_num_members
+from ensemble_lab.nn.backbones import backbone_options
 from ensemble_lab.nn.dropout import check_dropout_p
+from ensemble_lab.nn.members import check_num_members
 from ensemble_lab.nn.memory_format import use_channels_last
 
 
@@ -22,15 +23,16 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
     """Base of every method. ``forward(x)`` returns member logits (M, B, C).
 
     A subclass says how its members are formed (``layer_factory``) and, if it differs from the
-    default, how they are trained (``training_logits``, ``training_loss``, ``parameter_groups``).
+    default, how they are trained (``training_logits``, ``training_loss``, ``logged_loss``,
+    ``parameter_groups``).
     """
 
     def __init__(
         self,
         num_members: int = 4,
         backbone: str = "mlp",
-        hidden_sizes: Sequence[int] = (64, 32, 16),
-        width: int = 64,
+        hidden_sizes: Sequence[int] | None = None,
+        width: int | None = None,
         dropout: float = 0.0,
         num_classes: int = 10,
         input_shape: Sequence[int] = (1, 8, 8),
@@ -45,8 +47,10 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         Args:
             num_members: number of ensemble members M (MC Dropout: number of test-time samples).
             backbone: network architecture: "mlp" or "resnet18".
-            hidden_sizes: hidden layer widths of the "mlp" backbone.
-            width: channels of the first stage of the "resnet18" backbone (64 in the paper).
+            hidden_sizes: hidden layer widths of the "mlp" backbone, each >= 1; None: (64, 32, 16).
+                [] builds a linear model (with a warning). Refused with another backbone.
+            width: channels of the first stage of the "resnet18" backbone, >= 1; None: 64 (the paper's).
+                Refused with another backbone.
             dropout: dropout probability in the backbone, in [0, 1); 0 builds no dropout layers.
             num_classes: number of classes; linked from the datamodule by the CLI.
             input_shape: shape of one input image (C, H, W); linked from the datamodule by the CLI.
@@ -61,11 +65,14 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         super().__init__()
         check_num_members(num_members)
         check_dropout_p(dropout, "model.dropout")
+        given = {"hidden_sizes": hidden_sizes, "width": width}  # every backbone's options
+        options = backbone_options(backbone, **given)  # this backbone's, defaults filled in
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # checkpoints record the network built: this backbone's options resolved, the others None
+        self.hparams.update({**dict.fromkeys(given), **options})
         self.num_members = num_members
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        options = dict(hidden_sizes=tuple(hidden_sizes), width=width, dropout=dropout)
-        self.network = build_backbone(backbone, self.layer_factory(), tuple(input_shape), num_classes, **options)
+        self.network = build_backbone(backbone, self.layer_factory(), tuple(input_shape), num_classes, dropout=dropout, **options)
         if channels_last:
             use_channels_last(self.network)
         if compile:
@@ -91,10 +98,19 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         m, b, c = logits.shape
         return F.cross_entropy(logits.reshape(m * b, c), targets.repeat(m))  # (M*B, C) vs (M*B,)
 
+    def logged_loss(self, loss: Tensor, logits: Tensor) -> Tensor:
+        """The training loss as logged (train/loss_step, train/loss_epoch); the default is ``loss`` itself.
+
+        A method whose ``training_loss`` is not a mean over members (DeepEnsemble sums them) returns
+        the mean member loss here, so curves compare across methods. Stays on the device (no sync).
+        """
+        return loss
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images, targets = batch[0], batch[1]
         logits = self.training_logits(images)  # (M, B, C)
         loss = self.training_loss(logits, targets)
+        logged = self.logged_loss(loss.detach(), logits.detach())
         # Nothing here waits for the device. Epoch sums stay on the device and are logged once per
         # epoch (each self.log costs ~0.5 ms of CPU); the step loss (this rank's, no collective)
         # reaches the logger every log_every_n_steps and never the progress bar.
@@ -103,10 +119,10 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
             if self._epoch_sums is None:
                 self._epoch_sums = torch.zeros(3, device=loss.device)  # loss × images, correct, images
             images = targets.shape[0]
-            self._epoch_sums[0] += loss.detach().float() * images
+            self._epoch_sums[0] += logged.float() * images
             self._epoch_sums[1] += correct
             self._epoch_sums[2] += images
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        self.log("train/loss_step", logged, on_step=True, on_epoch=False)
         return loss
 
     #: this epoch's training sums on the device: loss × images, correct predictions, images

@@ -36,7 +36,7 @@ class BatchEnsemble(EnsembleModule):
         return batch_ensemble_layers(self.num_members, self.fast_weight_init, self.fast_weight_std)
 
     def _is_fast_weight(self, name: str) -> bool:
-        return name.endswith(".r") or name.endswith(".s")
+        return name.endswith((".r", ".s"))
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Shared weights and per-member fast weights (r, s) as separate groups."""

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from ensemble_lab.errors import CheckpointMismatchError
+from ensemble_lab.nn.backbones import BACKBONES
 
 KEY = "ensemble_lab"
 
@@ -70,19 +71,33 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
     return checkpoint
 
 
-#: hyper-parameters that fix a network's tensors; the mismatch message names those that differ
-ARCHITECTURE_KEYS = ("backbone", "hidden_sizes", "width", "input_shape")
+#: hyper-parameters that fix a network's tensors (every backbone's options); the mismatch message names those that differ
+ARCHITECTURE_KEYS = ("backbone", *dict.fromkeys(o for b in BACKBONES.values() for o in b.options), "input_shape")
 
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+def _architecture(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The architecture keys of ``hparams``, plain; the backbone's options left out (None) at their
+    defaults, other backbones' options (older checkpoints record them all) dropped."""
+    backbone = BACKBONES.get(hparams.get("backbone"))
+    options = backbone.options if backbone is not None else {}
+    arch = {}
+    for key in ARCHITECTURE_KEYS:
+        if key in options:
+            arch[key] = _plain(options[key] if hparams.get(key) is None else hparams[key])
+        elif key in hparams and (backbone is None or key in ("backbone", "input_shape")):
+            arch[key] = _plain(hparams[key])
+    return arch
+
+
 def architecture_differences(theirs: dict[str, Any], mine: dict[str, Any]) -> tuple[str, str]:
     """(', key=value' of the checkpoint, the same of this model) for the architecture keys that differ."""
-    unused = {"mlp": "width", "resnet18": "hidden_sizes"}.get(mine.get("backbone")) if theirs.get("backbone") == mine.get("backbone") else None
-    keys = [k for k in ARCHITECTURE_KEYS if k != unused and k in theirs and k in mine and _plain(theirs[k]) != _plain(mine[k])]
-    return "".join(f", {k}={_plain(theirs[k])}" for k in keys), "".join(f", {k}={_plain(mine[k])}" for k in keys)
+    theirs, mine = _architecture(theirs), _architecture(mine)
+    keys = [k for k in ARCHITECTURE_KEYS if k in theirs and k in mine and theirs[k] != mine[k]]
+    return "".join(f", {k}={theirs[k]}" for k in keys), "".join(f", {k}={mine[k]}" for k in keys)
 
 
 def identity_of(checkpoint: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 """Deep Ensemble: M independently initialised networks, trained side by side in one batched pass."""
 
+import warnings
+from typing import Any
+
 from torch import Tensor
 from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.methods.assemble import load_member_checkpoints
+from ensemble_lab.methods.assemble import load_member_checkpoints, member_seed, refuse_duplicates, warn_identical_members
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.nn import LayerFactory, deep_ensemble_layers
 
@@ -23,11 +26,24 @@ class DeepEnsemble(EnsembleModule):
         if member_checkpoints is not None:
             if not member_checkpoints:
                 raise ConfigError("model.member_checkpoints is empty; give one SingleModel checkpoint per member")
+            refuse_duplicates(member_checkpoints)
             kwargs["num_members"] = len(member_checkpoints)
         super().__init__(**kwargs)
-        self.member_checkpoints = None if member_checkpoints is None else list(member_checkpoints)
+        if member_checkpoints is None and self.num_members == 1:
+            warnings.warn(
+                "DeepEnsemble with num_members=1 is a single model, not an ensemble (SingleModel is the M = 1 reference)",
+                stacklevel=2,
+            )
+        self.member_checkpoints = None if member_checkpoints is None else [str(p) for p in member_checkpoints]
         if self.member_checkpoints:
             load_member_checkpoints(self.network, dict(self.hparams), self.member_checkpoints)
+            warn_identical_members(self.network, self.member_checkpoints)
+
+    def members_description(self) -> dict[str, Any]:
+        """An assembled ensemble names its members' checkpoints and their runs' seeds in results.json."""
+        if not self.member_checkpoints:
+            return {}
+        return {"member_checkpoints": self.member_checkpoints, "member_seeds": [member_seed(p) for p in self.member_checkpoints]}
 
     def layer_factory(self) -> LayerFactory:
         return deep_ensemble_layers(self.num_members)
@@ -38,3 +54,7 @@ class DeepEnsemble(EnsembleModule):
         m, b, c = logits.shape
         per_row = F.cross_entropy(logits.reshape(m * b, c), targets.repeat(m), reduction="none")  # (M*B,)
         return per_row.view(m, b).mean(dim=1).sum()
+
+    def logged_loss(self, loss: Tensor, logits: Tensor) -> Tensor:
+        """The mean member loss (the sum / M), comparable with the other methods' curves."""
+        return loss / logits.shape[0]

@@ -13,7 +13,7 @@ class MCDropout(EnsembleModule):
     def __init__(self, dropout: float = 0.1, **kwargs) -> None:
         """
         Args:
-            dropout: dropout probability, in (0, 1); it stays active at test time (PAPER.md: 0.1).
+            dropout: dropout probability, in (0, 1); it stays active at test time (0.1 in the paper).
         """
         if dropout == 0:
             raise ConfigError("MCDropout needs model.dropout > 0 (it stays on at test time); got 0")

@@ -6,20 +6,25 @@ from ensemble_lab.nn.batch_linear import BatchLinear
 from ensemble_lab.nn.dropout import AlwaysOnDropout, AlwaysOnDropout2d
 from ensemble_lab.nn.ensemble_conv import EnsembleBatchNorm2d, EnsembleConv2d
 from ensemble_lab.nn.ensemble_linear import EnsembleLinear
-from ensemble_lab.nn.factories import LayerFactory, batch_ensemble_layers, deep_ensemble_layers, plain_layers
+from ensemble_lab.nn.factories import (
+    LayerFactory,
+    batch_ensemble_layers,
+    deep_ensemble_layers,
+    plain_layers,
+)
 from ensemble_lab.nn.members import rows_per_member, tile_members
 from ensemble_lab.nn.mlp import mlp
 
 __all__ = [
     "BACKBONES",
+    "AlwaysOnDropout",
+    "AlwaysOnDropout2d",
     "BatchConv2d",
     "BatchLinear",
     "EnsembleBatchNorm2d",
     "EnsembleConv2d",
     "EnsembleLinear",
     "LayerFactory",
-    "AlwaysOnDropout",
-    "AlwaysOnDropout2d",
     "batch_ensemble_layers",
     "build_backbone",
     "deep_ensemble_layers",

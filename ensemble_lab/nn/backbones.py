@@ -1,6 +1,15 @@
-"""Registry of backbone builders: name -> builder(layers, input_shape, num_classes, **options)."""
+"""Registry of backbones: name -> its builder and the options it owns, with their defaults.
 
-from collections.abc import Callable, Sequence
+A backbone brings its own options: the builder's keyword arguments named at registration, with the
+builder's own defaults. ``build_backbone`` fills in the defaults of options left out (or None) and
+refuses an option that belongs to another backbone instead of ignoring it. The builders check the
+values themselves (mlp: positive hidden sizes; resnet18: a positive width).
+"""
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -10,19 +19,65 @@ from ensemble_lab.nn.mlp import mlp
 from ensemble_lab.nn.resnet import resnet18
 
 
-def _resnet18(layers: LayerFactory, input_shape: Sequence[int], num_classes: int, width: int, dropout: float, **_) -> nn.Module:
-    return resnet18(layers, tuple(input_shape), num_classes, width=width, dropout=dropout)
+@dataclass(frozen=True)
+class Backbone:
+    """How to build one backbone and which options it takes."""
+
+    #: build(layers, input_shape, num_classes, dropout=..., **options) -> network on member-major rows
+    build: Callable[..., nn.Module]
+    #: the backbone's own options (``--model.<name>``) and their defaults
+    options: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, build: Callable[..., nn.Module], *options: str) -> "Backbone":
+        """A builder taking ``options`` as keyword arguments; their defaults are the builder's."""
+        parameters = inspect.signature(build).parameters
+        return cls(build, {name: parameters[name].default for name in options})
 
 
-def _mlp(layers: LayerFactory, input_shape: Sequence[int], num_classes: int, hidden_sizes: Sequence[int], dropout: float, **_) -> nn.Module:
-    return mlp(layers, input_shape, num_classes, hidden_sizes=hidden_sizes, dropout=dropout)
+BACKBONES: dict[str, Backbone] = {
+    "mlp": Backbone.of(mlp, "hidden_sizes"),
+    "resnet18": Backbone.of(resnet18, "width"),
+}
 
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"mlp": _mlp, "resnet18": _resnet18}
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def build_backbone(name: str, layers: LayerFactory, input_shape: Sequence[int], num_classes: int, **options) -> nn.Module:
-    """Build backbone ``name`` with the method's layers; unknown names list the allowed ones."""
+def _owners(option: str) -> list[str]:
+    return [name for name, backbone in BACKBONES.items() if option in backbone.options]
+
+
+def backbone_options(name: str, **given: Any) -> dict[str, Any]:
+    """Backbone ``name``'s own options: the values given, defaults for those left out or None.
+
+    Raises a ConfigError for an unknown backbone, and for an option that belongs to another
+    backbone or to none. Configs and checkpoints written before options were per backbone record
+    both ``hidden_sizes`` [64, 32, 16] and ``width`` 64 whatever the backbone, so another
+    backbone's option at its own default counts as not given.
+    """
     if name not in BACKBONES:
         raise ConfigError(f"backbone={name!r} is not known; allowed: {', '.join(BACKBONES)}")
-    return BACKBONES[name](layers, input_shape, num_classes, **options)
+    own = BACKBONES[name].options
+    takes = ", ".join(f"--model.{option}" for option in own) or "no options"
+    for option, value in given.items():
+        if value is None or option in own:
+            continue
+        owners = _owners(option)
+        if not owners:
+            raise ConfigError(f"--model.{option} is not an option of any backbone; {name} takes {takes}")
+        if all(_plain(value) == _plain(BACKBONES[owner].options[option]) for owner in owners):
+            continue  # an older run's record of the other backbone's default
+        raise ConfigError(
+            f"--model.{option} applies to the {' / '.join(owners)} backbone, not {name}; drop it ({name} takes {takes})"
+        )
+    return {option: default if given.get(option) is None else given[option] for option, default in own.items()}
+
+
+def build_backbone(
+    name: str, layers: LayerFactory, input_shape: Sequence[int], num_classes: int, dropout: float = 0.0, **options: Any
+) -> nn.Module:
+    """Build backbone ``name`` with the method's layers; options as :func:`backbone_options` resolves them."""
+    resolved = backbone_options(name, **options)
+    return BACKBONES[name].build(layers, input_shape, num_classes, dropout=dropout, **resolved)

@@ -7,10 +7,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.nn.batch_linear import FAST_WEIGHT_INITS, check_num_members, init_fast_weights
-from ensemble_lab.nn.members import rows_per_member
-
-IntOrPair = int | tuple[int, int]
+from ensemble_lab.nn.batch_linear import FAST_WEIGHT_INITS, init_fast_weights
+from ensemble_lab.nn.conv_args import IntOrPair, as_pair
+from ensemble_lab.nn.members import check_num_members, rows_per_member
 
 
 class BatchConv2d(nn.Module):
@@ -51,7 +50,7 @@ class BatchConv2d(nn.Module):
             raise ConfigError(
                 f"fast_weight_init={fast_weight_init!r} is not known; allowed: {', '.join(FAST_WEIGHT_INITS)}"
             )
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        kh, kw = as_pair(kernel_size)
         self.in_channels, self.out_channels, self.num_members = in_channels, out_channels, num_members
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
         self.fast_weight_init, self.fast_weight_std = fast_weight_init, fast_weight_std

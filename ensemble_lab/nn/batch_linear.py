@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.nn.members import rows_per_member
+from ensemble_lab.nn.members import check_num_members, rows_per_member
 
 FAST_WEIGHT_INITS = ("normal", "random_sign")
 
@@ -20,12 +20,6 @@ def init_fast_weights(tensor: Tensor, init: str, std: float) -> None:
             tensor.bernoulli_(0.5).mul_(2).sub_(1)
         else:
             raise ConfigError(f"fast_weight_init={init!r} is not known; allowed: {', '.join(FAST_WEIGHT_INITS)}")
-
-
-def check_num_members(num_members: int) -> None:
-    """Raise a ConfigError unless ``num_members`` is a positive integer."""
-    if not isinstance(num_members, int) or num_members < 1:
-        raise ConfigError(f"num_members must be an integer >= 1, got {num_members!r}")
 
 
 class BatchLinear(nn.Module):
@@ -76,9 +70,11 @@ class BatchLinear(nn.Module):
         """(M*B, in_features) member-major rows -> (M*B, out_features)."""
         m, b = self.num_members, rows_per_member(x.shape[0], self.num_members)
         x = x.view(m, b, self.in_features) * self.r.unsqueeze(1)  # (M, B, in)
-        y = (x @ self.weight.t()) * self.s.unsqueeze(1)  # (M, B, out)
+        y = x @ self.weight.t()  # (M, B, out)
+        # Cast to the matmul's dtype: under autocast a float32 s or bias would promote the output back to float32.
+        y = y * self.s.unsqueeze(1).to(y.dtype)
         if self.bias is not None:
-            y = y + self.bias.unsqueeze(1)
+            y = y + self.bias.unsqueeze(1).to(y.dtype)
         return y.reshape(m * b, self.out_features)  # (M*B, out)
 
     def member_weight(self, i: int) -> Tensor:

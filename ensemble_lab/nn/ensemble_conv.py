@@ -16,10 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ensemble_lab.nn.batch_linear import check_num_members
-from ensemble_lab.nn.members import rows_per_member
-
-IntOrPair = int | tuple[int, int]
+from ensemble_lab.nn.conv_args import IntOrPair, as_pair
+from ensemble_lab.nn.members import check_num_members, rows_per_member
 
 
 def members_to_channels(x: Tensor, num_members: int) -> Tensor:
@@ -40,6 +38,7 @@ class MembersToChannels(nn.Module):
     """(M*B, C, H, W) member-major rows -> (B, M*C, H, W) channel-stacked feature maps (one copy)."""
 
     def __init__(self, num_members: int) -> None:
+        """``num_members``: M, the number of member blocks the rows (and then the channels) hold."""
         super().__init__()
         self.num_members = num_members
 
@@ -88,7 +87,7 @@ class EnsembleConv2d(nn.Module):
         """
         super().__init__()
         check_num_members(num_members)
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        kh, kw = as_pair(kernel_size)
         self.in_channels, self.out_channels, self.num_members = in_channels, out_channels, num_members
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
         self.channel_stacked = channel_stacked

@@ -5,8 +5,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ensemble_lab.nn.batch_linear import check_num_members
-from ensemble_lab.nn.members import rows_per_member
+from ensemble_lab.nn.members import check_num_members, rows_per_member
 
 
 class EnsembleLinear(nn.Module):

@@ -12,10 +12,16 @@ from functools import partial
 from torch import nn
 
 from ensemble_lab.nn.batch_conv import BatchConv2d
-from ensemble_lab.nn.batch_linear import BatchLinear, check_num_members
+from ensemble_lab.nn.batch_linear import BatchLinear
 from ensemble_lab.nn.dropout import AlwaysOnDropout, AlwaysOnDropout2d
-from ensemble_lab.nn.ensemble_conv import ChannelsToMembers, EnsembleBatchNorm2d, EnsembleConv2d, MembersToChannels
+from ensemble_lab.nn.ensemble_conv import (
+    ChannelsToMembers,
+    EnsembleBatchNorm2d,
+    EnsembleConv2d,
+    MembersToChannels,
+)
 from ensemble_lab.nn.ensemble_linear import EnsembleLinear
+from ensemble_lab.nn.members import check_num_members
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ def plain_layers(num_members: int = 1, mc_dropout: bool = False) -> LayerFactory
 
 def batch_ensemble_layers(num_members: int, fast_weight_init: str = "normal", fast_weight_std: float = 0.5) -> LayerFactory:
     """Rank-1 BatchLinear / BatchConv2d with a shared weight; BatchNorm shared by the members."""
-    fast = dict(num_members=num_members, fast_weight_init=fast_weight_init, fast_weight_std=fast_weight_std)
+    fast = {"num_members": num_members, "fast_weight_init": fast_weight_init, "fast_weight_std": fast_weight_std}
     return LayerFactory(
         num_members=num_members,
         linear=partial(BatchLinear, **fast),
@@ -65,7 +71,7 @@ def deep_ensemble_layers(num_members: int) -> LayerFactory:
     (B, M*C, H, W), the layout the grouped convolution and the batch norm work in: two copies per
     network instead of two per conv and two per norm. Linear layers take member-major rows.
     """
-    stacked = dict(num_members=num_members, channel_stacked=True)
+    stacked = {"num_members": num_members, "channel_stacked": True}
     return LayerFactory(
         num_members=num_members,
         linear=partial(EnsembleLinear, num_members=num_members),

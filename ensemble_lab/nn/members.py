@@ -5,6 +5,12 @@ from torch import Tensor
 from ensemble_lab.errors import ConfigError
 
 
+def check_num_members(num_members: int) -> None:
+    """Raise a ConfigError unless ``num_members`` is a positive integer."""
+    if not isinstance(num_members, int) or num_members < 1:
+        raise ConfigError(f"num_members must be an integer >= 1, got {num_members!r}")
+
+
 def rows_per_member(rows: int, num_members: int) -> int:
     """Number of rows B each member owns in a member-major batch of ``rows`` = M * B rows.
 

@@ -1,10 +1,12 @@
 """Multi-layer perceptron backbone, built from a LayerFactory."""
 
 import math
+import warnings
 from collections.abc import Sequence
 
 from torch import nn
 
+from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.factories import LayerFactory
 
 
@@ -21,12 +23,18 @@ def mlp(
         layers: the method's layer factory.
         input_shape: shape of one input, e.g. (1, 28, 28).
         num_classes: number of output logits.
-        hidden_sizes: width of each hidden layer (PAPER.md's MNIST study: 64, 32, 16).
+        hidden_sizes: width of each hidden layer, each >= 1 (the paper's MNIST study: 64, 32, 16);
+            none builds a linear model, with a warning.
         dropout: dropout probability after each hidden activation; 0 builds no dropout layers.
     """
+    sizes = list(hidden_sizes)
+    if not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in sizes):
+        raise ConfigError(f"hidden_sizes={sizes}: every hidden layer needs a positive integer number of units")
+    if not sizes:
+        warnings.warn("hidden_sizes=[] builds a linear model (no hidden layer)", stacklevel=2)
     blocks: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
-    for hidden in hidden_sizes:
+    for hidden in sizes:
         blocks += [layers.linear(width, hidden), nn.ReLU()]
         if dropout > 0:
             blocks.append(layers.dropout(dropout))

@@ -1,8 +1,10 @@
-"""CIFAR-style ResNet-18 (PAPER.md, Recipe), built from a LayerFactory.
+"""CIFAR-style ResNet-18 (the paper's CIFAR-10 recipe), built from a LayerFactory.
 
 Every conv, norm, linear and dropout comes from the factory, so this one definition is the single
 model, BatchEnsemble, Deep Ensemble and MC Dropout network. Input and output are member-major rows.
 """
+
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -79,7 +81,7 @@ class ResNet18(nn.Module):
 
 def resnet18(
     layers: LayerFactory,
-    input_shape: tuple[int, int, int],
+    input_shape: Sequence[int],
     num_classes: int,
     width: int = 64,
     dropout: float = 0.0,
@@ -90,13 +92,13 @@ def resnet18(
         layers: the method's layer factory.
         input_shape: shape of one input (C, H, W); H and W are free thanks to the global pool.
         num_classes: number of output logits.
-        width: channels of the first stage (64 in the paper).
+        width: channels of the first stage, >= 1 (64 in the paper).
         dropout: MC Dropout probability (Dropout2d in every block, Dropout before the linear); 0 builds none.
     """
     if len(input_shape) != 3:
         raise ConfigError(f"resnet18 needs input_shape (C, H, W), got {tuple(input_shape)}")
-    if width < 1:
-        raise ConfigError(f"width must be >= 1, got {width}")
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise ConfigError(f"width={width}: the first stage needs a positive integer number of channels")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     return ResNet18(layers, input_shape[0], num_classes, width, dropout)

@@ -14,6 +14,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy as scipy_entropy
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from ensemble_lab.errors import EnsembleLabError
 from ensemble_lab.evaluation.metrics import (
     NLL_EPS,
     entropy,
@@ -246,9 +247,9 @@ def test_identical_members_have_no_diversity() -> None:
     out = predictive_metrics(probs, targets)
     assert out["mi"] == pytest.approx(0.0, abs=1e-12)
     assert out["disagreement"] == 0.0
-    # H[p̄] − mean_m H[p_m] is 0 up to round-off (about -5e-16 on ~15% of these samples unclamped)
+    # mi is mean_m KL(p_m ‖ p̄): exactly 0 (the difference of entropies would be about ±5e-16 here)
     many = random_member_probs(1, 1000, 10, seed=8).expand(3, -1, -1)  # (3, 1000, 10)
-    assert torch.all(uncertainty_scores(many)["mi"] >= 0)
+    assert torch.all(uncertainty_scores(many)["mi"] == 0)
     assert np.array_equal(out["pairwise_disagreement"], np.zeros((3, 3)))
     assert np.allclose(out["pairwise_jsd"], np.zeros((3, 3)), atol=1e-12)
     assert out["entropy"] == pytest.approx(out["expected_entropy"], abs=1e-12)
@@ -428,3 +429,77 @@ def test_cuda_matches_cpu() -> None:
     cpu_ood = ood_metrics(probs[:, :250], probs[:, 250:])
     gpu_ood = ood_metrics(probs[:, :250].cuda(), probs[:, 250:].cuda())
     assert gpu_ood == pytest.approx(cpu_ood, abs=1e-10)
+
+
+# --------------------------------------------------------------------------------------------
+# Mutual information: exact zero for identical members, H[p̄] − mean H[p_m] otherwise
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("num_members", range(1, 9))
+def test_mi_of_identical_members_is_exactly_zero(num_members: int) -> None:
+    # a plain mean of M equal entropies (or probabilities) rounds away from the value for M = 3, 7, 8
+    probs = random_member_probs(1, 2000, 10, seed=30, zeros=True).expand(num_members, -1, -1)
+    targets = torch.zeros(2000, dtype=torch.int64)
+    assert torch.all(uncertainty_scores(probs)["mi"] == 0.0)
+    assert predictive_metrics(probs, targets)["mi"] == 0.0
+
+
+@pytest.mark.parametrize("num_members,zeros", [(2, False), (3, True), (7, False), (8, True)])
+def test_mi_is_entropy_of_mean_minus_mean_entropy(num_members: int, zeros: bool) -> None:
+    probs = random_member_probs(num_members, 300, 6, seed=31 + num_members, zeros=zeros)
+    p = probs.numpy()
+    reference = scipy_entropy(p.mean(0), axis=-1) - np.mean([scipy_entropy(p[m], axis=-1) for m in range(num_members)], axis=0)
+    assert np.allclose(uncertainty_scores(probs)["mi"].numpy(), reference, rtol=0, atol=1e-12)
+    out = predictive_metrics(probs, torch.zeros(300, dtype=torch.int64))
+    assert out["mi"] == pytest.approx(reference.mean(), abs=1e-12)
+    assert out["entropy"] - out["expected_entropy"] == pytest.approx(reference.mean(), abs=1e-12)
+
+
+@pytest.mark.parametrize("num_members", [3, 7, 8])
+def test_collapsed_ensemble_cannot_detect_ood_by_mi(num_members: int) -> None:
+    # every member the same network: mi is 0 on every sample, so it ranks nothing (AUROC 1/2)
+    id_probs = random_member_probs(1, 500, 10, seed=40).expand(num_members, -1, -1)
+    ood_probs = random_member_probs(1, 400, 10, seed=41).expand(num_members, -1, -1)
+    out = ood_metrics(id_probs, ood_probs)
+    labels = np.r_[np.zeros(500), np.ones(400)]
+    assert out["auroc_mi"] == roc_auc_score(labels, np.zeros(900)) == 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# NaN / inf from the model: one clear error, never a silently NaN metric or a NaN ranked as OOD
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_probabilities_are_refused(bad: float) -> None:
+    probs = random_member_probs(3, 20, 4, seed=50)
+    probs[1, 7, 2] = bad
+    probs[2, 3, 0] = bad
+    targets = torch.zeros(20, dtype=torch.int64)
+    for call in (lambda: predictive_metrics(probs, targets), lambda: uncertainty_scores(probs),
+                 lambda: ood_metrics(random_member_probs(3, 5, 4, seed=51), probs)):
+        with pytest.raises(ValueError, match=r"2 of 240 .*NaN/inf probabilities") as caught:
+            call()
+        assert isinstance(caught.value, EnsembleLabError)
+        assert "\n" not in str(caught.value)
+
+
+def test_non_finite_scores_are_refused() -> None:
+    scores = torch.tensor([0.1, math.nan, 0.3, math.nan, -math.inf])
+    with pytest.raises(ValueError, match=r"3 of 5 .*NaN/inf") as caught:
+        ood_detection(torch.tensor([0.1, 0.2]), scores)
+    assert isinstance(caught.value, EnsembleLabError)
+    with pytest.raises(ValueError, match=r"3 of 5 .*NaN/inf"):
+        ood_detection(scores, torch.tensor([0.1, 0.2]))
+
+
+# --------------------------------------------------------------------------------------------
+# A single model has no mutual information to detect OOD with
+# --------------------------------------------------------------------------------------------
+def test_single_model_mi_detection_is_undefined() -> None:
+    id_probs, ood_probs = random_member_probs(1, 60, 4, seed=60), random_member_probs(1, 30, 4, seed=61) ** 0.2
+    ood_probs = ood_probs / ood_probs.sum(-1, keepdim=True)
+    out = ood_metrics(id_probs, ood_probs)
+    assert set(out) == {f"{m}_{s}" for m in ("auroc", "aupr", "fpr95") for s in ("msp", "entropy", "mi")}
+    assert out["auroc_mi"] is None and out["aupr_mi"] is None and out["fpr95_mi"] is None
+    # msp and entropy stay defined for one model
+    id_total, ood_total = scipy_entropy(id_probs[0].numpy(), axis=-1), scipy_entropy(ood_probs[0].numpy(), axis=-1)
+    labels = np.r_[np.zeros(60), np.ones(30)]
+    assert out["auroc_entropy"] == pytest.approx(roc_auc_score(labels, np.r_[id_total, ood_total]), abs=1e-12)

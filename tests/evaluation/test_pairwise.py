@@ -3,9 +3,15 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from ensemble_lab.evaluation.metrics import pairwise_disagreement, pairwise_jsd, predictive_metrics
+from ensemble_lab.errors import NonFiniteOutputError
+from ensemble_lab.evaluation.metrics import (
+    pairwise_disagreement,
+    pairwise_jsd,
+    predictive_metrics,
+)
 
 # 3 members, 2 samples, 2 classes, one-hot except member 2 on sample 1:
 #   member 0: [1, 0]  [1, 0]        argmax 0, 0
@@ -45,3 +51,11 @@ def test_identical_members_give_zero_matrices():
     probs = PROBS[:1].expand(4, -1, -1)  # (4, N, C): four copies of member 0
     assert torch.all(pairwise_disagreement(probs) == 0)
     assert torch.allclose(pairwise_jsd(probs), torch.zeros(4, 4, dtype=torch.float64), atol=1e-15)
+
+
+def test_pairwise_matrices_refuse_non_finite_probabilities():
+    probs = PROBS.clone()
+    probs[2, 1, 0] = math.nan  # a NaN argmax would count as a real prediction
+    for pairwise in (pairwise_disagreement, pairwise_jsd):
+        with pytest.raises(NonFiniteOutputError, match="1 of 12 member probabilities"):
+            pairwise(probs)

@@ -71,7 +71,7 @@ def test_mlp_members_pair_layers_by_order_not_by_name(tmp_path):
         (dict(hidden_sizes=(16, 4)), r"has hidden_sizes=\[16, 8\], but this DeepEnsemble has hidden_sizes=\[16, 4\]"),
         (dict(num_classes=3), "has num_classes=10, but this DeepEnsemble has num_classes=3"),
         (dict(input_shape=(1, 28, 28)), r"has input_shape=\[1, 8, 8\], but this DeepEnsemble has input_shape=\[1, 28, 28\]"),
-        (dict(backbone="resnet18", input_shape=(1, 8, 8)), "has backbone='mlp', but this DeepEnsemble has backbone='resnet18'"),
+        (dict(backbone="resnet18", input_shape=(1, 8, 8), hidden_sizes=None), "has backbone='mlp', but this DeepEnsemble has backbone='resnet18'"),
     ],
 )
 def test_architecture_mismatch_names_both_sides(tmp_path, change, match):

@@ -1,13 +1,21 @@
 """The four methods: the (M, B, C) contract, how members are trained, option errors."""
 
+import re
+import warnings
+
+import lightning as L
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods import BatchEnsemble, DeepEnsemble, MCDropout, SingleModel
+from ensemble_lab.methods.checkpoint_state import architecture_differences
 
 MLP = dict(input_shape=(1, 8, 8), num_classes=10, hidden_sizes=(16, 8))
+RESNET = dict(input_shape=(3, 8, 8), num_classes=10, backbone="resnet18")
 
 
 @pytest.mark.parametrize("cls,members", [(SingleModel, 1), (BatchEnsemble, 3), (DeepEnsemble, 3), (MCDropout, 3)])
@@ -101,8 +109,132 @@ def test_batch_ensemble_keeps_the_fast_weight_rate_under_schedulers():
         (lambda: SingleModel(dropout=-0.1, **MLP), r"\[0, 1\)"),
         (lambda: MCDropout(dropout=0.0, **MLP), "dropout > 0"),
         (lambda: SingleModel(backbone="vgg", **MLP), "allowed: mlp, resnet18"),
+        (lambda: SingleModel(**dict(MLP, hidden_sizes=(64, -3))), re.escape("hidden_sizes=[64, -3]")),
+        (lambda: BatchEnsemble(**dict(MLP, hidden_sizes=(0,))), re.escape("hidden_sizes=[0]")),
+        (lambda: DeepEnsemble(**RESNET, hidden_sizes=(32,)), "--model.hidden_sizes applies to the mlp backbone, not resnet18"),
+        (lambda: MCDropout(**MLP, width=8), "--model.width applies to the resnet18 backbone, not mlp"),
+        (lambda: SingleModel(**dict(RESNET, width=0)), "width=0"),
     ],
 )
 def test_bad_options_are_clear_errors(build, match):
     with pytest.raises(ConfigError, match=match):
         build()
+
+
+# ---- SingleModel and num_members ----------------------------------------------------------------
+def test_single_model_accepts_num_members_one_only():
+    assert SingleModel(num_members=1, **MLP).num_members == 1
+    for bad in (2, 4):
+        message = (
+            f"SingleModel is one network (M = 1); got --model.num_members {bad}. Drop the option for this "
+            "method (a study sets it per method under methods.<name>.args)"
+        )
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            SingleModel(num_members=bad, **MLP)
+
+
+def test_single_model_num_members_through_the_cli(cli, capsys):
+    # --print_config builds the model (options checked) and runs nothing
+    with pytest.raises(SystemExit) as exit_one:
+        cli("fit", "--model=SingleModel", "--model.num_members=1", "--data=DigitsDataModule", "--print_config")
+    assert exit_one.value.code in (0, None)
+    assert "num_members: 1" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_two:
+        cli("fit", "--model=SingleModel", "--model.num_members=2", "--data=DigitsDataModule", "--print_config")
+    err = capsys.readouterr().err.strip()
+    assert exit_two.value.code == 2 and "\n" not in err
+    assert err.startswith("ensemble-lab: error: SingleModel is one network (M = 1); got --model.num_members 2.")
+
+
+def test_deep_ensemble_of_one_member_warns_it_is_a_single_model():
+    with pytest.warns(UserWarning, match=r"SingleModel is the M = 1 reference") as record:
+        DeepEnsemble(num_members=1, **MLP)
+    (warning,) = [w for w in record if "M = 1" in str(w.message)]
+    assert "\n" not in str(warning.message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DeepEnsemble(num_members=2, **MLP)
+
+
+# ---- backbone options: defaults, hparams, checkpoints --------------------------------------------
+def linear_sizes(model: nn.Module) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for m in model.modules() if hasattr(m, "in_features")]
+
+
+def test_backbone_options_left_out_take_the_backbones_default():
+    mlp = SingleModel(input_shape=(1, 8, 8), num_classes=10)
+    assert linear_sizes(mlp) == [(64, 64), (64, 32), (32, 16), (16, 10)]  # 1·8·8 inputs, hidden 64, 32, 16
+    resnet = BatchEnsemble(num_members=2, **RESNET)
+    assert resnet.network.conv1.weight.shape[0] == 64
+    with pytest.warns(UserWarning, match=r"builds a linear model \(no hidden layer\)"):
+        assert linear_sizes(SingleModel(**dict(MLP, hidden_sizes=[]))) == [(64, 10)]
+
+
+@pytest.mark.parametrize(
+    "saved,expected",
+    [
+        # saved with the option left out (None): the backbone's default
+        (dict(backbone="mlp", hidden_sizes=None, width=None), [(64, 64), (64, 32), (32, 16), (16, 10)]),
+        # written before options were per backbone: both options, the unused one at its default
+        (dict(backbone="mlp", hidden_sizes=[16, 8], width=64), [(64, 16), (16, 8), (8, 10)]),
+    ],
+)
+def test_saved_hparams_rebuild_the_network(saved, expected):
+    hparams = dict(num_members=1, dropout=0.0, num_classes=10, input_shape=[1, 8, 8], channels_last=False, compile=False, **saved)
+    model = SingleModel(**hparams)
+    assert linear_sizes(model) == expected
+    SingleModel(**dict(model.hparams)).load_state_dict(model.state_dict(), strict=True)
+
+
+def test_resnet_hparams_of_older_checkpoints_load():
+    trained = SingleModel(**RESNET, width=4)
+    old = dict(trained.hparams, hidden_sizes=[64, 32, 16], width=4)  # an older run recorded both
+    SingleModel(**old).load_state_dict(trained.state_dict(), strict=True)
+    assert SingleModel(**dict(old, width=None)).network.conv1.weight.shape[0] == 64
+
+
+def test_checkpoint_compare_resolves_options_left_out():
+    mlp = dict(backbone="mlp", input_shape=[1, 8, 8])
+    assert architecture_differences(dict(mlp, hidden_sizes=None, width=None), dict(mlp, hidden_sizes=[64, 32, 16], width=None)) == ("", "")
+    resnet = dict(backbone="resnet18", input_shape=[3, 8, 8])
+    older = dict(resnet, hidden_sizes=[64, 32, 16], width=64)
+    assert architecture_differences(older, dict(resnet, hidden_sizes=None, width=None)) == ("", "")
+    assert architecture_differences(older, dict(resnet, hidden_sizes=None, width=32)) == (", width=64", ", width=32")
+
+
+# ---- the logged training loss --------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [DeepEnsemble, BatchEnsemble])
+def test_logged_training_loss_is_the_mean_member_loss(cls, tmp_path):
+    """Curves compare across methods: DeepEnsemble trains on the sum but logs the mean over members."""
+    torch.manual_seed(0)
+    model = cls(num_members=3, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), **MLP)  # lr 0: weights stay
+    x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 10, (12,))
+    trainer = L.Trainer(
+        max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=12))
+    with torch.no_grad():
+        logits = model(x)  # (M, B, C)
+    per_member = [float(F.cross_entropy(logits[m], y)) for m in range(3)]
+    expected = sum(per_member) / 3
+    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(expected, rel=1e-6)
+    assert float(trainer.callback_metrics["train/loss_step"]) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model.hidden_sizes=[64,-3]"], "hidden_sizes=[64, -3]: every hidden layer needs a positive integer number of units"),
+        (["--model.hidden_sizes=[0]"], "hidden_sizes=[0]: every hidden layer needs a positive integer number of units"),
+        (["--model.backbone=resnet18", "--model.hidden_sizes=[32]"], "--model.hidden_sizes applies to the mlp backbone, not resnet18"),
+        (["--model.width=8"], "--model.width applies to the resnet18 backbone, not mlp; drop it (mlp takes --model.hidden_sizes)"),
+    ],
+    ids=["negative-size", "zero-size", "hidden_sizes-for-resnet18", "width-for-mlp"],
+)
+def test_bad_backbone_options_are_one_line_through_the_cli(cli, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli("fit", "--model=BatchEnsemble", "--data=DigitsDataModule", *args, "--print_config")
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err and "Traceback" not in err
+    assert message in err

@@ -138,3 +138,14 @@ def test_channel_stacked_layers_equal_member_major_ones():
     expected = norm(conv(rows))
     torch.testing.assert_close(to_members(norm_stacked(conv_stacked(stacked))), expected)
     torch.testing.assert_close(norm_stacked.running_var, norm.running_var)
+
+
+@pytest.mark.parametrize("kernel_size,expected", [(3, (3, 3)), ((3, 1), (3, 1)), ([1, 5], (1, 5))])
+def test_kernel_size_as_int_or_pair_in_both_conv_layers(kernel_size, expected):
+    from ensemble_lab.nn import batch_conv, conv_args, ensemble_conv
+    from ensemble_lab.nn.batch_conv import BatchConv2d
+
+    assert conv_args.as_pair(kernel_size) == expected
+    assert batch_conv.as_pair is ensemble_conv.as_pair is conv_args.as_pair  # one home
+    assert BatchConv2d(2, 4, kernel_size, num_members=2).weight.shape == (4, 2, *expected)
+    assert EnsembleConv2d(2, 4, kernel_size, num_members=2).weight.shape == (2, 4, 2, *expected)

@@ -83,3 +83,23 @@ def test_tile_members_is_member_major():
     x = torch.arange(6.0).view(3, 2)
     tiled = tile_members(x, 2)
     torch.testing.assert_close(tiled, torch.cat([x, x]))
+
+
+@pytest.mark.parametrize("layer_cls", [BatchLinear, EnsembleLinear])
+def test_bf16_autocast_gives_bf16_close_to_the_float32_member_loop(layer_cls):
+    torch.manual_seed(0)
+    layer = layer_cls(16, 8, num_members=3)
+    x = torch.randn(3 * 4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16  # a float32 fast weight or bias must not promote it back
+    ref = per_member_reference(layer, x)  # float32
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2 * float(ref.detach().abs().max()))
+
+
+def test_num_members_check_lives_with_the_member_layout():
+    from ensemble_lab.nn import members
+
+    with pytest.raises(ConfigError, match="num_members must be an integer >= 1, got 0"):
+        members.check_num_members(0)
+    assert members.check_num_members.__module__ == "ensemble_lab.nn.members"  # one home, used by every layer
