@@ -101,8 +101,9 @@ def test_model_help_comes_from_docstrings(cli, capsys):
         cli("fit", "--model=BatchEnsemble", "--help")
     assert exit_info.value.code == 0 and "--model.help [CLASS_PATH_OR_NAME]" in capsys.readouterr().out
     # The subclass help is shown with --model.help, its lines taken from the docstrings' Args
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         cli("fit", "--model.help=BatchEnsemble")
+    assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     for cls, arg in ((BatchEnsemble, "fast_weight_init"), (EnsembleModule, "num_members")):
         doc = " ".join(cls.__init__.__doc__.split())

@@ -13,15 +13,16 @@ UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT
 def unwritable(error: BaseException) -> str | None:
     """A one-line message for a file that could not be written (permissions, read-only, disk full), else None."""
     seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, OSError) and error.errno in UNWRITABLE:
-            where = f" {error.filename}" if error.filename else ""
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in UNWRITABLE:
+            where = f" {current.filename}" if current.filename else ""
             return (
-                f"cannot write{where}: {error.strerror}. Free some space or make the directory writable, "
+                f"cannot write{where}: {current.strerror}. Free some space or make the directory writable, "
                 "or write elsewhere (--trainer.default_root_dir DIR; study: --out DIR)"
             )
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return None
 
 
@@ -29,11 +30,12 @@ def find_user_error(error: BaseException) -> Exception | None:
     """The EnsembleLabError behind ``error`` (jsonargparse and Lightning wrap exceptions), if any, or
     Lightning's MisconfigurationException: its message names the bad trainer / callback value."""
     seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, (EnsembleLabError, MisconfigurationException)):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (EnsembleLabError, MisconfigurationException)):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return None
 
 

@@ -210,7 +210,8 @@ def subclass_names(group: str) -> list[str]:
     from ensemble_lab.methods.base import EnsembleModule
 
     base = {"model": EnsembleModule, "data": EnsembleDataModule}.get(group)
-    found, todo = [], list(base.__subclasses__()) if base else []
+    found: list[str] = []
+    todo: list[type] = list(base.__subclasses__()) if base else []
     while todo:
         cls = todo.pop(0)
         todo += cls.__subclasses__()

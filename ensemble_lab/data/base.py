@@ -150,9 +150,11 @@ class EnsembleDataModule(ResumableTrainOrder, L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "setup('fit') loads the training split"
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "setup('fit') or setup('validate') loads the validation split"
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> list[DataLoader]:

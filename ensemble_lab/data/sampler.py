@@ -9,10 +9,13 @@ replays the epoch from a different (freshly shuffled) order.
 """
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset, DistributedSampler
+
+if TYPE_CHECKING:
+    import lightning as L
 
 
 class EpochShuffleSampler(DistributedSampler):
@@ -53,6 +56,9 @@ class ResumableTrainOrder:
     _shuffle_seed: int | None = None
     _position: tuple[int, int] = (0, 0)  # (epoch, training batches prepared in it)
     _resume_at: tuple[int, int] | None = None
+    # provided by the datamodule this is mixed into
+    batch_size: int  # training batch size
+    trainer: "L.Trainer | None"  # set by Lightning once the datamodule is attached
 
     def train_sampler(self, dataset: Dataset) -> EpochShuffleSampler:
         """The training sampler, positioned where a restored checkpoint left off."""
@@ -73,7 +79,9 @@ class ResumableTrainOrder:
 
     def count_train_batch(self) -> None:
         """Call once per training batch, when it is used (not when a worker prefetches it)."""
-        epoch = self.trainer.current_epoch
+        trainer = self.trainer
+        assert trainer is not None, "count_train_batch is called during training, with a trainer attached"
+        epoch = trainer.current_epoch
         done = self._position[1] if self._position[0] == epoch else 0
         self._position = (epoch, done + 1)
 

@@ -15,6 +15,11 @@ class PredictionStore(Metric):
     """Collects member probabilities (M, B, C), targets (B,) and dataset indices (B,)."""
 
     full_state_update = False
+    # metric states, declared as torchmetrics' own list states are (under DDP, compute sees them
+    # gathered into one tensor; dim_zero_cat and len take either)
+    probs: list[Tensor]
+    targets: list[Tensor]
+    indices: list[Tensor]
 
     def __init__(self) -> None:
         """An empty store; ``update`` adds batches, ``compute`` gathers them across ranks."""

@@ -78,16 +78,17 @@ def single_network(path: Path, hparams: dict[str, Any], state_dict: dict[str, Te
     return model.network
 
 
-def _layers(network: nn.Module, types: tuple[type, ...]) -> list[tuple[str, nn.Module]]:
+def _layers(network: nn.Module, types: tuple[type[nn.Module], ...]) -> list[tuple[str, nn.Module]]:
     return [(name, module) for name, module in network.named_modules() if isinstance(module, types)]
 
 
 def _copy(target: Tensor | None, source: Tensor | None, where: str) -> None:
-    if (target is None) != (source is None) or (target is not None and target.shape != source.shape):
+    if target is None and source is None:
+        return
+    if target is None or source is None or target.shape != source.shape:
         describe = lambda t: "none" if t is None else tuple(t.shape)
         raise CheckpointMismatchError(f"{where}: member slice is {describe(target)}, checkpoint tensor is {describe(source)}")
-    if target is not None:
-        target.copy_(source)
+    target.copy_(source)
 
 
 @torch.no_grad()
@@ -103,12 +104,19 @@ def fill_member(ensemble: nn.Module, member: nn.Module, i: int, path: Path) -> N
         where = f"member checkpoint {path}, layer {source_name} -> {name}"
         if not isinstance(source, MEMBER_OF[type(layer)]):
             raise CheckpointMismatchError(f"{where}: a {type(source).__name__} cannot fill a {type(layer).__name__}")
+        # what _layers and the check above guarantee, spelled out for the type checker
+        assert isinstance(layer, (EnsembleLinear, EnsembleConv2d, EnsembleBatchNorm2d))
+        assert isinstance(source, (nn.Linear, nn.Conv2d, nn.BatchNorm2d))
         _copy(layer.weight[i] if layer.weight is not None else None, source.weight, where)
         _copy(layer.bias[i] if layer.bias is not None else None, source.bias, where)
         if isinstance(layer, EnsembleBatchNorm2d) and layer.track_running_stats:
-            _copy(layer.running_mean[i], source.running_mean, where)
-            _copy(layer.running_var[i], source.running_var, where)
-            layer.num_batches_tracked.copy_(torch.maximum(layer.num_batches_tracked, source.num_batches_tracked))
+            assert isinstance(source, nn.BatchNorm2d)
+            running_mean, running_var, batches = layer.running_mean, layer.running_var, layer.num_batches_tracked
+            assert running_mean is not None and running_var is not None and batches is not None  # track_running_stats
+            _copy(running_mean[i], source.running_mean, where)
+            _copy(running_var[i], source.running_var, where)
+            assert source.num_batches_tracked is not None  # it has running statistics: _copy checked them
+            batches.copy_(torch.maximum(batches, source.num_batches_tracked))
     covered = {id(p) for _, layer in targets for p in layer.parameters()}
     for name, p in ensemble.named_parameters():
         if id(p) not in covered:  # a layer type without a copy rule: refuse rather than keep random weights
@@ -131,7 +139,7 @@ def refuse_duplicates(paths: list[str]) -> None:
 def warn_identical_members(ensemble: nn.Module, paths: list[str]) -> None:
     """Warn for every pair of members whose weights are equal (say, two runs with one seed and one config)."""
     layers = [layer for _, layer in _layers(ensemble, tuple(MEMBER_OF))]
-    tensors = [t for layer in layers for t in (layer.weight, layer.bias) if t is not None]
+    tensors = [t for layer in layers for t in (layer.weight, layer.bias) if isinstance(t, Tensor)]  # bias may be None
     for i in range(len(paths)):
         for j in range(i + 1, len(paths)):
             if all(torch.equal(t[i], t[j]) for t in tensors):

@@ -10,8 +10,9 @@ Everything is stored as tensors and plain Python values, so ``torch.load(weights
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
@@ -21,10 +22,18 @@ from ensemble_lab.nn.backbones import BACKBONES
 
 KEY = "ensemble_lab"
 
+if TYPE_CHECKING:
+    # the mixin's hooks call the LightningModule's (super()) and use its attributes
+    _Base = L.LightningModule
+else:
+    _Base = object
+
 
 def rng_states() -> dict[str, Any]:
     """The global generators' states, in types ``weights_only`` loading accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple), "the global numpy generator is a legacy MT19937 RandomState"
+    name, keys, pos, has_gauss, cached = state
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
@@ -82,7 +91,7 @@ def _plain(value: Any) -> Any:
 def _architecture(hparams: dict[str, Any]) -> dict[str, Any]:
     """The architecture keys of ``hparams``, plain; the backbone's options left out (None) at their
     defaults, other backbones' options (older checkpoints record them all) dropped."""
-    backbone = BACKBONES.get(hparams.get("backbone"))
+    backbone = BACKBONES.get(hparams["backbone"]) if "backbone" in hparams else None
     options = backbone.options if backbone is not None else {}
     arch = {}
     for key in ARCHITECTURE_KEYS:
@@ -130,12 +139,14 @@ def tensor_mismatch(own: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor
     return None
 
 
-class CheckpointStateMixin:
+class CheckpointStateMixin(_Base):
     """Mix into an EnsembleModule: identity and RNG states in every checkpoint, checked on load."""
+
+    num_members: int  # set by EnsembleModule
 
     def checkpoint_identity(self) -> dict[str, Any]:
         """This model's method, num_members and num_classes."""
-        return {"method": type(self).__name__, "num_members": int(self.num_members), "num_classes": int(self.hparams.num_classes)}
+        return {"method": type(self).__name__, "num_members": int(self.num_members), "num_classes": int(self.hparams["num_classes"])}
 
     #: the generators' states when validation began; restored when it ends (see on_validation_start)
     _rng_outside_validation: dict[str, Any] | None = None

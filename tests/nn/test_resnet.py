@@ -69,6 +69,15 @@ def test_deep_ensemble_member_is_an_independent_resnet():
             torch.testing.assert_close(y[rows], member(x[rows]))
 
 
+def effective_weight(module: nn.Module, i: int) -> torch.Tensor:
+    """W ∘ s_i r_iᵀ written out from the stored W (out, in, ...), r (M, in) and s (M, out): the paper's
+    rank-1 channel-wise perturbation, built here rather than by the layer's own member_weight."""
+    w, r, s = module.weight, module.r, module.s
+    assert r.shape == (module.num_members, w.shape[1]) and s.shape == (module.num_members, w.shape[0])
+    scale = s[i][:, None] * r[i][None, :]  # (out, in): entry (o, c) is s_i[o] · r_i[c]
+    return w * scale.view(*scale.shape, *(1,) * (w.dim() - 2))  # the same at every kernel position
+
+
 def test_batch_ensemble_member_uses_its_effective_weights():
     """In eval (shared BatchNorm on running stats) member i = plain ResNet with W ∘ s_i r_iᵀ."""
     torch.manual_seed(0)
@@ -82,7 +91,7 @@ def test_batch_ensemble_member_uses_its_effective_weights():
         with torch.no_grad():
             for name, module in ens.named_modules():
                 if hasattr(module, "member_weight"):  # BatchConv2d / BatchLinear
-                    own[name].weight.copy_(module.member_weight(i))
+                    own[name].weight.copy_(effective_weight(module, i))
                     if module.bias is not None:
                         own[name].bias.copy_(module.bias[i])
                 elif isinstance(module, nn.BatchNorm2d):
