@@ -3,7 +3,8 @@
 A backbone brings its own options: the builder's keyword arguments named at registration, with the
 builder's own defaults. ``build_backbone`` fills in the defaults of options left out (or None) and
 refuses an option that belongs to another backbone instead of ignoring it. The builders check the
-values themselves (mlp: positive hidden sizes; resnet18: a positive width).
+values themselves (mlp: positive hidden sizes; resnet18: a positive width; wide_resnet: a depth
+of 6n + 4 and a positive widen factor).
 """
 
 import inspect
@@ -17,6 +18,7 @@ from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.factories import LayerFactory
 from ensemble_lab.nn.mlp import mlp
 from ensemble_lab.nn.resnet import resnet18
+from ensemble_lab.nn.wide_resnet import wide_resnet
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Backbone:
 BACKBONES: dict[str, Backbone] = {
     "mlp": Backbone.of(mlp, "hidden_sizes"),
     "resnet18": Backbone.of(resnet18, "width"),
+    "wide_resnet": Backbone.of(wide_resnet, "depth", "widen_factor"),
 }
 
 

@@ -8,7 +8,7 @@ from torch import nn
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn import BACKBONES, build_backbone, plain_layers
 
-SHAPES = {"mlp": (1, 8, 8), "resnet18": (3, 8, 8)}
+SHAPES = {"mlp": (1, 8, 8), "resnet18": (3, 8, 8), "wide_resnet": (3, 8, 8)}
 
 
 def linear_sizes(network: nn.Module) -> list[tuple[int, int]]:
@@ -22,6 +22,7 @@ def build(name: str, **options) -> nn.Module:
 def test_each_backbone_declares_its_options_and_defaults():
     assert BACKBONES["mlp"].options == {"hidden_sizes": (64, 32, 16)}
     assert BACKBONES["resnet18"].options == {"width": 64}
+    assert BACKBONES["wide_resnet"].options == {"depth": 28, "widen_factor": 10}
 
 
 def test_options_left_out_or_none_take_the_backbones_default():
@@ -37,9 +38,11 @@ def test_options_left_out_or_none_take_the_backbones_default():
     [
         ("resnet18", {"hidden_sizes": [32]}, "--model.hidden_sizes applies to the mlp backbone, not resnet18; drop it (resnet18 takes --model.width)"),
         ("mlp", {"width": 16}, "--model.width applies to the resnet18 backbone, not mlp; drop it (mlp takes --model.hidden_sizes)"),
-        ("mlp", {"depth": 3}, "--model.depth is not an option of any backbone"),
+        ("mlp", {"depth": 10}, "--model.depth applies to the wide_resnet backbone, not mlp; drop it (mlp takes --model.hidden_sizes)"),
+        ("wide_resnet", {"width": 16}, "--model.width applies to the resnet18 backbone, not wide_resnet; drop it (wide_resnet takes --model.depth, --model.widen_factor)"),
+        ("mlp", {"num_layers": 3}, "--model.num_layers is not an option of any backbone"),
     ],
-    ids=["hidden_sizes-for-resnet18", "width-for-mlp", "unknown"],
+    ids=["hidden_sizes-for-resnet18", "width-for-mlp", "depth-for-mlp", "width-for-wide_resnet", "unknown"],
 )
 def test_an_option_the_backbone_does_not_take_is_refused(name, options, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
