@@ -1,13 +1,14 @@
-"""Callbacks the CLI registers by default (``--checkpoint.*``, ``--nan_guard.*``)."""
+"""Callbacks the CLI registers by default (``--checkpoint.*``, ``--nan_guard.*``, ``--early_stopping.*``)."""
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from ensemble_lab.errors import ConfigError, NonFiniteLossError
@@ -100,9 +101,70 @@ class FinalLastCheckpoint(ModelCheckpoint):
     With ``every_n_train_steps`` Lightning saves only every N steps (it refuses epoch-end saves as
     well), so a fit ending between two saves would leave last.ckpt behind the weights that were
     evaluated. This writes last.ckpt once more at the end of training when needed.
+    With ``monitor`` set, last.ckpt is still written at every save point (every epoch, or every N
+    steps), not only when the monitored value improved.
     """
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        if self.save_last is True and self.monitor is not None:
+            # Lightning writes last.ckpt only where it wrote a top-k file: with a monitor, only when the score
+            # improved, so an interruption would lose every epoch since. Taking this save point as done makes
+            # its caller write last.ckpt now, as it does without a monitor.
+            self._last_global_step_saved = trainer.global_step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         if self.save_last and trainer.global_step != self._last_global_step_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class OptionalEarlyStopping(EarlyStopping):
+    """Lightning's EarlyStopping, off unless ``enabled``: ends a fit once the monitored validation metric
+    has not improved for ``patience`` validations in a row. Disabled, it does nothing and adds nothing to
+    checkpoints. The CLI checks ``monitor`` against the model's validation metrics before anything runs."""
+
+    def __init__(
+        self,
+        enabled: bool = False,
+        monitor: str = "val/acc",
+        mode: Literal["min", "max"] = "max",
+        patience: int = 10,
+        min_delta: float = 0.0,
+    ) -> None:
+        """
+        Args:
+            enabled: stop training early when the monitored metric stops improving (false: train for --trainer.max_epochs). Without --checkpoint.monitor, the checkpoint then keeps the best epoch of the same metric (for --test_checkpoint best, test --ckpt_path best).
+            monitor: the validation metric to watch: val/acc, val/nll, val/ece, val/mi or val/disagreement.
+            mode: max: higher is better (val/acc); min: lower is better (val/nll, val/ece).
+            patience: stop after this many validations in a row without an improvement (the authors' MNIST recipe: 10).
+            min_delta: an improvement must be larger than this (the authors' MNIST recipe: 0.001).
+        """
+        if patience < 0:
+            raise ConfigError(f"--early_stopping.patience must be >= 0, got {patience}")
+        if min_delta < 0:
+            raise ConfigError(f"--early_stopping.min_delta must be >= 0, got {min_delta}")
+        super().__init__(monitor=monitor, mode=mode, patience=patience, min_delta=min_delta)
+        self.enabled = enabled
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled:
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled:
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled and self.stopping_reason_message:
+            reason = self.stopping_reason_message.replace(" Signaling Trainer to stop.", "")
+            rank_zero_info(f"ensemble-lab: early stopping after epoch {self.stopped_epoch} (0-based): {reason}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() if self.enabled else {}  # Lightning stores no empty state
+
+    def _validate_condition_metric(self, logs: dict[str, Tensor]) -> bool:
+        if self.monitor not in logs:  # e.g. no validation ran (--trainer.limit_val_batches 0)
+            logged = ", ".join(sorted(logs)) or "nothing"
+            raise ConfigError(f"--early_stopping.monitor {self.monitor}: no such metric was logged (logged: {logged})")
+        return super()._validate_condition_metric(logs)

@@ -9,16 +9,18 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import lightning_utilities.core.rank_zero
 import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from ensemble_lab.cli.callbacks import FinalLastCheckpoint, NonFiniteLossGuard
+from ensemble_lab.cli.callbacks import FinalLastCheckpoint, NonFiniteLossGuard, OptionalEarlyStopping
+from ensemble_lab.cli.checkpoint_choice import check_monitors, checkpoint_record, settle_monitors
 from ensemble_lab.cli.failures import user_message
 from ensemble_lab.cli.interrupts import INTERRUPTED, InterruptWatch
 from ensemble_lab.cli.parser_errors import EnsembleLabArgumentParser
@@ -54,7 +56,7 @@ class EnsembleLabCLI(LightningCLI):
             EnsembleDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            args=args,
+            args=list(args) if args is not None else None,
             **kwargs,
         )
 
@@ -67,6 +69,8 @@ class EnsembleLabCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
         # Always guard: a NaN / inf loss stops training before any checkpoint takes the bad weights.
         parser.add_lightning_class_args(NonFiniteLossGuard, "nan_guard")
+        # Off by default (train for max_epochs); --early_stopping.enabled true stops on a validation metric.
+        parser.add_lightning_class_args(OptionalEarlyStopping, "early_stopping")
         parser.add_argument(
             "--run_name",
             type=str | None,
@@ -81,7 +85,15 @@ class EnsembleLabCLI(LightningCLI):
             "--test_after_fit",
             type=bool,
             default=True,
-            help="fit only: after training, evaluate every test set with the final weights (those of last.ckpt) and write results.json.",
+            help="fit only: after training, evaluate every test set with the final weights (those of last.ckpt; --test_checkpoint best: the best-validation checkpoint) and write results.json.",
+        )
+        parser.add_argument(
+            "--test_checkpoint",
+            type=Literal["last", "best"],
+            default="last",
+            help="fit only: the weights --test_after_fit evaluates: last (the final weights, checkpoints/last.ckpt) or "
+            "best (the checkpoint kept for the best --checkpoint.monitor value; needs --checkpoint.monitor, or "
+            "--early_stopping.enabled true, whose metric the checkpoint then follows). results.json records which.",
         )
         parser.add_argument(
             "--save_predictions",
@@ -104,7 +116,7 @@ class EnsembleLabCLI(LightningCLI):
         if self._adding_for not in (None, "fit"):
             # test / validate / predict accept the fit-only options (a run's config.yaml holds them) without listing them
             for action in parser._actions:
-                if action.dest == "test_after_fit" or action.dest.startswith("checkpoint"):
+                if action.dest in ("test_after_fit", "test_checkpoint") or action.dest.startswith(("checkpoint", "early_stopping")):
                     action.help = argparse.SUPPRESS
         # Configs saved before optimizers became model-only options hold `optimizer: null` and
         # `lr_scheduler: null` at the top level; they still load, and any other value is refused.
@@ -128,6 +140,8 @@ class EnsembleLabCLI(LightningCLI):
                     f"--{legacy} is not an option: the {legacy.replace('_', ' ')} belongs to the model, e.g. "
                     f"--model.{legacy} {'SGD --model.optimizer.lr 0.05' if legacy == 'optimizer' else 'MultiStepLR'}"
                 )
+        if self.subcommand == "fit":  # before anything is built: the checkpoint follows early stopping's metric
+            settle_monitors(config)
 
     #: set by check_arguments(): parse and build the model and datamodule, seed nothing, run nothing
     checking_only = False
@@ -162,6 +176,7 @@ class EnsembleLabCLI(LightningCLI):
         self.model = self._get(self.config_init, "model")
         if self.subcommand == "fit":
             self.model.configure_optimizers()  # torch checks the optimizer's and scheduler's values as they are built
+            self._check_monitors()
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run it; a user error before the first training step removes the run directory it made (nothing in it is a result)."""
@@ -226,6 +241,7 @@ class EnsembleLabCLI(LightningCLI):
             self.model.check_checkpoint(checkpoint, ckpt_path)
             if self.subcommand != "fit":  # test scalars and figures go to TensorBoard at the step the weights are from
                 self._log_at_step(int(checkpoint.get("global_step", 0)))
+                self.model.tested_checkpoint_record = checkpoint_record(ckpt_path, checkpoint)  # for results.json
         return ckpt_path
 
     def _log_at_step(self, step: int) -> None:
@@ -243,7 +259,7 @@ class EnsembleLabCLI(LightningCLI):
 
     def _continue_in(self, run_dir: Path, kind: str) -> None:
         """The config of this command goes into ``run_dir`` as config.<kind>-<N>.yaml (config.yaml is kept)."""
-        for callback in self.trainer.callbacks:
+        for callback in cast(list[Callback], getattr(self.trainer, "callbacks")):  # set by Lightning, not declared on Trainer
             if isinstance(callback, RunConfigSaver):
                 callback.resumed_run_dir, callback.continued_as = run_dir, kind
 
@@ -278,10 +294,11 @@ class EnsembleLabCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.model.configure_optimizers()  # torch checks the optimizer's values here, before the run directory exists
+        self._check_monitors()
         ckpt_path = self._resolve_ckpt_path()
         self._configure_outputs(None)
         run_dir = continue_run(self.trainer, ckpt_path) if ckpt_path and ckpt_path not in SPECIAL else None
-        if run_dir is None:
+        if run_dir is None or ckpt_path is None:  # (a run_dir comes only with a ckpt_path)
             return
         # a resumed run continues in its own directory (events, checkpoints, results.json)
         self._continue_in(run_dir, "resume")
@@ -290,12 +307,27 @@ class EnsembleLabCLI(LightningCLI):
             check_can_write(run_dir, self.model.overwrite_results)
         rank_zero_info(f"ensemble-lab: resuming {run_dir} from {Path(ckpt_path).name}")
 
+    def _check_monitors(self) -> None:
+        """A monitored metric the model never logs is refused before the run directory exists (Lightning
+        would stop only at the end of the first epoch)."""
+        check_monitors(self._subcommand_config(), self.model.monitorable_metrics(), type(self.model).__name__)
+
     def after_fit(self) -> None:
-        if self._subcommand_config().get("test_after_fit", True) and not self.trainer.interrupted:
-            # the final weights are those of last.ckpt (FinalLastCheckpoint writes it at the end of fit)
-            last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else None
-            self.model.tested_checkpoint = last or None
-            self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+        config = self._subcommand_config()
+        if config.get("test_after_fit", True) and not self.trainer.interrupted:
+            # last (--test_checkpoint last): the final weights, those of last.ckpt (FinalLastCheckpoint writes it at
+            # the end of fit); best: the checkpoint it kept for the best --checkpoint.monitor value
+            checkpoint = cast(ModelCheckpoint | None, self.trainer.checkpoint_callback)  # the --checkpoint FinalLastCheckpoint
+            best = config.get("test_checkpoint") == "best"
+            tested = (checkpoint.best_model_path if best else checkpoint.last_model_path) if checkpoint else None
+            if best and not tested:
+                raise ConfigError("--test_checkpoint best: no best checkpoint was kept (no validation ran); checkpoints/last.ckpt holds the final weights")
+            self.model.tested_checkpoint = tested or None
+            loaded = load_checkpoint(tested) if tested else None
+            self.model.tested_checkpoint_record = checkpoint_record(tested, loaded) if tested and loaded else None
+            if best and loaded is not None:  # its test scalars go to TensorBoard at the step its weights are from
+                self._log_at_step(int(loaded.get("global_step", 0)))
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=tested if best else None, verbose=False)
 
 
 def _read_yaml(path: Path) -> dict[str, Any] | None:

@@ -11,17 +11,19 @@ as ``config.resume-<N>.yaml`` or ``config.test-<N>.yaml``.
 
 import re
 from pathlib import Path
+from typing import cast
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from ensemble_lab.cli.checkpoint_choice import best_checkpoint_of
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.run_files import first_free_number, run_dir_of_checkpoint
 
-SPECIAL = ("best", "hpc", "registry")  # Lightning's other ckpt_path keywords, resolved by Lightning
+SPECIAL = ("best", "hpc", "registry")  # Lightning's other ckpt_path keywords ("best" is made a file first: _best_checkpoint)
 _LAST = re.compile(r"^last(-v\d+)?\.ckpt$")  # Lightning names a second last checkpoint last-v1.ckpt
 
 
@@ -32,7 +34,8 @@ def _versioned_logger(trainer: L.Trainer) -> TensorBoardLogger | CSVLogger | Non
 
 def _own_dirpath(trainer: L.Trainer) -> bool:
     """True if some ModelCheckpoint was given an explicit dirpath (then Lightning's "last" is right)."""
-    return any(isinstance(cb, ModelCheckpoint) and cb.dirpath for cb in trainer.callbacks)
+    callbacks = cast(list[Callback], getattr(trainer, "callbacks"))  # set by Lightning's callback connector, not declared on Trainer
+    return any(isinstance(cb, ModelCheckpoint) and cb.dirpath for cb in callbacks)
 
 
 def find_last_checkpoint(root: Path) -> Path | None:
@@ -42,11 +45,14 @@ def find_last_checkpoint(root: Path) -> Path | None:
 
 
 def resolve_ckpt_path(trainer: L.Trainer, ckpt_path: str | None, fitting: bool) -> str | None:
-    """A concrete checkpoint file for ``ckpt_path`` ("last" included), or None to start fresh.
+    """A concrete checkpoint file for ``ckpt_path`` ("last" and "best" included), or None to start fresh.
 
     Raises ConfigError for a file that does not exist, and for "last" with nothing to resume
     outside ``fit`` (``fit`` then starts a new run, so one command both starts and resumes).
+    "best" is the best-validation checkpoint of the newest run (the one "last" would pick).
     """
+    if ckpt_path == "best":
+        return str(_best_checkpoint(trainer, fitting))
     if not ckpt_path or ckpt_path in SPECIAL:
         return ckpt_path
     if ckpt_path != "last":
@@ -64,6 +70,31 @@ def resolve_ckpt_path(trainer: L.Trainer, ckpt_path: str | None, fitting: bool) 
         raise ConfigError(f"--ckpt_path last: no run with a checkpoints/last.ckpt below {root}; give the checkpoint's path")
     rank_zero_info(f"ensemble-lab: --ckpt_path last: no checkpoints/last.ckpt below {root} yet, starting a new run")
     return None
+
+
+def _best_checkpoint(trainer: L.Trainer, fitting: bool) -> Path:
+    """``--ckpt_path best``: the checkpoint the newest run's ModelCheckpoint kept for its best monitored value
+    (Lightning's own "best" means this process's checkpoint callback, empty in a new command)."""
+    if fitting:
+        raise ConfigError(
+            "fit --ckpt_path best: a fit continues from its final state (--ckpt_path last); test, validate "
+            "and predict take --ckpt_path best"
+        )
+    callbacks = cast(list[Callback], getattr(trainer, "callbacks"))
+    own = [Path(cb.dirpath) for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+    logger = _versioned_logger(trainer)
+    if own:
+        where = own[0]
+        found = [p for p in where.glob("last*.ckpt") if _LAST.match(p.name)]
+        last = max(found, key=lambda p: p.stat().st_mtime) if found else None
+    elif logger is not None:
+        where = Path(logger.root_dir)
+        last = find_last_checkpoint(where)
+    else:
+        raise ConfigError("--ckpt_path best needs the runs' logger (lightning_logs/) to find them; give the checkpoint's path")
+    if last is None:
+        raise ConfigError(f"--ckpt_path best: no run with a checkpoints/last.ckpt below {where}; give the checkpoint's path")
+    return best_checkpoint_of(last)
 
 
 def continue_run(trainer: L.Trainer, ckpt_path: str) -> Path | None:

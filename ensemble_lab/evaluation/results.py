@@ -16,6 +16,11 @@ from ensemble_lab.run_files import atomic_write_bytes, first_free_number
 TABLE_COLUMNS = ("acc", "nll", "brier", "ece", "entropy", "mi", "disagreement", "auroc_msp", "auroc_mi", "fpr95_msp")
 #: metrics scored against the labels: on an ood set those are not the model's classes, so the table shows '-'
 LABEL_METRICS = frozenset({"acc", "nll", "brier", "ece", "member_acc", "member_nll", "member_ece"})
+#: results.json keys beside "checkpoint" that say which checkpoint was tested: checkpoint_choice ("last": the
+#: final weights, last.ckpt; "best": the checkpoint ModelCheckpoint kept for the best --checkpoint.monitor value;
+#: null: another file, or no checkpoint), the checkpoint's epoch (0-based) and global step, and for "best" the
+#: monitored metric and its value there (null otherwise)
+CHECKPOINT_RECORD = ("checkpoint_choice", "checkpoint_epoch", "checkpoint_step", "checkpoint_monitor", "checkpoint_score")
 
 
 def check_can_write(results_dir: Path, overwrite: bool) -> None:
