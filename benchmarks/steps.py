@@ -15,7 +15,7 @@ from benchmarks.settings import Settings
 from benchmarks.timing import Figure, compare
 from ensemble_lab.methods import BatchEnsemble, DeepEnsemble, MCDropout, SingleModel
 from ensemble_lab.methods.base import EnsembleModule
-from ensemble_lab.nn import BatchConv2d, BatchLinear
+from ensemble_lab.nn import BatchConv2d, BatchLinear, FastWeights
 
 #: the paper's CIFAR optimizer (PAPER.md, Recipe)
 SGD = partial(torch.optim.SGD, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -170,3 +170,40 @@ def mc_dropout_samples(settings: Settings) -> list[Figure]:
         "(d) MC Dropout M samples", (f"batched M·B={s.members * s.batch}", batched), (f"{s.members} loops of B", looped),
         note="< 1 means batching is faster", **settings.timing(),
     )]
+
+
+def batch_ensemble_variants(settings: Settings) -> list[Figure]:
+    """(h) what BatchEnsemble's options cost: each variant's layer or step against the default's."""
+    s, dev = settings.sizes, settings.device
+    fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+    rows = s.members * s.batch
+    image = torch.randn(rows, s.channels, s.conv_size, s.conv_size, device=dev).contiguous(memory_format=fmt).requires_grad_(True)
+    features = torch.randn(rows, s.features, device=dev).requires_grad_(True)
+    conv = partial(BatchConv2d, s.channels, s.channels, 3, s.members, padding=1)
+    linear = partial(BatchLinear, s.features, s.features, s.members)
+    layer_pairs = [  # (figure, variant label, variant layer, default label, default layer, input)
+        ("BatchConv2d 3x3 kernel-wise", "kernel", conv(perturbation="kernel"), "channel", conv(), image),
+        ("BatchConv2d 3x3 rank 4", "rank 4", conv(fast_weights=FastWeights(rank=4)), "rank 1", conv(), image),
+        ("BatchConv2d 3x3 gradient blocking", "blocking", conv(fast_weights=FastWeights(gradient_blocking=True)), "none", conv(), image),
+        ("BatchLinear rank 4", "rank 4", linear(fast_weights=FastWeights(rank=4)), "rank 1", linear(), features),
+    ]
+    figures = []
+    for title, a, variant, b, default, x in layer_pairs:
+        variant, default = variant.to(dev, memory_format=fmt), default.to(dev, memory_format=fmt)
+        figures.append(compare(
+            f"(h) {title} fwd+bwd",
+            (a, _layer_step(variant, x, settings, backward=True)),
+            (b, _layer_step(default, x, settings, backward=True)),
+            **settings.timing(),
+        ))
+    x, y = batch(settings, "resnet18", s.batch)
+    default_step = training_step(make_method(BatchEnsemble, settings, "resnet18", num_members=s.members), x, y, settings)
+    for option, value in (("perturbation", "kernel"), ("norm", "per_member")):
+        variant = make_method(BatchEnsemble, settings, "resnet18", num_members=s.members, **{option: value})
+        figures.append(compare(
+            f"(h) BatchEnsemble step, resnet18, {option}={value}",
+            (f"{option}={value}", training_step(variant, x, y, settings)),
+            ("default", default_step),
+            **settings.timing(),
+        ))
+    return figures

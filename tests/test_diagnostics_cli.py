@@ -8,7 +8,14 @@ from ensemble_lab.evaluation.weight_space import weight_cosine
 from ensemble_lab.methods import BatchEnsemble
 from tests.conftest import TINY_TRAINER, read_results, run_dirs
 
-FIGURES = {"reliability_digits", "reliability_digits_shifted", "uncertainty_histograms", "pairwise_disagreement_digits", "weight_cosine"}
+FIGURES = {
+    "reliability_digits",
+    "reliability_digits_shifted",
+    "uncertainty_histograms",
+    "pairwise_disagreement_digits",
+    "weight_cosine",
+    "weight_cosine_stored",
+}
 
 
 @pytest.mark.slow
@@ -33,6 +40,17 @@ def test_batch_ensemble_diagnostics_and_figures(cli, tmp_path):
     assert results["weight_cosine_mean"] == pytest.approx(cosine[~np.eye(3, dtype=bool)].mean())
     model = BatchEnsemble.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
     assert np.allclose(weight_cosine(model).numpy(), cosine, atol=1e-12)
+    # the stored reading: every parameter, the shared W in every member's vector, member i's rows of r, s, b
+    own = {id(p) for m in model.modules() if hasattr(m, "r") for p in (m.r, m.s, m.bias) if p is not None}
+    shared_sq = sum(float(p.detach().double().square().sum()) for p in model.parameters() if id(p) not in own)
+    vectors = np.stack([
+        np.concatenate([p[i].detach().double().flatten().numpy() for p in model.parameters() if id(p) in own])
+        for i in range(3)
+    ])  # fmt: skip
+    gram = vectors @ vectors.T + shared_sq
+    stored = gram / np.sqrt(np.outer(np.diag(gram), np.diag(gram)))
+    assert np.allclose(results["weight_cosine_stored"], stored, atol=1e-12)
+    assert results["weight_cosine_stored_mean"] > results["weight_cosine_mean"]  # the shared W pulls it towards 1
 
     # figures: PNG files and TensorBoard images, plus the weight cosine scalar
     assert {p.stem for p in (run / "figures").glob("*.png")} == FIGURES
@@ -40,6 +58,10 @@ def test_batch_ensemble_diagnostics_and_figures(cli, tmp_path):
     events.Reload()
     assert set(events.Tags()["images"]) == {f"test/figures/{name}" for name in FIGURES}
     assert events.Scalars("test/weight_cosine_mean")[0].value == pytest.approx(results["weight_cosine_mean"], abs=1e-6)
+    assert events.Scalars("test/weight_cosine_stored_mean")[0].value == pytest.approx(results["weight_cosine_stored_mean"], abs=1e-6)
+    # the effective cosine's curve: one point per validation epoch, the last one that of the final weights
+    (last_val,) = events.Scalars("val/weight_cosine")
+    assert last_val.value == pytest.approx(results["weight_cosine_mean"], abs=1e-6)
 
     # --figures false draws nothing; the earlier test's figures are kept aside, not left beside the new results
     cli("test", "--config", str(run / "config.yaml"), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",

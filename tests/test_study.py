@@ -259,12 +259,12 @@ def test_relative_config_paths_and_defaults(tmp_path, monkeypatch):
     runs = load_study(REPO / "configs" / "study" / "digits.yaml")
     assert {r.name for r in runs} == {"single", "mc_dropout", "deep_ensemble", "batch_ensemble"}
     assert sorted({r.seed for r in runs}) == [42, 69, 123] and len(runs) == 12
-    assert all(r.config.parent == DIGITS for r in runs)  # relative to the study file
+    assert all(r.configs[0].parent == DIGITS for r in runs)  # relative to the study file
     assert runs[0].run_dir == tmp_path / "studies" / "digits" / "single" / "seed_42"
     for name in ("mnist", "cifar10"):
         paper = load_study(REPO / "configs" / "study" / f"{name}.yaml", out=tmp_path / name)
         assert sorted({r.seed for r in paper}) == [42, 69, 123, 456, 789] and len(paper) == 20
-        assert {r.config.name for r in paper} == {"single.yaml", "mc_dropout.yaml", "deep_ensemble.yaml", "batch_ensemble.yaml"}
+        assert {r.configs[0].name for r in paper} == {"single.yaml", "mc_dropout.yaml", "deep_ensemble.yaml", "batch_ensemble.yaml"}
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import math
 import re
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from ensemble_lab.run_files import atomic_write_bytes
 ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement")
 OOD_COLUMNS = tuple(f"{m}_{s}" for s in ("msp", "entropy", "mi") for m in ("auroc", "aupr", "fpr95")) + ("mi", "disagreement")
 #: top-level (per run, not per set) metrics, shown in the "weight space" table
-RUN_COLUMNS = ("weight_cosine_mean",)
+RUN_COLUMNS = ("weight_cosine_mean", "weight_cosine_stored_mean")
 #: row order of the paper's tables; other methods follow alphabetically
 METHOD_ORDER = ("SingleModel", "MCDropout", "DeepEnsemble", "BatchEnsemble")
 WEIGHTS = "weight space"
@@ -145,12 +146,12 @@ def build_report(paths: Sequence[str | Path], sets: Sequence[str] | None = None)
         for name in (sets or available):
             if name not in group.roles:
                 continue
-            per_run = [(d.get("sets") or {}).get(name) for d in docs[key]]
-            per_run = [m for m in per_run if isinstance(m, dict)]
+            found = [(d.get("sets") or {}).get(name) for d in docs[key]]
+            per_run = [m for m in found if isinstance(m, dict)]
             columns = OOD_COLUMNS if group.roles[name] == "ood" else ID_COLUMNS
             group.stats[name] = {c: summarize([v for m in per_run if (v := _number(m.get(c))) is not None]) for c in columns}
         group.stats[WEIGHTS] = {c: summarize([v for d in docs[key] if (v := _number(d.get(c))) is not None]) for c in RUN_COLUMNS}
-    order = {name: i for i, name in enumerate(METHOD_ORDER)}
+    order: dict[str | None, int] = {name: i for i, name in enumerate(METHOD_ORDER)}
     return sorted(
         groups.values(),
         key=lambda g: (str(g.datamodule), order.get(g.method, len(order)), str(g.method), str(g.label), g.num_members or 0, str(g.variant)),
@@ -216,7 +217,13 @@ def row_differences(groups: Sequence[Group]) -> list[str]:
             continue
         keys = sorted({k for c in configs.values() for k in c if len({json.dumps(d.get(k), default=str) for d in configs.values()}) > 1})
         for k in keys:
-            values = "; ".join(f"{name}: {json.dumps(c.get(k), default=str)}" for name, c in configs.items())
+            shown = {name: json.dumps(c.get(k), default=str) for name, c in configs.items()}
+            common, count = Counter(shown.values()).most_common(1)[0]
+            if count == 1 or len(shown) <= 2:  # no value most rows share: list every row's
+                values = "; ".join(f"{name}: {value}" for name, value in shown.items())
+            else:  # the rows that set it apart, then what the others have
+                values = "; ".join(f"{name}: {value}" for name, value in shown.items() if value != common)
+                values += f"; the other {count} rows: {common}"
             lines.append(f"- {method} rows differ in `{k}` ({values})")
     return lines
 
@@ -260,7 +267,32 @@ def to_markdown(groups: list[Group], digits: int = 3) -> str:
         parts.append(title + "\n\n" + _markdown_table(["run", "M", "data", "n", *columns], rows))
     if differences := row_differences(groups):
         parts.append("### options that differ between rows of one method\n\n" + "\n".join(differences))
+    if overview := overview_table(groups, names, digits):
+        parts.append(overview)
     return "\n\n".join(parts) + "\n"
+
+
+#: the overview's columns per role: what says how good, how calibrated and how diverse, set by set
+OVERVIEW_COLUMNS = {"id": ("acc", "nll", "ece", "mi", "disagreement"), "ood": ("mi", "disagreement", "auroc_mi")}
+
+
+def overview_table(groups: list[Group], names: list[str], digits: int = 3) -> str | None:
+    """Every set in one table (``<set> <metric>`` columns, shift sets as id ones) and both weight cosines;
+    None when the report has a single table anyway."""
+    if len(names) < 3:
+        return None
+    columns: list[tuple[str, str]] = []
+    for name in names:
+        role = next((g.roles[name] for g in groups if name in g.roles), "id")
+        metrics = RUN_COLUMNS if name == WEIGHTS else OVERVIEW_COLUMNS.get(role, OVERVIEW_COLUMNS["id"])
+        columns += [(name, m) for m in metrics if any(m in g.stats.get(name, {}) for g in groups)]
+    rows = [
+        [_row_name(g), str(g.num_members), str(len(g.runs))]
+        + [format_stat(g.stats.get(name, {}).get(metric), len(g.runs), digits) for name, metric in columns]
+        for g in groups
+    ]
+    header = ["run", "M", "n", *(metric if name == WEIGHTS else f"{name} {metric}" for name, metric in columns)]
+    return "### overview: every set in one table\n\n" + _markdown_table(header, rows)
 
 
 def to_rows(groups: list[Group]) -> list[dict[str, Any]]:

@@ -9,6 +9,8 @@ A study file (YAML) names the grid::
       batch_ensemble:
         config: ../digits/batch_ensemble.yaml   # relative to the study file, else to the current directory
         args: [--model.num_members=4]           # optional
+      be_rank2:                                 # a list: a base and a variant on top (repeated --config)
+        config: [../digits/batch_ensemble.yaml, ../ablations/digits/rank2.yaml]
 
 Run ``<method>`` with seed ``s`` lives in ``<out>/<method>/seed_<s>/`` (TensorBoard logs,
 config.yaml, checkpoints/last.ckpt, results.json, figures/, and study_run.json: the fit arguments
@@ -57,7 +59,7 @@ class Run:
 
     name: str  # the method's key in the study file, a directory name
     seed: int  # passed as --seed_everything
-    config: Path  # base config file (resolved)
+    configs: tuple[Path, ...]  # config files (resolved), later ones overriding earlier ones
     overrides: tuple[str, ...]  # the study's args, then the method's args
     run_dir: Path  # <out>/<name>/seed_<seed>
 
@@ -91,7 +93,8 @@ class Run:
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": str(self.run_dir.parent.parent), "name": self.run_dir.parent.name, "version": self.run_dir.name},
         }
-        args = ["fit", "--config", str(self.config), *self.overrides, f"--seed_everything={self.seed}", f"--run_name={self.name}"]
+        configs = [arg for path in self.configs for arg in ("--config", str(path))]
+        args = ["fit", *configs, *self.overrides, f"--seed_everything={self.seed}", f"--run_name={self.name}"]
         args += [f"--trainer.logger={json.dumps(logger)}", "--checkpoint.dirpath=null"]
         return args + ([f"--ckpt_path={self.last_ckpt}"] if resume else [])
 
@@ -138,9 +141,15 @@ def _string_list(value: Any, where: str) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+def _resolve_configs(raw: Any, study_file: Path, where: str) -> tuple[Path, ...]:
+    """A config path, or a list of them (a base and the variants on top, as repeated ``--config``)."""
+    paths = raw if isinstance(raw, list) and raw else [raw]
+    return tuple(_resolve_config(path, study_file, where) for path in paths)
+
+
 def _resolve_config(raw: Any, study_file: Path, where: str) -> Path:
     if not isinstance(raw, str):
-        raise ConfigError(f"{where} must be the path of a config file, got {raw!r}")
+        raise ConfigError(f"{where} must be the path of a config file or a list of them, got {raw!r}")
     path = Path(raw).expanduser()
     candidates = [path] if path.is_absolute() else [study_file.parent / path, Path.cwd() / path]
     for candidate in candidates:
@@ -179,9 +188,9 @@ def load_study(study_file: Path, out: Path | None = None) -> list[Run]:
             raise ConfigError(f"{where}: a method name is a directory name (letters, digits, _ . -), got {name!r}")
         if not isinstance(method, dict) or (unknown := set(method) - METHOD_KEYS):
             raise ConfigError(f"{where} must be a mapping with keys {sorted(METHOD_KEYS)}, got {method!r}")
-        config = _resolve_config(method.get("config"), study_file, f"{where}.config")
+        configs = _resolve_configs(method.get("config"), study_file, f"{where}.config")
         overrides = common + _string_list(method.get("args"), f"{where}.args")
-        runs += [Run(name, seed, config, overrides, out / name / f"seed_{seed}") for seed in seeds]
+        runs += [Run(name, seed, configs, overrides, out / name / f"seed_{seed}") for seed in seeds]
     return runs
 
 

@@ -9,9 +9,10 @@ import io
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -88,10 +89,12 @@ def heatmap_figure(matrix: list[list[float]], title: str, vmin: float | None = N
     fig.colorbar(image, ax=ax)
     ax.set(xticks=range(m), yticks=range(m), xlabel="member j", ylabel="member i", title=title)
     if m <= ANNOTATE_MAX_MEMBERS:
+        # imshow without a norm uses a Normalize; the stubs type it as the abstract Norm, whose __call__ takes arrays only
+        norm = cast(Normalize, image.norm)
         for i, row in enumerate(matrix):
             for j, value in enumerate(row):
                 missing = value is None or math.isnan(value)
-                red, green, blue, _ = image.cmap(image.norm(0.0 if missing else value))
+                red, green, blue, _ = image.cmap(norm(0.0 if missing else value))
                 ink = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"  # readable on the cell
                 ax.text(j, i, "nan" if missing else f"{value:.3f}", ha="center", va="center", color=ink, fontsize="x-small")
     fig.tight_layout()
@@ -109,7 +112,7 @@ def build_figures(collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, 
     Returns:
         ``reliability_<set>`` for id and shift sets (OOD sets have no labels to be calibrated
         against), ``uncertainty_histograms``, and for M > 1 ``pairwise_disagreement_<first id set>``
-        and ``weight_cosine`` (when the method has one).
+        and ``weight_cosine`` / ``weight_cosine_stored`` (when the method has them).
     """
     figures: dict[str, Figure] = {}
     for name, (member_probs, targets) in collected.items():
@@ -125,10 +128,10 @@ def build_figures(collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, 
             figures[f"pairwise_disagreement_{id_names[0]}"] = heatmap_figure(
                 matrix, f"pairwise disagreement ({id_names[0]})", vmin=0.0
             )
-        if results.get("weight_cosine") is not None:
-            figures["weight_cosine"] = heatmap_figure(
-                results["weight_cosine"], "weight cosine similarity", vmin=-1.0, vmax=1.0, cmap="RdBu_r"
-            )
+        readings = (("weight_cosine", "effective weights"), ("weight_cosine_stored", "parameters as stored"))
+        for key, reading in readings:
+            if results.get(key) is not None:
+                figures[key] = heatmap_figure(results[key], f"weight cosine similarity ({reading})", vmin=-1.0, vmax=1.0, cmap="RdBu_r")
     return figures
 
 

@@ -8,17 +8,26 @@ member probabilities, and prints a table.
 
 import os
 import warnings
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from ensemble_lab.evaluation.metrics import ood_metrics, predictive_metrics
-from ensemble_lab.evaluation.results import check_can_write, format_table, set_aside_previous, write_predictions, write_results
+from ensemble_lab.evaluation.results import (
+    CHECKPOINT_RECORD,
+    check_can_write,
+    format_table,
+    set_aside_previous,
+    write_predictions,
+    write_results,
+)
 from ensemble_lab.evaluation.store import PredictionStore
-from ensemble_lab.evaluation.weight_space import weight_space_summary
+from ensemble_lab.evaluation.weight_space import off_diagonal_mean, weight_cosine, weight_space_summary
 
 VAL_CURVES = ("acc", "nll", "ece", "mi", "disagreement")
 
@@ -29,8 +38,14 @@ VAL_CURVES = ("acc", "nll", "ece", "mi", "disagreement")
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test|train)/")
 warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders\. During `trainer\.test\(\)`")
 
+if TYPE_CHECKING:
+    # the mixin's hooks use the LightningModule's attributes (trainer, device, log) and call self(x)
+    _Base = L.LightningModule
+else:
+    _Base = object
 
-class UncertaintyEvalMixin:
+
+class UncertaintyEvalMixin(_Base):
     """Mix into a LightningModule whose ``forward(x)`` returns member logits (M, B, C).
 
     Batches are ``(images, targets, indices)``; the datamodule may name its test sets through a
@@ -50,8 +65,20 @@ class UncertaintyEvalMixin:
     run_config: dict[str, Any] | None = None
     #: the checkpoint whose weights a test after fit evaluates (last.ckpt); else the trainer's ckpt_path
     tested_checkpoint: str | None = None
+    #: what the tested checkpoint is (set by the CLI): checkpoint_choice ("last", "best" or None), its epoch and
+    #: global step, and for "best" the monitored metric and its value (results.CHECKPOINT_RECORD keys)
+    tested_checkpoint_record: dict[str, Any] | None = None
     #: the training step the tested weights are from (set by the CLI for a checkpoint); else global_step
     logging_step: int | None = None
+    #: set by the host module (EnsembleModule): number of members M
+    num_members: int
+    #: the generators' state outside test (on_test_start forks it, on_test_end restores it)
+    _test_rng: AbstractContextManager[Any] | None
+
+    def monitorable_metrics(self) -> list[str]:
+        """The metrics a callback may monitor (--early_stopping.monitor, --checkpoint.monitor): those every
+        validation epoch logs. A method that logs more validation metrics adds their names here."""
+        return [f"val/{k}" for k in VAL_CURVES]
 
     # ---- shared step -------------------------------------------------------------------------
     def _store_batch(self, store: PredictionStore, batch: Any) -> None:
@@ -78,6 +105,11 @@ class UncertaintyEvalMixin:
         # Values are identical on every rank after the gather, so no further sync is needed.
         self.log_dict({f"val/{k}": float(metrics[k]) for k in VAL_CURVES}, prog_bar=False, sync_dist=False)
         self.log("val/acc_bar", float(metrics["acc"]), prog_bar=True, logger=False)
+        # the effective weight cosine's curve beside val/mi and val/disagreement (factored: cheap)
+        cosine = weight_cosine(self)
+        mean = off_diagonal_mean(cosine) if cosine is not None else None  # None for M = 1 too
+        if mean is not None:
+            self.log("val/weight_cosine", mean, sync_dist=False)
 
     # ---- predict: member probabilities of the first id set, to predictions/<set>.npz -------------------
     def on_predict_start(self) -> None:
@@ -155,8 +187,9 @@ class UncertaintyEvalMixin:
             scalars = {f"test/{name}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
             self.log_dict(scalars, sync_dist=False, add_dataloader_idx=False)
         self.test_results = self._results_document(sets)
-        if self.test_results["weight_cosine_mean"] is not None:
-            self.log("test/weight_cosine_mean", self.test_results["weight_cosine_mean"], sync_dist=False, add_dataloader_idx=False)
+        for key in ("weight_cosine_mean", "weight_cosine_stored_mean"):
+            if self.test_results[key] is not None:
+                self.log(f"test/{key}", self.test_results[key], sync_dist=False, add_dataloader_idx=False)
         self._write_test_outputs(collected)
 
     def _results_document(self, sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -172,8 +205,9 @@ class UncertaintyEvalMixin:
             "seed": int(seed) if seed is not None else None,
             "datamodule": type(datamodule).__name__ if datamodule is not None else None,
             "checkpoint": str(checkpoint) if checkpoint else None,
+            **{key: (self.tested_checkpoint_record or {}).get(key) for key in CHECKPOINT_RECORD},
             **self.members_description(),  # e.g. the checkpoints an assembled ensemble's members came from
-            **weight_space_summary(self),  # weight_cosine (M×M or None), weight_cosine_mean
+            **weight_space_summary(self),  # weight_cosine(_stored) (M×M or None) and their off-diagonal means
             "config": self.run_config,
             "sets": sets,
         }

@@ -19,6 +19,11 @@ from ensemble_lab.nn.members import check_num_members
 from ensemble_lab.nn.memory_format import use_channels_last
 
 
+def member_targets(targets: Tensor, num_members: int) -> Tensor:
+    """Labels per member, (M, B): ``targets`` (B,) repeated for every member, or (M, B) as given."""
+    return targets.expand(num_members, -1) if targets.dim() == 1 else targets
+
+
 class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModule):
     """Base of every method. ``forward(x)`` returns member logits (M, B, C).
 
@@ -33,6 +38,8 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         backbone: str = "mlp",
         hidden_sizes: Sequence[int] | None = None,
         width: int | None = None,
+        depth: int | None = None,
+        widen_factor: int | None = None,
         dropout: float = 0.0,
         num_classes: int = 10,
         input_shape: Sequence[int] = (1, 8, 8),
@@ -46,11 +53,15 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
 
         Args:
             num_members: number of ensemble members M (MC Dropout: number of test-time samples).
-            backbone: network architecture: "mlp" or "resnet18".
+            backbone: network architecture: "mlp", "resnet18" or "wide_resnet".
             hidden_sizes: hidden layer widths of the "mlp" backbone, each >= 1; None: (64, 32, 16).
                 [] builds a linear model (with a warning). Refused with another backbone.
             width: channels of the first stage of the "resnet18" backbone, >= 1; None: 64 (the paper's).
                 Refused with another backbone.
+            depth: number of weighted layers of the "wide_resnet" backbone, 6n + 4 >= 10; None: 28 (WRN-28-10).
+                Refused with another backbone.
+            widen_factor: widening factor k of the "wide_resnet" backbone (stages of 16k, 32k, 64k channels), >= 1;
+                None: 10 (WRN-28-10). Refused with another backbone.
             dropout: dropout probability in the backbone, in [0, 1); 0 builds no dropout layers.
             num_classes: number of classes; linked from the datamodule by the CLI.
             input_shape: shape of one input image (C, H, W); linked from the datamodule by the CLI.
@@ -65,7 +76,7 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         super().__init__()
         check_num_members(num_members)
         check_dropout_p(dropout, "model.dropout")
-        given = {"hidden_sizes": hidden_sizes, "width": width}  # every backbone's options
+        given = {"hidden_sizes": hidden_sizes, "width": width, "depth": depth, "widen_factor": widen_factor}  # every backbone's options
         options = backbone_options(backbone, **given)  # this backbone's, defaults filled in
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # checkpoints record the network built: this backbone's options resolved, the others None
@@ -90,13 +101,18 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
 
     # ---- training --------------------------------------------------------------------------------
     def training_logits(self, x: Tensor) -> Tensor:
-        """Member logits used for the training loss (default: all members, as at test time)."""
+        """Member logits used for the training loss (default: all members on the whole batch, as at test time)."""
         return self(x)
 
+    def training_targets(self, targets: Tensor) -> Tensor:
+        """Labels lined up with ``training_logits``: (B,) when every member sees the whole batch (the
+        default), or (M, B') when member i trains on its own B' images (row i: their labels)."""
+        return targets
+
     def training_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Cross-entropy averaged over members and rows (targets are tiled with the batch)."""
+        """Cross-entropy averaged over members and rows; ``targets`` as ``training_targets`` returns them."""
         m, b, c = logits.shape
-        return F.cross_entropy(logits.reshape(m * b, c), targets.repeat(m))  # (M*B, C) vs (M*B,)
+        return F.cross_entropy(logits.reshape(m * b, c), member_targets(targets, m).reshape(m * b))  # (M*B, C) vs (M*B,)
 
     def logged_loss(self, loss: Tensor, logits: Tensor) -> Tensor:
         """The training loss as logged (train/loss_step, train/loss_epoch); the default is ``loss`` itself.
@@ -107,18 +123,21 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        images, targets = batch[0], batch[1]
-        logits = self.training_logits(images)  # (M, B, C)
+        logits = self.training_logits(batch[0])  # (M, B, C)
+        targets = self.training_targets(batch[1])  # (B,), or (M, B) when each member has its own images
         loss = self.training_loss(logits, targets)
         logged = self.logged_loss(loss.detach(), logits.detach())
         # Nothing here waits for the device. Epoch sums stay on the device and are logged once per
         # epoch (each self.log costs ~0.5 ms of CPU); the step loss (this rank's, no collective)
         # reaches the logger every log_every_n_steps and never the progress bar.
         with torch.no_grad():
-            correct = (logits.softmax(-1).mean(0).argmax(-1) == targets).sum()
+            if targets.dim() == 1:  # every member saw these images: the ensemble's accuracy
+                correct = (logits.softmax(-1).mean(0).argmax(-1) == targets).sum()
+            else:  # each member saw its own images: the members' mean accuracy, counted per row
+                correct = (logits.argmax(-1) == targets).float().mean(0).sum()
             if self._epoch_sums is None:
                 self._epoch_sums = torch.zeros(3, device=loss.device)  # loss × images, correct, images
-            images = targets.shape[0]
+            images = targets.shape[-1]
             self._epoch_sums[0] += logged.float() * images
             self._epoch_sums[1] += correct
             self._epoch_sums[2] += images

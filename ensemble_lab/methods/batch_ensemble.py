@@ -1,40 +1,121 @@
-"""BatchEnsemble: members share W and differ by rank-1 fast weights r_i, s_i (Wen et al., 2020)."""
+"""BatchEnsemble: members share W and differ by fast weights, W_i = W ∘ Σ_k s_ik r_ikᵀ (Wen et al., 2020)."""
 
 import math
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.base import EnsembleModule
-from ensemble_lab.nn import LayerFactory, batch_ensemble_layers
+from ensemble_lab.nn import BatchConv2d, EnsembleBatchNorm2d, FastWeights, LayerFactory, batch_ensemble_layers
+
+TRAIN_BATCHES = ("tile", "split")
 
 
 class BatchEnsemble(EnsembleModule):
-    """M members from one shared network; the batch is tiled M times in training and at test."""
+    """M members from one shared network. Every option's default is the paper's recipe."""
 
     def __init__(
         self,
+        rank: int = 1,
+        perturbation: str = "channel",
         fast_weight_init: str = "normal",
+        fast_weight_mean: float = 1.0,
         fast_weight_std: float = 0.5,
+        unperturbed_first_member: bool = False,
+        gradient_blocking: bool = False,
+        train_batch: str = "tile",
+        norm: str = "shared",
         fast_weight_lr_scale: float = 0.5,
         fast_weight_decay: bool = False,
         **kwargs,
     ) -> None:
         """
         Args:
-            fast_weight_init: "normal" (r, s ~ N(1, fast_weight_std), the paper's) or "random_sign" (±1, the original BatchEnsemble paper's).
-            fast_weight_std: standard deviation of the "normal" fast-weight init.
+            rank: k >= 1: member i's weight is W ∘ (Σ_k s_ik r_ikᵀ); 1 is the paper's rank-1 s_i r_iᵀ.
+            perturbation: convolutions' fast weights: "channel" (r over input channels, the paper's) or
+                "kernel" (r over input channels × kernel positions). Linear layers are always channel-wise;
+                "kernel" needs a backbone with convolutions.
+            fast_weight_init: "normal" (r, s ~ N(fast_weight_mean, fast_weight_std), the paper's), "random_sign"
+                (±1, the original BatchEnsemble paper's) or "ones" (all members identical at the start: the
+                degenerate control). Above rank 1, s is divided by k.
+            fast_weight_mean: mean of the "normal" init (1.0 in the authors' code; 0.0 as one summary of the paper says).
+            fast_weight_std: standard deviation of the "normal" init.
+            unperturbed_first_member: member 0 uses W itself (its r and s fixed at 1, never trained), as in the
+                authors' MNIST code.
+            gradient_blocking: members 1..M−1 see W detached, so the shared W learns from member 0 alone while
+                the others train only their fast weights and biases (the authors' MNIST code). A shared
+                BatchNorm still mixes the members' rows in its batch statistics.
+            train_batch: "tile" (every member sees the whole batch, the paper's) or "split" (each member trains
+                on its own B/M images of the batch, the original BatchEnsemble paper's way; --data.batch_size
+                must divide by M, and a short last batch drops its last B mod M images). Test: always tiled.
+            norm: "shared" (one BatchNorm for all members' rows, the paper's) or "per_member" (each member its
+                own BatchNorm statistics and affine); "per_member" needs a backbone with norm layers.
             fast_weight_lr_scale: learning rate of r and s relative to the optimizer's (0.5 in the authors' code).
             fast_weight_decay: apply the optimizer's weight decay to r and s too (off in the authors' code).
         """
-        self.fast_weight_init, self.fast_weight_std = fast_weight_init, fast_weight_std
+        if train_batch not in TRAIN_BATCHES:
+            raise ConfigError(f"--model.train_batch {train_batch!r} is not known; allowed: {', '.join(TRAIN_BATCHES)}")
+        self.fast_weights = FastWeights(
+            rank=rank,
+            init=fast_weight_init,
+            mean=fast_weight_mean,
+            std=fast_weight_std,
+            unperturbed_first_member=unperturbed_first_member,
+            gradient_blocking=gradient_blocking,
+        )
+        self.perturbation, self.norm, self.train_batch = perturbation, norm, train_batch
         self.fast_weight_lr_scale, self.fast_weight_decay = fast_weight_lr_scale, fast_weight_decay
         super().__init__(**kwargs)
+        self._refuse_options_without_layers()
 
     def layer_factory(self) -> LayerFactory:
-        return batch_ensemble_layers(self.num_members, self.fast_weight_init, self.fast_weight_std)
+        return batch_ensemble_layers(self.num_members, self.fast_weights, perturbation=self.perturbation, norm=self.norm)
 
+    def _refuse_options_without_layers(self) -> None:
+        backbone = self.hparams["backbone"]
+        modules = list(self.network.modules())
+        if self.perturbation == "kernel" and not any(isinstance(m, BatchConv2d) for m in modules):
+            raise ConfigError(f"--model.perturbation kernel applies to convolutions; the {backbone} backbone has none (drop it)")
+        if self.norm == "per_member" and not any(isinstance(m, EnsembleBatchNorm2d) for m in modules):
+            raise ConfigError(f"--model.norm per_member applies to BatchNorm layers; the {backbone} backbone has none (drop it)")
+
+    # ---- training: tiled (the default) or split batches -------------------------------------------
+    def _split_rows(self, batch: int) -> int:
+        """Rows of a training batch that split evenly into M members' own images."""
+        rows = batch - batch % self.num_members
+        if rows == 0:
+            raise ConfigError(
+                f"--model.train_batch split: a training batch of {batch} images cannot give each of the "
+                f"{self.num_members} members an image; pass a --data.batch_size divisible by {self.num_members}"
+            )
+        return rows
+
+    def training_logits(self, x: Tensor) -> Tensor:
+        if self.train_batch == "tile":
+            return super().training_logits(x)
+        rows = self._split_rows(x.shape[0])
+        # the batch is already member-major: rows [i*B/M, (i+1)*B/M) are member i's own images
+        logits = self.network(x[:rows])  # (B, C)
+        return logits.view(self.num_members, rows // self.num_members, -1)  # (M, B/M, C)
+
+    def training_targets(self, targets: Tensor) -> Tensor:
+        if self.train_batch == "tile":
+            return super().training_targets(targets)
+        rows = self._split_rows(targets.shape[0])
+        return targets[:rows].view(self.num_members, -1)  # (M, B/M): member i's own images' labels
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        batch_size = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
+        if self.train_batch == "split" and isinstance(batch_size, int) and batch_size % self.num_members:
+            raise ConfigError(
+                f"--model.train_batch split gives each of the {self.num_members} members its own B/M images, but "
+                f"--data.batch_size is {batch_size}; pass a batch size divisible by {self.num_members}"
+            )
+
+    # ---- optimisation: fast weights at their own learning rate ------------------------------------
     def _is_fast_weight(self, name: str) -> bool:
         return name.endswith((".r", ".s"))
 

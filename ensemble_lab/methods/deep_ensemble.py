@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.assemble import load_member_checkpoints, member_seed, refuse_duplicates, warn_identical_members
-from ensemble_lab.methods.base import EnsembleModule
+from ensemble_lab.methods.base import EnsembleModule, member_targets
 from ensemble_lab.nn import LayerFactory, deep_ensemble_layers
 
 
@@ -52,7 +52,7 @@ class DeepEnsemble(EnsembleModule):
         """SUM over members of each member's mean cross-entropy: every member gets the gradient it
         would get if it were trained alone (a mean would shrink each member's step by 1/M)."""
         m, b, c = logits.shape
-        per_row = F.cross_entropy(logits.reshape(m * b, c), targets.repeat(m), reduction="none")  # (M*B,)
+        per_row = F.cross_entropy(logits.reshape(m * b, c), member_targets(targets, m).reshape(m * b), reduction="none")  # (M*B,)
         return per_row.view(m, b).mean(dim=1).sum()
 
     def logged_loss(self, loss: Tensor, logits: Tensor) -> Tensor:

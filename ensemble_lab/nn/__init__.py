@@ -12,6 +12,7 @@ from ensemble_lab.nn.factories import (
     deep_ensemble_layers,
     plain_layers,
 )
+from ensemble_lab.nn.fast_weights import FastWeights
 from ensemble_lab.nn.members import rows_per_member, tile_members
 from ensemble_lab.nn.mlp import mlp
 
@@ -24,6 +25,7 @@ __all__ = [
     "EnsembleBatchNorm2d",
     "EnsembleConv2d",
     "EnsembleLinear",
+    "FastWeights",
     "LayerFactory",
     "batch_ensemble_layers",
     "build_backbone",

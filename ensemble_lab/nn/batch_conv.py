@@ -1,4 +1,4 @@
-"""BatchEnsemble's rank-1 2-D convolution, channel-wise (Wen, Tran, Ba; ICLR 2020)."""
+"""BatchEnsemble's 2-D convolution (Wen, Tran, Ba; ICLR 2020): a shared kernel, rank-k fast weights per member."""
 
 import math
 
@@ -7,17 +7,27 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.nn.batch_linear import FAST_WEIGHT_INITS, init_fast_weights
 from ensemble_lab.nn.conv_args import IntOrPair, as_pair
-from ensemble_lab.nn.members import check_num_members, rows_per_member
+from ensemble_lab.nn.ensemble_conv import channels_to_members, members_to_channels
+from ensemble_lab.nn.fast_weights import FastWeightLayer, FastWeights
+from ensemble_lab.nn.members import rows_per_member
+
+PERTURBATIONS = ("channel", "kernel")
 
 
-class BatchConv2d(nn.Module):
-    """A convolution shared by M members, each perturbed channel-wise by a rank-1 fast weight.
+class BatchConv2d(FastWeightLayer):
+    """A convolution shared by M members, each perturbed by fast weights.
 
-    Member i uses W_i = W ∘ (s_i r_iᵀ), the outer product broadcast over kernel positions, and its
-    own bias b_i. Since the perturbation is per channel, it commutes with the convolution:
-    conv(x, W_i) = conv(x ∘ r_i, W) ∘ s_i, so all members run as one convolution over all rows.
+    Member i uses W_i = W ∘ F_i, F_i = Σ_k s_ik r_ikᵀ, and its own bias b_i. ``perturbation``
+    says what r runs over:
+
+    - "channel" (the paper's): input channels, F_i the same at every kernel position. At rank 1
+      it commutes with the convolution, conv(x, W_i) = conv(x ∘ r_i, W) ∘ s_i, so all members
+      run as one convolution over all rows with no member weights built.
+    - "kernel": input channel × kernel position, which cannot be folded into the input.
+
+    Otherwise (kernel-wise, or rank > 1) the M member kernels are built and run as one grouped
+    convolution (groups = M) over channel-stacked feature maps.
     """
 
     def __init__(
@@ -29,8 +39,8 @@ class BatchConv2d(nn.Module):
         stride: IntOrPair = 1,
         padding: IntOrPair = 0,
         bias: bool = False,
-        fast_weight_init: str = "normal",
-        fast_weight_std: float = 0.5,
+        fast_weights: FastWeights | None = None,
+        perturbation: str = "channel",
     ) -> None:
         """
         Args:
@@ -41,61 +51,62 @@ class BatchConv2d(nn.Module):
             stride: stride of the convolution (int or pair).
             padding: zero padding on each side (int or pair).
             bias: give every member its own bias vector (out_channels,).
-            fast_weight_init: "normal" draws r, s ~ N(1, fast_weight_std); "random_sign" draws ±1.
-            fast_weight_std: standard deviation of the "normal" fast-weight init.
+            fast_weights: rank, init and training of r and s (default: rank 1, r, s ~ N(1, 0.5)).
+            perturbation: "channel" (r over input channels) or "kernel" (r over input channels × kernel positions).
         """
         super().__init__()
-        check_num_members(num_members)
-        if fast_weight_init not in FAST_WEIGHT_INITS:
-            raise ConfigError(
-                f"fast_weight_init={fast_weight_init!r} is not known; allowed: {', '.join(FAST_WEIGHT_INITS)}"
-            )
+        if perturbation not in PERTURBATIONS:
+            raise ConfigError(f"--model.perturbation {perturbation!r} is not known; allowed: {', '.join(PERTURBATIONS)}")
         kh, kw = as_pair(kernel_size)
-        self.in_channels, self.out_channels, self.num_members = in_channels, out_channels, num_members
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
-        self.fast_weight_init, self.fast_weight_std = fast_weight_init, fast_weight_std
+        self.perturbation = perturbation
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kh, kw))
-        self.r = nn.Parameter(torch.empty(num_members, in_channels))
-        self.s = nn.Parameter(torch.empty(num_members, out_channels))
-        self.bias = nn.Parameter(torch.empty(num_members, out_channels)) if bias else None
+        r_shape = (in_channels,) if perturbation == "channel" else (in_channels, kh, kw)
+        self._make_fast_weights(num_members, r_shape, out_channels, bias, fast_weights or FastWeights())
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Shared weight and bias as nn.Conv2d; fast weights from ``fast_weight_init``."""
+        """Shared weight and bias as nn.Conv2d; fast weights as ``fast_weights`` says."""
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        init_fast_weights(self.r, self.fast_weight_init, self.fast_weight_std)
-        init_fast_weights(self.s, self.fast_weight_init, self.fast_weight_std)
-        if self.bias is not None:
-            fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-            bound = 1 / math.sqrt(fan_in)
-            nn.init.uniform_(self.bias, -bound, bound)
+        self._reset_fast_weights(bias_bound=1 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1]))
 
     def forward(self, x: Tensor) -> Tensor:
         """(M*B, in_channels, H, W) member-major rows -> (M*B, out_channels, H', W')."""
         m, b = self.num_members, rows_per_member(x.shape[0], self.num_members)
-        h, w = x.shape[-2:]
-        r = self.r.view(m, 1, self.in_channels, 1, 1)  # (M, 1, Cin, 1, 1): broadcast over rows, pixels
-        x = x.view(m, b, self.in_channels, h, w) * r  # (M, B, Cin, H, W)
-        # One convolution with the shared weight over every member's rows.
-        x = x.reshape(m * b, self.in_channels, h, w)  # (M*B, Cin, H, W)
-        y = F.conv2d(x, self.weight, None, self.stride, self.padding)  # (M*B, Cout, H', W')
-        y = y.view(m, b, *y.shape[1:])  # (M, B, Cout, H', W')
-        # Cast to the conv's dtype: under autocast a float32 s would promote the output back to float32.
-        y = y * self.s.view(m, 1, self.out_channels, 1, 1).to(y.dtype)
-        if self.bias is not None:
-            y = y + self.bias.view(m, 1, self.out_channels, 1, 1).to(y.dtype)
-        return y.reshape(m * b, *y.shape[2:])  # (M*B, Cout, H', W')
+        if self.fast.rank == 1 and self.perturbation == "channel":
+            r, s = self.fast_factors()  # (M, 1, Cin), (M, 1, Cout)
+            x = x.view(m, b, *x.shape[1:]) * r.view(m, 1, self.in_channels, 1, 1)  # (M, B, Cin, H, W)
 
-    def member_weight(self, i: int) -> Tensor:
-        """Member i's effective weight W ∘ (s_i r_iᵀ), shaped like ``.weight`` (out, in, kh, kw)."""
-        if not -self.num_members <= i < self.num_members:
-            raise IndexError(f"member {i} out of range for {self.num_members} members")
-        scale = torch.outer(self.s[i], self.r[i])  # (Cout, Cin), same for every kernel position
-        return self.weight * scale[:, :, None, None]
+            def conv(rows: Tensor, weight: Tensor) -> Tensor:  # (n, B, Cin, H, W) -> (n, B, Cout, H', W')
+                y = F.conv2d(rows.flatten(0, 1), weight, None, self.stride, self.padding)  # (n*B, Cout, H', W')
+                return y.view(rows.shape[0], b, *y.shape[1:])
+
+            y = self._apply_shared(x, conv)  # one convolution with the shared weight (two under gradient blocking)
+            # Cast to the conv's dtype: under autocast a float32 s would promote the output back to float32.
+            y = y * s.view(m, 1, self.out_channels, 1, 1).to(y.dtype)
+        else:
+            weights = self.member_weights().flatten(0, 1)  # (M*Cout, Cin, kh, kw)
+            # groups=M: output channels [i*Cout, (i+1)*Cout) see only member i's input channels.
+            y = F.conv2d(members_to_channels(x, m), weights, None, self.stride, self.padding, groups=m)  # (B, M*Cout, H', W')
+            y = channels_to_members(y, m)  # (M*B, Cout, H', W')
+            y = y.view(m, b, *y.shape[1:])  # (M, B, Cout, H', W')
+        return self._add_bias(y).reshape(m * b, *y.shape[2:])  # (M*B, Cout, H', W')
+
+    def _broadcast(self, f: Tensor) -> Tensor:
+        m = f.shape[0]
+        if self.perturbation == "channel":
+            return f.view(m, self.out_channels, self.in_channels, 1, 1)  # the same at every kernel position
+        return f.view(m, self.out_channels, self.in_channels, *self.kernel_size)
+
+    def _weight_sq(self) -> Tensor:
+        weight_sq = self.weight.detach().to(torch.float64).square()  # (out, in, kh, kw)
+        # channel-wise, F_i is the same at every kernel position, so the positions sum inside W∘W first
+        return weight_sq.sum((2, 3)) if self.perturbation == "channel" else weight_sq.flatten(1)  # (out, in_flat)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"num_members={self.num_members}, stride={self.stride}, padding={self.padding}, "
-            f"bias={self.bias is not None}"
+            f"bias={self.bias is not None}, rank={self.fast.rank}, perturbation={self.perturbation}"
         )

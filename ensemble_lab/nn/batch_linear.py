@@ -1,32 +1,20 @@
-"""BatchEnsemble's rank-1 linear layer (Wen, Tran, Ba; ICLR 2020)."""
+"""BatchEnsemble's linear layer (Wen, Tran, Ba; ICLR 2020): a shared weight, rank-k fast weights per member."""
 
 import math
 
 import torch
 from torch import Tensor, nn
 
-from ensemble_lab.errors import ConfigError
-from ensemble_lab.nn.members import check_num_members, rows_per_member
-
-FAST_WEIGHT_INITS = ("normal", "random_sign")
+from ensemble_lab.nn.fast_weights import FastWeightLayer, FastWeights
+from ensemble_lab.nn.members import rows_per_member
 
 
-def init_fast_weights(tensor: Tensor, init: str, std: float) -> None:
-    """Fill a fast-weight tensor in place: N(1, std) ("normal") or random ±1 signs ("random_sign")."""
-    with torch.no_grad():
-        if init == "normal":
-            tensor.normal_(1.0, std)
-        elif init == "random_sign":
-            tensor.bernoulli_(0.5).mul_(2).sub_(1)
-        else:
-            raise ConfigError(f"fast_weight_init={init!r} is not known; allowed: {', '.join(FAST_WEIGHT_INITS)}")
+class BatchLinear(FastWeightLayer):
+    """A linear layer shared by M members, each perturbed by fast weights.
 
-
-class BatchLinear(nn.Module):
-    """A linear layer shared by M members, each perturbed by a rank-1 fast weight.
-
-    Member i uses W_i = W ∘ (s_i r_iᵀ) and its own bias b_i. All members run in one batched op:
-    y = ((x ∘ r_i) Wᵀ) ∘ s_i + b_i on member-major rows (M*B, in_features).
+    Member i uses W_i = W ∘ F_i, F_i = Σ_k s_ik r_ikᵀ, and its own bias b_i. At rank 1 all members
+    run as one factored op, y = ((x ∘ r_i) Wᵀ) ∘ s_i + b_i; above rank 1 the member weights are
+    built (M·out·in, less than the k-fold factored matmul) and applied in one batched matmul.
     """
 
     def __init__(
@@ -35,8 +23,7 @@ class BatchLinear(nn.Module):
         out_features: int,
         num_members: int,
         bias: bool = True,
-        fast_weight_init: str = "normal",
-        fast_weight_std: float = 0.5,
+        fast_weights: FastWeights | None = None,
     ) -> None:
         """
         Args:
@@ -44,42 +31,41 @@ class BatchLinear(nn.Module):
             out_features: size of each output row.
             num_members: number of ensemble members M.
             bias: give every member its own bias vector.
-            fast_weight_init: "normal" draws r, s ~ N(1, fast_weight_std); "random_sign" draws ±1.
-            fast_weight_std: standard deviation of the "normal" fast-weight init.
+            fast_weights: rank, init and training of r and s (default: rank 1, r, s ~ N(1, 0.5)).
         """
         super().__init__()
-        check_num_members(num_members)
-        self.in_features, self.out_features, self.num_members = in_features, out_features, num_members
+        self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.r = nn.Parameter(torch.empty(num_members, in_features))
-        self.s = nn.Parameter(torch.empty(num_members, out_features))
-        self.bias = nn.Parameter(torch.empty(num_members, out_features)) if bias else None
-        self.fast_weight_init, self.fast_weight_std = fast_weight_init, fast_weight_std
+        self._make_fast_weights(num_members, (in_features,), out_features, bias, fast_weights or FastWeights())
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Shared weight and bias as nn.Linear; fast weights from ``fast_weight_init``."""
+        """Shared weight and bias as nn.Linear; fast weights as ``fast_weights`` says."""
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        init_fast_weights(self.r, self.fast_weight_init, self.fast_weight_std)
-        init_fast_weights(self.s, self.fast_weight_init, self.fast_weight_std)
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.bias, -bound, bound)
+        self._reset_fast_weights(bias_bound=1 / math.sqrt(self.in_features))
 
     def forward(self, x: Tensor) -> Tensor:
         """(M*B, in_features) member-major rows -> (M*B, out_features)."""
         m, b = self.num_members, rows_per_member(x.shape[0], self.num_members)
-        x = x.view(m, b, self.in_features) * self.r.unsqueeze(1)  # (M, B, in)
-        y = x @ self.weight.t()  # (M, B, out)
-        # Cast to the matmul's dtype: under autocast a float32 s or bias would promote the output back to float32.
-        y = y * self.s.unsqueeze(1).to(y.dtype)
-        if self.bias is not None:
-            y = y + self.bias.unsqueeze(1).to(y.dtype)
-        return y.reshape(m * b, self.out_features)  # (M*B, out)
+        x = x.view(m, b, self.in_features)  # (M, B, in)
+        if self.fast.rank == 1:
+            r, s = self.fast_factors()  # (M, 1, in), (M, 1, out): broadcast over the B rows
+            y = self._apply_shared(x * r, lambda rows, w: rows @ w.t())  # (M, B, out)
+            # Cast to the matmul's dtype: under autocast a float32 s or bias would promote the output back to float32.
+            y = y * s.to(y.dtype)
+        else:
+            weights = self.member_weights()  # (M, out, in)
+            y = torch.bmm(x, weights.transpose(1, 2))  # (M, B, out)
+        return self._add_bias(y).reshape(m * b, self.out_features)  # (M*B, out)
 
-    def member_weight(self, i: int) -> Tensor:
-        """Member i's effective weight W ∘ (s_i r_iᵀ), shaped like ``.weight``."""
-        return self.weight * torch.outer(self.s[i], self.r[i])
+    def _broadcast(self, f: Tensor) -> Tensor:
+        return f  # (M, out, in): already W's layout
+
+    def _weight_sq(self) -> Tensor:
+        return self.weight.detach().to(torch.float64).square()  # (out, in)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, num_members={self.num_members}, bias={self.bias is not None}"
+        return (
+            f"{self.in_features}, {self.out_features}, num_members={self.num_members}, "
+            f"bias={self.bias is not None}, rank={self.fast.rank}"
+        )

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ensemble_lab.nn.conv_args import IntOrPair, as_pair
-from ensemble_lab.nn.members import check_num_members, rows_per_member
+from ensemble_lab.nn.members import check_num_members, gram_of_rows, rows_per_member
 
 
 def members_to_channels(x: Tensor, num_members: int) -> Tensor:
@@ -119,6 +119,14 @@ class EnsembleConv2d(nn.Module):
         """Member i's weight (out_channels, in_channels, kh, kw)."""
         return self.weight[i]
 
+    def member_gram(self) -> Tensor:
+        """G_ij = ⟨θ_i, θ_j⟩ (M, M) float64 of the members' own kernels and biases."""
+        return gram_of_rows(self.weight, self.bias)
+
+    def member_parameters(self) -> list[Tensor]:
+        """The stored tensors whose row i is member i's own: weight and bias."""
+        return [p for p in (self.weight, self.bias) if p is not None]
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -132,6 +140,11 @@ class EnsembleBatchNorm2d(nn.Module):
 
     Parameters and buffers have shape (M, C); row m holds what member m's own BatchNorm2d would.
     """
+
+    # buffers, None when not track_running_stats (as nn.BatchNorm2d)
+    running_mean: Tensor | None
+    running_var: Tensor | None
+    num_batches_tracked: Tensor | None
 
     def __init__(
         self,
@@ -172,6 +185,7 @@ class EnsembleBatchNorm2d(nn.Module):
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, no batches seen."""
         if self.track_running_stats:
+            assert self.running_mean is not None and self.running_var is not None and self.num_batches_tracked is not None
             self.running_mean.zero_()
             self.running_var.fill_(1)
             self.num_batches_tracked.zero_()
@@ -180,6 +194,7 @@ class EnsembleBatchNorm2d(nn.Module):
         """Running statistics and affine parameters back to nn.BatchNorm2d's initial values."""
         self.reset_running_stats()
         if self.affine:
+            assert self.weight is not None and self.bias is not None
             nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
 
@@ -190,6 +205,7 @@ class EnsembleBatchNorm2d(nn.Module):
         update = self.training and self.track_running_stats
         momentum = 0.0 if self.momentum is None else self.momentum
         if update:
+            assert self.num_batches_tracked is not None
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
                 momentum = 1.0 / float(self.num_batches_tracked)
@@ -205,6 +221,11 @@ class EnsembleBatchNorm2d(nn.Module):
             self.eps,
         )
         return y if self.channel_stacked else channels_to_members(y, m)
+
+    def member_parameters(self) -> list[Tensor]:
+        """The stored tensors whose row i is member i's own: the affine scale and shift (no ``member_gram``:
+        norm layers are left out of the effective weight cosine, see evaluation/weight_space.py)."""
+        return [p for p in (self.weight, self.bias) if p is not None]
 
     def extra_repr(self) -> str:
         return (

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ensemble_lab.nn.members import check_num_members, rows_per_member
+from ensemble_lab.nn.members import check_num_members, gram_of_rows, rows_per_member
 
 
 class EnsembleLinear(nn.Module):
@@ -47,6 +47,14 @@ class EnsembleLinear(nn.Module):
     def member_weight(self, i: int) -> Tensor:
         """Member i's weight (out_features, in_features)."""
         return self.weight[i]
+
+    def member_gram(self) -> Tensor:
+        """G_ij = ⟨θ_i, θ_j⟩ (M, M) float64 of the members' own weights and biases."""
+        return gram_of_rows(self.weight, self.bias)
+
+    def member_parameters(self) -> list[Tensor]:
+        """The stored tensors whose row i is member i's own: weight and bias."""
+        return [p for p in (self.weight, self.bias) if p is not None]
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, num_members={self.num_members}, bias={self.bias is not None}"

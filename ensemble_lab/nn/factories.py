@@ -8,9 +8,11 @@ EnsembleLinear weights (Deep Ensemble). Every layer consumes member-major rows (
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from torch import nn
 
+from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.batch_conv import BatchConv2d
 from ensemble_lab.nn.batch_linear import BatchLinear
 from ensemble_lab.nn.dropout import AlwaysOnDropout, AlwaysOnDropout2d
@@ -21,7 +23,11 @@ from ensemble_lab.nn.ensemble_conv import (
     MembersToChannels,
 )
 from ensemble_lab.nn.ensemble_linear import EnsembleLinear
+from ensemble_lab.nn.fast_weights import FastWeights
 from ensemble_lab.nn.members import check_num_members
+
+#: BatchEnsemble's norm layers: one for all members, or one per member
+NORMS = ("shared", "per_member")
 
 
 @dataclass(frozen=True)
@@ -53,14 +59,35 @@ def plain_layers(num_members: int = 1, mc_dropout: bool = False) -> LayerFactory
     )
 
 
-def batch_ensemble_layers(num_members: int, fast_weight_init: str = "normal", fast_weight_std: float = 0.5) -> LayerFactory:
-    """Rank-1 BatchLinear / BatchConv2d with a shared weight; BatchNorm shared by the members."""
-    fast = {"num_members": num_members, "fast_weight_init": fast_weight_init, "fast_weight_std": fast_weight_std}
+def batch_ensemble_layers(
+    num_members: int,
+    fast_weights: FastWeights | None = None,
+    perturbation: str = "channel",
+    norm: str = "shared",
+    **fast_weight_options: Any,
+) -> LayerFactory:
+    """BatchLinear / BatchConv2d with a shared weight.
+
+    Args:
+        num_members: number of members M.
+        fast_weights: the fast weights' rank, init and training; or give FastWeights' fields by
+            keyword (``fast_weight_init=...``, ``fast_weight_std=...``, ``rank=...``).
+        perturbation: BatchConv2d's "channel" or "kernel" fast weights (linear layers are channel-wise).
+        norm: "shared" (one BatchNorm2d for all members' rows) or "per_member" (each member its own
+            statistics and affine, EnsembleBatchNorm2d).
+    """
+    if fast_weights is None:
+        renamed = {key.removeprefix("fast_weight_"): value for key, value in fast_weight_options.items()}
+        fast_weights = FastWeights(**renamed)
+    elif fast_weight_options:
+        raise TypeError(f"give fast_weights or its fields by keyword, not both: {sorted(fast_weight_options)}")
+    if norm not in NORMS:
+        raise ConfigError(f"--model.norm {norm!r} is not known; allowed: {', '.join(NORMS)}")
     return LayerFactory(
         num_members=num_members,
-        linear=partial(BatchLinear, **fast),
-        conv2d=partial(BatchConv2d, **fast),
-        norm2d=nn.BatchNorm2d,
+        linear=partial(BatchLinear, num_members=num_members, fast_weights=fast_weights),
+        conv2d=partial(BatchConv2d, num_members=num_members, fast_weights=fast_weights, perturbation=perturbation),
+        norm2d=nn.BatchNorm2d if norm == "shared" else partial(EnsembleBatchNorm2d, num_members=num_members),
     )
 
 
@@ -71,12 +98,11 @@ def deep_ensemble_layers(num_members: int) -> LayerFactory:
     (B, M*C, H, W), the layout the grouped convolution and the batch norm work in: two copies per
     network instead of two per conv and two per norm. Linear layers take member-major rows.
     """
-    stacked = {"num_members": num_members, "channel_stacked": True}
     return LayerFactory(
         num_members=num_members,
         linear=partial(EnsembleLinear, num_members=num_members),
-        conv2d=partial(EnsembleConv2d, **stacked),
-        norm2d=partial(EnsembleBatchNorm2d, **stacked),
+        conv2d=partial(EnsembleConv2d, num_members=num_members, channel_stacked=True),
+        norm2d=partial(EnsembleBatchNorm2d, num_members=num_members, channel_stacked=True),
         enter_maps=partial(MembersToChannels, num_members),
         leave_maps=partial(ChannelsToMembers, num_members),
     )

@@ -1,5 +1,6 @@
 """Helpers for the member-major row layout: rows [m*B, (m+1)*B) belong to member m."""
 
+import torch
 from torch import Tensor
 
 from ensemble_lab.errors import ConfigError
@@ -30,3 +31,17 @@ def tile_members(x: Tensor, num_members: int) -> Tensor:
         return x
     # (B, ...) -> (M, B, ...) -> (M*B, ...)
     return x.unsqueeze(0).expand(num_members, *x.shape).reshape(num_members * x.shape[0], *x.shape[1:])
+
+
+def gram_of_rows(*tensors: Tensor | None) -> Tensor:
+    """Σ over tensors of shape (M, ...) of the (M, M) Gram of their flattened rows, in float64 (detached).
+
+    Row i of each tensor is member i's; ``None`` entries are skipped (at least one must be a tensor).
+    """
+    present = [t.detach().to(torch.float64).flatten(1) for t in tensors if t is not None]  # each (M, k)
+    if not present:
+        raise ValueError("gram_of_rows needs at least one tensor")
+    gram = present[0] @ present[0].T  # (M, M)
+    for rows in present[1:]:
+        gram = gram + rows @ rows.T
+    return gram

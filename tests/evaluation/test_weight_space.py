@@ -119,9 +119,11 @@ def test_identical_and_opposite_members():
 
 
 def test_single_model_and_mc_dropout():
-    assert weight_space_summary(SingleModel(**MLP)) == {"weight_cosine": [[1.0]], "weight_cosine_mean": None}
-    # MC Dropout members share every weight: no weight-space diversity to report
-    assert weight_space_summary(MCDropout(num_members=4, **MLP)) == {"weight_cosine": None, "weight_cosine_mean": None}
+    one = {"weight_cosine": [[1.0]], "weight_cosine_mean": None}
+    assert weight_space_summary(SingleModel(**MLP)) == {**one, "weight_cosine_stored": [[1.0]], "weight_cosine_stored_mean": None}
+    # MC Dropout members share every weight: no weight-space diversity to report, in either reading
+    none = dict.fromkeys(["weight_cosine", "weight_cosine_mean", "weight_cosine_stored", "weight_cosine_stored_mean"])
+    assert weight_space_summary(MCDropout(num_members=4, **MLP)) == none
 
 
 def test_summary_and_off_diagonal_mean():

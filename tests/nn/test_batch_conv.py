@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.batch_conv import BatchConv2d
+from ensemble_lab.nn.fast_weights import FastWeights
 
 M = 3
 # (kernel_size, stride, padding): same-size, downsampling, 1x1 shortcut, large kernel, non-square.
@@ -69,15 +70,15 @@ def test_invalid_num_members_raise(num_members):
 
 def test_unknown_fast_weight_init_raises():
     with pytest.raises(ConfigError, match="random_sign"):
-        BatchConv2d(2, 2, 3, M, fast_weight_init="uniform")
+        FastWeights(init="uniform")
 
 
 def test_fast_weight_inits():
     torch.manual_seed(0)
-    signs = BatchConv2d(64, 64, 3, 4, fast_weight_init="random_sign")
+    signs = BatchConv2d(64, 64, 3, 4, fast_weights=FastWeights(init="random_sign"))
     for t in (signs.r, signs.s):
         assert set(t.detach().unique().tolist()) == {-1.0, 1.0}
-    normal = BatchConv2d(256, 256, 1, 8, fast_weight_std=0.25)
+    normal = BatchConv2d(256, 256, 1, 8, fast_weights=FastWeights(std=0.25))
     fast = torch.cat([normal.r.flatten(), normal.s.flatten()]).detach()  # 4096 draws of N(1, 0.25)
     assert abs(fast.mean().item() - 1.0) < 0.03 and abs(fast.std().item() - 0.25) < 0.03
 

@@ -5,7 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.nn import BatchLinear, EnsembleLinear, tile_members
+from ensemble_lab.nn import BatchLinear, EnsembleLinear, FastWeights, tile_members
 
 
 def per_member_reference(layer, x: torch.Tensor) -> torch.Tensor:
@@ -48,12 +48,12 @@ def test_batch_linear_member_weight_is_rank_one_perturbation():
 
 def test_fast_weight_inits():
     torch.manual_seed(0)
-    normal = BatchLinear(400, 300, num_members=4, fast_weight_std=0.5)
+    normal = BatchLinear(400, 300, num_members=4, fast_weights=FastWeights(std=0.5))
     assert abs(normal.r.mean().item() - 1) < 0.05 and abs(normal.r.std().item() - 0.5) < 0.05
-    signs = BatchLinear(40, 30, num_members=4, fast_weight_init="random_sign")
+    signs = BatchLinear(40, 30, num_members=4, fast_weights=FastWeights(init="random_sign"))
     assert set(signs.r.unique().tolist()) == {-1.0, 1.0}
     with pytest.raises(ConfigError, match="random_sign"):
-        BatchLinear(4, 3, num_members=2, fast_weight_init="uniform")
+        FastWeights(init="uniform")
 
 
 def test_tiled_identical_members_give_identical_rows():
@@ -63,7 +63,9 @@ def test_tiled_identical_members_give_identical_rows():
         layer.bias.copy_(layer.bias[0].expand_as(layer.bias))
     x = torch.randn(4, 3)
     out = layer(tile_members(x, 3)).view(3, 4, 2)  # (M, B, out)
-    torch.testing.assert_close(out[0], out[2])
+    expected = F.linear(x, layer.weight[0], layer.bias[0])  # member 0's own nn.Linear computation
+    for i in range(3):
+        torch.testing.assert_close(out[i], expected)
 
 
 @pytest.mark.parametrize("layer_cls", [BatchLinear, EnsembleLinear])
