@@ -257,8 +257,9 @@ def test_a_typo_in_the_args_stops_the_study_before_any_run(tmp_path, capsys, whe
 def test_relative_config_paths_and_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runs = load_study(REPO / "configs" / "study" / "digits.yaml")
-    assert {r.name for r in runs} == {"single", "mc_dropout", "deep_ensemble", "batch_ensemble"}
-    assert sorted({r.seed for r in runs}) == [42, 69, 123] and len(runs) == 12
+    methods = {"single", "mc_dropout", "deep_ensemble", "batch_ensemble", "low_rank", "packed", "mimo", "masksembles"}
+    assert {r.name for r in runs} == methods
+    assert sorted({r.seed for r in runs}) == [42, 69, 123] and len(runs) == 3 * len(methods)
     assert all(r.configs[0].parent == DIGITS for r in runs)  # relative to the study file
     assert runs[0].run_dir == tmp_path / "studies" / "digits" / "single" / "seed_42"
     for name in ("mnist", "cifar10"):

@@ -1,9 +1,13 @@
-"""The four methods. Each is a LightningModule with ``num_members`` and ``forward(x) -> (M, B, C)``."""
+"""The methods: the paper's four and the other efficient ensembles. Each is a LightningModule with ``num_members`` and ``forward(x) -> (M, B, C)``."""
 
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.methods.batch_ensemble import BatchEnsemble
 from ensemble_lab.methods.deep_ensemble import DeepEnsemble
+from ensemble_lab.methods.low_rank import LowRankEnsemble
+from ensemble_lab.methods.masksembles import Masksembles
 from ensemble_lab.methods.mc_dropout import MCDropout
+from ensemble_lab.methods.mimo import MIMO
+from ensemble_lab.methods.packed import PackedEnsemble
 from ensemble_lab.methods.single import SingleModel
 
-__all__ = ["BatchEnsemble", "DeepEnsemble", "EnsembleModule", "MCDropout", "SingleModel"]
+__all__ = ["BatchEnsemble", "DeepEnsemble", "EnsembleModule", "LowRankEnsemble", "Masksembles", "MCDropout", "MIMO", "PackedEnsemble", "SingleModel"]

@@ -6,7 +6,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
@@ -83,11 +83,21 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         self.hparams.update({**dict.fromkeys(given), **options})
         self.num_members = num_members
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        self.network = build_backbone(backbone, self.layer_factory(), tuple(input_shape), num_classes, dropout=dropout, **options)
+        self.network = self.build_network(backbone, tuple(input_shape), num_classes, dropout, options)
         if channels_last:
             use_channels_last(self.network)
         if compile:
             self.network.compile()  # in place: state_dict keys stay "network.*"
+
+    def build_network(
+        self, backbone: str, input_shape: tuple[int, ...], num_classes: int, dropout: float, options: dict[str, Any]
+    ) -> nn.Module:
+        """The network on member-major rows: backbone ``backbone`` built from ``layer_factory()``.
+
+        A method whose network is not the backbone as given overrides this (e.g. narrower members, or
+        M inputs stacked along channels); ``options`` are the backbone's own, defaults filled in.
+        """
+        return build_backbone(backbone, self.layer_factory(), input_shape, num_classes, dropout=dropout, **options)
 
     def layer_factory(self) -> LayerFactory:
         """The layers this method builds its backbone from."""

@@ -10,9 +10,14 @@ from ensemble_lab.nn.factories import (
     LayerFactory,
     batch_ensemble_layers,
     deep_ensemble_layers,
+    low_rank_layers,
+    masksembles_layers,
+    packed_layers,
     plain_layers,
 )
 from ensemble_lab.nn.fast_weights import FastWeights
+from ensemble_lab.nn.low_rank import LowRankConv2d, LowRankLinear
+from ensemble_lab.nn.masks import MemberMasks
 from ensemble_lab.nn.members import rows_per_member, tile_members
 from ensemble_lab.nn.mlp import mlp
 
@@ -27,10 +32,16 @@ __all__ = [
     "EnsembleLinear",
     "FastWeights",
     "LayerFactory",
+    "LowRankConv2d",
+    "LowRankLinear",
+    "MemberMasks",
     "batch_ensemble_layers",
     "build_backbone",
     "deep_ensemble_layers",
+    "low_rank_layers",
+    "masksembles_layers",
     "mlp",
+    "packed_layers",
     "plain_layers",
     "rows_per_member",
     "tile_members",

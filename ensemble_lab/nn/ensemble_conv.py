@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.conv_args import IntOrPair, as_pair
 from ensemble_lab.nn.members import check_num_members, gram_of_rows, rows_per_member
 
@@ -71,6 +72,7 @@ class EnsembleConv2d(nn.Module):
         padding: IntOrPair = 0,
         bias: bool = False,
         channel_stacked: bool = False,
+        groups: int = 1,
     ) -> None:
         """
         Args:
@@ -84,14 +86,24 @@ class EnsembleConv2d(nn.Module):
             channel_stacked: take and return (B, M*C, H, W) feature maps (member m in channels
                 [m*C, (m+1)*C)) instead of member-major rows, so a network of these layers converts
                 its layout once at entry and once at exit instead of twice per layer.
+            groups: groups within each member, as nn.Conv2d's ``groups`` (Packed-Ensembles' γ): member
+                i is ``nn.Conv2d(in_channels, out_channels, groups=groups)`` holding ``weight[i]``
+                (out_channels, in_channels / groups, kh, kw); both channel counts must divide by it.
+                1 (the default) is a dense conv per member; the grouped conv runs M * groups groups.
         """
         super().__init__()
         check_num_members(num_members)
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ConfigError(f"groups must be an integer >= 1, got {groups!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ConfigError(
+                f"EnsembleConv2d({in_channels}, {out_channels}, groups={groups}): both channel counts must divide by groups"
+            )
         kh, kw = as_pair(kernel_size)
         self.in_channels, self.out_channels, self.num_members = in_channels, out_channels, num_members
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
-        self.channel_stacked = channel_stacked
-        self.weight = nn.Parameter(torch.empty(num_members, out_channels, in_channels, kh, kw))
+        self.channel_stacked, self.groups = channel_stacked, groups
+        self.weight = nn.Parameter(torch.empty(num_members, out_channels, in_channels // groups, kh, kw))
         self.bias = nn.Parameter(torch.empty(num_members, out_channels)) if bias else None
         self.reset_parameters()
 
@@ -100,23 +112,24 @@ class EnsembleConv2d(nn.Module):
         for i in range(self.num_members):  # init only: each slice gets nn.Conv2d's fan-in
             nn.init.kaiming_uniform_(self.weight[i], a=math.sqrt(5))
         if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
+            bound = 1 / math.sqrt(self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1])
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
         """(M*B, in_channels, H, W) member-major rows -> (M*B, out_channels, H', W');
         channel-stacked: (B, M*in_channels, H, W) -> (B, M*out_channels, H', W')."""
         m = self.num_members
-        weight = self.weight.flatten(0, 1)  # (M*Cout, Cin, kh, kw)
+        weight = self.weight.flatten(0, 1)  # (M*Cout, Cin/groups, kh, kw)
         bias = None if self.bias is None else self.bias.flatten()  # (M*Cout,)
         if not self.channel_stacked:
             x = members_to_channels(x, m)  # (B, M*Cin, H, W)
-        # groups=M: output channels [m*Cout, (m+1)*Cout) see only input channels [m*Cin, (m+1)*Cin).
-        y = F.conv2d(x, weight, bias, self.stride, self.padding, groups=m)  # (B, M*Cout, H', W')
+        # groups=M: output channels [m*Cout, (m+1)*Cout) see only input channels [m*Cin, (m+1)*Cin);
+        # M*groups: each member's channels split again into its own ``groups`` blocks, as nn.Conv2d's.
+        y = F.conv2d(x, weight, bias, self.stride, self.padding, groups=m * self.groups)  # (B, M*Cout, H', W')
         return y if self.channel_stacked else channels_to_members(y, m)  # (M*B, Cout, H', W')
 
     def member_weight(self, i: int) -> Tensor:
-        """Member i's weight (out_channels, in_channels, kh, kw)."""
+        """Member i's weight (out_channels, in_channels / groups, kh, kw)."""
         return self.weight[i]
 
     def member_gram(self) -> Tensor:
@@ -131,7 +144,7 @@ class EnsembleConv2d(nn.Module):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"num_members={self.num_members}, stride={self.stride}, padding={self.padding}, "
-            f"bias={self.bias is not None}"
+            f"bias={self.bias is not None}" + (f", groups={self.groups}" if self.groups != 1 else "")
         )
 
 

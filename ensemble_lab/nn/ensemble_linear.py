@@ -5,30 +5,42 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.members import check_num_members, gram_of_rows, rows_per_member
 
 
 class EnsembleLinear(nn.Module):
     """M independent linear layers over member-major rows; member i uses ``weight[i]``, ``bias[i]``."""
 
-    def __init__(self, in_features: int, out_features: int, num_members: int, bias: bool = True) -> None:
+    def __init__(self, in_features: int, out_features: int, num_members: int, bias: bool = True, groups: int = 1) -> None:
         """
         Args:
             in_features: size of each input row.
             out_features: size of each output row.
             num_members: number of independent members M.
             bias: give every member a bias vector.
+            groups: blocks of each member's weight (Packed-Ensembles' γ): member i's map is block-diagonal,
+                output block j (``out_features / groups`` units) reading only input block j, as a 1x1
+                nn.Conv1d(in_features, out_features, groups=groups); ``weight[i]`` is
+                (out_features, in_features / groups), rows of block j stacked in order. 1: dense.
         """
         super().__init__()
         check_num_members(num_members)
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ConfigError(f"groups must be an integer >= 1, got {groups!r}")
+        if in_features % groups or out_features % groups:
+            raise ConfigError(
+                f"EnsembleLinear({in_features}, {out_features}, groups={groups}): both feature counts must divide by groups"
+            )
         self.in_features, self.out_features, self.num_members = in_features, out_features, num_members
-        self.weight = nn.Parameter(torch.empty(num_members, out_features, in_features))
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(num_members, out_features, in_features // groups))
         self.bias = nn.Parameter(torch.empty(num_members, out_features)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Each member drawn independently from nn.Linear's default init."""
-        bound = 1 / math.sqrt(self.in_features)
+        bound = 1 / math.sqrt(self.in_features // self.groups)  # fan-in of one block
         for i in range(self.num_members):  # init only: members are independent draws
             nn.init.kaiming_uniform_(self.weight[i], a=math.sqrt(5))
         if self.bias is not None:
@@ -37,6 +49,8 @@ class EnsembleLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(M*B, in_features) member-major rows -> (M*B, out_features)."""
         m, b = self.num_members, rows_per_member(x.shape[0], self.num_members)
+        if self.groups != 1:
+            return self._grouped_forward(x, m, b)
         x = x.view(m, b, self.in_features)  # (M, B, in)
         if self.bias is None:
             y = torch.bmm(x, self.weight.transpose(1, 2))  # (M, B, out)
@@ -44,8 +58,19 @@ class EnsembleLinear(nn.Module):
             y = torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))  # (M, B, out)
         return y.reshape(m * b, self.out_features)
 
+    def _grouped_forward(self, x: Tensor, m: int, b: int) -> Tensor:
+        """Block-diagonal members: one bmm over the M * groups blocks."""
+        g, gin, gout = self.groups, self.in_features // self.groups, self.out_features // self.groups
+        x = x.view(m, b, g, gin).transpose(1, 2).reshape(m * g, b, gin)  # (M*G, B, in/G)
+        weight = self.weight.view(m * g, gout, gin)  # block j of member i: rows [j*out/G, (j+1)*out/G)
+        y = torch.bmm(x, weight.transpose(1, 2))  # (M*G, B, out/G)
+        y = y.view(m, g, b, gout).transpose(1, 2).reshape(m, b, self.out_features)  # (M, B, out)
+        if self.bias is not None:
+            y = y + self.bias.unsqueeze(1)
+        return y.reshape(m * b, self.out_features)
+
     def member_weight(self, i: int) -> Tensor:
-        """Member i's weight (out_features, in_features)."""
+        """Member i's weight (out_features, in_features / groups)."""
         return self.weight[i]
 
     def member_gram(self) -> Tensor:
@@ -57,4 +82,5 @@ class EnsembleLinear(nn.Module):
         return [p for p in (self.weight, self.bias) if p is not None]
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, num_members={self.num_members}, bias={self.bias is not None}"
+        groups = f", groups={self.groups}" if self.groups != 1 else ""
+        return f"{self.in_features}, {self.out_features}, num_members={self.num_members}, bias={self.bias is not None}{groups}"

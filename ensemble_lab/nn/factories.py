@@ -24,6 +24,8 @@ from ensemble_lab.nn.ensemble_conv import (
 )
 from ensemble_lab.nn.ensemble_linear import EnsembleLinear
 from ensemble_lab.nn.fast_weights import FastWeights
+from ensemble_lab.nn.low_rank import LowRankConv2d, LowRankLinear, check_low_rank_options
+from ensemble_lab.nn.masks import MemberMasks, check_scale
 from ensemble_lab.nn.members import check_num_members
 
 #: BatchEnsemble's norm layers: one for all members, or one per member
@@ -44,6 +46,9 @@ class LayerFactory:
     #: the layout conv2d / norm2d layers pass between them (identity: member-major rows throughout)
     enter_maps: Callable[[], nn.Module] = nn.Identity
     leave_maps: Callable[[], nn.Module] = nn.Identity
+    #: member_masks(features): Masksembles' fixed member masks over a layer's features (channels), on
+    #: member-major rows; identity by default (backbones add no module for it: state_dict keys unchanged)
+    member_masks: Callable[[int], nn.Module] = nn.Identity
 
 
 def plain_layers(num_members: int = 1, mc_dropout: bool = False) -> LayerFactory:
@@ -105,4 +110,95 @@ def deep_ensemble_layers(num_members: int) -> LayerFactory:
         norm2d=partial(EnsembleBatchNorm2d, num_members=num_members, channel_stacked=True),
         enter_maps=partial(MembersToChannels, num_members),
         leave_maps=partial(ChannelsToMembers, num_members),
+    )
+
+
+def low_rank_layers(num_members: int, rank: int = 1, factor_init: str = "zero") -> LayerFactory:
+    """LowRankLinear / LowRankConv2d: a shared weight plus a rank-``rank`` update A_i B_i per member.
+
+    Args:
+        num_members: number of members M.
+        rank: k >= 1, the rank of every member's update.
+        factor_init: "zero" (B = 0, members identical at the start, as LoRA) or "small" (B slightly random).
+
+    BatchNorm is shared by the members' rows, like batch_ensemble_layers' default.
+    """
+    check_num_members(num_members)
+    check_low_rank_options(rank, factor_init)
+    return LayerFactory(
+        num_members=num_members,
+        linear=partial(LowRankLinear, num_members=num_members, rank=rank, factor_init=factor_init),
+        conv2d=partial(LowRankConv2d, num_members=num_members, rank=rank, factor_init=factor_init),
+        norm2d=nn.BatchNorm2d,
+    )
+
+
+def _packed_conv2d(
+    in_channels: int, out_channels: int, kernel_size: Any, *, num_members: int, gamma: int, input_channels: int | None, **options: Any
+) -> EnsembleConv2d:
+    """A Packed-Ensembles conv: γ groups per member, one for the stem (it reads the image's channels)."""
+    groups = 1 if in_channels == input_channels else gamma
+    return EnsembleConv2d(in_channels, out_channels, kernel_size, num_members, channel_stacked=True, groups=groups, **options)
+
+
+def _packed_linear(
+    in_features: int,
+    out_features: int,
+    bias: bool = True,
+    *,
+    num_members: int,
+    gamma: int,
+    input_features: int | None,
+    num_classes: int | None,
+) -> EnsembleLinear:
+    """A Packed-Ensembles linear: γ blocks per member, one for the first (reads the input) and the classifier."""
+    groups = 1 if in_features == input_features or out_features == num_classes else gamma
+    return EnsembleLinear(in_features, out_features, num_members, bias=bias, groups=groups)
+
+
+def packed_layers(
+    num_members: int,
+    gamma: int = 1,
+    *,
+    input_channels: int | None = None,
+    input_features: int | None = None,
+    num_classes: int | None = None,
+) -> LayerFactory:
+    """Packed-Ensembles layers (Laurent et al., 2023): deep_ensemble_layers with γ groups inside each member.
+
+    Member i of every layer is an nn.Conv2d / block-diagonal linear with ``groups=gamma``, all M
+    members in one grouped op (M·γ groups); members stay independent. The layers that see the full
+    input (a conv reading ``input_channels`` channels, a linear reading ``input_features``) and the
+    classifier (a linear writing ``num_classes`` logits) keep one group per member. The member width
+    α·w/M is the backbone's (PackedEnsemble scales its options); with ``gamma`` 1 this is
+    deep_ensemble_layers itself.
+    """
+    if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
+        raise ConfigError(f"gamma must be an integer >= 1, got {gamma!r}")
+    if gamma == 1:
+        return deep_ensemble_layers(num_members)
+    check_num_members(num_members)
+    return LayerFactory(
+        num_members=num_members,
+        linear=partial(
+            _packed_linear, num_members=num_members, gamma=gamma, input_features=input_features, num_classes=num_classes
+        ),
+        conv2d=partial(_packed_conv2d, num_members=num_members, gamma=gamma, input_channels=input_channels),
+        norm2d=partial(EnsembleBatchNorm2d, num_members=num_members, channel_stacked=True),
+        enter_maps=partial(MembersToChannels, num_members),
+        leave_maps=partial(ChannelsToMembers, num_members),
+    )
+
+
+def masksembles_layers(num_members: int, scale: float = 2.0) -> LayerFactory:
+    """Plain layers shared by every member, plus MemberMasks (M fixed binary masks of scale s) where
+    the backbones place them (Masksembles, Durasov et al. 2021); dropout stays ordinary dropout."""
+    check_num_members(num_members)
+    check_scale(scale, "--model.scale")
+    return LayerFactory(
+        num_members=num_members,
+        linear=nn.Linear,
+        conv2d=nn.Conv2d,
+        norm2d=nn.BatchNorm2d,
+        member_masks=partial(MemberMasks, num_members=num_members, scale=scale),
     )

@@ -17,7 +17,11 @@ def mlp(
     hidden_sizes: Sequence[int] = (64, 32, 16),
     dropout: float = 0.0,
 ) -> nn.Sequential:
-    """Flatten -> [linear -> ReLU -> dropout] per hidden size -> linear to ``num_classes``.
+    """Flatten -> [linear -> ReLU -> member masks -> dropout] per hidden size -> linear to ``num_classes``.
+
+    Member masks (``layers.member_masks``, Masksembles) follow each hidden activation, where dropout
+    goes (the authors put mask layers in place of dropout layers); the default factory's identity
+    adds no module, so other methods' layer indices (state_dict keys) stay as they were.
 
     Args:
         layers: the method's layer factory.
@@ -36,6 +40,9 @@ def mlp(
     width = math.prod(input_shape)
     for hidden in sizes:
         blocks += [layers.linear(width, hidden), nn.ReLU()]
+        masks = layers.member_masks(hidden)
+        if not isinstance(masks, nn.Identity):
+            blocks.append(masks)
         if dropout > 0:
             blocks.append(layers.dropout(dropout))
         width = hidden

@@ -14,7 +14,11 @@ from ensemble_lab.nn.factories import LayerFactory
 
 
 class BasicBlock(nn.Module):
-    """conv3x3 -> norm -> ReLU [-> dropout2d] -> conv3x3 -> norm, plus shortcut, then ReLU."""
+    """conv3x3 -> norm -> ReLU [-> dropout2d] -> conv3x3 -> norm, plus shortcut, then ReLU -> member masks.
+
+    The member masks (``layers.member_masks``: Masksembles' channel masks; identity for the other
+    methods) act on the block's output, the residual stream the next block reads.
+    """
 
     def __init__(self, layers: LayerFactory, in_channels: int, out_channels: int, stride: int, dropout: float) -> None:
         """
@@ -37,15 +41,21 @@ class BasicBlock(nn.Module):
                 layers.conv2d(in_channels, out_channels, 1, stride=stride, padding=0, bias=False),
                 layers.norm2d(out_channels),
             )
+        self.member_masks = layers.member_masks(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.dropout(F.relu(self.bn1(self.conv1(x))))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.member_masks(F.relu(out + self.shortcut(x)))
 
 
 class ResNet18(nn.Module):
-    """Stem conv3x3 (stride 1, no max-pool) -> 4 stages of 2 BasicBlocks -> global avg pool -> linear."""
+    """Stem conv3x3 (stride 1, no max-pool) -> 4 stages of 2 BasicBlocks -> global avg pool -> linear.
+
+    Masksembles (``layers.member_masks``) masks the channels of every block's output (the residual
+    stream). The pooled features before the linear are the last block's output, already masked: a
+    mask layer there would apply the same masks again, so there is none.
+    """
 
     def __init__(self, layers: LayerFactory, in_channels: int, num_classes: int, width: int, dropout: float) -> None:
         """

@@ -18,7 +18,9 @@ class WideBasicBlock(nn.Module):
     """Pre-activation block: norm -> ReLU -> conv3x3 -> norm -> ReLU [-> dropout2d] -> conv3x3, plus shortcut.
 
     The shortcut is the identity when the shape is kept; otherwise a 1x1 conv (with the block's
-    stride) of the pre-activated input, which the first conv also reads.
+    stride) of the pre-activated input, which the first conv also reads. The member masks
+    (``layers.member_masks``: Masksembles' channel masks; identity for the other methods) act on the
+    block's output, the residual stream the next block reads.
     """
 
     def __init__(self, layers: LayerFactory, in_channels: int, out_channels: int, stride: int, dropout: float) -> None:
@@ -39,16 +41,22 @@ class WideBasicBlock(nn.Module):
         self.shortcut: nn.Module | None = None  # None: identity of the block's input
         if stride != 1 or in_channels != out_channels:  # identity no longer fits: project with a 1x1 conv
             self.shortcut = layers.conv2d(in_channels, out_channels, 1, stride=stride, padding=0, bias=False)
+        self.member_masks = layers.member_masks(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         pre = F.relu(self.bn1(x))
         out = self.conv1(pre)
         out = self.conv2(self.dropout(F.relu(self.bn2(out))))
-        return out + (x if self.shortcut is None else self.shortcut(pre))
+        return self.member_masks(out + (x if self.shortcut is None else self.shortcut(pre)))
 
 
 class WideResNet(nn.Module):
-    """Stem conv3x3 (16 channels) -> 3 stages of n WideBasicBlocks -> norm -> ReLU -> global avg pool -> linear."""
+    """Stem conv3x3 (16 channels) -> 3 stages of n WideBasicBlocks -> norm -> ReLU -> global avg pool -> linear.
+
+    Masksembles (``layers.member_masks``) masks the channels of every block's output and the pooled
+    features before the linear, where MC Dropout's last layer goes (the final norm's shift refills
+    the channels the last block's masks zeroed).
+    """
 
     def __init__(
         self, layers: LayerFactory, in_channels: int, num_classes: int, depth: int, widen_factor: int, dropout: float
@@ -75,6 +83,7 @@ class WideResNet(nn.Module):
         self.bn = layers.norm2d(channels)
         self.leave_maps = layers.leave_maps()  # back to member-major rows
         self.dropout = layers.dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head_masks = layers.member_masks(channels)
         self.linear = layers.linear(channels, num_classes, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -82,7 +91,7 @@ class WideResNet(nn.Module):
         out = self.blocks(self.conv1(self.enter_maps(x)))
         out = self.leave_maps(F.relu(self.bn(out)))  # (M*B, 64*widen_factor, H/4, W/4)
         out = out.mean(dim=(2, 3))  # (M*B, 64*widen_factor): global average pool
-        return self.linear(self.dropout(out))
+        return self.linear(self.dropout(self.head_masks(out)))
 
 
 def _is_int(value: object) -> bool:

@@ -1,0 +1,220 @@
+"""Low-rank ensemble layers (the LoRA-Ensemble family): a shared weight plus a rank-k update per member.
+
+Member i's weight is W_i = W + A_i B_i: the additive counterpart of BatchEnsemble's multiplicative
+W ∘ s_i r_iᵀ. Stored shapes: W as nn.Linear / nn.Conv2d's weight, A (M, out, k) on the output side,
+B (M, k, in_flat) on the input side, with in_flat = in_features, or in_channels·kh·kw for a
+convolution (B_i read as a (k, in, kh, kw) kernel), and per-member biases (M, out).
+
+No member weight is ever built in ``forward``: the shared weight runs once over all M*B rows, the
+low-rank path as two batched ops (two grouped convolutions for Conv2d), and the two are added.
+"""
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ensemble_lab.errors import ConfigError
+from ensemble_lab.nn.conv_args import IntOrPair, as_pair
+from ensemble_lab.nn.ensemble_conv import channels_to_members, members_to_channels
+from ensemble_lab.nn.members import check_num_members, gram_of_rows, rows_per_member
+
+#: "zero": B = 0, every member starts as W (LoRA's init); "small": B ~ N(0, (0.01 / sqrt(in_flat))²)
+FACTOR_INITS = ("zero", "small")
+#: std of the "small" init of B, relative to W's init bound 1 / sqrt(in_flat)
+SMALL_INIT_SCALE = 0.01
+
+
+def check_low_rank_options(rank: int, factor_init: str) -> None:
+    """Raise a one-line ConfigError, naming the method option, for a rank or init no layer could build."""
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise ConfigError(f"--model.rank must be an integer >= 1, got {rank!r}")
+    if factor_init not in FACTOR_INITS:
+        raise ConfigError(f"--model.factor_init {factor_init!r} is not known; allowed: {', '.join(FACTOR_INITS)}")
+
+
+class LowRankLayer(nn.Module):
+    """What LowRankLinear and LowRankConv2d share: W, the factors A and B, per-member biases.
+
+    A subclass creates ``weight`` (its fan-in is ``in_flat``) and calls ``_make_factors``.
+    """
+
+    weight: nn.Parameter
+    A: nn.Parameter
+    B: nn.Parameter
+    bias: nn.Parameter | None
+
+    def _make_factors(self, num_members: int, out: int, in_flat: int, bias: bool, rank: int, factor_init: str) -> None:
+        check_num_members(num_members)
+        check_low_rank_options(rank, factor_init)
+        self.num_members, self.rank, self.factor_init = num_members, rank, factor_init
+        self.in_flat = in_flat
+        self.A = nn.Parameter(torch.empty(num_members, out, rank))
+        self.B = nn.Parameter(torch.empty(num_members, rank, in_flat))
+        self.bias = nn.Parameter(torch.empty(num_members, out)) if bias else None
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """W and the bias as nn.Linear / nn.Conv2d; A ~ N(0, 1/k); B zero or small (``factor_init``).
+
+        A's variance 1/k (kaiming over the rank) makes A_i B_i as large as W once B reaches W's
+        scale. The biases start identical for every member (one draw, copied): with "zero" the
+        members are exactly the same network at the start and differ only by what B learns.
+        """
+        bound = 1 / math.sqrt(self.in_flat)  # nn.Linear / nn.Conv2d's bias bound, and W's
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        nn.init.normal_(self.A, 0.0, 1 / math.sqrt(self.rank))
+        if self.factor_init == "zero":
+            nn.init.zeros_(self.B)
+        else:  # "small"
+            nn.init.normal_(self.B, 0.0, SMALL_INIT_SCALE * bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias[:1], -bound, bound)
+            self.bias.copy_(self.bias[:1].expand_as(self.bias))
+
+    def _add_bias(self, y: Tensor) -> Tensor:
+        """``y`` (M, B, out, ...) plus member i's bias on its rows; cast to y's dtype (autocast)."""
+        if self.bias is None:
+            return y
+        return y + self.bias.view(*self.bias.shape, *(1,) * (y.dim() - 3)).unsqueeze(1).to(y.dtype)
+
+    # ---- weight space: the layer says what its members are ---------------------------------------
+    def member_weight(self, i: int) -> Tensor:
+        """Member i's effective weight W + A_i B_i, shaped like ``.weight``."""
+        if not -self.num_members <= i < self.num_members:
+            raise IndexError(f"member {i} out of range for {self.num_members} members")
+        return self.weight + (self.A[i] @ self.B[i]).view_as(self.weight)  # (out, k) @ (k, in_flat) -> W's shape
+
+    def member_gram(self) -> Tensor:
+        """G_ij = ⟨θ_i, θ_j⟩ (M, M) float64 of the members' effective weights W + A_i B_i and own biases.
+
+        Factored, no member weight built: ⟨W + A_iB_i, W + A_jB_j⟩ = ‖W‖² + t_i + t_j + ⟨A_iᵀA_j, B_iB_jᵀ⟩
+        with t_i = ⟨A_iᵀW, B_i⟩; it costs M·k·out·in_flat + M²·k²·(out + in_flat) instead of the
+        M²·out·in_flat of a Gram of materialised weights.
+        """
+        with torch.no_grad():
+            w = self.weight.detach().to(torch.float64).reshape(self.weight.shape[0], -1)  # (out, in_flat)
+            a, b = self.A.detach().to(torch.float64), self.B.detach().to(torch.float64)  # (M, out, k), (M, k, in_flat)
+            cross = torch.einsum("mok,oi,mki->m", a, w, b)  # (M,): t_i = ⟨W, A_i B_i⟩
+            aa = torch.einsum("iok,jol->ijkl", a, a)  # (M, M, k, k): A_iᵀ A_j
+            bb = torch.einsum("iko,jlo->ijkl", b, b)  # (M, M, k, k): B_i B_jᵀ
+            gram = w.square().sum() + cross.unsqueeze(1) + cross.unsqueeze(0) + (aa * bb).sum((2, 3))  # (M, M)
+            return gram + gram_of_rows(self.bias) if self.bias is not None else gram
+
+    def member_parameters(self) -> list[Tensor]:
+        """The stored tensors whose row i is member i's own: A, B and the biases."""
+        return [p for p in (self.A, self.B, self.bias) if p is not None]
+
+
+class LowRankLinear(LowRankLayer):
+    """A linear layer shared by M members, each adding its own rank-k update: W_i = W + A_i B_i.
+
+    y_i = x Wᵀ + (x B_iᵀ) A_iᵀ + b_i: one matmul with W over all rows, two batched matmuls through
+    the rank-k bottleneck.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        num_members: int,
+        bias: bool = True,
+        rank: int = 1,
+        factor_init: str = "zero",
+    ) -> None:
+        """
+        Args:
+            in_features: size of each input row.
+            out_features: size of each output row.
+            num_members: number of ensemble members M.
+            bias: give every member its own bias vector.
+            rank: k >= 1, the rank of every member's update A_i B_i.
+            factor_init: "zero" (B = 0: the members start identical, as LoRA) or "small"
+                (B ~ N(0, (0.01 / sqrt(in_features))²): the members differ slightly from the start).
+        """
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self._make_factors(num_members, out_features, in_features, bias, rank, factor_init)
+        self.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(M*B, in_features) member-major rows -> (M*B, out_features)."""
+        m, b = self.num_members, rows_per_member(x.shape[0], self.num_members)
+        shared = F.linear(x, self.weight).view(m, b, self.out_features)  # (M*B, out) -> (M, B, out)
+        rows = x.view(m, b, self.in_features)  # (M, B, in)
+        low = torch.bmm(rows, self.B.transpose(1, 2).to(rows.dtype))  # (M, B, in) @ (M, in, k) -> (M, B, k)
+        low = torch.bmm(low, self.A.transpose(1, 2).to(low.dtype))  # (M, B, k) @ (M, k, out) -> (M, B, out)
+        y = shared + low.to(shared.dtype)  # (M, B, out)
+        return self._add_bias(y).reshape(m * b, self.out_features)  # (M*B, out)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_features}, {self.out_features}, num_members={self.num_members}, "
+            f"bias={self.bias is not None}, rank={self.rank}, factor_init={self.factor_init}"
+        )
+
+
+class LowRankConv2d(LowRankLayer):
+    """A convolution shared by M members, each adding its own rank-k kernel update: W_i = W + A_i B_i.
+
+    B_i (k, in·kh·kw) is read as a (k, in, kh, kw) kernel and A_i (out, k) as a 1x1 kernel, so
+    conv(x, W_i) = conv(x, W) + conv1x1(conv(x, B_i), A_i). The shared kernel runs as one
+    convolution over all M*B rows; B runs as ONE grouped convolution (groups = M) over the
+    channel-stacked feature maps (B, M*in, H, W), A as one grouped 1x1 convolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        num_members: int,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        bias: bool = False,
+        rank: int = 1,
+        factor_init: str = "zero",
+    ) -> None:
+        """
+        Args:
+            in_channels: channels of each input row.
+            out_channels: channels of each output row.
+            kernel_size: height and width of the kernel (int or pair).
+            num_members: number of ensemble members M.
+            stride: stride of the convolution (int or pair).
+            padding: zero padding on each side (int or pair).
+            bias: give every member its own bias vector (out_channels,).
+            rank: k >= 1, the rank of every member's update A_i B_i (B over input channels × kernel positions).
+            factor_init: "zero" (B = 0: the members start identical, as LoRA) or "small"
+                (B ~ N(0, (0.01 / sqrt(in_channels·kh·kw))²): the members differ slightly from the start).
+        """
+        super().__init__()
+        kh, kw = as_pair(kernel_size)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kh, kw))
+        self._make_factors(num_members, out_channels, in_channels * kh * kw, bias, rank, factor_init)
+        self.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(M*B, in_channels, H, W) member-major rows -> (M*B, out_channels, H', W')."""
+        m, b = self.num_members, rows_per_member(x.shape[0], self.num_members)
+        k, cout = self.rank, self.out_channels
+        shared = F.conv2d(x, self.weight, None, self.stride, self.padding)  # (M*B, Cout, H', W')
+        down = self.B.reshape(m * k, self.in_channels, *self.kernel_size)  # (M, k, Cin·kh·kw) -> (M*k, Cin, kh, kw)
+        up = self.A.reshape(m * cout, k, 1, 1)  # (M, Cout, k) -> (M*Cout, k, 1, 1)
+        # groups=M: channels [i*k, (i+1)*k) of z see only member i's input channels [i*Cin, (i+1)*Cin)
+        z = F.conv2d(members_to_channels(x, m), down, None, self.stride, self.padding, groups=m)  # (B, M*k, H', W')
+        z = F.conv2d(z, up.to(z.dtype), None, 1, 0, groups=m)  # (B, M*Cout, H', W'): member i's A_i on its k channels
+        low = channels_to_members(z, m)  # (M*B, Cout, H', W')
+        y = (shared + low.to(shared.dtype)).view(m, b, *shared.shape[1:])  # (M, B, Cout, H', W')
+        return self._add_bias(y).reshape(m * b, *y.shape[2:])  # (M*B, Cout, H', W')
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"num_members={self.num_members}, stride={self.stride}, padding={self.padding}, "
+            f"bias={self.bias is not None}, rank={self.rank}, factor_init={self.factor_init}"
+        )
