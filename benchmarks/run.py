@@ -33,6 +33,7 @@ GROUPS = {
     "f": pipeline.evaluation,
     "g": pipeline.data_pipeline,
     "h": steps.batch_ensemble_variants,
+    "i": steps.efficient_methods,
 }
 
 
@@ -44,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"], help="bf16-mixed autocasts every step, as the trainer option does")
     parser.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs (the model option channels_last)")
-    parser.add_argument("--only", default="abcdefgh", help="run only these figure groups, e.g. --only be")
+    parser.add_argument("--only", default="abcdefghi", help="run only these figure groups, e.g. --only be")
     parser.add_argument("--pairs", type=int, default=None, help="override the number of interleaved pairs per figure")
     parser.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
                         help="override one size of the mode, e.g. --size width=64 --size batch=8 (see benchmarks/settings.py)")

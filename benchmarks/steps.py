@@ -4,6 +4,7 @@ Every step here is hand-written (zero_grad, forward, loss, backward, optimizer s
 two sides of a ratio differ only in the thing being measured.
 """
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 
@@ -13,7 +14,7 @@ from torch.nn import functional as F
 
 from benchmarks.settings import Settings
 from benchmarks.timing import Figure, compare
-from ensemble_lab.methods import BatchEnsemble, DeepEnsemble, MCDropout, SingleModel
+from ensemble_lab.methods import MIMO, BatchEnsemble, DeepEnsemble, LowRankEnsemble, Masksembles, MCDropout, PackedEnsemble, SingleModel
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.nn import BatchConv2d, BatchLinear, FastWeights
 
@@ -205,5 +206,57 @@ def batch_ensemble_variants(settings: Settings) -> list[Figure]:
             (f"{option}={value}", training_step(variant, x, y, settings)),
             ("default", default_step),
             **settings.timing(),
+        ))
+    return figures
+
+
+def _inference(module: EnsembleModule, x: Tensor, settings: Settings) -> Callable[[], None]:
+    module.eval()
+
+    def run() -> None:
+        with torch.inference_mode(), settings.autocast():
+            module(x)
+
+    return run
+
+
+def _peak_memory_mib(run: Callable[[], None], settings: Settings) -> float | None:
+    """Peak CUDA allocation of one call of ``run`` above what was allocated before, in MiB (None off CUDA)."""
+    if settings.device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def efficient_methods(settings: Settings) -> list[Figure]:
+    """(i) BatchEnsemble against a Deep Ensemble at test (same M, ResNet-18), and every newer method's
+    training step against the single model on the same rows (M·B images; MIMO: its B images)."""
+    # Masksembles needs layers of at least 10 channels for distinct masks (micro mode's width is 2)
+    settings = dataclasses.replace(settings, sizes=dataclasses.replace(settings.sizes, width=max(settings.sizes.width, 16)))
+    s, figures = settings.sizes, []
+    x, y = batch(settings, "resnet18", s.batch)
+    be = _inference(make_method(BatchEnsemble, settings, "resnet18", num_members=s.members), x, settings)
+    de = _inference(make_method(DeepEnsemble, settings, "resnet18", num_members=s.members), x, settings)
+    memory = [_peak_memory_mib(run, settings) for run in (be, de)]
+    note = "" if memory[0] is None else f"peak MiB BE {memory[0]:.0f} / DE {memory[1]:.0f} = {memory[0] / memory[1]:.2f}"
+    figures.append(compare(
+        "(i) test forward, BE vs DE, resnet18", (f"BE M={s.members}", be), (f"DE M={s.members}", de),
+        note=note or "< 1 means BatchEnsemble is faster", **settings.timing(),
+    ))
+    tiled_x, tiled_y = x.repeat(s.members, 1, 1, 1), y.repeat(s.members)  # (M*B, ...)
+    single_tiled = training_step(make_method(SingleModel, settings, "resnet18"), tiled_x, tiled_y, settings)
+    single = training_step(make_method(SingleModel, settings, "resnet18"), x, y, settings)
+    methods = {"LowRankEnsemble": (LowRankEnsemble, {}), "PackedEnsemble": (PackedEnsemble, {}),
+               "Masksembles": (Masksembles, {}), "MIMO": (MIMO, {})}  # fmt: skip
+    for name, (cls, options) in methods.items():
+        module = make_method(cls, settings, "resnet18", num_members=s.members, **options)
+        reference, rows = (single, f"single B={s.batch}") if cls is MIMO else (single_tiled, f"single B={s.members * s.batch}")
+        figures.append(compare(
+            f"(i) {name} step, resnet18", (f"{name} M={s.members} B={s.batch}", training_step(module, x, y, settings)),
+            (rows, reference), **settings.timing(),
         ))
     return figures

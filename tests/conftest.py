@@ -29,6 +29,14 @@ def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
+def reproducible(results: dict) -> dict:
+    """``results`` without the cost keys that measure the machine (throughput, memory), which no rerun repeats."""
+    from ensemble_lab.evaluation.cost import MEASURED
+
+    cost = {k: v for k, v in (results.get("cost") or {}).items() if k not in MEASURED}
+    return {**results, "cost": cost} if "cost" in results else results
+
+
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
     """Call ``main(args)`` with the working directory (and so lightning_logs/) in tmp_path."""

@@ -52,6 +52,12 @@ def test_batch_ensemble_diagnostics_and_figures(cli, tmp_path):
     assert np.allclose(results["weight_cosine_stored"], stored, atol=1e-12)
     assert results["weight_cosine_stored_mean"] > results["weight_cosine_mean"]  # the shared W pulls it towards 1
 
+    # cost: every parameter counted, one member's share, FLOPs and a measured rate
+    cost = results["cost"]
+    assert cost["parameters"] == sum(p.numel() for p in model.parameters())
+    assert cost["parameters_per_member"] == cost["parameters"] - 2 * sum(m.r.numel() + m.s.numel() + m.bias.numel() for m in model.modules() if hasattr(m, "r")) // 3
+    assert cost["flops_per_image"] > 0 and cost["images_per_s"] > 0 and cost["peak_memory_bytes"] is None
+
     # figures: PNG files and TensorBoard images, plus the weight cosine scalar
     assert {p.stem for p in (run / "figures").glob("*.png")} == FIGURES
     events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})

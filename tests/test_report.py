@@ -183,3 +183,24 @@ def test_run_names_are_rows_of_their_own_and_seeds_or_placement_do_not_split(tmp
     table = to_markdown(groups)
     assert "- BatchEnsemble rows differ in `model.init_args.lr` (be_fast (BatchEnsemble): 0.01; be_normal (BatchEnsemble): 0.003)" in table
     assert "3 runs." in table and "1 runs" not in to_markdown(build_report([tmp_path / "b"]))
+
+
+def test_cost_table_and_quality_against_cost_figure(tmp_path):
+    root = tmp_path / "study"
+    costs = {"SingleModel": (1, 10_000, 50_000.0), "BatchEnsemble": (4, 10_300, 14_000.0), "DeepEnsemble": (4, 40_000, 12_000.0)}
+    for method, (members, parameters, rate) in costs.items():
+        for seed in (1, 2):
+            run = write_run(root, f"{method}/seed_{seed}", method, members, seed, 0.9)
+            doc = json.loads((run / "results.json").read_text())
+            doc["cost"] = {"parameters": parameters, "parameters_per_member": parameters // members,
+                           "flops_per_image": 2.0 * parameters, "images_per_s": rate + 1000 * seed, "peak_memory_bytes": None}  # fmt: skip
+            (run / "results.json").write_text(json.dumps(doc))
+    write_run(root, "old/seed_1", "MCDropout", 4, 1, 0.8)  # tested before costs were measured: no cost row
+    groups = build_report([root])
+    text = to_markdown(groups)
+    cost_table = text[text.index("### cost"):]
+    assert "| DeepEnsemble | 4 | DigitsDataModule | 2 | 40,000 ± 0 | 10,000 ± 0 | 80,000 ± 0 | 13,500 ± 707 |" in cost_table
+    assert "MCDropout" not in cost_table.split("###")[1]
+    main(["report", str(root), "--out", str(tmp_path / "out")])
+    figure = tmp_path / "out" / "quality_vs_cost.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

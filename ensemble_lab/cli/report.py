@@ -31,6 +31,7 @@ from ensemble_lab.cli.run_config import (
     flatten,
 )
 from ensemble_lab.errors import ConfigError, EnsembleLabError
+from ensemble_lab.evaluation.cost import COST_KEYS
 from ensemble_lab.run_files import atomic_write_bytes
 
 #: columns of id and shift sets, and of ood sets (class-based metrics mean nothing on OOD data)
@@ -39,8 +40,10 @@ OOD_COLUMNS = tuple(f"{m}_{s}" for s in ("msp", "entropy", "mi") for m in ("auro
 #: top-level (per run, not per set) metrics, shown in the "weight space" table
 RUN_COLUMNS = ("weight_cosine_mean", "weight_cosine_stored_mean")
 #: row order of the paper's tables; other methods follow alphabetically
-METHOD_ORDER = ("SingleModel", "MCDropout", "DeepEnsemble", "BatchEnsemble")
+METHOD_ORDER = ("SingleModel", "MCDropout", "DeepEnsemble", "BatchEnsemble", "LowRankEnsemble", "PackedEnsemble", "MIMO", "Masksembles")
 WEIGHTS = "weight space"
+#: the per-run cost table (evaluation/cost.py): parameters, FLOPs per test image, test images/s, peak memory
+COST = "cost"
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,9 @@ def build_report(paths: Sequence[str | Path], sets: Sequence[str] | None = None)
             columns = OOD_COLUMNS if group.roles[name] == "ood" else ID_COLUMNS
             group.stats[name] = {c: summarize([v for m in per_run if (v := _number(m.get(c))) is not None]) for c in columns}
         group.stats[WEIGHTS] = {c: summarize([v for d in docs[key] if (v := _number(d.get(c))) is not None]) for c in RUN_COLUMNS}
+        costs: list[dict[str, Any]] = [c for d in docs[key] if isinstance(c := d.get("cost"), dict)]
+        if costs:  # runs tested before costs were measured have none
+            group.stats[COST] = {c: summarize([v for d in costs if (v := _number(d.get(c))) is not None]) for c in COST_KEYS}
     order: dict[str | None, int] = {name: i for i, name in enumerate(METHOD_ORDER)}
     return sorted(
         groups.values(),
@@ -238,7 +244,8 @@ def format_stat(stat: Stat | None, runs: int, digits: int = 3) -> str:
     """``mean ± std`` (``mean`` alone for one run; blank when no run has it; ``(n=k)`` when k < runs)."""
     if stat is None or stat.mean is None:
         return ""
-    text = f"{stat.mean:.{digits}f}" + ("" if stat.std is None else f" ± {stat.std:.{digits}f}")
+    shown = (lambda v: f"{v:,.0f}") if abs(stat.mean) >= 1000 else (lambda v: f"{v:.{digits}f}")  # counts, rates
+    text = shown(stat.mean) + ("" if stat.std is None else f" ± {shown(stat.std)}")
     return text if stat.n == runs else f"{text} (n={stat.n})"
 
 
@@ -249,7 +256,7 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def to_markdown(groups: list[Group], digits: int = 3) -> str:
     """One Markdown table per test set (rows = groups) and one for the weight-space metrics."""
-    names = list(dict.fromkeys(n for g in groups for n in g.stats if n != WEIGHTS)) + [WEIGHTS]
+    names = list(dict.fromkeys(n for g in groups for n in g.stats if n not in (WEIGHTS, COST))) + [WEIGHTS, COST]
     total = sum(len(g.runs) for g in groups)
     parts = [f"Mean ± sample std over runs (n = runs per row); {total} run{'s' if total != 1 else ''}."]
     for name in names:
@@ -279,19 +286,19 @@ OVERVIEW_COLUMNS = {"id": ("acc", "nll", "ece", "mi", "disagreement"), "ood": ("
 def overview_table(groups: list[Group], names: list[str], digits: int = 3) -> str | None:
     """Every set in one table (``<set> <metric>`` columns, shift sets as id ones) and both weight cosines;
     None when the report has a single table anyway."""
-    if len(names) < 3:
+    if len([n for n in names if n not in (WEIGHTS, COST)]) < 2:
         return None
     columns: list[tuple[str, str]] = []
     for name in names:
         role = next((g.roles[name] for g in groups if name in g.roles), "id")
-        metrics = RUN_COLUMNS if name == WEIGHTS else OVERVIEW_COLUMNS.get(role, OVERVIEW_COLUMNS["id"])
+        metrics = {WEIGHTS: RUN_COLUMNS, COST: ("parameters", "images_per_s")}.get(name) or OVERVIEW_COLUMNS.get(role, OVERVIEW_COLUMNS["id"])
         columns += [(name, m) for m in metrics if any(m in g.stats.get(name, {}) for g in groups)]
     rows = [
         [_row_name(g), str(g.num_members), str(len(g.runs))]
         + [format_stat(g.stats.get(name, {}).get(metric), len(g.runs), digits) for name, metric in columns]
         for g in groups
     ]
-    header = ["run", "M", "n", *(metric if name == WEIGHTS else f"{name} {metric}" for name, metric in columns)]
+    header = ["run", "M", "n", *(metric if name in (WEIGHTS, COST) else f"{name} {metric}" for name, metric in columns)]
     return "### overview: every set in one table\n\n" + _markdown_table(header, rows)
 
 
@@ -299,7 +306,7 @@ def to_rows(groups: list[Group]) -> list[dict[str, Any]]:
     """Long format: one row per (group, set, metric) with mean, std and n."""
     return [
         {"method": g.method, "run": _row_name(g), "num_members": g.num_members, "datamodule": g.datamodule,
-         "set": "" if name == WEIGHTS else name, "role": g.roles.get(name, ""),
+         "set": "" if name in (WEIGHTS, COST) else name, "role": g.roles.get(name, ""),
          "metric": metric, "mean": s.mean, "std": s.std, "n": s.n}  # fmt: skip
         for g in groups
         for name, metrics in g.stats.items()
@@ -325,7 +332,30 @@ def write_report(groups: list[Group], out: Path, digits: int = 3) -> list[Path]:
     files = {"report.md": to_markdown(groups, digits), "report.csv": buffer.getvalue(), "report.json": json.dumps(document, indent=2)}
     for name, text in files.items():
         atomic_write_bytes(out / name, text.encode())
-    return [out / name for name in files]
+    written = [out / name for name in files]
+    if figure := quality_cost(groups):
+        from ensemble_lab.evaluation.figures import save_png  # matplotlib only when drawing
+
+        written.append(save_png(figure, out / "quality_vs_cost.png"))
+    return written
+
+
+def quality_cost(groups: list[Group]) -> Any:
+    """The quality-against-cost figure of the groups that measured their cost; None if fewer than two did."""
+    measured = [g for g in groups if COST in g.stats]
+    if len(measured) < 2:
+        return None
+    from ensemble_lab.evaluation.figures import quality_cost_figure
+
+    id_set = next((n for g in measured for n, role in g.roles.items() if role == "id"), None)
+    ood_set = next((n for g in measured for n, role in g.roles.items() if role == "ood"), None)
+    quality = [(id_set, "acc"), (id_set, "nll"), (ood_set, "auroc_msp")]
+    points = []
+    for g in measured:
+        stats = {f"{name} {metric}": g.stats.get(name or "", {}).get(metric) for name, metric in quality}
+        stats.update({key: g.stats[COST].get(key) for key in ("images_per_s", "parameters")})
+        points.append((_row_name(g), {k: (v.mean, v.std) for k, v in stats.items() if v is not None and v.mean is not None}))
+    return quality_cost_figure(points, [f"{name} {metric}" for name, metric in quality if name], ["images_per_s", "parameters"])
 
 
 def parser() -> argparse.ArgumentParser:

@@ -160,12 +160,48 @@ def write_figures(
 
     paths = []
     for name, fig in build_figures(collected, roles, results).items():
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=DPI)
-        path = Path(results_dir) / "figures" / f"{name}.png"
-        atomic_write_bytes(path, buffer.getvalue())
-        paths.append(path)
+        paths.append(save_png(fig, Path(results_dir) / "figures" / f"{name}.png"))
         for logger in loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_figure(f"test/figures/{name}", fig, global_step=step, close=False)
     return paths
+
+
+def quality_cost_figure(points: list[tuple[str, dict[str, tuple[float, float | None]]]], quality: list[str], cost: list[str]) -> Figure:
+    """Quality (rows) against cost (columns, log scale), one marker per report row with mean ± std bars.
+
+    Args:
+        points: (row name, {key: (mean, std or None)}) per report row; keys name quality and cost values.
+        quality: the quality keys, one panel row each (e.g. "digits acc").
+        cost: the cost keys, one panel column each (e.g. "images_per_s", "parameters").
+    """
+    fig = Figure(figsize=(4.2 * len(cost), 3.2 * len(quality) + 0.3 * math.ceil(len(points) / 2) + 0.4), dpi=DPI)
+    axes = fig.subplots(len(quality), len(cost), squeeze=False)
+    colours = [f"C{i % 10}" for i in range(len(points))]
+    markers = "osD^v<>ph*"
+    for r, y_key in enumerate(quality):
+        for c, x_key in enumerate(cost):
+            ax = axes[r][c]
+            for k, (name, values) in enumerate(points):
+                if x_key not in values or y_key not in values:
+                    continue
+                (x, x_err), (y, y_err) = values[x_key], values[y_key]
+                ax.errorbar(x, y, xerr=x_err, yerr=y_err, fmt=markers[k // 10 % len(markers)], color=colours[k], label=name, capsize=2)
+            ax.set_xscale("log")
+            ax.set(xlabel=x_key.replace("_", " "), ylabel=y_key)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    columns = 2 if len(cost) > 1 else 1
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize="small")
+    fig.suptitle("quality against cost (mean ± std over runs)")
+    legend_rows = math.ceil(len(labels) / columns)
+    fig.tight_layout(rect=(0, min(0.5, 0.3 * legend_rows / fig.get_figheight()), 1, 0.97))
+    return fig
+
+
+def save_png(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically; returns the path."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

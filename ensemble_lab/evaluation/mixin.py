@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from ensemble_lab.evaluation.cost import format_cost, measure_cost
 from ensemble_lab.evaluation.metrics import ood_metrics, predictive_metrics
 from ensemble_lab.evaluation.results import (
     CHECKPOINT_RECORD,
@@ -74,6 +75,9 @@ class UncertaintyEvalMixin(_Base):
     num_members: int
     #: the generators' state outside test (on_test_start forks it, on_test_end restores it)
     _test_rng: AbstractContextManager[Any] | None
+    #: the first test batch's images (cost measurement) and the cost measured on them
+    _cost_images: Tensor | None = None
+    _cost: dict[str, Any] | None = None
 
     def monitorable_metrics(self) -> list[str]:
         """The metrics a callback may monitor (--early_stopping.monitor, --checkpoint.monitor): those every
@@ -171,6 +175,8 @@ class UncertaintyEvalMixin(_Base):
         self._stores = {name: self._new_store() for name in self._test_names}
 
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 0 and batch_idx == 0:
+            self._cost_images = batch[0]  # the first test batch: what the cost is measured on
         self._store_batch(self._stores[self._test_names[dataloader_idx]], batch)
 
     def on_test_epoch_end(self) -> None:
@@ -186,6 +192,9 @@ class UncertaintyEvalMixin(_Base):
         for name, metrics in sets.items():
             scalars = {f"test/{name}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
             self.log_dict(scalars, sync_dist=False, add_dataloader_idx=False)
+        images = self._cost_images
+        self._cost = None if images is None else measure_cost(self, images, int(self.num_members))  # after every metric
+        self._cost_images = None
         self.test_results = self._results_document(sets)
         for key in ("weight_cosine_mean", "weight_cosine_stored_mean"):
             if self.test_results[key] is not None:
@@ -208,6 +217,7 @@ class UncertaintyEvalMixin(_Base):
             **{key: (self.tested_checkpoint_record or {}).get(key) for key in CHECKPOINT_RECORD},
             **self.members_description(),  # e.g. the checkpoints an assembled ensemble's members came from
             **weight_space_summary(self),  # weight_cosine(_stored) (M×M or None) and their off-diagonal means
+            "cost": self._cost,  # parameters, FLOPs per image, test images/s, peak memory (evaluation/cost.py)
             "config": self.run_config,
             "sets": sets,
         }
@@ -229,4 +239,6 @@ class UncertaintyEvalMixin(_Base):
             step = self.global_step if self.logging_step is None else self.logging_step
             write_figures(results_dir, collected, self.test_set_roles(), self.test_results, self.loggers, step)
         path = write_results(results_dir, self.test_results)  # last: results.json marks a complete test
-        print(f"\n{type(self).__name__} (M={self.num_members}) results -> {path}\n{format_table(self.test_results['sets'])}\n")
+        cost = self.test_results.get("cost")
+        cost_line = "" if cost is None else format_cost(cost, self.device.type) + "\n"
+        print(f"\n{type(self).__name__} (M={self.num_members}) results -> {path}\n{format_table(self.test_results['sets'])}\n{cost_line}")

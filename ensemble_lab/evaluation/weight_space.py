@@ -25,12 +25,11 @@ weight-space diversity to measure: both return None. M = 1 gives [[1.0]].
 """
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ensemble_lab.nn.members import gram_of_rows
+from ensemble_lab.nn.members import gram_of_rows, member_owned_parameters
 
 
 def _sum(grams: list[Tensor]) -> Tensor | None:
@@ -42,19 +41,14 @@ def _sum(grams: list[Tensor]) -> Tensor | None:
     return total
 
 
-def _answers(model: nn.Module, question: str) -> list[Any]:
-    """What every layer that has the method ``question`` (``member_gram``, ``member_parameters``) returns."""
-    return [ask() for module in model.modules() if callable(ask := getattr(module, question, None))]
-
-
 def member_gram(model: nn.Module) -> Tensor | None:
     """G_ij = ⟨θ_i, θ_j⟩ (M, M) float64 of the effective reading; None without a per-member layer."""
-    return _sum(_answers(model, "member_gram"))
+    return _sum([ask() for module in model.modules() if callable(ask := getattr(module, "member_gram", None))])
 
 
 def stored_member_gram(model: nn.Module) -> Tensor | None:
     """G_ij of the stored reading: Σ_own ⟨p[i], p[j]⟩ + Σ_shared ‖p‖²; None when every parameter is shared."""
-    own = [p for parameters in _answers(model, "member_parameters") for p in parameters]
+    own = member_owned_parameters(model)
     own_ids = {id(p) for p in own}
     gram = _sum([gram_of_rows(p) for p in own])
     if gram is None:

@@ -1,7 +1,7 @@
 """Helpers for the member-major row layout: rows [m*B, (m+1)*B) belong to member m."""
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ensemble_lab.errors import ConfigError
 
@@ -45,3 +45,8 @@ def gram_of_rows(*tensors: Tensor | None) -> Tensor:
     for rows in present[1:]:
         gram = gram + rows @ rows.T
     return gram
+
+
+def member_owned_parameters(model: nn.Module) -> list[Tensor]:
+    """Every stored tensor whose row i is member i's own, as the layers declare them (``member_parameters()``)."""
+    return [p for module in model.modules() if callable(ask := getattr(module, "member_parameters", None)) for p in ask()]
