@@ -128,10 +128,10 @@ def build_figures(collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, 
             figures[f"pairwise_disagreement_{id_names[0]}"] = heatmap_figure(
                 matrix, f"pairwise disagreement ({id_names[0]})", vmin=0.0
             )
-        readings = (("weight_cosine", "effective weights"), ("weight_cosine_stored", "parameters as stored"))
+        readings = (("weight_cosine", "effective weights"), ("weight_cosine_stored", "stored parameters"))
         for key, reading in readings:
             if results.get(key) is not None:
-                figures[key] = heatmap_figure(results[key], f"weight cosine similarity ({reading})", vmin=-1.0, vmax=1.0, cmap="RdBu_r")
+                figures[key] = heatmap_figure(results[key], f"weight cosine, {reading}", vmin=-1.0, vmax=1.0, cmap="RdBu_r")
     return figures
 
 
