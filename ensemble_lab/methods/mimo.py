@@ -41,11 +41,10 @@ def mimo_indices(batch: int, num_members: int, input_repetition: float = 0.0, ba
     rows = batch * batch_repetition
     member_0 = torch.arange(batch, device=device).repeat(batch_repetition)[torch.randperm(rows, device=device)]  # (N,)
     shuffled = math.floor(rows * (1.0 - input_repetition) + 1e-9)  # K; the epsilon absorbs 0.1 + 0.9 != 1.0
-    members = [member_0]
-    for _ in range(1, num_members):
-        own = member_0[:shuffled][torch.randperm(shuffled, device=device)]  # (K,)
-        members.append(torch.cat([own, member_0[shuffled:]]))  # (N,)
-    return torch.stack(members)  # (M, N)
+    order = torch.rand(num_members - 1, shuffled, device=device).argsort(dim=1)  # (M-1, K): a shuffle per member
+    own = member_0[:shuffled][order]  # (M-1, K)
+    shared = member_0[shuffled:].expand(num_members - 1, -1)  # (M-1, N-K): member 0's images
+    return torch.cat([member_0.unsqueeze(0), torch.cat([own, shared], dim=1)])  # (M, N)
 
 
 class MIMO(EnsembleModule):
