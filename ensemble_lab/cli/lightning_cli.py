@@ -102,6 +102,14 @@ class EnsembleLabCLI(LightningCLI):
             help="test: also write <run>/predictions/<set>.npz with member_probs (M, N, C) and targets (N,) for every test set (predict always writes them, for the first id set).",
         )
         parser.add_argument(
+            "--calibration",
+            type=Literal["none", "temperature", "temperature_per_member"],
+            default="none",
+            help="test: also report every set after temperature scaling fitted on the validation split (minimising its "
+            "NLL): temperature (one T shared by all members, dividing each member's logits before averaging) or "
+            "temperature_per_member; results.json gets sets_calibrated and calibration (the fitted T).",
+        )
+        parser.add_argument(
             "--figures",
             type=bool,
             default=True,
@@ -201,6 +209,7 @@ class EnsembleLabCLI(LightningCLI):
         config = self._subcommand_config()
         self.model.save_predictions = bool(config.get("save_predictions", False))
         self.model.save_figures = bool(config.get("figures", True))
+        self.model.calibration = str(config.get("calibration") or "none")
         self.model.overwrite_results = bool(config.get("overwrite", False))
         run_dir = run_dir_of_checkpoint(ckpt_path) if ckpt_path not in (None, *SPECIAL, "last") else None
         self.model.results_dir = str(run_dir) if run_dir is not None else None

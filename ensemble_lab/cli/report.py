@@ -149,7 +149,7 @@ def build_report(paths: Sequence[str | Path], sets: Sequence[str] | None = None)
         for name in (sets or available):
             if name not in group.roles:
                 continue
-            found = [(d.get("sets") or {}).get(name) for d in docs[key]]
+            found = [run_sets(d).get(name) for d in docs[key]]
             per_run = [m for m in found if isinstance(m, dict)]
             columns = OOD_COLUMNS if group.roles[name] == "ood" else ID_COLUMNS
             group.stats[name] = {c: summarize([v for m in per_run if (v := _number(m.get(c))) is not None]) for c in columns}
@@ -167,9 +167,20 @@ def build_report(paths: Sequence[str | Path], sets: Sequence[str] | None = None)
 def _add_run(group: Group, path: Path, doc: dict[str, Any]) -> None:
     group.runs.append(path.parent)
     group.seeds.append(doc.get("seed"))
-    for name, metrics in (doc.get("sets") or {}).items():
+    for name, metrics in run_sets(doc).items():
         if isinstance(metrics, dict):
             group.roles.setdefault(name, str(metrics.get("role", "id")))
+
+
+#: how a calibrated set is named in the report (``test --calibration``: results.json's sets_calibrated)
+CALIBRATED = "{} +T"
+
+
+def run_sets(doc: dict[str, Any]) -> dict[str, Any]:
+    """A run's test sets by name: ``sets``, then each of ``sets_calibrated`` as "<name> +T"."""
+    sets = dict(doc.get("sets") or {})
+    calibrated = doc.get("sets_calibrated") or {}
+    return {**sets, **{CALIBRATED.format(name): metrics for name, metrics in calibrated.items()}}
 
 
 def _trained_as(doc: dict[str, Any]) -> dict[str, Any]:

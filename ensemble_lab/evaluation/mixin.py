@@ -17,6 +17,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from ensemble_lab.errors import ConfigError
+from ensemble_lab.evaluation.calibration import apply_temperature, ensemble_nll, fit_temperature, log_probs
 from ensemble_lab.evaluation.cost import format_cost, measure_cost
 from ensemble_lab.evaluation.metrics import ood_metrics, predictive_metrics
 from ensemble_lab.evaluation.results import (
@@ -71,6 +73,9 @@ class UncertaintyEvalMixin(_Base):
     tested_checkpoint_record: dict[str, Any] | None = None
     #: the training step the tested weights are from (set by the CLI for a checkpoint); else global_step
     logging_step: int | None = None
+    #: calibration after training at test (set by the CLI's --calibration): "none", "temperature" or
+    #: "temperature_per_member", fitted on the validation split (evaluation/calibration.py)
+    calibration: str = "none"
     #: set by the host module (EnsembleModule): number of members M
     num_members: int
     #: the generators' state outside test (on_test_start forks it, on_test_end restores it)
@@ -78,6 +83,8 @@ class UncertaintyEvalMixin(_Base):
     #: the first test batch's images (cost measurement) and the cost measured on them
     _cost_images: Tensor | None = None
     _cost: dict[str, Any] | None = None
+    #: the fitted calibration of this test (None without --calibration)
+    _calibration: dict[str, Any] | None = None
 
     def monitorable_metrics(self) -> list[str]:
         """The metrics a callback may monitor (--early_stopping.monitor, --checkpoint.monitor): those every
@@ -157,12 +164,39 @@ class UncertaintyEvalMixin(_Base):
         # and a refusal must stop all ranks together rather than leave the others waiting.
         self._results_path = self.resolved_results_dir()
         check_can_write(self._results_path, self.overwrite_results)
+        self._calibration = None if self.calibration == "none" else self._fit_calibration()
         # Random draws at test (MC Dropout's masks) start from the run's seed, so a test right after fit
         # and a later `test` of the same weights give the same numbers; the outer stream is put back after.
         device = self.device
         self._test_rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
         self._test_rng.__enter__()
         torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
+
+    @torch.no_grad()
+    def _fit_calibration(self) -> dict[str, Any]:
+        """Fit the temperature(s) on the validation split, in its own random stream (MC Dropout's test draws stay as without)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "val_dataloader"):
+            raise ConfigError("--calibration needs a datamodule with a validation split (--data ...)")
+        datamodule.setup("validate")  # loads the held-out validation split next to the test sets
+        device = self.device
+        member_log_probs, targets = [], []
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
+            for batch in datamodule.val_dataloader():
+                (images,) = datamodule.on_after_batch_transfer((batch[0].to(device),), 0)  # the eval preprocessing
+                member_log_probs.append(torch.log_softmax(self(images).double(), dim=-1))  # (M, B, C)
+                targets.append(batch[1].to(device))
+        lp, y = torch.cat(member_log_probs, dim=1), torch.cat(targets)  # (M, N, C), (N,)
+        temperature = fit_temperature(lp, y, per_member=self.calibration == "temperature_per_member")
+        one = torch.ones((), dtype=torch.float64, device=device)
+        return {
+            "method": self.calibration,
+            "temperature": temperature.cpu().tolist(),  # a number, or one per member
+            "val_images": int(y.shape[0]),
+            "val_nll": float(ensemble_nll(lp, y, one)),
+            "val_nll_calibrated": float(ensemble_nll(lp, y, temperature)),
+        }
 
     def on_test_end(self) -> None:
         rng = getattr(self, "_test_rng", None)
@@ -189,17 +223,33 @@ class UncertaintyEvalMixin(_Base):
         for name in collected:
             if roles[name] == "ood" and id_names:
                 sets[name].update(ood_metrics(collected[id_names[0]][0], collected[name][0]))
-        for name, metrics in sets.items():
-            scalars = {f"test/{name}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-            self.log_dict(scalars, sync_dist=False, add_dataloader_idx=False)
+        calibrated = {} if self._calibration is None else self._calibrated_sets(collected, roles)
+        for prefix, results in (("test", sets), ("test_calibrated", calibrated)):
+            for name, metrics in results.items():
+                scalars = {f"{prefix}/{name}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+                self.log_dict(scalars, sync_dist=False, add_dataloader_idx=False)
         images = self._cost_images
         self._cost = None if images is None else measure_cost(self, images, int(self.num_members))  # after every metric
         self._cost_images = None
         self.test_results = self._results_document(sets)
+        if self._calibration is not None:  # after the temperature: every set again, and the fitted T
+            self.test_results.update(calibration=self._calibration, sets_calibrated=calibrated)
         for key in ("weight_cosine_mean", "weight_cosine_stored_mean"):
             if self.test_results[key] is not None:
                 self.log(f"test/{key}", self.test_results[key], sync_dist=False, add_dataloader_idx=False)
         self._write_test_outputs(collected)
+
+    def _calibrated_sets(self, collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """Every set's metrics with the members' logits divided by the fitted temperature(s)."""
+        assert self._calibration is not None
+        temperature = torch.tensor(self._calibration["temperature"], dtype=torch.float64)
+        scaled = {name: (apply_temperature(log_probs(p), temperature).float(), t) for name, (p, t) in collected.items()}
+        sets = {name: {"role": roles[name], **predictive_metrics(p, t)} for name, (p, t) in scaled.items()}
+        id_names = [n for n in scaled if roles[n] == "id"]
+        for name in scaled:
+            if roles[name] == "ood" and id_names:
+                sets[name].update(ood_metrics(scaled[id_names[0]][0], scaled[name][0]))
+        return sets
 
     def _results_document(self, sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -241,4 +291,12 @@ class UncertaintyEvalMixin(_Base):
         path = write_results(results_dir, self.test_results)  # last: results.json marks a complete test
         cost = self.test_results.get("cost")
         cost_line = "" if cost is None else format_cost(cost, self.device.type) + "\n"
+        if self._calibration is not None:
+            record = self._calibration
+            temperature = record["temperature"]
+            shown = f"{temperature:.3f}" if isinstance(temperature, float) else ", ".join(f"{t:.3f}" for t in temperature)
+            cost_line += (
+                f"after temperature scaling (T = {shown}; validation nll {record['val_nll']:.4f} -> "
+                f"{record['val_nll_calibrated']:.4f}):\n{format_table(self.test_results['sets_calibrated'])}\n"
+            )
         print(f"\n{type(self).__name__} (M={self.num_members}) results -> {path}\n{format_table(self.test_results['sets'])}\n{cost_line}")
