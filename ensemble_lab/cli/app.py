@@ -30,8 +30,17 @@ def _study_main(argv: list[str]) -> None:
     study_main(argv)
 
 
+def _connectivity_main(argv: list[str]) -> None:
+    from ensemble_lab.cli.connectivity import (
+        connectivity_main,  # imported on use: keeps `fit` startup lean
+    )
+
+    connectivity_main(argv)
+
+
 EXTRA_SUBCOMMANDS["report"] = (_report_main, "mean ± std over seeds of results.json files below PATH..., as the paper's tables")
 EXTRA_SUBCOMMANDS["study"] = (_study_main, "run a grid of methods × seeds (fit + test), resumable, then print the report")
+EXTRA_SUBCOMMANDS["connectivity"] = (_connectivity_main, "loss and error along straight lines between a run's members, and their barriers")
 
 
 def _print_usage() -> None:

@@ -132,6 +132,10 @@ class EnsembleConv2d(nn.Module):
         """Member i's weight (out_channels, in_channels / groups, kh, kw)."""
         return self.weight[i]
 
+    def member_state(self, i: int) -> dict[str, Tensor]:
+        """Member i as a plain nn.Conv2d(groups=self.groups) would hold it: ``weight`` (and ``bias``) slice i, detached."""
+        return {name: t[i].detach() for name, t in (("weight", self.weight), ("bias", self.bias)) if t is not None}
+
     def member_gram(self) -> Tensor:
         """G_ij = ⟨θ_i, θ_j⟩ (M, M) float64 of the members' own kernels and biases."""
         return gram_of_rows(self.weight, self.bias)
@@ -234,6 +238,15 @@ class EnsembleBatchNorm2d(nn.Module):
             self.eps,
         )
         return y if self.channel_stacked else channels_to_members(y, m)
+
+    def member_state(self, i: int) -> dict[str, Tensor]:
+        """Member i as a plain nn.BatchNorm2d with the same options would hold it (detached): affine ``weight``
+        and ``bias`` row i, ``running_mean`` / ``running_var`` row i and the shared ``num_batches_tracked``."""
+        rows = (("weight", self.weight), ("bias", self.bias), ("running_mean", self.running_mean), ("running_var", self.running_var))
+        state = {name: t[i].detach() for name, t in rows if t is not None}
+        if self.num_batches_tracked is not None:
+            state["num_batches_tracked"] = self.num_batches_tracked.detach()
+        return state
 
     def member_parameters(self) -> list[Tensor]:
         """The stored tensors whose row i is member i's own: the affine scale and shift (no ``member_gram``:

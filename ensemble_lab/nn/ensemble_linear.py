@@ -73,6 +73,13 @@ class EnsembleLinear(nn.Module):
         """Member i's weight (out_features, in_features / groups)."""
         return self.weight[i]
 
+    def member_state(self, i: int) -> dict[str, Tensor]:
+        """Member i as a plain nn.Linear would hold it: ``weight`` (and ``bias``) slice i, detached.
+
+        With groups > 1 the weight is block-diagonal (out, in / groups): no dense nn.Linear of that shape exists.
+        """
+        return {name: t[i].detach() for name, t in (("weight", self.weight), ("bias", self.bias)) if t is not None}
+
     def member_gram(self) -> Tensor:
         """G_ij = ⟨θ_i, θ_j⟩ (M, M) float64 of the members' own weights and biases."""
         return gram_of_rows(self.weight, self.bias)

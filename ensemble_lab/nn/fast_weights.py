@@ -124,6 +124,13 @@ class FastWeightLayer(nn.Module):
         f = self._broadcast((s[i].t() @ r[i]).unsqueeze(0))[0]  # (out, in, ...): Σ_k s_ik r_ikᵀ
         return self.weight * f
 
+    def member_state(self, i: int) -> dict[str, Tensor]:
+        """Member i as a plain nn.Linear / nn.Conv2d would hold it: ``weight`` W ∘ F_i and, with biases, ``bias`` b_i (detached)."""
+        state = {"weight": self.member_weight(i).detach()}
+        if self.bias is not None:
+            state["bias"] = self.bias[i].detach()
+        return state
+
     def _apply_shared(self, x: Tensor, op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         """``op(x, W)`` for member-major ``x`` (M, ...). With gradient blocking, members 1.. get W
         detached: two ops (member 0, the rest), never one per member."""

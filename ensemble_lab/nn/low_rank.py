@@ -86,6 +86,13 @@ class LowRankLayer(nn.Module):
             raise IndexError(f"member {i} out of range for {self.num_members} members")
         return self.weight + (self.A[i] @ self.B[i]).view_as(self.weight)  # (out, k) @ (k, in_flat) -> W's shape
 
+    def member_state(self, i: int) -> dict[str, Tensor]:
+        """Member i as a plain nn.Linear / nn.Conv2d would hold it: ``weight`` W + A_i B_i and, with biases, ``bias`` b_i (detached)."""
+        state = {"weight": self.member_weight(i).detach()}
+        if self.bias is not None:
+            state["bias"] = self.bias[i].detach()
+        return state
+
     def member_gram(self) -> Tensor:
         """G_ij = ⟨θ_i, θ_j⟩ (M, M) float64 of the members' effective weights W + A_i B_i and own biases.
 

@@ -1,0 +1,190 @@
+"""Linear mode connectivity: loss and error along the straight line between two members' weights.
+
+For members i < j and t on a grid in [0, 1], the plain network with weights (1 − t)·θ_i + t·θ_j
+(``member_networks``) is evaluated on one set: its mean NLL and its error (1 − accuracy). With
+BatchNorm, the interpolated network's running statistics belong to neither member, so they are
+re-estimated at every point from the same fixed training batches. The barrier of a curve L is
+max_t [L(t) − ((1 − t)·L(0) + t·L(1))]: how far the path rises above the chord between its ends
+(0 for a path no worse than the chord; the ends count, so it is never negative).
+"""
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm  # type: ignore[import-untyped]  # no stubs installed; Lightning's own bar library
+
+from ensemble_lab.evaluation.member_networks import State, interpolate
+
+#: the keys of a connectivity.json document; see docs/connectivity.md
+DOCUMENT_KEYS = (
+    "method", "num_members", "set", "points", "t", "reset_norm", "checkpoint", "applicable", "reason", "pairs",
+    "barrier_loss_mean", "barrier_loss_std", "barrier_error_mean", "barrier_error_std",
+)  # fmt: skip
+
+
+def grid(points: int) -> list[float]:
+    """``points`` evenly spaced t in [0, 1], both ends included (points >= 2)."""
+    return [k / (points - 1) for k in range(points)]  # k/(N-1): 0.3, not linspace's 0.30000000000000004
+
+
+def norm_layers(network: nn.Module) -> list[nn.Module]:
+    """The layers with running statistics to re-estimate: those that can ``reset_running_stats`` and track them."""
+    return [m for m in network.modules() if callable(getattr(m, "reset_running_stats", None)) and getattr(m, "track_running_stats", False)]
+
+
+@torch.no_grad()
+def reestimate_norms(network: nn.Module, batches: Sequence[Tensor]) -> None:
+    """Running statistics of every norm layer recomputed from ``batches`` alone (equal weight per batch).
+
+    Statistics are reset, then averaged cumulatively (momentum None) over forward passes in which only
+    the norm layers are in training mode (dropout stays off). The network is left in eval mode.
+    """
+    norms = norm_layers(network)
+    network.eval()
+    if not norms or not batches:
+        return
+    momenta = [getattr(m, "momentum") for m in norms]
+    for m in norms:
+        m.reset_running_stats()  # type: ignore[operator]  # norm_layers checked it is callable
+        setattr(m, "momentum", None)  # cumulative average: every batch counts equally
+        m.train()
+    for x in batches:
+        network(x)
+    for m, momentum in zip(norms, momenta):
+        setattr(m, "momentum", momentum)
+    network.eval()
+
+
+@torch.no_grad()
+def evaluate(network: nn.Module, images: Tensor, labels: Tensor, batch_size: int) -> tuple[float, float]:
+    """(mean NLL, error) of ``network`` (eval mode, (B, C) logits) on preprocessed ``images`` (N, ...) and ``labels`` (N,)."""
+    network.eval()
+    nll, wrong = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.long)
+    for start in range(0, len(labels), batch_size):
+        logits = network(images[start : start + batch_size]).double()  # (b, C)
+        targets = labels[start : start + batch_size]
+        nll += F.cross_entropy(logits, targets, reduction="sum").cpu()
+        wrong += (logits.argmax(-1) != targets).sum().cpu()
+    return float(nll) / len(labels), float(wrong) / len(labels)
+
+
+def barrier(curve: Sequence[float], t: Sequence[float]) -> float:
+    """max_t [L(t) − ((1 − t)·L(0) + t·L(1))] of a curve sampled at ``t`` (t[0] = 0, t[-1] = 1)."""
+    values, ts = np.asarray(curve, dtype=np.float64), np.asarray(t, dtype=np.float64)
+    chord = (1 - ts) * values[0] + ts * values[-1]  # (N,)
+    return float(np.max(values - chord))
+
+
+def path_curves(
+    plain: nn.Module,
+    a: State,
+    b: State,
+    t: Sequence[float],
+    data: tuple[Tensor, Tensor],
+    batch_size: int,
+    norm_batches: Sequence[Tensor] = (),
+    progress: Any = None,
+) -> tuple[list[float], list[float]]:
+    """(loss curve, error curve) of ``plain`` with weights interpolate(a, b, t) at every t.
+
+    Args:
+        plain: the plain network the states belong to (its weights are overwritten).
+        a: the state at t = 0 (member i).
+        b: the state at t = 1 (member j).
+        t: the points, in [0, 1].
+        data: preprocessed images (N, ...) and labels (N,) of the evaluation set.
+        batch_size: rows per forward pass.
+        norm_batches: training batches to re-estimate norm statistics on at every point; none: keep the interpolated ones.
+        progress: a tqdm bar to advance once per point, or None.
+    """
+    loss, error = [], []
+    for value in t:
+        plain.load_state_dict(interpolate(a, b, value))
+        reestimate_norms(plain, norm_batches)
+        nll, err = evaluate(plain, *data, batch_size)
+        loss.append(nll)
+        error.append(err)
+        if progress is not None:
+            progress.update(1)
+    return loss, error
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, sample std) over pairs; std None for one pair, both None for none."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def all_pairs(
+    plain: nn.Module,
+    states: list[State],
+    t: Sequence[float],
+    data: tuple[Tensor, Tensor],
+    batch_size: int,
+    norm_batches: Sequence[Tensor] = (),
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Curves and barriers of every pair i < j of members ``states``: the ``pairs`` and barrier summary of connectivity.json."""
+    pairs = [(i, j) for i in range(len(states)) for j in range(i + 1, len(states))]
+    records: list[dict[str, Any]] = []
+    with tqdm(total=len(pairs) * len(t), desc="connectivity", unit="point", disable=not show_progress, leave=False) as bar:
+        for i, j in pairs:
+            loss, error = path_curves(plain, states[i], states[j], t, data, batch_size, norm_batches, bar)
+            records.append(
+                {"i": i, "j": j, "loss": loss, "error": error, "barrier_loss": barrier(loss, t), "barrier_error": barrier(error, t)}
+            )
+    loss_mean, loss_std = _mean_std([r["barrier_loss"] for r in records])
+    error_mean, error_std = _mean_std([r["barrier_error"] for r in records])
+    return {"pairs": records, "barrier_loss_mean": loss_mean, "barrier_loss_std": loss_std,
+            "barrier_error_mean": error_mean, "barrier_error_std": error_std}  # fmt: skip
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def format_barriers(document: dict[str, Any]) -> str:
+    """The printed table: one row per pair (loss barrier, error barrier), then the mean ± std over pairs."""
+    lines = [f"{'pair':<8} {'loss barrier':>16} {'error barrier':>16}"]
+    lines += [
+        f"{str(r['i']) + '-' + str(r['j']):<8} {_fmt(r['barrier_loss']):>16} {_fmt(r['barrier_error']):>16}" for r in document["pairs"]
+    ]
+    loss = f"{_fmt(document['barrier_loss_mean'])} ± {_fmt(document['barrier_loss_std'])}"
+    error = f"{_fmt(document['barrier_error_mean'])} ± {_fmt(document['barrier_error_std'])}"
+    lines.append(f"{'mean':<8} {loss:>16} {error:>16}")
+    return "\n".join(lines)
+
+
+def connectivity_figure(document: dict[str, Any]) -> Figure:
+    """Loss and error against t for every pair (thin lines), their mean (black) and mean ± std band."""
+    t = np.asarray(document["t"])
+    fig = Figure(figsize=(10.5, 3.8), dpi=80)
+    axes = fig.subplots(1, 2)
+    for ax, key, label in zip(axes, ("loss", "error"), ("NLL", "error (1 − accuracy)")):
+        curves = np.asarray([r[key] for r in document["pairs"]], dtype=np.float64)  # (P, N)
+        labelled = len(curves) <= 10
+        for r, curve in zip(document["pairs"], curves):
+            ax.plot(t, curve, linewidth=1, alpha=0.6, label=f"{r['i']}–{r['j']}" if labelled else None)
+        mean = curves.mean(0)  # (N,)
+        if len(curves) > 1:
+            std = curves.std(0, ddof=1)  # (N,)
+            ax.fill_between(t, mean - std, mean + std, color="grey", alpha=0.25, label="mean ± std")
+        ax.plot(t, mean, color="black", linewidth=2, label="mean")
+        barrier_mean = document[f"barrier_{key}_mean"]
+        ax.set(xlabel="t  (0: member i, 1: member j)", ylabel=label, xlim=(0, 1),
+               title=f"{key}: mean barrier {_fmt(barrier_mean)}")  # fmt: skip
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize="small", title="pair i–j", title_fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    where = "the validation split" if document["set"] == "val" else f"test set {document['set']}"
+    fig.suptitle(f"{document['method']}, M = {document['num_members']}: weights (1 − t)·θ_i + t·θ_j, on {where}"
+                 f"{'' if document['reset_norm'] else ' (norm statistics interpolated, not re-estimated)'}")  # fmt: skip
+    fig.tight_layout()
+    return fig
