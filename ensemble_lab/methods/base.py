@@ -12,11 +12,21 @@ from torch.nn import functional as F
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation import UncertaintyEvalMixin
 from ensemble_lab.methods.checkpoint_state import CheckpointStateMixin
+from ensemble_lab.methods.distillation import (
+    DEFAULT_ALPHA,
+    DEFAULT_MATCH,
+    DEFAULT_TEMPERATURE,
+    Distillation,
+    check_distillation_options,
+)
 from ensemble_lab.nn import LayerFactory, build_backbone, tile_members
 from ensemble_lab.nn.backbones import backbone_options
 from ensemble_lab.nn.dropout import check_dropout_p
 from ensemble_lab.nn.members import check_num_members
 from ensemble_lab.nn.memory_format import use_channels_last
+
+#: checkpoint entry holding the training sums of the epoch a checkpoint was written in
+EPOCH_SUMS = "ensemble_lab_epoch_sums"
 
 
 def member_targets(targets: Tensor, num_members: int) -> Tensor:
@@ -47,6 +57,10 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         lr_scheduler: LRSchedulerCallable | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        teacher: str | list[str] | None = None,
+        distill_temperature: float = DEFAULT_TEMPERATURE,
+        distill_alpha: float = DEFAULT_ALPHA,
+        distill_match: str = DEFAULT_MATCH,
     ) -> None:
         """
         Mixed precision is a trainer option: ``--trainer.precision bf16-mixed`` (CPU and GPU).
@@ -72,10 +86,20 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
                 DeepEnsemble's grouped layers work in NCHW whatever this says.
             compile: compile the network with torch.compile on its first call (a slow first step,
                 then faster steps, mostly on GPUs). Parameter names and checkpoints are unchanged.
+            teacher: distil from a trained model: the checkpoint of an ensemble-lab run of any method
+                (<run>/checkpoints/last.ckpt), or a list of SingleModel checkpoints assembled into a Deep Ensemble
+                ([a.ckpt,b.ckpt,...]). Read when fit starts; frozen, in eval mode, on the student's batch; only
+                its path is stored with the student. None: no distillation.
+            distill_temperature: T > 0: teacher and student probabilities are both softmax(logits / T).
+            distill_alpha: α in [0, 1]: loss = α · (the method's loss: cross-entropy) + (1 − α) · T² ·
+                KL(teacher_T ‖ student_T); 1: cross-entropy only.
+            distill_match: "mean" (every student member learns the teacher members' mean probabilities) or
+                "member" (student member i learns teacher member i; the numbers of members must match).
         """
         super().__init__()
         check_num_members(num_members)
         check_dropout_p(dropout, "model.dropout")
+        check_distillation_options(teacher, distill_temperature, distill_alpha, distill_match)
         given = {"hidden_sizes": hidden_sizes, "width": width, "depth": depth, "widen_factor": widen_factor}  # every backbone's options
         options = backbone_options(backbone, **given)  # this backbone's, defaults filled in
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -88,6 +112,8 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
             use_channels_last(self.network)
         if compile:
             self.network.compile()  # in place: state_dict keys stay "network.*"
+        # a plain object, not a submodule: the teacher is in no state_dict, optimizer or train() switch of the student
+        self.distillation = None if teacher is None else Distillation(teacher, distill_temperature, distill_alpha, distill_match)
 
     def build_network(
         self, backbone: str, input_shape: tuple[int, ...], num_classes: int, dropout: float, options: dict[str, Any]
@@ -136,6 +162,8 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         logits = self.training_logits(batch[0])  # (M, B, C)
         targets = self.training_targets(batch[1])  # (B,), or (M, B) when each member has its own images
         loss = self.training_loss(logits, targets)
+        if self.distillation is not None:  # α · loss + (1 − α) · T² · KL(teacher_T ‖ student_T)
+            loss = self.distillation.loss(self, batch[0], logits, loss)
         logged = self.logged_loss(loss.detach(), logits.detach())
         # Nothing here waits for the device. Epoch sums stay on the device and are logged once per
         # epoch (each self.log costs ~0.5 ms of CPU); the step loss (this rank's, no collective)
@@ -147,6 +175,8 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
                 correct = (logits.argmax(-1) == targets).float().mean(0).sum()
             if self._epoch_sums is None:
                 self._epoch_sums = torch.zeros(3, device=loss.device)  # loss × images, correct, images
+            elif self._epoch_sums.device != loss.device:  # restored from a checkpoint before the model reached its device
+                self._epoch_sums = self._epoch_sums.to(loss.device)
             images = targets.shape[-1]
             self._epoch_sums[0] += logged.float() * images
             self._epoch_sums[1] += correct
@@ -157,8 +187,28 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
     #: this epoch's training sums on the device: loss × images, correct predictions, images
     _epoch_sums: Tensor | None = None
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.distillation is not None:  # read and checked before the first step (a resume reads it again)
+            self.distillation.load(self)
+
     def on_train_epoch_start(self) -> None:
-        self._epoch_sums = None
+        self._epoch_sums = None  # not called for the epoch a mid-epoch resume continues: its sums come from the checkpoint
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self._epoch_sums is not None:
+            checkpoint[EPOCH_SUMS] = self._epoch_sums.detach().cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        # A run resumed inside an epoch counts that epoch's batches from before the interruption too
+        # (after an epoch-end checkpoint, the next epoch's on_train_epoch_start starts afresh). Under
+        # DDP the checkpoint holds rank 0's sums only: the resumed epoch then averages its later batches.
+        saved = checkpoint.get(EPOCH_SUMS)
+        trainer = getattr(self, "_trainer", None)
+        single_process = trainer is None or trainer.world_size == 1
+        self._epoch_sums = saved.to(self.device) if saved is not None and single_process else None
 
     def on_train_epoch_end(self) -> None:
         if self._epoch_sums is None:
