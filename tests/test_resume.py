@@ -105,6 +105,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights_and_results(uninte
     for name, tensor in expected.items():
         assert torch.equal(tensor, resumed[name]), name
     assert reproducible(read_results(run)) == reproducible(read_results(uninterrupted))
+    # the epoch the kill cut short logs the loss and accuracy of all its batches, before and after the resume
+    assert (run / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()
 
     # resuming a finished run again would replace its results.json: refused before any training
     with working_directory(tmp_path), pytest.raises(SystemExit) as refused:

@@ -23,6 +23,7 @@ from ensemble_lab.cli.callbacks import FinalLastCheckpoint, NonFiniteLossGuard, 
 from ensemble_lab.cli.checkpoint_choice import check_monitors, checkpoint_record, settle_monitors
 from ensemble_lab.cli.failures import user_message
 from ensemble_lab.cli.interrupts import INTERRUPTED, InterruptWatch
+from ensemble_lab.cli.metrics_csv import MetricsCSV
 from ensemble_lab.cli.parser_errors import EnsembleLabArgumentParser
 from ensemble_lab.cli.resume import (
     SPECIAL,
@@ -51,6 +52,11 @@ class EnsembleLabCLI(LightningCLI):
         # optimizers are model options (--model.optimizer): a top-level --optimizer would replace the
         # method's configure_optimizers and silently drop BatchEnsemble's fast-weight parameter groups
         kwargs.setdefault("auto_configure_optimizers", False)
+        # every fit writes <run>/metrics.csv (one row per epoch); a persistent callback, not an option
+        defaults = dict(kwargs.pop("trainer_defaults", None) or {})
+        given = defaults.get("callbacks") or []
+        defaults["callbacks"] = [*(given if isinstance(given, list) else [given]), MetricsCSV()]
+        kwargs["trainer_defaults"] = defaults
         super().__init__(
             EnsembleModule,
             EnsembleDataModule,
@@ -110,6 +116,14 @@ class EnsembleLabCLI(LightningCLI):
             "temperature_per_member; results.json gets sets_calibrated and calibration (the fitted T).",
         )
         parser.add_argument(
+            "--eval_sets_every",
+            type=int,
+            default=0,
+            help="fit only: every K epochs (and at the last epoch) also evaluate every test set (id, shift, ood) at the end "
+            "of validation and log val/<set>/<metric> (acc, nll, ece, mi, disagreement, auroc_mi, ...) to TensorBoard and "
+            "metrics.csv, so diversity per set can be followed over training; 0: never. Training is the same with or without it.",
+        )
+        parser.add_argument(
             "--figures",
             type=bool,
             default=True,
@@ -124,7 +138,7 @@ class EnsembleLabCLI(LightningCLI):
         if self._adding_for not in (None, "fit"):
             # test / validate / predict accept the fit-only options (a run's config.yaml holds them) without listing them
             for action in parser._actions:
-                if action.dest in ("test_after_fit", "test_checkpoint") or action.dest.startswith(("checkpoint", "early_stopping")):
+                if action.dest in ("test_after_fit", "test_checkpoint", "eval_sets_every") or action.dest.startswith(("checkpoint", "early_stopping")):
                     action.help = argparse.SUPPRESS
         # Configs saved before optimizers became model-only options hold `optimizer: null` and
         # `lr_scheduler: null` at the top level; they still load, and any other value is refused.
@@ -150,6 +164,8 @@ class EnsembleLabCLI(LightningCLI):
                 )
         if self.subcommand == "fit":  # before anything is built: the checkpoint follows early stopping's metric
             settle_monitors(config)
+        if (config.get("eval_sets_every") or 0) < 0:
+            raise ConfigError(f"--eval_sets_every must be >= 0 (0: never), got {config.get('eval_sets_every')}")
 
     #: set by check_arguments(): parse and build the model and datamodule, seed nothing, run nothing
     checking_only = False
@@ -211,6 +227,7 @@ class EnsembleLabCLI(LightningCLI):
         self.model.save_figures = bool(config.get("figures", True))
         self.model.calibration = str(config.get("calibration") or "none")
         self.model.overwrite_results = bool(config.get("overwrite", False))
+        self.model.eval_sets_every = int(config.get("eval_sets_every") or 0) if self.subcommand == "fit" else 0
         run_dir = run_dir_of_checkpoint(ckpt_path) if ckpt_path not in (None, *SPECIAL, "last") else None
         self.model.results_dir = str(run_dir) if run_dir is not None else None
         # what the run is, for results.json: the configuration its weights were trained with (a tested

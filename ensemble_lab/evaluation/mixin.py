@@ -1,7 +1,8 @@
 """UncertaintyEvalMixin: the one evaluation shared by every method.
 
 It consumes only ``self(x)`` -> member logits (M, B, C). Validation logs the curves that show how
-accuracy, calibration and diversity evolve; test evaluates every test set the datamodule names
+accuracy, calibration and diversity evolve (with ``eval_sets_every`` K, also every test set's, every K
+epochs: evaluation/sets.py); test evaluates every test set the datamodule names
 (roles id / shift / ood), writes results.json / results.csv (rank 0, atomically), optionally the
 member probabilities, and prints a table.
 """
@@ -20,7 +21,7 @@ from torch import Tensor
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.calibration import apply_temperature, ensemble_nll, fit_temperature, log_probs
 from ensemble_lab.evaluation.cost import format_cost, measure_cost
-from ensemble_lab.evaluation.metrics import ood_metrics, predictive_metrics
+from ensemble_lab.evaluation.metrics import predictive_metrics
 from ensemble_lab.evaluation.results import (
     CHECKPOINT_RECORD,
     check_can_write,
@@ -29,6 +30,7 @@ from ensemble_lab.evaluation.results import (
     write_predictions,
     write_results,
 )
+from ensemble_lab.evaluation.sets import eval_due, predict_test_sets, scalars, set_metrics
 from ensemble_lab.evaluation.store import PredictionStore
 from ensemble_lab.evaluation.weight_space import off_diagonal_mean, weight_cosine, weight_space_summary
 
@@ -76,6 +78,9 @@ class UncertaintyEvalMixin(_Base):
     #: calibration after training at test (set by the CLI's --calibration): "none", "temperature" or
     #: "temperature_per_member", fitted on the validation split (evaluation/calibration.py)
     calibration: str = "none"
+    #: evaluate every test set at the end of the validation of every K-th epoch of a fit, and of the last
+    #: one, logging val/<set>/<metric> (set by the CLI's --eval_sets_every; 0: never; evaluation/sets.py)
+    eval_sets_every: int = 0
     #: set by the host module (EnsembleModule): number of members M
     num_members: int
     #: the generators' state outside test (on_test_start forks it, on_test_end restores it)
@@ -108,6 +113,8 @@ class UncertaintyEvalMixin(_Base):
         self._store_batch(self._stores["val"], batch)
 
     def on_validation_epoch_end(self) -> None:
+        if eval_due(self.trainer, self.eval_sets_every):
+            self._log_test_sets_during_fit()
         store = self._stores["val"]
         if store.is_empty or self.trainer.sanity_checking:
             return
@@ -121,6 +128,16 @@ class UncertaintyEvalMixin(_Base):
         mean = off_diagonal_mean(cosine) if cosine is not None else None  # None for M = 1 too
         if mean is not None:
             self.log("val/weight_cosine", mean, sync_dist=False)
+
+    def _log_test_sets_during_fit(self) -> None:
+        """val/<set>/<metric> of every test set, on rank 0 only (evaluation/sets.py says why)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "test_set_roles"):
+            raise ConfigError("--eval_sets_every needs a datamodule that names its test sets (--data DigitsDataModule, ...)")
+        if not self.trainer.is_global_zero:
+            return
+        sets = set_metrics(predict_test_sets(self, datamodule), dict(datamodule.test_set_roles))
+        self.log_dict(scalars("val", sets), sync_dist=False, rank_zero_only=True)
 
     # ---- predict: member probabilities of the first id set, to predictions/<set>.npz -------------------
     def on_predict_start(self) -> None:
@@ -216,18 +233,10 @@ class UncertaintyEvalMixin(_Base):
     def on_test_epoch_end(self) -> None:
         roles = self.test_set_roles()
         collected = {name: self._stores[name].compute() for name in self._test_names if not self._stores[name].is_empty}
-        sets: dict[str, dict[str, Any]] = {}
-        for name, (member_probs, targets) in collected.items():
-            sets[name] = {"role": roles[name], **predictive_metrics(member_probs, targets)}
-        id_names = [n for n in collected if roles[n] == "id"]
-        for name in collected:
-            if roles[name] == "ood" and id_names:
-                sets[name].update(ood_metrics(collected[id_names[0]][0], collected[name][0]))
+        sets = set_metrics(collected, roles)
         calibrated = {} if self._calibration is None else self._calibrated_sets(collected, roles)
         for prefix, results in (("test", sets), ("test_calibrated", calibrated)):
-            for name, metrics in results.items():
-                scalars = {f"{prefix}/{name}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-                self.log_dict(scalars, sync_dist=False, add_dataloader_idx=False)
+            self.log_dict(scalars(prefix, results), sync_dist=False, add_dataloader_idx=False)
         images = self._cost_images
         self._cost = None if images is None else measure_cost(self, images, int(self.num_members))  # after every metric
         self._cost_images = None
@@ -244,12 +253,7 @@ class UncertaintyEvalMixin(_Base):
         assert self._calibration is not None
         temperature = torch.tensor(self._calibration["temperature"], dtype=torch.float64)
         scaled = {name: (apply_temperature(log_probs(p), temperature).float(), t) for name, (p, t) in collected.items()}
-        sets = {name: {"role": roles[name], **predictive_metrics(p, t)} for name, (p, t) in scaled.items()}
-        id_names = [n for n in scaled if roles[n] == "id"]
-        for name in scaled:
-            if roles[name] == "ood" and id_names:
-                sets[name].update(ood_metrics(scaled[id_names[0]][0], scaled[name][0]))
-        return sets
+        return set_metrics(scaled, roles)
 
     def _results_document(self, sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
         datamodule = getattr(self.trainer, "datamodule", None)
