@@ -116,16 +116,24 @@ def test_cli_report_writes_csv_markdown_json(runs, tmp_path, capsys):
 
 @pytest.mark.parametrize("make", ["empty", "missing", "bad_set", "out_is_a_file"])
 def test_clear_errors(tmp_path, capsys, runs, make):
-    args = {"empty": [str(tmp_path / "empty")], "missing": [str(tmp_path / "nope")], "bad_set": [str(runs), "--sets", "cifar10"],
-            "out_is_a_file": [str(runs), "--out", str(tmp_path / "notes.txt")]}[make]
+    args = {
+        "empty": [str(tmp_path / "empty")],
+        "missing": [str(tmp_path / "nope")],
+        "bad_set": [str(runs), "--sets", "cifar10"],
+        "out_is_a_file": [str(runs), "--out", str(tmp_path / "notes.txt")],
+    }[make]
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit) as exit_info:
         main(["report", *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    message = {"empty": "no readable results.json found", "missing": "does not exist", "bad_set": "no such test set",
-               "out_is_a_file": "is a file; give a directory"}[make]
+    message = {
+        "empty": "no readable results.json found",
+        "missing": "does not exist",
+        "bad_set": "no such test set",
+        "out_is_a_file": "is a file; give a directory",
+    }[make]
     assert "ensemble-lab: error: " in err and message in err and "Traceback" not in err
     assert (tmp_path / "notes.txt").read_text() == "mine" and "| method |" not in capsys.readouterr().out
 
@@ -167,7 +175,10 @@ def test_runs_trained_differently_are_not_pooled_and_the_report_says_why(tmp_pat
     groups = build_report([tmp_path])
     rows = sorted((g.variant, len(g.runs), g.stats["digits"]["acc"].mean) for g in groups)
     assert rows == [("trainer.max_epochs=3", 1, 0.40), ("trainer.max_epochs=30", 3, pytest.approx(0.82))]
-    assert "DeepEnsemble (M=4, DigitsDataModule): 4 runs were trained differently and are not pooled: 2 rows, by trainer.max_epochs" in capsys.readouterr().err
+    assert (
+        "DeepEnsemble (M=4, DigitsDataModule): 4 runs were trained differently and are not pooled: 2 rows, by trainer.max_epochs"
+        in capsys.readouterr().err
+    )
     table = to_markdown(groups)
     assert "| DeepEnsemble [trainer.max_epochs=30] | 4 | DigitsDataModule | 3 |" in table
     assert "- DeepEnsemble rows differ in `trainer.max_epochs`" in table
@@ -198,9 +209,21 @@ def test_cost_table_and_quality_against_cost_figure(tmp_path):
     write_run(root, "old/seed_1", "MCDropout", 4, 1, 0.8)  # tested before costs were measured: no cost row
     groups = build_report([root])
     text = to_markdown(groups)
-    cost_table = text[text.index("### cost"):]
+    cost_table = text[text.index("### cost") :]
     assert "| DeepEnsemble | 4 | DigitsDataModule | 2 | 40,000 ± 0 | 10,000 ± 0 | 80,000 ± 0 | 13,500 ± 707 |" in cost_table
     assert "MCDropout" not in cost_table.split("###")[1]
     main(["report", str(root), "--out", str(tmp_path / "out")])
     figure = tmp_path / "out" / "quality_vs_cost.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_option_added_since_a_run_pools_with_runs_holding_its_default(tmp_path, capsys):
+    # seed 1 was recorded before `teacher` / `distill_alpha` existed; seed 2 holds their defaults; seed 3 set one
+    for seed, extra in [(1, {}), (2, {"teacher": None, "distill_alpha": 0.5}), (3, {"distill_alpha": 0.9})]:
+        run = with_config(write_run(tmp_path, f"be/seed_{seed}", "BatchEnsemble", 4, seed, 0.8))
+        doc = json.loads((run / "results.json").read_text())
+        doc["config"]["model"]["class_path"] = "ensemble_lab.methods.BatchEnsemble"  # its defaults are the class's
+        doc["config"]["model"]["init_args"].update(extra)
+        (run / "results.json").write_text(json.dumps(doc))
+    rows = sorted((g.variant, len(g.runs)) for g in build_report([tmp_path]))
+    assert rows == [("distill_alpha=(default)", 2), ("distill_alpha=0.9", 1)]

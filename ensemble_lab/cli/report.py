@@ -3,25 +3,25 @@
 Every results.json below the given paths is one run. Runs are grouped by (run label, num_members,
 datamodule), the label being ``--run_name`` (a study's method name) or else the method's class; runs of
 one group whose resolved configurations differ in anything but the seed are never pooled: the group is
-split into one row per configuration, and the report says what differs. For each test set a Markdown table has one row per group and a column per metric,
-``mean ± std`` over the group's runs. std is the sample standard deviation (ddof = 1); with a
-single run it is left out (printed as the mean alone, null in CSV / JSON). A metric some runs lack
-is averaged over the runs that have it and marked ``(n=k)``; one no run has is a blank cell.
+split into one row per configuration, and the report says what differs. For each test set a table has one
+row per group and a column per metric, ``mean ± std`` over the group's runs. std is the sample standard
+deviation (ddof = 1); with a single run it is left out (printed as the mean alone, null in CSV / JSON). A
+metric some runs lack is averaged over the runs that have it and marked ``(n=k)``; one no run has is a blank cell.
+
+This module groups, loads and compares (against a baseline row: evaluation/significance.py); the tables
+(Markdown, LaTeX, CSV) and the files are rendered by cli/report_tables.py.
 """
 
 import argparse
-import csv
-import io
 import json
 import math
 import re
 import statistics
 import sys
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ensemble_lab.cli.run_config import (
     OUTPUT,
@@ -29,30 +29,43 @@ from ensemble_lab.cli.run_config import (
     REPLICATE,
     comparable,
     flatten,
+    without_defaults,
 )
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.evaluation.cost import COST_KEYS
-from ensemble_lab.run_files import atomic_write_bytes
+from ensemble_lab.evaluation.figure_style import METHOD_ORDER
+
+if TYPE_CHECKING:  # torch only when comparing (cli/report_significance.py)
+    from ensemble_lab.evaluation.significance import Comparison
 
 #: columns of id and shift sets, and of ood sets (class-based metrics mean nothing on OOD data)
 ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement")
 OOD_COLUMNS = tuple(f"{m}_{s}" for s in ("msp", "entropy", "mi") for m in ("auroc", "aupr", "fpr95")) + ("mi", "disagreement")
+#: label-based metrics, left out of ood sets
+LABEL_METRICS = frozenset({"acc", "nll", "brier", "ece"})
+#: the loss / error barriers between members, read from <run>/connectivity.json when present (``ensemble-lab connectivity``)
+BARRIER_COLUMNS = ("barrier_loss_mean", "barrier_error_mean")
 #: top-level (per run, not per set) metrics, shown in the "weight space" table
-RUN_COLUMNS = ("weight_cosine_mean", "weight_cosine_stored_mean")
-#: row order of the paper's tables; other methods follow alphabetically
-METHOD_ORDER = ("SingleModel", "MCDropout", "DeepEnsemble", "BatchEnsemble", "LowRankEnsemble", "PackedEnsemble", "MIMO", "Masksembles")
+RUN_COLUMNS = ("weight_cosine_mean", "weight_cosine_stored_mean", *BARRIER_COLUMNS)
 WEIGHTS = "weight space"
 #: the per-run cost table (evaluation/cost.py): parameters, FLOPs per test image, test images/s, peak memory
 COST = "cost"
+#: the default reference of the significance tests: the single model
+DEFAULT_BASELINE = "SingleModel"
 
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean, sample std (None with fewer than 2 values) and number of runs of one metric."""
+    """Mean, sample std (None with fewer than 2 values) and number of runs of one metric (and the runs' values)."""
 
     mean: float | None
     std: float | None
     n: int
+    values: tuple[float, ...] = field(default=(), compare=False, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        """``{"mean", "std", "n"}`` as report.json writes it."""
+        return {"mean": self.mean, "std": self.std, "n": self.n}
 
 
 @dataclass
@@ -69,6 +82,8 @@ class Group:
     seeds: list[Any] = field(default_factory=list)
     roles: dict[str, str] = field(default_factory=dict)  # set name -> role
     stats: dict[str, dict[str, Stat]] = field(default_factory=dict)  # set name (or WEIGHTS) -> metric -> Stat
+    significance: "dict[str, dict[str, Comparison]]" = field(default_factory=dict)  # set name -> metric -> against the baseline
+    baseline: "Group | None" = field(default=None, repr=False)  # the row it was compared with (None: none, or it is the baseline)
 
 
 def find_results(paths: Sequence[str | Path]) -> list[Path]:
@@ -98,7 +113,7 @@ def summarize(values: Sequence[float]) -> Stat:
     """Mean and sample std (ddof = 1) of ``values``; std is None for fewer than two."""
     if not values:
         return Stat(None, None, 0)
-    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values), tuple(values))
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -113,12 +128,18 @@ def _load(path: Path) -> dict[str, Any] | None:
     return document
 
 
-def build_report(paths: Sequence[str | Path], sets: Sequence[str] | None = None) -> list[Group]:
+def build_report(
+    paths: Sequence[str | Path], sets: Sequence[str] | None = None, columns: Sequence[str] | Mapping[str, Sequence[str]] | None = None
+) -> list[Group]:
     """Group the runs below ``paths`` and compute mean ± std of every reported metric.
 
     Args:
         paths: run directories, study directories or results.json files.
         sets: test sets to keep, in this order; None keeps all, in the order they first appear.
+        columns: the metrics to summarize: None for the default columns of each role (ID_COLUMNS, OOD_COLUMNS);
+            a list of keys of results.json (``--metrics``: set metrics go to every set, label-based ones not to ood
+            sets; run-level ones to the weight-space / cost tables; an unknown key raises ConfigError naming
+            the available ones); or a mapping role -> metrics (a preset; roles it leaves out keep their defaults).
 
     Returns:
         Groups in the paper's row order (per datamodule: single, MC Dropout, Deep Ensemble, BatchEnsemble, others).
@@ -128,6 +149,8 @@ def build_report(paths: Sequence[str | Path], sets: Sequence[str] | None = None)
     if not runs:
         where = ", ".join(str(p) for p in paths)
         raise EnsembleLabError(f"no readable results.json found below {where}; run `ensemble-lab fit` or `ensemble-lab test` first")
+    runs = [(f, {**d, **read_connectivity(f.parent)}) for f, d in runs]
+    per_role, run_columns, cost_columns = _chosen_columns(columns, [d for _, d in runs])
     groups: dict[tuple, Group] = {}
     docs: dict[tuple, list[dict[str, Any]]] = {}
     for (key, variant), members in split_by_config(runs).items():
@@ -145,23 +168,65 @@ def build_report(paths: Sequence[str | Path], sets: Sequence[str] | None = None)
     for key, group in groups.items():
         seeds = [s for s in group.seeds if s is not None]
         if len(set(seeds)) < len(seeds):
-            print(f"ensemble-lab report: warning: {group.label} (M={group.num_members}, {group.datamodule}) has several runs with the same seed: {sorted(seeds)}", file=sys.stderr)
-        for name in (sets or available):
+            print(
+                f"ensemble-lab report: warning: {group.label} (M={group.num_members}, {group.datamodule}) has several runs "
+                f"with the same seed: {sorted(seeds)}",
+                file=sys.stderr,
+            )
+        for name in sets or available:
             if name not in group.roles:
                 continue
             found = [run_sets(d).get(name) for d in docs[key]]
             per_run = [m for m in found if isinstance(m, dict)]
-            columns = OOD_COLUMNS if group.roles[name] == "ood" else ID_COLUMNS
-            group.stats[name] = {c: summarize([v for m in per_run if (v := _number(m.get(c))) is not None]) for c in columns}
-        group.stats[WEIGHTS] = {c: summarize([v for d in docs[key] if (v := _number(d.get(c))) is not None]) for c in RUN_COLUMNS}
+            role = group.roles[name]
+            chosen = per_role[role] if role in per_role else (OOD_COLUMNS if role == "ood" else ID_COLUMNS)
+            group.stats[name] = {c: summarize([v for m in per_run if (v := _number(m.get(c))) is not None]) for c in chosen}
+        group.stats[WEIGHTS] = {c: summarize([v for d in docs[key] if (v := _number(d.get(c))) is not None]) for c in run_columns}
         costs: list[dict[str, Any]] = [c for d in docs[key] if isinstance(c := d.get("cost"), dict)]
-        if costs:  # runs tested before costs were measured have none
-            group.stats[COST] = {c: summarize([v for d in costs if (v := _number(d.get(c))) is not None]) for c in COST_KEYS}
+        if costs and cost_columns:  # runs tested before costs were measured have none
+            group.stats[COST] = {c: summarize([v for d in costs if (v := _number(d.get(c))) is not None]) for c in cost_columns}
+    if columns is None and not any(g.stats[WEIGHTS][c].n for g in groups.values() for c in BARRIER_COLUMNS):
+        for group in groups.values():  # no run has a connectivity.json: no blank barrier columns
+            group.stats[WEIGHTS] = {c: s for c, s in group.stats[WEIGHTS].items() if c not in BARRIER_COLUMNS}
+    for group in groups.values():
+        if not group.stats[WEIGHTS]:
+            del group.stats[WEIGHTS]
     order: dict[str | None, int] = {name: i for i, name in enumerate(METHOD_ORDER)}
     return sorted(
         groups.values(),
         key=lambda g: (str(g.datamodule), order.get(g.method, len(order)), str(g.method), str(g.label), g.num_members or 0, str(g.variant)),
     )
+
+
+def _chosen_columns(
+    columns: Sequence[str] | Mapping[str, Sequence[str]] | None, docs: Sequence[dict[str, Any]]
+) -> tuple[dict[str, Sequence[str]], Sequence[str], Sequence[str]]:  # (per role, run-level, cost)
+    """(role -> set metrics, run-level metrics, cost metrics) of ``columns`` (see build_report)."""
+    if columns is None:
+        return {}, RUN_COLUMNS, COST_KEYS
+    if isinstance(columns, Mapping):
+        return dict(columns), RUN_COLUMNS, COST_KEYS
+    in_sets = list(
+        dict.fromkeys(k for d in docs for m in run_sets(d).values() if isinstance(m, dict) for k, v in m.items() if _number(v) is not None)
+    )
+    unknown = [c for c in columns if c not in in_sets and c not in RUN_COLUMNS and c not in COST_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"--metrics {' '.join(unknown)}: no such metric in the runs' results.json; available: {', '.join(in_sets)} "
+            f"(per set), {', '.join(RUN_COLUMNS)} (per run), {', '.join(COST_KEYS)} (cost)"
+        )
+    chosen = [c for c in columns if c in in_sets]
+    per_role: dict[str, Sequence[str]] = {"id": chosen, "shift": chosen, "ood": [c for c in chosen if c not in LABEL_METRICS]}
+    return per_role, [c for c in columns if c in RUN_COLUMNS], [c for c in columns if c in COST_KEYS]
+
+
+def read_connectivity(run: Path) -> dict[str, float | None]:
+    """``barrier_loss_mean`` and ``barrier_error_mean`` of <run>/connectivity.json ({} without one, or an unreadable one)."""
+    path = run / "connectivity.json"
+    if not path.exists():
+        return {}
+    document = _load(path)
+    return {} if document is None else {k: _number(document.get(k)) for k in BARRIER_COLUMNS}
 
 
 def _add_run(group: Group, path: Path, doc: dict[str, Any]) -> None:
@@ -186,7 +251,7 @@ def run_sets(doc: dict[str, Any]) -> dict[str, Any]:
 def _trained_as(doc: dict[str, Any]) -> dict[str, Any]:
     """What a run was trained with, seeds and placement aside (runs written before results.json kept it: {})."""
     config = doc.get("config")
-    return comparable(flatten(config), PLACEMENT | REPLICATE | OUTPUT) if isinstance(config, dict) else {}
+    return without_defaults(comparable(flatten(config), PLACEMENT | REPLICATE | OUTPUT)) if isinstance(config, dict) else {}
 
 
 def split_by_config(runs: Sequence[tuple[Path, dict[str, Any]]]) -> dict[tuple, list[tuple[Path, dict[str, Any]]]]:
@@ -208,7 +273,7 @@ def split_by_config(runs: Sequence[tuple[Path, dict[str, Any]]]) -> dict[tuple, 
             continue
         keys = sorted({k for c in distinct for k in c if any(c.get(k, _UNSET) != d.get(k, _UNSET) for d in distinct)})
         for config in distinct:
-            variant = ", ".join(f"{k.removeprefix('model.init_args.')}={config.get(k, '(unset)')}" for k in keys[:3])
+            variant = ", ".join(f"{k.removeprefix('model.init_args.')}={config.get(k, '(default)')}" for k in keys[:3])
             variant += f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
             result[(key, variant)] = [m for m, c in zip(members, configs) if c == config]
         print(
@@ -222,30 +287,7 @@ def split_by_config(runs: Sequence[tuple[Path, dict[str, Any]]]) -> dict[tuple, 
 _UNSET = object()
 
 
-def row_differences(groups: Sequence[Group]) -> list[str]:
-    """For each method with several rows (labels or variants): the options in which its rows' configurations differ."""
-    lines = []
-    by_method: dict[str | None, list[Group]] = {}
-    for group in groups:
-        by_method.setdefault(group.method, []).append(group)
-    for method, members in by_method.items():
-        configs = {_row_name(g): g.config for g in members if g.config}
-        if len(configs) < 2:
-            continue
-        keys = sorted({k for c in configs.values() for k in c if len({json.dumps(d.get(k), default=str) for d in configs.values()}) > 1})
-        for k in keys:
-            shown = {name: json.dumps(c.get(k), default=str) for name, c in configs.items()}
-            common, count = Counter(shown.values()).most_common(1)[0]
-            if count == 1 or len(shown) <= 2:  # no value most rows share: list every row's
-                values = "; ".join(f"{name}: {value}" for name, value in shown.items())
-            else:  # the rows that set it apart, then what the others have
-                values = "; ".join(f"{name}: {value}" for name, value in shown.items() if value != common)
-                values += f"; the other {count} rows: {common}"
-            lines.append(f"- {method} rows differ in `{k}` ({values})")
-    return lines
-
-
-def _row_name(group: Group) -> str:
+def row_name(group: Group) -> str:
     """The row's label, with its method when the label is another name, and its variant when split."""
     name = str(group.label) if group.label in (None, group.method) else f"{group.label} ({group.method})"
     return name + (f" [{group.variant}]" if group.variant else "")
@@ -260,138 +302,141 @@ def format_stat(stat: Stat | None, runs: int, digits: int = 3) -> str:
     return text if stat.n == runs else f"{text} (n={stat.n})"
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+#: what a preset shows, per role (``{score}``: --ood_score); single_basin: one table per id set, see report_tables.py
+PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "paper": {"id": ("acc", "nll", "ece"), "shift": ("acc", "nll", "ece"), "ood": ("aupr_{score}", "auroc_{score}", "fpr95_{score}", "mi")},
+    "single_basin": {"id": ("acc", "nll", "ece", "mi", "disagreement")},
+}
 
 
-def to_markdown(groups: list[Group], digits: int = 3) -> str:
-    """One Markdown table per test set (rows = groups) and one for the weight-space metrics."""
-    names = list(dict.fromkeys(n for g in groups for n in g.stats if n not in (WEIGHTS, COST))) + [WEIGHTS, COST]
-    total = sum(len(g.runs) for g in groups)
-    parts = [f"Mean ± sample std over runs (n = runs per row); {total} run{'s' if total != 1 else ''}."]
-    for name in names:
-        members = [g for g in groups if name in g.stats]
-        if not members:
-            continue
-        role = next((g.roles[name] for g in members if name in g.roles), None)
-        columns = list(members[0].stats[name])
-        rows = [
-            [_row_name(g), str(g.num_members), str(g.datamodule), str(len(g.runs))]
-            + [format_stat(g.stats[name].get(c), len(g.runs), digits) for c in columns]
-            for g in members
-        ]
-        title = f"### {name}" + (f" ({role})" if role else "")
-        parts.append(title + "\n\n" + _markdown_table(["run", "M", "data", "n", *columns], rows))
-    if differences := row_differences(groups):
-        parts.append("### options that differ between rows of one method\n\n" + "\n".join(differences))
-    if overview := overview_table(groups, names, digits):
-        parts.append(overview)
-    return "\n\n".join(parts) + "\n"
-
-
-#: the overview's columns per role: what says how good, how calibrated and how diverse, set by set
-OVERVIEW_COLUMNS = {"id": ("acc", "nll", "ece", "mi", "disagreement"), "ood": ("mi", "disagreement", "auroc_mi")}
-
-
-def overview_table(groups: list[Group], names: list[str], digits: int = 3) -> str | None:
-    """Every set in one table (``<set> <metric>`` columns, shift sets as id ones) and both weight cosines;
-    None when the report has a single table anyway."""
-    if len([n for n in names if n not in (WEIGHTS, COST)]) < 2:
-        return None
-    columns: list[tuple[str, str]] = []
-    for name in names:
-        role = next((g.roles[name] for g in groups if name in g.roles), "id")
-        metrics = {WEIGHTS: RUN_COLUMNS, COST: ("parameters", "images_per_s")}.get(name) or OVERVIEW_COLUMNS.get(role, OVERVIEW_COLUMNS["id"])
-        columns += [(name, m) for m in metrics if any(m in g.stats.get(name, {}) for g in groups)]
-    rows = [
-        [_row_name(g), str(g.num_members), str(len(g.runs))]
-        + [format_stat(g.stats.get(name, {}).get(metric), len(g.runs), digits) for name, metric in columns]
-        for g in groups
-    ]
-    header = ["run", "M", "n", *(metric if name in (WEIGHTS, COST) else f"{name} {metric}" for name, metric in columns)]
-    return "### overview: every set in one table\n\n" + _markdown_table(header, rows)
-
-
-def to_rows(groups: list[Group]) -> list[dict[str, Any]]:
-    """Long format: one row per (group, set, metric) with mean, std and n."""
-    return [
-        {"method": g.method, "run": _row_name(g), "num_members": g.num_members, "datamodule": g.datamodule,
-         "set": "" if name in (WEIGHTS, COST) else name, "role": g.roles.get(name, ""),
-         "metric": metric, "mean": s.mean, "std": s.std, "n": s.n}  # fmt: skip
-        for g in groups
-        for name, metrics in g.stats.items()
-        for metric, s in metrics.items()
-    ]
-
-
-def write_report(groups: list[Group], out: Path, digits: int = 3) -> list[Path]:
-    """Write report.md, report.csv (long format) and report.json (groups with their runs) into ``out``."""
-    out = Path(out)
-    rows = to_rows(groups)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["method"])
-    writer.writeheader()
-    writer.writerows(rows)
-    document = [
-        {"method": g.method, "label": g.label, "variant": g.variant, "num_members": g.num_members,
-         "datamodule": g.datamodule, "n": len(g.runs),
-         "seeds": g.seeds, "runs": [str(r) for r in g.runs], "roles": g.roles,
-         "stats": {name: {k: vars(s) for k, s in m.items()} for name, m in g.stats.items()}}  # fmt: skip
-        for g in groups
-    ]
-    files = {"report.md": to_markdown(groups, digits), "report.csv": buffer.getvalue(), "report.json": json.dumps(document, indent=2)}
-    for name, text in files.items():
-        atomic_write_bytes(out / name, text.encode())
-    written = [out / name for name in files]
-    if figure := quality_cost(groups):
-        from ensemble_lab.evaluation.figures import save_png  # matplotlib only when drawing
-
-        written.append(save_png(figure, out / "quality_vs_cost.png"))
-    return written
-
-
-def quality_cost(groups: list[Group]) -> Any:
-    """The quality-against-cost figure of the groups that measured their cost; None if fewer than two did."""
-    measured = [g for g in groups if COST in g.stats]
-    if len(measured) < 2:
-        return None
-    from ensemble_lab.evaluation.figures import quality_cost_figure
-
-    id_set = next((n for g in measured for n, role in g.roles.items() if role == "id"), None)
-    ood_set = next((n for g in measured for n, role in g.roles.items() if role == "ood"), None)
-    quality = [(id_set, "acc"), (id_set, "nll"), (ood_set, "auroc_msp")]
-    points = []
-    for g in measured:
-        stats = {f"{name} {metric}": g.stats.get(name or "", {}).get(metric) for name, metric in quality}
-        stats.update({key: g.stats[COST].get(key) for key in ("images_per_s", "parameters")})
-        points.append((_row_name(g), {k: (v.mean, v.std) for k, v in stats.items() if v is not None and v.mean is not None}))
-    return quality_cost_figure(points, [f"{name} {metric}" for name, metric in quality if name], ["images_per_s", "parameters"])
+def preset_columns(preset: str, score: str = "msp") -> dict[str, tuple[str, ...]]:
+    """The role -> metrics mapping of ``preset`` with the OOD score filled in."""
+    return {role: tuple(c.format(score=score) for c in columns) for role, columns in PRESETS[preset].items()}
 
 
 def parser() -> argparse.ArgumentParser:
     """Options of ``ensemble-lab report``."""
     p = argparse.ArgumentParser(
         prog="ensemble-lab report",
-        description="Mean ± std over seeds of every results.json below PATH..., grouped by (run label, num_members, datamodule) and never pooling runs trained differently, as Markdown tables.",
+        description="Mean ± std over seeds of every results.json below PATH..., grouped by (run label, num_members, datamodule) and "
+        "never pooling runs trained differently, as Markdown, LaTeX or CSV tables, each row compared with a baseline row.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="run or study directories, or results.json files")
-    p.add_argument("--out", type=Path, default=None, help="also write report.md, report.csv and report.json into this directory")
+    p.add_argument(
+        "--out", type=Path, default=None, help="also write report.md, report.tex, report.csv and report.json into this directory"
+    )
+    p.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown", help="what to print (default markdown)")
     p.add_argument("--sets", nargs="+", default=None, metavar="SET", help="only these test sets, in this order")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        metavar="METRIC",
+        help="only these columns: keys of results.json, e.g. acc nll brier entropy expected_entropy auroc_mi",
+    )
+    p.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default=None,
+        help="paper: id / shift acc, nll, ece and ood aupr, auroc, fpr95, mi; single_basin: one table of id acc, nll, ece, "
+        "ece after temperature scaling, mi, disagreement, loss barrier",
+    )
+    p.add_argument(
+        "--ood_score",
+        choices=("msp", "entropy", "mi"),
+        default="msp",
+        help="the OOD score of --preset paper's aupr / auroc / fpr95 (default msp)",
+    )
     p.add_argument("--digits", type=int, default=3, help="decimals in the tables (default 3)")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="LABEL",
+        help="the row every other row is tested against (its label, method or row name; default: the SingleModel row "
+        "if there is one; none: no tests)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="significance level: † marks p < alpha, or a (1 - alpha) bootstrap CI excluding 0 (default 0.05)",
+    )
+    p.add_argument(
+        "--resamples", type=int, default=1000, help="bootstrap resamples of the test samples, for rows with a single run (default 1000)"
+    )
+    p.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
+    p.add_argument("--figures", action="store_true", help="also draw the comparison figures into <out>/figures/ (needs --out)")
+    p.add_argument("--figure_format", nargs="+", choices=("png", "pdf", "svg"), default=["png"], help="formats of --figures (default png)")
+    p.add_argument("--dpi", type=int, default=200, help="resolution of --figures PNGs (default 200)")
     return p
 
 
 def report_main(argv: Sequence[str]) -> None:
-    """``ensemble-lab report PATH... [--out DIR] [--sets SET...] [--digits N]``."""
+    """``ensemble-lab report PATH... [--out DIR] [--format markdown|latex|csv] [--metrics M... | --preset P] [--baseline LABEL] ...``."""
+    from ensemble_lab.cli.report_significance import add_significance, choose_baselines
+    from ensemble_lab.cli.report_tables import render, table_layout, write_report
+
     cli = parser()
     options = cli.parse_args(list(argv))
     if not 0 <= options.digits <= 12:
         cli.error(f"--digits must be between 0 and 12, got {options.digits}")
+    if not 0 < options.alpha < 1:
+        raise ConfigError(f"--alpha must be between 0 and 1 (exclusive), got {options.alpha}; 0.05 is usual")
+    if options.resamples < 10:
+        raise ConfigError(f"--resamples must be at least 10, got {options.resamples}; 1000 is usual")
+    if options.dpi < 10:
+        raise ConfigError(f"--dpi must be at least 10, got {options.dpi}; 200 to 300 suits a paper")
+    if options.metrics and options.preset:
+        raise ConfigError("give --metrics or --preset, not both")
+    if options.figures and options.out is None:
+        raise ConfigError("--figures needs --out DIR (the figures go to DIR/figures/)")
     if options.out is not None and options.out.exists() and not options.out.is_dir():
         raise ConfigError(f"--out {options.out} is a file; give a directory (it is created if missing)")
-    groups = build_report(options.paths, options.sets)
-    print(to_markdown(groups, options.digits))
+    columns = preset_columns(options.preset, options.ood_score) if options.preset else options.metrics
+    groups = build_report(options.paths, options.sets, columns)
+    baselines = choose_baselines(groups, options.baseline)
+    if not baselines:
+        why = "--baseline none" if options.baseline else f"no {DEFAULT_BASELINE} row; give --baseline LABEL"
+        print(f"ensemble-lab report: no significance marks ({why})", file=sys.stderr)
+    for line in add_significance(groups, baselines, options.alpha, options.resamples, options.bootstrap_seed):
+        print(f"ensemble-lab report: significance: {line}", file=sys.stderr)
+    tables = table_layout(groups, options.preset, options.metrics)
+    print(render(groups, options.format, tables, options.digits, options.alpha))
+    notes = sys.stdout if options.format == "markdown" else sys.stderr  # a CSV or LaTeX on stdout stays clean
     if options.out is not None:
-        for path in write_report(groups, options.out, options.digits):
-            print(f"wrote {path}")
+        for path in write_report(groups, options.out, options.digits, tables, options.alpha):
+            print(f"wrote {path}", file=notes)
+    if options.figures:
+        for path in draw_figures(groups, options.out, options.figure_format, options.dpi):
+            print(f"wrote {path}", file=notes)
+
+
+def draw_figures(groups: Sequence[Group], out: Path, formats: Sequence[str] = ("png",), dpi: int = 200) -> list[Path]:
+    """Every comparison figure of the rows (evaluation/report_figures.py), into <out>/figures/; rows in table order."""
+    from ensemble_lab.evaluation import report_figures  # matplotlib only when drawing
+
+    rows = [
+        report_figures.RunGroup(
+            row_name(g) + ("" if g.num_members is None else f", M={g.num_members}"),
+            str(g.label or g.method),
+            g.method,
+            g.num_members,
+            tuple(g.runs),
+        )
+        for g in groups
+    ]
+    return report_figures.draw_report_figures(rows, Path(out), tuple(formats), dpi)
+
+
+def to_markdown(groups: list[Group], digits: int = 3) -> str:
+    """The default Markdown report of ``groups`` (rendered by cli/report_tables.py; kept here for callers)."""
+    from ensemble_lab.cli.report_tables import render
+
+    return render(groups, "markdown", None, digits)
+
+
+def write_report(groups: list[Group], out: Path, digits: int = 3) -> list[Path]:
+    """report.md, report.tex, report.csv and report.json of the default layout (cli/report_tables.py; kept here for callers)."""
+    from ensemble_lab.cli import report_tables
+
+    return report_tables.write_report(groups, out, digits)

@@ -5,16 +5,20 @@ today (an edit of a method's config file counts, not just its path); ``ensemble-
 only runs whose configurations agree in everything but the seed.
 """
 
+import functools
+import importlib
+import inspect
 import json
 from collections.abc import Mapping
 from typing import Any
 
 #: keys that only place a run (its directory, checkpoint, the files it was read from); never compared
 PLACEMENT = frozenset({"config", "ckpt_path", "trainer.logger", "trainer.default_root_dir", "checkpoint.dirpath", "run_name"})
-#: keys that make runs of one experiment differ by design; report pools over them
-REPLICATE = frozenset({"seed_everything", "model.init_args.member_checkpoints"})
+#: keys that make runs of one experiment differ by design; report pools over them (a distilled run's
+#: teacher is its own seed's run of the teacher method: students of one study row differ in it)
+REPLICATE = frozenset({"seed_everything", "model.init_args.member_checkpoints", "model.init_args.teacher"})
 #: what a run writes to results.json and the report prints, not what it trains
-OUTPUT = frozenset({"save_predictions", "figures", "overwrite", "test_after_fit"})
+OUTPUT = frozenset({"save_predictions", "figures", "overwrite", "test_after_fit", "eval_sets_every", "calibration"})
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -39,13 +43,71 @@ def _shown(value: Any) -> str:
 
 
 _MISSING = object()
+#: what ``option_default`` returns for an option it knows no default of
+MISSING = _MISSING
+
+
+@functools.cache
+def _init_defaults(class_path: str) -> dict[str, Any]:
+    """{argument: default} of ``class_path``'s ``__init__`` as JSON values; {} if it cannot be imported.
+
+    Follows ``**kwargs`` up the class hierarchy, as the CLI does: a method's options include its base's.
+    """
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return {}
+    defaults: dict[str, Any] = {}
+    for klass in getattr(cls, "__mro__", ()):
+        if "__init__" not in vars(klass):
+            continue
+        try:
+            parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        except (ValueError, TypeError):
+            break
+        for p in parameters:
+            if p.default is not inspect.Parameter.empty and p.name not in defaults:
+                try:
+                    defaults[p.name] = json.loads(json.dumps(p.default))  # (1, 8, 8) reads as the [1, 8, 8] a config holds
+                except TypeError:
+                    pass  # a class or callable default: not a config value
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
+    return defaults
+
+
+def option_default(flat: Mapping[str, Any], key: str) -> Any:
+    """The default of ``<component>.init_args.<option>`` for the class ``flat`` names there, else ``_MISSING``."""
+    component, sep, option = key.partition(".init_args.")
+    class_path = flat.get(f"{component}.class_path")
+    if not sep or "." in option or not isinstance(class_path, str):
+        return _MISSING
+    return _init_defaults(class_path).get(option, _MISSING)
+
+
+def without_defaults(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``flat`` without the ``<component>.init_args.*`` options that hold their class's default.
+
+    Runs recorded before an option existed lack its key; runs recorded after hold its default: both
+    were trained alike, and compare equal once defaults are dropped.
+    """
+    return {k: v for k, v in flat.items() if v != option_default(flat, k)}
 
 
 def differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
-    """``"key: old -> new"`` for every key whose value differs (a missing key reads ``(unset)``), sorted."""
+    """``"key: old -> new"`` for every key whose value differs (a missing key reads ``(unset)``), sorted.
+
+    An option one side lacks because it did not exist when that run was recorded counts as unchanged
+    when the other side holds its default: the run was trained as the option's default does.
+    """
     keys = sorted(set(before) | set(after))
-    return [
-        f"{k}: {_shown(before.get(k, _MISSING))} -> {_shown(after.get(k, _MISSING))}"
-        for k in keys
-        if before.get(k, _MISSING) != after.get(k, _MISSING)
-    ]
+    changed = []
+    for k in keys:
+        old, new = before.get(k, _MISSING), after.get(k, _MISSING)
+        if old == new:
+            continue
+        if old is _MISSING and new == option_default(after, k) or new is _MISSING and old == option_default(before, k):
+            continue
+        changed.append(f"{k}: {_shown(old)} -> {_shown(new)}")
+    return changed

@@ -3,74 +3,115 @@
 Figures are ``matplotlib.figure.Figure`` objects drawn with the Agg canvas, never through pyplot,
 so nothing needs a display and no global figure list grows. ``write_figures`` saves them as PNG
 under ``<results_dir>/figures/`` and adds them to every TensorBoard logger as ``test/figures/<name>``.
+Titles name the run (label, method, M); sizes, fonts and colours come from ``figure_style``, and
+``draw_reliability`` also draws each panel of the report's side-by-side comparison (docs/figures.md).
 """
 
-import io
 import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from torch import Tensor
 
-from ensemble_lab.evaluation.metrics import reliability_bins, uncertainty_scores
-from ensemble_lab.run_files import atomic_write_bytes
+from ensemble_lab.evaluation.figure_style import COLUMN_WIDTH, TEXT_WIDTH, paper_style, save_figure, who
+from ensemble_lab.evaluation.metrics import expected_calibration_error, reliability_bins, uncertainty_scores
 
-DPI = 80
+#: resolution of the per-run PNGs and TensorBoard images (figures are sized in inches at print size)
+DPI = 150
+#: the gap between a bin's accuracy and its mean confidence: grey, so that no method's colour means "gap"
+GAP_COLOUR = "#AAAAAA"
 #: heatmap cells get their value written in them up to this many members
 ANNOTATE_MAX_MEMBERS = 10
 
 
-def reliability_figure(name: str, probs: Tensor, targets: Tensor, num_bins: int = 15) -> Figure:
-    """Accuracy against confidence of p̄ in ``num_bins`` equal-width bins, with the diagonal.
+def draw_reliability(ax: Axes, ax_count: Axes, probs: Tensor, targets: Tensor, num_bins: int = 15, colour: str = "#0072B2") -> float:
+    """Draw a reliability diagram on ``ax`` and its samples per bin on ``ax_count`` (below it); return the ECE.
+
+    Args:
+        ax: axes of the diagram: accuracy per confidence bin, the gap to the bin's mean confidence, the diagonal.
+        ax_count: axes of the histogram of samples per bin (log scale), sharing the confidence axis.
+        probs: ensemble probabilities p̄ (N, C).
+        targets: true classes (N,).
+        num_bins: number of equal-width confidence bins (as the ECE).
+        colour: colour of the accuracy bars and the histogram.
+    """
+    accuracy, confidence, count = (t.cpu().numpy() for t in reliability_bins(probs, targets, num_bins))
+    centers = (0.5 + np.arange(num_bins)) / num_bins  # (num_bins,)
+    filled = count > 0
+    width = 1 / num_bins
+    ax.bar(centers[filled], accuracy[filled], width=width, color=colour, edgecolor="black", linewidth=0.4, label="accuracy")
+    ax.bar(centers[filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=width,
+           color=GAP_COLOUR, alpha=0.5, edgecolor="#555555", linewidth=0.4, label="gap to confidence")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", xticks=(0, 0.5, 1))
+    ax.tick_params(labelbottom=False)
+    ax_count.bar(centers[filled], count[filled], width=width, color=colour, alpha=0.6, edgecolor="black", linewidth=0.4)
+    ax_count.set_yscale("log")
+    # every diagram of one set gets the same count axis, 1 to all samples: the bars read as shares of the set
+    ax_count.set_ylim(0.7, max(int(count.sum()), 1) * 1.6)
+    ax_count.yaxis.set_major_locator(LogLocator(base=10, numticks=4))
+    ax_count.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 1, 10, 100: plain text, no mathtext
+    ax_count.yaxis.set_minor_formatter(NullFormatter())
+    ax_count.set(xlim=(0, 1), xticks=(0, 0.5, 1), xlabel="confidence (max p̄)", ylabel="samples")
+    return expected_calibration_error(probs, targets, num_bins)
+
+
+def reliability_axes(fig: Figure, cell: Any = None) -> tuple[Axes, Axes]:
+    """A diagram above a short samples-per-bin histogram, in ``fig`` or in one cell of a GridSpec."""
+    grid = (cell.subgridspec if cell is not None else fig.add_gridspec)(2, 1, height_ratios=(3, 1), hspace=0.08)
+    ax = fig.add_subplot(grid[0])
+    return ax, fig.add_subplot(grid[1], sharex=ax)
+
+
+@paper_style
+def reliability_figure(name: str, probs: Tensor, targets: Tensor, num_bins: int = 15, title: str | None = None) -> Figure:
+    """Accuracy against confidence of p̄ in ``num_bins`` equal-width bins, with the diagonal and the samples per bin.
 
     Args:
         name: test set name, for the title.
         probs: ensemble probabilities p̄ (N, C).
         targets: true classes (N,).
         num_bins: number of confidence bins (as the ECE).
+        title: what the run is (e.g. "BatchEnsemble, M=4"), put before the set name.
     """
-    accuracy, confidence, count = (t.cpu().numpy() for t in reliability_bins(probs, targets, num_bins))
-    weight = count / max(int(count.sum()), 1)
-    ece = float((weight * abs(accuracy - confidence)).sum())
-    centers = (0.5 + np.arange(num_bins)) / num_bins  # (num_bins,)
-    fig = Figure(figsize=(4, 4), dpi=DPI)
-    ax = fig.add_subplot()
-    filled = count > 0
-    ax.bar(centers[filled], accuracy[filled], width=1 / num_bins, edgecolor="black", label="accuracy")
-    ax.bar(centers[filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=1 / num_bins,
-           color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to confidence")  # fmt: skip
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max p̄)", ylabel="accuracy", title=f"{name}: ECE {ece:.3f}")
-    ax.legend(loc="upper left", fontsize="small")
-    fig.tight_layout()
+    fig = Figure(figsize=(COLUMN_WIDTH, 3.4), dpi=DPI, layout="constrained")
+    ax, ax_count = reliability_axes(fig)
+    ece = draw_reliability(ax, ax_count, probs, targets, num_bins)
+    ax.set_title(f"{title}: {name}, ECE {ece:.3f}" if title else f"{name}: ECE {ece:.3f}")
+    ax.legend(loc="upper left")
     return fig
 
 
-def uncertainty_histograms(scores: dict[str, dict[str, Tensor]], roles: dict[str, str]) -> Figure:
+@paper_style
+def uncertainty_histograms(scores: dict[str, dict[str, Tensor]], roles: dict[str, str], title: str | None = None) -> Figure:
     """Histograms of total entropy H[p̄] and of mi, one outline per test set (id vs shift vs ood).
 
     Args:
         scores: {set name: uncertainty_scores(member_probs)}, each score (N,).
         roles: {set name: role}, for the legend.
+        title: what the run is (e.g. "BatchEnsemble, M=4"), the figure's title.
     """
-    fig = Figure(figsize=(8, 3.2), dpi=DPI)
+    fig = Figure(figsize=(TEXT_WIDTH / 1.4, 2.4), dpi=DPI, layout="constrained")
     for k, key in enumerate(("entropy", "mi")):
         ax = fig.add_subplot(1, 2, k + 1)
         top = max(float(s[key].max()) for s in scores.values())
         value_range = (0.0, top if top > 0 else 1e-3)  # all-zero mi (M = 1) still gets an axis
         for name, s in scores.items():
             ax.hist(s[key].cpu().numpy(), bins=30, range=value_range, density=True, histtype="step",
-                    linewidth=1.5, label=f"{name} ({roles.get(name, '?')})")  # fmt: skip
-        ax.set(xlabel=key if key == "mi" else "entropy H[p̄]", ylabel="density", title=key)
-        ax.legend(fontsize="small")
-    fig.tight_layout()
+                    linewidth=1.2, label=f"{name} ({roles.get(name, '?')})")  # fmt: skip
+        ax.set(xlabel="mi (epistemic)" if key == "mi" else "entropy H[p̄] (total)", ylabel="density")
+        ax.legend()
+    fig.suptitle(f"{title}: uncertainty per test set" if title else "uncertainty per test set")
     return fig
 
 
+@paper_style
 def heatmap_figure(matrix: list[list[float]], title: str, vmin: float | None = None, vmax: float | None = None,
                    cmap: str = "viridis") -> Figure:  # fmt: skip
     """An M × M matrix as a heatmap with a colour bar, values written in the cells for small M.
@@ -83,10 +124,11 @@ def heatmap_figure(matrix: list[list[float]], title: str, vmin: float | None = N
         cmap: matplotlib colour map name.
     """
     m = len(matrix)
-    fig = Figure(figsize=(4.2, 3.6), dpi=DPI)
+    fig = Figure(figsize=(COLUMN_WIDTH, 2.9), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(matrix, vmin=vmin, vmax=vmax, cmap=cmap)
     fig.colorbar(image, ax=ax)
+    ax.grid(False)
     ax.set(xticks=range(m), yticks=range(m), xlabel="member j", ylabel="member i", title=title)
     if m <= ANNOTATE_MAX_MEMBERS:
         # imshow without a norm uses a Normalize; the stubs type it as the abstract Norm, whose __call__ takes arrays only
@@ -96,8 +138,8 @@ def heatmap_figure(matrix: list[list[float]], title: str, vmin: float | None = N
                 missing = value is None or math.isnan(value)
                 red, green, blue, _ = image.cmap(norm(0.0 if missing else value))
                 ink = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"  # readable on the cell
-                ax.text(j, i, "nan" if missing else f"{value:.3f}", ha="center", va="center", color=ink, fontsize="x-small")
-    fig.tight_layout()
+                text = "nan" if missing else f"{value:.3f}" if m <= 5 else f"{value:.2f}"
+                ax.text(j, i, text, ha="center", va="center", color=ink, fontsize=7 if m <= 5 else 5.5)
     return fig
 
 
@@ -115,23 +157,24 @@ def build_figures(collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, 
         and ``weight_cosine`` / ``weight_cosine_stored`` (when the method has them).
     """
     figures: dict[str, Figure] = {}
+    title = who(results.get("method"), results.get("num_members"), results.get("run_name"))
     for name, (member_probs, targets) in collected.items():
         if roles.get(name) != "ood":
-            figures[f"reliability_{name}"] = reliability_figure(name, member_probs.mean(0), targets)
+            figures[f"reliability_{name}"] = reliability_figure(name, member_probs.mean(0), targets, title=title)
     if collected:
         scores = {name: uncertainty_scores(probs) for name, (probs, _) in collected.items()}
-        figures["uncertainty_histograms"] = uncertainty_histograms(scores, roles)
+        figures["uncertainty_histograms"] = uncertainty_histograms(scores, roles, title=title)
     id_names = [n for n in collected if roles.get(n) == "id"]
     if results.get("num_members", 1) > 1:
         if id_names:
             matrix = results["sets"][id_names[0]]["pairwise_disagreement"]
             figures[f"pairwise_disagreement_{id_names[0]}"] = heatmap_figure(
-                matrix, f"pairwise disagreement ({id_names[0]})", vmin=0.0
+                matrix, f"{title}\npairwise disagreement ({id_names[0]})", vmin=0.0
             )
         readings = (("weight_cosine", "effective weights"), ("weight_cosine_stored", "stored parameters"))
         for key, reading in readings:
             if results.get(key) is not None:
-                figures[key] = heatmap_figure(results[key], f"weight cosine, {reading}", vmin=-1.0, vmax=1.0, cmap="RdBu_r")
+                figures[key] = heatmap_figure(results[key], f"{title}\nweight cosine, {reading}", vmin=-1.0, vmax=1.0, cmap="RdBu_r")
     return figures
 
 
@@ -199,9 +242,6 @@ def quality_cost_figure(points: list[tuple[str, dict[str, tuple[float, float | N
     return fig
 
 
-def save_png(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically; returns the path."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+def save_png(fig: Figure, path: Path, dpi: int = DPI) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (its suffix replaced by .png) atomically; returns the path."""
+    return save_figure(fig, Path(path).with_suffix(""), ("png",), dpi)[0]

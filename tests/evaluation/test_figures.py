@@ -1,11 +1,12 @@
 """Figures: PNG files under <run>/figures/ and images in the TensorBoard event file."""
 
+import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ensemble_lab.evaluation.figures import build_figures, write_figures
-from ensemble_lab.evaluation.metrics import predictive_metrics
+from ensemble_lab.evaluation.metrics import predictive_metrics, uncertainty_scores
 
 ROLES = {"clean": "id", "noisy": "shift", "other": "ood"}
 
@@ -19,7 +20,7 @@ def fake_run(num_members: int, weight_cosine: bool = True) -> tuple[dict, dict]:
         collected[name] = (logits.softmax(-1), torch.randint(0, 5, (40,), generator=gen))
     sets = {name: {"role": ROLES[name], **predictive_metrics(*collected[name])} for name in ROLES}
     cosine = torch.eye(num_members).tolist() if weight_cosine else None
-    return collected, {"num_members": num_members, "weight_cosine": cosine, "sets": sets}
+    return collected, {"method": "BatchEnsemble", "run_name": "be", "num_members": num_members, "weight_cosine": cosine, "sets": sets}
 
 
 def test_figure_names():
@@ -33,6 +34,32 @@ def test_figure_names():
     assert set(build_figures(collected, ROLES, results)) == {"reliability_clean", "reliability_noisy", "uncertainty_histograms"}
     collected, results = fake_run(2, weight_cosine=False)
     assert "weight_cosine" not in build_figures(collected, ROLES, results)
+
+
+def test_titles_name_the_run_and_diagrams_count_samples():
+    collected, results = fake_run(3)
+    figures = build_figures(collected, ROLES, results)
+    diagram, counts = figures["reliability_noisy"].axes
+    probs, targets = collected["noisy"]
+    mean = probs.mean(0)  # (N, C)
+    confidence, correct = mean.max(-1).values, (mean.argmax(-1) == targets).double()
+    per_bin = [((confidence > b / 15) & (confidence <= (b + 1) / 15)) | ((confidence <= 1 / 15) if b == 0 else False) for b in range(15)]
+    ece = sum(float(m.double().mean() * (correct[m].mean() - confidence[m].double().mean()).abs()) for m in per_bin if m.any())
+    assert diagram.get_title() == f"be (BatchEnsemble), M=3: noisy, ECE {ece:.3f}"
+    assert sorted(p.get_height() for p in counts.patches) == sorted(int(m.sum()) for m in per_bin if m.any())
+    assert (counts.get_xlabel(), counts.get_ylabel(), diagram.get_ylabel()) == ("confidence (max p̄)", "samples", "accuracy")
+    assert [t.get_text() for t in diagram.get_legend().get_texts()] == ["accuracy", "gap to confidence"]
+    histograms = figures["uncertainty_histograms"]
+    assert histograms.get_suptitle() == "be (BatchEnsemble), M=3: uncertainty per test set"
+    assert [t.get_text() for t in histograms.axes[0].get_legend().get_texts()] == ["clean (id)", "noisy (shift)", "other (ood)"]
+    top = max(float(uncertainty_scores(p)["mi"].max()) for p, _ in collected.values())
+    assert histograms.axes[1].get_xlim()[1] == pytest.approx(top, rel=0.06)  # the mi axis reaches the largest mi
+    assert figures["weight_cosine"].axes[0].get_title() == "be (BatchEnsemble), M=3\nweight cosine, effective weights"
+    # a run named after its class says it once
+    _, plain = fake_run(1)
+    plain["run_name"] = "BatchEnsemble"
+    title = build_figures(collected, ROLES, {**plain, "num_members": 3})["reliability_clean"].axes[0].get_title()
+    assert title.startswith("BatchEnsemble, M=3: clean, ECE ")
 
 
 def test_png_files_and_tensorboard_images(tmp_path):

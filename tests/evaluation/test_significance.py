@@ -1,0 +1,112 @@
+"""Welch's t-test and the paired bootstrap of evaluation/significance.py against scipy and hand-made predictions."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from ensemble_lab.evaluation.metrics import ood_metrics, predictive_metrics
+from ensemble_lab.evaluation.significance import (
+    bootstrap,
+    bootstrap_replicates,
+    is_ood_detection,
+    metric_values,
+    resample_indices,
+    welch,
+)
+
+
+def test_welch_matches_scipy_and_the_formula():
+    a, b = [0.91, 0.93, 0.92, 0.95], [0.80, 0.84, 0.79]
+    result = welch(a, b, alpha=0.05)
+    assert result.test == "welch" and result.p == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-12)
+    # Welch by hand: t = (mean_a - mean_b) / sqrt(va/na + vb/nb), Welch-Satterthwaite degrees of freedom
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    assert result.p == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
+    assert result.significant and result.difference == pytest.approx(np.mean(a) - np.mean(b))
+    close = welch([0.90, 0.92, 0.91], [0.91, 0.89, 0.92])
+    assert close.test == "welch" and not close.significant and close.p > 0.5
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # scipy on constant samples, called here for the reference
+def test_welch_needs_two_values_and_variance():
+    with pytest.raises(ValueError, match="at least 2 values"):
+        welch([0.9], [0.8, 0.7])
+    constant = welch([0.5, 0.5], [0.5, 0.5])  # no variance and no difference: t = 0 / 0
+    assert constant.test is None and constant.significant is None and "undefined" in constant.reason
+    apart = welch([0.5, 0.5], [0.4, 0.4])  # no variance, a difference: scipy's t is infinite, p = 0
+    assert apart.p == stats.ttest_ind([0.5, 0.5], [0.4, 0.4], equal_var=False).pvalue == 0.0 and apart.significant
+
+
+def test_resamples_are_seeded_per_stream():
+    first = [r.copy() for r in resample_indices(50, 3, seed=7, stream="digits")]
+    again = list(resample_indices(50, 3, seed=7, stream="digits"))
+    other = list(resample_indices(50, 3, seed=7, stream="rotated"))
+    assert all(np.array_equal(x, y) for x, y in zip(first, again))
+    assert not all(np.array_equal(x, y) for x, y in zip(first, other))
+    assert all(r.min() >= 0 and r.max() < 50 and r.shape == (50,) for r in first)
+
+
+def predictions(correct: float, num: int = 200, members: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Member probabilities (M, N, 4) right on a ``correct`` fraction of the samples, and their targets."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, 4, (num,), generator=generator)
+    right = torch.rand(num, generator=generator) < correct
+    predicted = torch.where(right, targets, (targets + 1) % 4)  # (N,)
+    logits = 3.0 * torch.nn.functional.one_hot(predicted, 4) + 0.5 * torch.randn(members, num, 4, generator=generator)  # (M, N, 4)
+    return logits.softmax(-1), targets
+
+
+def test_replicates_are_the_metric_on_each_resample():
+    probs, targets = predictions(0.7)
+    replicates = bootstrap_replicates([probs], targets, ["acc", "nll", "ece"], resamples=5, seed=3, stream="digits")
+    for r, index in enumerate(resample_indices(len(targets), 5, seed=3, stream="digits")):
+        expected = predictive_metrics(probs[:, index], targets[index])
+        for metric in ("acc", "nll", "ece"):
+            assert replicates[metric][r] == pytest.approx(expected[metric], rel=1e-12)
+    two = bootstrap_replicates([probs, probs.flip(0)], targets, ["acc"], resamples=5, seed=3, stream="digits")
+    assert two["acc"] == pytest.approx(replicates["acc"])  # the row's mean over its runs
+
+
+def test_bootstrap_separates_a_better_method_from_an_identical_one():
+    base, targets = predictions(0.55, seed=1)
+    better, _ = predictions(0.95, seed=1)  # same samples and targets (same seed), right far more often
+    metrics = ["acc", "nll"]
+    base_rep = bootstrap_replicates([base], targets, metrics, resamples=200, seed=0, stream="digits")
+    better_rep = bootstrap_replicates([better], targets, metrics, resamples=200, seed=0, stream="digits")
+    base_point, better_point = metric_values(base, targets, metrics), metric_values(better, targets, metrics)
+    for metric in metrics:
+        result = bootstrap(better_point[metric], base_point[metric], better_rep[metric], base_rep[metric], alpha=0.05)
+        assert result.test == "bootstrap" and result.significant and result.level == 0.95 and result.resamples == 200
+        assert result.ci[0] <= result.difference <= result.ci[1]
+        assert (result.ci[0] > 0) == (metric == "acc")  # accuracy up, nll down
+        same = bootstrap(base_point[metric], base_point[metric], base_rep[metric], base_rep[metric])
+        assert same.ci == (0.0, 0.0) and not same.significant
+
+
+def test_ood_detection_metrics_resample_both_sets():
+    id_probs, _ = predictions(0.9, num=120, seed=2)
+    ood_confident, ood_targets = predictions(0.9, num=80, seed=3)  # as confident as on id data: msp cannot separate
+    ood_flat = torch.full((3, 80, 4), 0.25)  # maximal uncertainty on OOD data: perfectly separated
+    assert is_ood_detection("auroc_msp") and not is_ood_detection("mi") and not is_ood_detection("auroc")
+    full = metric_values(ood_flat, ood_targets, ["auroc_msp", "mi"], id_member_probs=id_probs)
+    assert full["auroc_msp"] == pytest.approx(ood_metrics(id_probs, ood_flat)["auroc_msp"]) == pytest.approx(1.0)
+    flat_rep = bootstrap_replicates([ood_flat], ood_targets, ["auroc_msp"], 100, 0, "svhn", [id_probs])
+    confident_rep = bootstrap_replicates([ood_confident], ood_targets, ["auroc_msp"], 100, 0, "svhn", [id_probs])
+    confident = metric_values(ood_confident, ood_targets, ["auroc_msp"], id_member_probs=id_probs)["auroc_msp"]
+    result = bootstrap(full["auroc_msp"], confident, flat_rep["auroc_msp"], confident_rep["auroc_msp"])
+    assert result.significant and result.ci[0] > 0.2
+    with pytest.raises(ValueError, match="id_member_probs"):
+        metric_values(ood_flat, ood_targets, ["auroc_msp"])
+
+
+def test_undefined_metrics_give_no_test():
+    probs, targets = predictions(0.8, members=1)
+    single = metric_values(probs, targets, ["auroc_mi"], id_member_probs=probs)  # a single model has no mi score
+    assert math.isnan(single["auroc_mi"])
+    result = bootstrap(single["auroc_mi"], 0.5, np.full(10, np.nan), np.full(10, 0.5))
+    assert result.test is None and result.significant is None and "undefined" in result.reason

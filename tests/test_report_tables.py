@@ -1,0 +1,323 @@
+"""`ensemble-lab report --format latex|csv`, --metrics, presets, significance marks, connectivity and --figures, on hand-written runs."""
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from ensemble_lab.cli import main
+from ensemble_lab.cli.report import report_main
+from ensemble_lab.evaluation.metrics import predictive_metrics
+
+#: per row: (method, run_name, M, per-seed id acc, nll, ece, mi); shift and ood metrics derive from them
+ROWS = {
+    "single": ("SingleModel", None, 1, [0.90, 0.91, 0.92], [0.31, 0.30, 0.35], [0.050, 0.040, 0.045], [0.0, 0.0, 0.0]),
+    "de": ("DeepEnsemble", None, 4, [0.95, 0.96, 0.955], [0.20, 0.19, 0.21], [0.020, 0.030, 0.025], [0.08, 0.09, 0.07]),
+    "be": ("BatchEnsemble", "be_rank2", 4, [0.905, 0.915, 0.91], [0.29, 0.28, 0.31], [0.060, 0.050, 0.055], [0.01, 0.02, 0.01]),
+}
+SEEDS = (1, 2, 3)
+
+
+def write_run(run: Path, method: str, run_name: str | None, members: int, seed: int, sets: dict, **extra) -> Path:
+    run.mkdir(parents=True)
+    doc = {
+        "method": method,
+        "num_members": members,
+        "seed": seed,
+        "datamodule": "DigitsDataModule",
+        "weight_cosine_mean": 0.5,
+        "sets": sets,
+        **extra,
+    }
+    if run_name:
+        doc["run_name"] = run_name
+    (run / "results.json").write_text(json.dumps(doc))
+    return run
+
+
+def sets_of(acc: float, nll: float, ece: float, mi: float) -> dict:
+    ood = {f"{m}_{s}": v for s in ("msp", "entropy", "mi") for m, v in (("auroc", 1 - ece * 5), ("aupr", 1 - ece * 4), ("fpr95", ece * 6))}
+    return {
+        "digits": {
+            "role": "id",
+            "acc": acc,
+            "nll": nll,
+            "ece": ece,
+            "brier": nll / 2,
+            "mi": mi,
+            "disagreement": mi / 2,
+            "member_acc": [acc],
+        },
+        "digits_rotated": {
+            "role": "shift",
+            "acc": acc - 0.3,
+            "nll": nll * 3,
+            "ece": ece * 4,
+            "brier": nll,
+            "mi": mi * 2,
+            "disagreement": mi,
+        },
+        "photo_patches": {"role": "ood", "acc": 0.0, "nll": 9.0, "mi": mi * 3, "disagreement": mi * 2, **ood},
+    }
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    root = tmp_path / "study"
+    for name, (method, run_name, members, accs, nlls, eces, mis) in ROWS.items():
+        for k, seed in enumerate(SEEDS):
+            write_run(root / name / f"seed_{seed}", method, run_name, members, seed, sets_of(accs[k], nlls[k], eces[k], mis[k]))
+    return root
+
+
+def report(capsys, *args) -> str:
+    main(["report", *map(str, args)])
+    return capsys.readouterr().out
+
+
+def latex_tables(text: str) -> dict[str, tuple[list[str], dict[str, list[str]]]]:
+    """caption -> (header cells, row name -> cells) of every tabular in ``text``."""
+    tables = {}
+    for block in text.split(r"\begin{table}")[1:]:
+        caption = block.split(r"\caption{")[1].split("}\n")[0]
+        body = block.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+        header = block.split(r"\toprule")[1].split(r"\midrule")[0].strip().removesuffix(r"\\").split(" & ")
+        tables[caption] = (
+            [h.strip() for h in header],
+            {cells[0]: cells for cells in (line.removesuffix(r"\\").strip().split(" & ") for line in body)},
+        )
+    return tables
+
+
+def test_latex_booktabs_bold_best_and_escaping(study, capsys):
+    text = report(capsys, study, "--format", "latex")
+    tables = latex_tables(text)
+    assert text.count(r"\toprule") == text.count(r"\midrule") == text.count(r"\bottomrule") == len(tables) == 4  # no cost: none measured
+    assert "<" not in text.replace(r"$<$", "")  # text-mode < prints as ¡ in LaTeX's default font encoding
+    assert set(tables) == {r"digits (id)", r"digits\_rotated (shift)", r"photo\_patches (ood)", "weight space"}
+    assert tables["weight space"][0][3:] == [r"weight\_cosine\_mean"]  # no run has the other cosine: no blank column
+    header, rows = tables["digits (id)"]
+    assert set(rows) == {"SingleModel", r"be\_rank2 (BatchEnsemble)", "DeepEnsemble"}  # the run_name's underscore escaped
+    assert header[:3] == ["run", "$M$", "$n$"] and r"acc $\uparrow$" in header and r"nll $\downarrow$" in header and "mi" in header
+    names = {"SingleModel": "single", "DeepEnsemble": "de", r"be\_rank2 (BatchEnsemble)": "be"}
+    for column, index, better in (("acc", 3, max), ("nll", 4, min), ("ece", 5, min)):
+        means = {row: round(statistics.fmean(ROWS[key][index]), 3) for row, key in names.items()}
+        best = better(means.values())
+        for row, cells in rows.items():
+            cell = cells[header.index(next(h for h in header if h.startswith(column + " ")))]
+            assert (r"\mathbf" in cell) == (means[row] == best), (column, row, cell)
+    mi_cells = [cells[header.index("mi")] for cells in rows.values()]
+    assert not any(r"\mathbf" in c for c in mi_cells)  # diversity is not ranked
+    acc = ROWS["single"][3]
+    assert rows["SingleModel"][3] == f"${statistics.fmean(acc):.3f} \\pm {statistics.stdev(acc):.3f}$"  # the baseline: no mark
+    assert (
+        rows["DeepEnsemble"][3]
+        == f"$\\mathbf{{{statistics.fmean(ROWS['de'][3]):.3f} \\pm {statistics.stdev(ROWS['de'][3]):.3f}}}^{{\\dagger}}$"
+    )
+    assert r"$^\dagger$ differs from SingleModel at $\alpha$ = 0.05" in text
+    ood_header, _ = tables[r"photo\_patches (ood)"]
+    assert r"auroc\_msp $\uparrow$" in ood_header and r"fpr95\_mi $\downarrow$" in ood_header and "acc" not in " ".join(ood_header)
+
+
+def test_csv_parses_back_to_the_numbers_and_welch_p_values(study, capsys, tmp_path):
+    out = tmp_path / "out"
+    text = report(capsys, study, "--format", "csv", "--out", out)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert (out / "report.csv").read_text() + "\n" == text
+    for name, (method, run_name, members, accs, nlls, eces, mis) in ROWS.items():
+        label = run_name or method
+        for metric, values in (("acc", accs), ("nll", nlls), ("ece", eces)):
+            (row,) = [r for r in rows if r["label"] == label and r["set"] == "digits" and r["metric"] == metric]
+            assert float(row["mean"]) == pytest.approx(statistics.fmean(values), rel=1e-12)
+            assert float(row["std"]) == pytest.approx(statistics.stdev(values), rel=1e-12) and row["n"] == "3"
+            if name == "single":
+                assert row["test"] == "" and row["p"] == ""
+                continue
+            p = stats.ttest_ind(values, ROWS["single"][{"acc": 3, "nll": 4, "ece": 5}[metric]], equal_var=False).pvalue
+            assert row["test"] == "welch" and float(row["p"]) == pytest.approx(p, rel=1e-9) and row["baseline"] == "SingleModel"
+            assert row["significant"] == str(p < 0.05)
+    document = json.loads((out / "report.json").read_text())
+    de = next(g for g in document if g["method"] == "DeepEnsemble")
+    expected = stats.ttest_ind(ROWS["de"][3], ROWS["single"][3], equal_var=False).pvalue
+    assert de["baseline"] == "SingleModel" and de["significance"]["digits"]["acc"]["p"] == pytest.approx(expected, rel=1e-9)
+    assert de["significance"]["digits"]["acc"]["significant"] is bool(expected < 0.05)
+    assert {p.name for p in out.iterdir()} == {"report.md", "report.tex", "report.csv", "report.json"}
+
+
+def test_markdown_marks_significant_cells(study, capsys):
+    text = report(capsys, study, "--sets", "digits")
+    de_row = next(line for line in text.splitlines() if line.startswith("| DeepEnsemble |"))
+    p = stats.ttest_ind(ROWS["de"][3], ROWS["single"][3], equal_var=False).pvalue
+    assert p < 0.05 and de_row.split("|")[5].strip().endswith("†")  # the acc cell
+    assert "† differs from SingleModel at α = 0.05: Welch's t-test" in text
+    single_row = next(line for line in text.splitlines() if line.startswith("| SingleModel |"))
+    assert "†" not in single_row  # the baseline itself
+
+
+def test_metrics_choose_the_columns(study, capsys):
+    text = report(capsys, study, "--metrics", "acc", "brier", "auroc_mi", "--format", "latex")
+    tables = latex_tables(text)
+    assert [h.split(" ")[0] for h in tables["digits (id)"][0][3:]] == ["acc", "brier"]  # auroc_mi: not an id-set column
+    assert [h.split(" ")[0] for h in tables[r"photo\_patches (ood)"][0][3:]] == [r"auroc\_mi"]  # acc, brier: not on ood data
+    assert "weight space" not in tables
+
+
+def test_unknown_metric_is_one_line_listing_the_available(study, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(study), "--metrics", "acc", "accuracy"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--metrics accuracy: no such metric" in err and "available: acc, nll, ece, brier" in err and "Traceback" not in err
+
+
+def test_paper_preset_columns(study, capsys):
+    tables = latex_tables(report(capsys, study, "--preset", "paper", "--format", "latex"))
+    column = lambda caption: [h.split(" ")[0] for h in tables[caption][0][3:]]  # noqa: E731
+    assert column("digits (id)") == column(r"digits\_rotated (shift)") == ["acc", "nll", "ece"]
+    assert column(r"photo\_patches (ood)") == [r"aupr\_msp", r"auroc\_msp", r"fpr95\_msp", "mi"]
+    assert set(tables) == {"digits (id)", r"digits\_rotated (shift)", r"photo\_patches (ood)"}
+    tables = latex_tables(report(capsys, study, "--preset", "paper", "--ood_score", "entropy", "--format", "latex"))
+    assert column(r"photo\_patches (ood)") == [r"aupr\_entropy", r"auroc\_entropy", r"fpr95\_entropy", "mi"]
+
+
+def add_connectivity(run: Path, loss: float | None, error: float | None) -> None:
+    (run / "connectivity.json").write_text(json.dumps({"applicable": True, "barrier_loss_mean": loss, "barrier_error_mean": error,
+                                                       "set": "digits", "points": 11, "pairs": []}))  # fmt: skip
+
+
+def test_connectivity_and_the_single_basin_preset(study, capsys, tmp_path):
+    barriers = {1: (0.30, 0.10), 2: (0.50, 0.20), 3: (None, None)}  # seed 3: not applicable
+    for seed, (loss, error) in barriers.items():
+        add_connectivity(study / "de" / f"seed_{seed}", loss, error)
+    calibrated = study / "be" / "seed_1" / "results.json"
+    doc = json.loads(calibrated.read_text())
+    doc["sets_calibrated"] = {"digits": {**doc["sets"]["digits"], "ece": 0.011}}
+    calibrated.write_text(json.dumps(doc))
+    text = report(capsys, study, "--sets", "digits", "digits +T")
+    weights = text[text.index("### weight space") :].split("###")[1]
+    de_row = next(line for line in weights.splitlines() if line.startswith("| DeepEnsemble |"))
+    assert "| 0.400 ± 0.141 (n=2) | 0.150 ± 0.071 (n=2) |" in de_row  # mean ± std over the seeds that have one
+    tables = latex_tables(report(capsys, study, "--preset", "single_basin", "--format", "latex"))
+    (caption,) = tables
+    header, rows = tables[caption]
+    assert caption == "digits: single basin"
+    assert [h.split(" $")[0] for h in header[3:]] == ["acc", "nll", "ece", "ece +T", "mi", "disagreement", r"barrier\_loss\_mean"]
+    assert rows[r"be\_rank2 (BatchEnsemble)"][6].startswith("$0.011$ (n=1)") and rows["SingleModel"][6] == ""
+    assert rows["DeepEnsemble"][9].startswith(r"$0.400 \pm 0.141$ (n=2)")
+
+
+def write_predicted_run(root: Path, name: str, method: str, probs: torch.Tensor, targets: torch.Tensor) -> Path:
+    """A single-run row whose results.json numbers and predictions/digits.npz agree."""
+    metrics = {k: v for k, v in predictive_metrics(probs, targets).items() if not isinstance(v, list)}
+    run = write_run(root / name, method, name, probs.shape[0], 1, {"digits": {"role": "id", **metrics}})
+    (run / "predictions").mkdir()
+    np.savez(run / "predictions" / "digits.npz", member_probs=probs.numpy(), targets=targets.numpy())
+    return run
+
+
+def test_single_runs_get_a_paired_bootstrap(tmp_path, capsys):
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 10, (150,), generator=generator)
+    noise = torch.randn(4, 150, 10, generator=generator)
+    right = torch.rand(150, generator=generator)
+    guess = lambda p: torch.where(right < p, targets, (targets + 3) % 10)  # noqa: E731  right on a fraction p of the samples
+    single = (noise[:1] + 4 * torch.nn.functional.one_hot(guess(0.6), 10)).softmax(-1)  # (1, N, C)
+    better = (noise + 4 * torch.nn.functional.one_hot(guess(0.95), 10)).softmax(-1)  # (4, N, C)
+    write_predicted_run(tmp_path, "single", "SingleModel", single, targets)
+    write_predicted_run(tmp_path, "better", "DeepEnsemble", better, targets)
+    write_predicted_run(tmp_path, "same", "MCDropout", single.clone(), targets)  # the baseline's predictions
+    out = tmp_path / "out"
+    text = report(capsys, tmp_path, "--out", out, "--resamples", "200", "--metrics", "acc", "nll", "ece")
+    document = {g["label"]: g for g in json.loads((out / "report.json").read_text())}
+    for metric in ("acc", "nll", "ece"):
+        result = document["better"]["significance"]["digits"][metric]
+        assert result["test"] == "bootstrap" and result["level"] == 0.95 and result["resamples"] == 200
+        assert result["ci"][0] <= result["difference"] <= result["ci"][1]
+        assert result["significant"] is (metric != "ece")  # far more accurate, so lower nll; its ece is not far off
+        assert result["difference"] == pytest.approx(
+            predictive_metrics(better, targets)[metric] - predictive_metrics(single, targets)[metric]
+        )
+        same = document["same"]["significance"]["digits"][metric]
+        assert same["ci"] == [0.0, 0.0] and same["significant"] is False
+    assert document["better"]["significance"]["digits"]["acc"]["ci"][0] > 0  # accuracy clearly up
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert "†" in rows["better (DeepEnsemble)"] and "†" not in rows["same (MCDropout)"]
+    assert "else a paired bootstrap 95% CI over test samples (200 resamples) excluding 0." in text
+
+
+def test_the_baseline_default_and_errors(study, capsys, tmp_path):
+    report(capsys, study, "--baseline", "be_rank2", "--out", tmp_path / "a")
+    document = {g["label"]: g for g in json.loads((tmp_path / "a" / "report.json").read_text())}
+    assert document["SingleModel"]["baseline"] == "be_rank2 (BatchEnsemble)" and document["be_rank2"]["baseline"] is None
+    no_single = tmp_path / "no_single"
+    for name in ("de", "be"):
+        for seed in SEEDS:
+            (no_single / name / f"seed_{seed}").mkdir(parents=True)
+            (no_single / name / f"seed_{seed}" / "results.json").write_text((study / name / f"seed_{seed}" / "results.json").read_text())
+    main(["report", str(no_single)])
+    captured = capsys.readouterr()
+    assert captured.err.count("no significance marks (no SingleModel row; give --baseline LABEL)") == 1 and "†" not in captured.out
+    write_run(study / "be_plain" / "seed_1", "BatchEnsemble", "be_plain", 4, 1, sets_of(0.9, 0.3, 0.05, 0.01))
+    for bad, message in (
+        (
+            "nope",
+            "--baseline nope: no row has that label or method; give one of: SingleModel, DeepEnsemble, be_plain (BatchEnsemble), be_rank2",
+        ),
+        (
+            "BatchEnsemble",
+            "--baseline BatchEnsemble names several rows of DigitsDataModule (be_plain (BatchEnsemble), be_rank2 (BatchEnsemble))",
+        ),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["report", str(study), "--baseline", bad])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    main(["report", str(study), "--baseline", "be_plain (BatchEnsemble)", "--out", str(tmp_path / "b")])  # the full row name picks one
+    document = {g["label"]: g for g in json.loads((tmp_path / "b" / "report.json").read_text())}
+    no_test = document["be_rank2"]["significance"]["digits"]["acc"]  # be_plain has a single run and no saved predictions
+    assert (
+        document["be_rank2"]["baseline"] == "be_plain (BatchEnsemble)"
+        and "test" not in no_test
+        and "--save_predictions true" in no_test["reason"]
+    )
+    assert "comparisons without a test: a single-run row without predictions/<set>.npz" in capsys.readouterr().err
+
+
+def test_figures_wiring(study, capsys, tmp_path, monkeypatch):
+    from ensemble_lab.evaluation import report_figures
+
+    calls = []
+    monkeypatch.setattr(
+        report_figures,
+        "draw_report_figures",
+        lambda groups, out, formats=("png",), dpi=200: calls.append((groups, out, formats, dpi)) or [],
+    )
+    out = tmp_path / "out"
+    report(capsys, study, "--out", out, "--figures", "--figure_format", "png", "pdf", "--dpi", "150")
+    ((groups, where, formats, dpi),) = calls
+    assert where == out and tuple(formats) == ("png", "pdf") and dpi == 150
+    assert [(g.name, g.label, g.method, g.num_members) for g in groups] == [
+        ("SingleModel, M=1", "SingleModel", "SingleModel", 1),
+        ("DeepEnsemble, M=4", "DeepEnsemble", "DeepEnsemble", 4),
+        ("be_rank2 (BatchEnsemble), M=4", "be_rank2", "BatchEnsemble", 4),
+    ]  # table row order
+    assert groups[2].runs == tuple((study / "be" / f"seed_{s}").resolve() for s in SEEDS)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(study), "--figures"])
+    assert exit_info.value.code == 2 and "--figures needs --out DIR" in capsys.readouterr().err
+
+
+def test_report_main_as_a_study_calls_it(study, tmp_path, capsys):
+    files = sorted(str(p) for p in study.rglob("results.json"))
+    report_main([*files, "--out", str(tmp_path / "out"), "--preset", "paper", "--format", "latex"])
+    printed = capsys.readouterr().out
+    assert (tmp_path / "out" / "report.tex").read_text() in printed and "wrote" not in printed  # notes go to stderr
+    assert (
+        r"aupr\_msp" in (tmp_path / "out" / "report.tex").read_text()
+        and "| acc | nll | ece |" in (tmp_path / "out" / "report.md").read_text()
+    )
