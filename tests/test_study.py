@@ -285,3 +285,28 @@ def test_bad_study_files(tmp_path, spec, message):
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", ".")):
         load_study(path)
+
+
+def test_options_added_since_a_run_was_recorded_do_not_mark_it_changed(tmp_path, capsys):
+    """A run recorded before an option existed holds no key for it; today's default is what it trained with."""
+    study = write_study(tmp_path / "s.yaml", {"single": {"config": str(DIGITS / "single.yaml")}})
+    out, run = tmp_path / "out", tmp_path / "out" / "single" / "seed_1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    [current] = load_study(study, out)
+    today = current.resolved()
+    added = ["model.init_args.teacher", "model.init_args.distill_alpha", "calibration", "eval_sets_every"]  # options of later versions
+    assert set(added) <= set(today)
+    old_config = {k: v for k, v in today.items() if k not in added}
+    record = {"argv": current.fit_args(resume=False), "config": old_config}
+    (run / "study_run.json").write_text(json.dumps(record))
+    command = ["study", "--config", str(study), "--out", str(out), "--dry_run"]
+    main(command)
+    assert states(capsys.readouterr().out) == ["resume"]
+
+    # a value that did change is still named, and only it
+    (run / "study_run.json").write_text(json.dumps({**record, "config": {**old_config, "model.init_args.dropout": 0.3}}))
+    main(command)
+    lines = capsys.readouterr().out.splitlines()
+    assert states("\n".join(lines)) == ["changed"]
+    assert lines[2].strip() == f"differs from what it was made with: model.init_args.dropout: 0.3 -> {json.dumps(today['model.init_args.dropout'])}"

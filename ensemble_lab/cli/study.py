@@ -5,52 +5,55 @@ A study file (YAML) names the grid::
     out: studies/digits                # default output directory (relative to the current one)
     seeds: [42, 69, 123]
     args: [--trainer.max_epochs=15]    # CLI-style overrides for every run (optional)
+    connectivity: false                # or true, or {points: 11, set: digits}: after its test, each run
+                                       # runs `ensemble-lab connectivity` (a method may override it)
+    report: [--digits, 3]              # extra arguments of the closing `ensemble-lab report` (optional)
+    slurm: {partition: gpu, time: 720} # --launcher slurm: options of the job arrays (optional)
     methods:                           # name -> base config (+ overrides); the name is a directory
       batch_ensemble:
         config: ../digits/batch_ensemble.yaml   # relative to the study file, else to the current directory
         args: [--model.num_members=4]           # optional
       be_rank2:                                 # a list: a base and a variant on top (repeated --config)
         config: [../digits/batch_ensemble.yaml, ../ablations/digits/rank2.yaml]
+      be_distilled:                             # trains against deep_ensemble's run of the same seed,
+        config: ../digits/batch_ensemble.yaml   # after it (--model.teacher=<its last.ckpt>)
+        teacher: deep_ensemble
 
 Run ``<method>`` with seed ``s`` lives in ``<out>/<method>/seed_<s>/`` (TensorBoard logs,
-config.yaml, checkpoints/last.ckpt, results.json, figures/, and study_run.json: the fit arguments
-the study used). Every run's arguments are first checked with the CLI's parser. Runs go in
-sequence, in this process, through the same LightningCLI as ``ensemble-lab fit``. A run with results.json is skipped;
-one with checkpoints/last.ckpt but no results.json was interrupted and is resumed from that
-checkpoint (config.yaml is kept, the resume's config goes to config.resume-N.yaml). A finished or
-interrupted run recorded with other arguments stops the study before anything runs, unless
---rerun_changed moves it to ``<run>.prev-N`` and runs it afresh. A failed run is reported and the
+config.yaml, checkpoints/last.ckpt, results.json, figures/, study.log for a run in its own process,
+and study_run.json: the fit arguments the study used and the run's state: running, failed and why).
+Every run's arguments are first checked with the CLI's parser. The launcher (``--launcher``) runs
+them in this process one after the other, in N local processes at a time, or as SLURM job arrays
+(``ensemble_lab.cli.launchers``); whichever it is, a run with results.json (and connectivity.json,
+if asked for) is skipped; one with checkpoints/last.ckpt but no results.json was interrupted and is
+resumed from that checkpoint (config.yaml is kept, the resume's config goes to config.resume-N.yaml).
+A finished or interrupted run recorded with other arguments stops the study before anything runs,
+unless --rerun_changed moves it to ``<run>.prev-N`` and runs it afresh. Teachers run before their
+students; a failed run (and the students of a failed teacher) is reported with its log and the
 others still run; Ctrl-C stops the study (status 130). The study ends by printing (and writing
 ``<out>/report.*``) the report of its runs.
 """
 
-import argparse
-import functools
 import json
 import re
-import shlex
 import sys
-import time
-import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ensemble_lab.cli.failures import user_message
-from ensemble_lab.cli.interrupts import INTERRUPTED, InterruptWatch
-from ensemble_lab.cli.lightning_cli import check_arguments, run_lightning_cli
+from ensemble_lab.cli.lightning_cli import check_arguments
 from ensemble_lab.cli.run_config import comparable, differences, flatten
-from ensemble_lab.cli.study_args import describe_change
+from ensemble_lab.cli.study_args import Connectivity, connectivity_step, describe_change, teachers_first
 from ensemble_lab.errors import ConfigError, EnsembleLabError
-from ensemble_lab.run_files import atomic_write_bytes, first_free_number
+from ensemble_lab.run_files import first_free_number
 
-STUDY_KEYS = {"out", "seeds", "args", "methods"}
-METHOD_KEYS = {"config", "args"}
+STUDY_KEYS = {"out", "seeds", "args", "methods", "connectivity", "report", "slurm"}
+METHOD_KEYS = {"config", "args", "teacher", "connectivity"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
-RECORD = "study_run.json"  # in each run directory: {"argv": the fit arguments the study last used}
+RECORD = "study_run.json"  # in each run directory: {"argv": the fit arguments the study last used, "config", "state", ...}
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class Run:
     configs: tuple[Path, ...]  # config files (resolved), later ones overriding earlier ones
     overrides: tuple[str, ...]  # the study's args, then the method's args
     run_dir: Path  # <out>/<name>/seed_<seed>
+    teacher: str | None = None  # another method of the study: this run trains against its run of the same seed
+    connectivity: Connectivity | None = None  # the connectivity step after the test, if asked for
 
     @property
     def label(self) -> str:
@@ -73,30 +78,48 @@ class Run:
 
     @property
     def record(self) -> Path:
-        """``study_run.json``: the fit arguments the study last ran this run with."""
+        """``study_run.json``: the fit arguments the study last ran this run with, and its state."""
         return self.run_dir / RECORD
 
+    @property
+    def teacher_dir(self) -> Path | None:
+        """The run directory of this run's teacher (same seed), if it has one."""
+        return None if self.teacher is None else self.run_dir.parent.parent / self.teacher / self.run_dir.name
+
     def status(self) -> str:
-        """"done" (results.json present), "resume" (last.ckpt but no results.json) or "new"."""
+        """What the run has: "done" (results.json, and connectivity.json if asked for), "connectivity" (results.json
+        only: the connectivity step is missing), "resume" (last.ckpt but no results.json) or "new"."""
         if (self.run_dir / "results.json").exists():
-            return "done"
+            return "connectivity" if self.connectivity and not (self.run_dir / "connectivity.json").exists() else "done"
         return "resume" if self.last_ckpt.exists() else "new"
+
+    def _teacher_args(self) -> list[str]:
+        return [] if self.teacher_dir is None else [f"--model.teacher={self.teacher_dir / 'checkpoints' / 'last.ckpt'}"]
 
     def fit_args(self, resume: bool) -> list[str]:
         """Arguments of ``ensemble-lab`` for this run; the study's own options come last and win.
 
         The logger names the run directory (``<out>/<name>/seed_<s>``) and checkpoints go to Lightning's
         default ``<run>/checkpoints`` (dirpath null): a resume then continues in the run directory the way
-        ``ensemble-lab fit --ckpt_path`` does, keeping config.yaml and adding config.resume-N.yaml.
+        ``ensemble-lab fit --ckpt_path`` does, keeping config.yaml and adding config.resume-N.yaml. A student's
+        ``--model.teacher`` is only read when its fit starts, so its arguments parse before the teacher has run.
         """
         logger = {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": str(self.run_dir.parent.parent), "name": self.run_dir.parent.name, "version": self.run_dir.name},
         }
         configs = [arg for path in self.configs for arg in ("--config", str(path))]
-        args = ["fit", *configs, *self.overrides, f"--seed_everything={self.seed}", f"--run_name={self.name}"]
+        args = ["fit", *configs, *self.overrides, *self._teacher_args()]
+        args += [f"--seed_everything={self.seed}", f"--run_name={self.name}"]
         args += [f"--trainer.logger={json.dumps(logger)}", "--checkpoint.dirpath=null"]
         return args + ([f"--ckpt_path={self.last_ckpt}"] if resume else [])
+
+    def connectivity_args(self) -> list[str]:
+        """Arguments of ``ensemble-lab`` for this run's connectivity step (empty if none is asked for)."""
+        if self.connectivity is None:
+            return []
+        args = ["connectivity", "--config", str(self.run_dir / "config.yaml"), "--ckpt_path", str(self.last_ckpt)]
+        return args + ["--points", str(self.connectivity.points)] + (["--set", self.connectivity.set] if self.connectivity.set else [])
 
     def resolved(self) -> dict[str, Any]:
         """The run's resolved configuration today (config files read, defaults filled in), as flat comparable keys."""
@@ -119,7 +142,10 @@ class Run:
             return f"{RECORD} unreadable ({error})"
         if config is None:
             return describe_change(recorded, self.fit_args(resume=False))
-        return "; ".join(differences(comparable(config), self.resolved())) or None
+        before, today = comparable(config), self.resolved()
+        if new_keys := set(today) - set(before):  # options added since the run: what its arguments give today
+            before = {**_resolved_or_empty(recorded, new_keys), **before}
+        return "; ".join(differences(before, today)) or None
 
     def state(self) -> str:
         """``status()``, or "changed" for a finished or interrupted run made with other arguments."""
@@ -127,10 +153,44 @@ class Run:
         return "changed" if status != "new" and self.change() is not None else status
 
 
-@functools.cache
+@dataclass(frozen=True)
+class Study:
+    """A study file read: its runs (teachers before their students) and its study-level options."""
+
+    runs: tuple[Run, ...]
+    out: Path  # the study directory
+    report_args: tuple[str, ...] = ()  # extra arguments of the closing report
+    slurm: dict[str, Any] = field(default_factory=dict)  # the file's `slurm:` mapping
+
+
+_RESOLVED: dict[tuple[str, ...], dict[str, Any]] = {}  # fit arguments -> flat comparable configuration, per study command
+
+
 def _resolved(argv: tuple[str, ...]) -> dict[str, Any]:
     """A run's flat comparable configuration; parsed once per study command (every run is compared several times)."""
-    return comparable(flatten(check_arguments(argv)))
+    if argv not in _RESOLVED:
+        _RESOLVED[argv] = comparable(flatten(check_arguments(argv)))
+    return _RESOLVED[argv]
+
+
+def _resolved_or_empty(recorded: list[str], keys: set[str]) -> dict[str, Any]:
+    """The values of ``keys`` that a run's recorded fit arguments resolve to today; {} if they no longer parse."""
+    try:
+        resolved = _resolved(tuple(arg for arg in recorded if not arg.startswith("--ckpt_path")))
+    except (EnsembleLabError, SystemExit):
+        return {}
+    return {key: resolved[key] for key in keys if key in resolved}
+
+
+def forget_resolved() -> None:
+    """Parse runs afresh from now on: config files may have changed since an earlier study in this process."""
+    _RESOLVED.clear()
+
+
+def remember_resolved(run: Run, config: dict[str, Any]) -> None:
+    """Take ``config`` (``run.resolved()`` as the study computed it) as the run's configuration: a run in a process
+    of its own then need not parse its arguments once more before it starts."""
+    _RESOLVED[tuple(run.fit_args(resume=False))] = config
 
 
 def _string_list(value: Any, where: str) -> tuple[str, ...]:
@@ -158,8 +218,8 @@ def _resolve_config(raw: Any, study_file: Path, where: str) -> Path:
     raise ConfigError(f"{where}: config {raw!r} not found (looked at {', '.join(str(c) for c in candidates)})")
 
 
-def load_study(study_file: Path, out: Path | None = None) -> list[Run]:
-    """Read a study file and list its runs, method by method, seed by seed.
+def load_spec(study_file: Path, out: Path | None = None) -> Study:
+    """Read a study file: its runs, method by method (teachers first), seed by seed, and its options.
 
     Args:
         study_file: the study YAML (see the module docstring).
@@ -179,24 +239,48 @@ def load_study(study_file: Path, out: Path | None = None) -> list[Run]:
     seeds = spec.get("seeds")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"{study_file}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    if not isinstance(spec.get("slurm") or {}, dict):
+        raise ConfigError(f"{study_file}: 'slurm' must be a mapping of SLURM options, e.g. {{partition: gpu, time: 720}}")
     common = _string_list(spec.get("args"), f"{study_file}: 'args'")
     out = Path(out if out is not None else spec.get("out") or Path("studies") / study_file.stem).resolve()
-    runs = []
+    methods: dict[str, dict[str, Any]] = {}
     for name, method in spec["methods"].items():
         where = f"{study_file}: methods.{name}"
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ConfigError(f"{where}: a method name is a directory name (letters, digits, _ . -), got {name!r}")
         if not isinstance(method, dict) or (unknown := set(method) - METHOD_KEYS):
             raise ConfigError(f"{where} must be a mapping with keys {sorted(METHOD_KEYS)}, got {method!r}")
+        if not isinstance(method.get("teacher"), (str, type(None))):
+            raise ConfigError(f"{where}.teacher must be the name of another method of this study, got {method['teacher']!r}")
+        methods[name] = method
+    study_connectivity = connectivity_step(spec.get("connectivity"), f"{study_file}: 'connectivity'")
+    runs = []
+    for name in teachers_first(list(methods), {n: m.get("teacher") for n, m in methods.items()}, study_file):
+        method, where = methods[name], f"{study_file}: methods.{name}"
         configs = _resolve_configs(method.get("config"), study_file, f"{where}.config")
         overrides = common + _string_list(method.get("args"), f"{where}.args")
-        runs += [Run(name, seed, configs, overrides, out / name / f"seed_{seed}") for seed in seeds]
-    return runs
+        step = connectivity_step(method["connectivity"], f"{where}.connectivity") if "connectivity" in method else study_connectivity
+        runs += [Run(name, seed, configs, overrides, out / name / f"seed_{seed}", method.get("teacher"), step) for seed in seeds]
+    report_args = _string_list(spec.get("report"), f"{study_file}: 'report'")
+    return Study(tuple(runs), out, report_args, dict(spec.get("slurm") or {}))
+
+
+def load_study(study_file: Path, out: Path | None = None) -> list[Run]:
+    """The runs of a study file (``load_spec(...).runs``), teachers before their students."""
+    return list(load_spec(study_file, out).runs)
 
 
 def validate(runs: Sequence[Run]) -> None:
-    """Raise ConfigError naming the first run whose fit arguments the CLI refuses (before any training)."""
+    """Raise ConfigError naming the first run whose fit arguments the CLI refuses (before any training).
+
+    One run per method is parsed: its seeds differ only in ``--seed_everything`` and where they write,
+    which no check depends on (parsing builds the model and datamodule: seconds for a ResNet grid).
+    """
+    checked: set[str] = set()
     for run in runs:
+        if run.name in checked:
+            continue
+        checked.add(run.name)
         try:
             check_arguments(run.fit_args(resume=False))
         except ConfigError as error:
@@ -223,125 +307,8 @@ def move_aside(run_dir: Path) -> Path:
     return run_dir.rename(run_dir.with_name(f"{run_dir.name}.prev-{n}"))
 
 
-def execute(run: Run, resume: bool) -> str | None:
-    """Fit + test one run in this process; None on success, else why it failed.
-
-    The arguments go to ``<run>/study_run.json`` first, so an interrupted run has them on record too.
-    """
-    args = run.fit_args(resume)
-    if not resume:  # a fresh start: a config.yaml from an attempt that failed before its first checkpoint is stale
-        (run.run_dir / "config.yaml").unlink(missing_ok=True)
-    atomic_write_bytes(run.record, json.dumps({"argv": args, "config": run.resolved()}, indent=2).encode())
-    try:
-        run_lightning_cli(args)
-    except SystemExit as error:
-        if error.code == INTERRUPTED:  # the run noticed Ctrl-C itself
-            raise KeyboardInterrupt from None
-        if error.code not in (0, None):
-            return f"exit status {error.code}"
-    except Exception as error:  # a bug in one run must not stop the grid; show it, go on
-        if (message := user_message(error)) is not None:
-            print(f"ensemble-lab: error: {message}", file=sys.stderr)
-            return message
-        traceback.print_exc()
-        return f"{type(error).__name__}: {error}"
-    return None if (run.run_dir / "results.json").exists() else "finished without writing results.json"
-
-
-def parser() -> argparse.ArgumentParser:
-    """Options of ``ensemble-lab study``."""
-    p = argparse.ArgumentParser(
-        prog="ensemble-lab study",
-        description="Run a grid of methods × seeds (fit + test, one directory per run) in sequence, skipping "
-        "finished runs and resuming interrupted ones, then print the report.",
-    )
-    p.add_argument("--config", type=Path, required=True, help="study file, e.g. configs/study/digits.yaml")
-    p.add_argument("--out", type=Path, default=None, help="study directory (default: the file's 'out', else studies/<name>)")
-    p.add_argument("--dry_run", action="store_true", help="list the runs, their state and their commands; run nothing")
-    p.add_argument(
-        "--rerun_changed",
-        action="store_true",
-        help="run afresh the finished or interrupted runs made with other arguments, moving each old run directory to <run>.prev-N",
-    )
-    return p
-
-
-def dry_run(runs: Sequence[Run]) -> None:
-    """Check every run's arguments with the CLI parser, then print every run's state and command."""
-    validate(runs)
-    for run in runs:
-        state = run.state()
-        print(f"{state:>7}  {run.run_dir}\n         ensemble-lab {shlex.join(run.fit_args(state == 'resume'))}")
-        if state == "changed":
-            print(f"         differs from what it was made with: {run.change()}")
-
-
-def run_one(run: Run, label: str, watch: InterruptWatch) -> str | None:
-    """Skip, start, resume or restart (a changed run, moved aside first) one run; why it failed, if it did.
-
-    Raises KeyboardInterrupt if Ctrl-C came during the run, whatever the run made of it.
-    """
-    state = run.state()
-    if state == "done":
-        print(f"study: {label}: done before, skipped ({run.run_dir / 'results.json'})", flush=True)
-        return None
-    if state == "changed":  # only with --rerun_changed: refuse_changed() stops the study otherwise
-        print(f"study: {label}: arguments changed ({run.change()}); old run moved to {move_aside(run.run_dir)}", flush=True)
-    print(f"study: {label}: {'resuming from ' + str(run.last_ckpt) if state == 'resume' else 'running'}", flush=True)
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
-    failure = execute(run, resume=state == "resume")
-    watch.check()
-    print(f"study: {label}: {'FAILED: ' + failure if failure else 'finished'} in {time.perf_counter() - began:.1f} s", flush=True)
-    return failure
-
-
-def run_all(runs: Sequence[Run], watch: InterruptWatch) -> list[str]:
-    """Run the grid in order; returns "<method> seed <s> (why)" for each run that failed."""
-    failed = []
-    for k, run in enumerate(runs, 1):
-        if failure := run_one(run, f"[{k}/{len(runs)}] {run.label}", watch):
-            failed.append(f"{run.label} ({failure})")
-    return failed
-
-
-def report(runs: Sequence[Run], failed: Sequence[str], seconds: float) -> None:
-    """Print the summary and the report of the study's runs, write ``<out>/report.*``; raise if runs failed."""
-    from ensemble_lab.cli.report import build_report, to_markdown, write_report
-
-    out = runs[0].run_dir.parent.parent
-    print(f"\nstudy: {len(runs)} runs in {out}, {len(failed)} failed, {seconds:.1f} s\n")
-    # the study's own runs only: not the <run>.prev-N directories --rerun_changed keeps below <out>
-    results = [run.run_dir / "results.json" for run in runs if (run.run_dir / "results.json").exists()]
-    try:
-        if not results:
-            raise EnsembleLabError("no run has a results.json")
-        groups = build_report(results)
-    except EnsembleLabError as error:
-        print(f"study: no report: {error}")
-    else:
-        print(to_markdown(groups))
-        write_report(groups, out)
-    if failed:
-        raise EnsembleLabError(f"{len(failed)} of {len(runs)} runs failed: {'; '.join(failed)}. Run the same command again to retry them.")
-
-
 def study_main(argv: Sequence[str]) -> None:
-    """``ensemble-lab study --config FILE [--out DIR] [--dry_run] [--rerun_changed]``."""
-    options = parser().parse_args(list(argv))
-    _resolved.cache_clear()  # config files may have changed since an earlier study in this process
-    runs = load_study(options.config, options.out)
-    if options.dry_run:
-        dry_run(runs)
-        return
-    start = time.perf_counter()
-    with InterruptWatch() as watch:
-        try:
-            validate(runs)  # a typo in the args: one error now, not one failed run after another
-            if not options.rerun_changed:
-                refuse_changed(runs)
-            failed = run_all(runs, watch)
-        except KeyboardInterrupt:
-            print("\nstudy: interrupted; run the same command again to resume (finished runs are skipped)", file=sys.stderr, flush=True)
-            raise SystemExit(INTERRUPTED) from None
-    report(runs, failed, time.perf_counter() - start)
+    """``ensemble-lab study --config FILE [--out DIR] [--launcher sequential|local|slurm] [--dry_run | --status] ...``."""
+    from ensemble_lab.cli.launchers import launch  # imported on use: launchers import this module
+
+    launch(argv)
