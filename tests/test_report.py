@@ -227,3 +227,31 @@ def test_an_option_added_since_a_run_pools_with_runs_holding_its_default(tmp_pat
         (run / "results.json").write_text(json.dumps(doc))
     rows = sorted((g.variant, len(g.runs)) for g in build_report([tmp_path]))
     assert rows == [("distill_alpha=(default)", 2), ("distill_alpha=0.9", 1)]
+
+
+def test_the_cost_figure_gives_each_method_the_colour_it_has_in_every_comparison_figure(tmp_path):
+    from matplotlib.colors import to_hex
+
+    from ensemble_lab.cli.report import run_groups
+    from ensemble_lab.cli.report_tables import quality_cost
+    from ensemble_lab.evaluation.report_figures import draw_figures
+
+    for k, method in enumerate(["SingleModel", "MCDropout", "DeepEnsemble", "BatchEnsemble"]):
+        for seed in (1, 2):
+            run = write_run(tmp_path, f"{method}/seed_{seed}", method, 4, seed, 0.8 + k / 100)
+            doc = json.loads((run / "results.json").read_text())
+            doc["cost"] = {"parameters": 1000 * (k + 1), "images_per_s": 150_000.0 * (k + 1) + seed}
+            (run / "results.json").write_text(json.dumps(doc))
+    groups = build_report([tmp_path])
+    cost = quality_cost(groups)
+    diversity = draw_figures(run_groups(groups))["diversity_digits"]
+
+    def colours(legend) -> dict[str, str]:
+        return {t.get_text().replace("\n", " "): to_hex(h.get_color()) for t, h in zip(legend.get_texts(), legend.legend_handles)}
+
+    in_cost, in_diversity = colours(cost.legends[0]), colours(diversity.axes[-1].get_legend())
+    assert len(in_cost) == 4 and in_cost == in_diversity
+    assert len(set(in_cost.values())) == 4
+    cost.canvas.draw()  # tick labels are set when drawn
+    ticks = [t.get_text() for ax in cost.axes for t in ax.get_xticklabels() if t.get_text()]
+    assert ticks and not any("$" in t for t in ticks)  # 200k, 500k, 1M: no mathtext powers that collide

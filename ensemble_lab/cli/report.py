@@ -415,8 +415,15 @@ def draw_figures(groups: Sequence[Group], out: Path, formats: Sequence[str] = ("
     """Every comparison figure of the rows (evaluation/report_figures.py), into <out>/figures/; rows in table order."""
     from ensemble_lab.evaluation import report_figures  # matplotlib only when drawing
 
-    rows = [
-        report_figures.RunGroup(
+    return report_figures.draw_report_figures(run_groups(groups), Path(out), tuple(formats), dpi)
+
+
+def run_groups(groups: Sequence[Group]) -> list[Any]:
+    """The rows as the figures take them (evaluation/report_figures.RunGroup), in table order."""
+    from ensemble_lab.evaluation.report_figures import RunGroup
+
+    return [
+        RunGroup(
             row_name(g) + ("" if g.num_members is None else f", M={g.num_members}"),
             str(g.label or g.method),
             g.method,
@@ -425,7 +432,6 @@ def draw_figures(groups: Sequence[Group], out: Path, formats: Sequence[str] = ("
         )
         for g in groups
     ]
-    return report_figures.draw_report_figures(rows, Path(out), tuple(formats), dpi)
 
 
 def to_markdown(groups: list[Group], digits: int = 3) -> str:

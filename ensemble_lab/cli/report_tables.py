@@ -341,14 +341,16 @@ def quality_cost(groups: list[Group]) -> Any:
     measured = [g for g in groups if COST in g.stats]
     if len(measured) < 2:
         return None
+    from ensemble_lab.cli.report import run_groups
     from ensemble_lab.evaluation.figures import quality_cost_figure
+    from ensemble_lab.evaluation.report_figures import looks  # each row's colour and marker, as in every comparison figure
 
     id_set = next((n for g in measured for n, role in g.roles.items() if role == "id"), None)
     ood_set = next((n for g in measured for n, role in g.roles.items() if role == "ood"), None)
     quality = [(id_set, "acc"), (id_set, "nll"), (ood_set, "auroc_msp")]
     points = []
-    for g in measured:
+    for g, look in zip(measured, looks(run_groups(measured))):
         stats = {f"{name} {metric}": g.stats.get(name or "", {}).get(metric) for name, metric in quality}
         stats.update({key: g.stats[COST].get(key) for key in ("images_per_s", "parameters")})
-        points.append((row_name(g), {k: (v.mean, v.std) for k, v in stats.items() if v is not None and v.mean is not None}))
+        points.append((look, {k: (v.mean, v.std) for k, v in stats.items() if v is not None and v.mean is not None}))
     return quality_cost_figure(points, [f"{name} {metric}" for name, metric in quality if name], ["images_per_s", "parameters"])

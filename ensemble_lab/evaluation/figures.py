@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from torch import Tensor
 
-from ensemble_lab.evaluation.figure_style import COLUMN_WIDTH, TEXT_WIDTH, paper_style, save_figure, who
+from ensemble_lab.evaluation.figure_style import COLUMN_WIDTH, TEXT_WIDTH, Look, paper_style, save_figure, who
 from ensemble_lab.evaluation.metrics import expected_calibration_error, reliability_bins, uncertainty_scores
 
 #: resolution of the per-run PNGs and TensorBoard images (figures are sized in inches at print size)
@@ -210,35 +210,46 @@ def write_figures(
     return paths
 
 
-def quality_cost_figure(points: list[tuple[str, dict[str, tuple[float, float | None]]]], quality: list[str], cost: list[str]) -> Figure:
+def compact_number(value: float, _position: Any = None) -> str:
+    """A tick label without mathtext: 20k, 1.5M, 300 (log axes of counts and rates)."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+@paper_style
+def quality_cost_figure(points: list[tuple[Look, dict[str, tuple[float, float | None]]]], quality: list[str], cost: list[str]) -> Figure:
     """Quality (rows) against cost (columns, log scale), one marker per report row with mean ± std bars.
 
     Args:
-        points: (row name, {key: (mean, std or None)}) per report row; keys name quality and cost values.
+        points: (look, {key: (mean, std or None)}) per report row: its legend name, colour and marker (the
+            same as in every comparison figure), and the values its keys name.
         quality: the quality keys, one panel row each (e.g. "digits acc").
         cost: the cost keys, one panel column each (e.g. "images_per_s", "parameters").
     """
-    fig = Figure(figsize=(4.2 * len(cost), 3.2 * len(quality) + 0.3 * math.ceil(len(points) / 2) + 0.4), dpi=DPI)
+    columns = 2 if len(cost) > 1 else 1
+    legend_rows = math.ceil(len(points) / columns)
+    fig = Figure(figsize=(TEXT_WIDTH, 2.0 * len(quality) + 0.18 * legend_rows + 0.5), dpi=DPI)
     axes = fig.subplots(len(quality), len(cost), squeeze=False)
-    colours = [f"C{i % 10}" for i in range(len(points))]
-    markers = "osD^v<>ph*"
     for r, y_key in enumerate(quality):
         for c, x_key in enumerate(cost):
             ax = axes[r][c]
-            for k, (name, values) in enumerate(points):
+            for look, values in points:
                 if x_key not in values or y_key not in values:
                     continue
                 (x, x_err), (y, y_err) = values[x_key], values[y_key]
-                ax.errorbar(x, y, xerr=x_err, yerr=y_err, fmt=markers[k // 10 % len(markers)], color=colours[k], label=name, capsize=2)
+                ax.errorbar(x, y, xerr=x_err, yerr=y_err, fmt=look.marker, color=look.colour, label=look.name, capsize=2, markersize=4)
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 1-2-5 steps: a few labels per decade
+            ax.xaxis.set_major_formatter(FuncFormatter(compact_number))
+            ax.xaxis.set_minor_formatter(NullFormatter())  # the 2×10⁵, 3×10⁵ labels of minor ticks collide
             ax.set(xlabel=x_key.replace("_", " "), ylabel=y_key)
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    columns = 2 if len(cost) > 1 else 1
-    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize="small")
+    fig.legend(handles, labels, loc="lower center", ncol=columns, frameon=False)
     fig.suptitle("quality against cost (mean ± std over runs)")
-    legend_rows = math.ceil(len(labels) / columns)
-    fig.tight_layout(rect=(0, min(0.5, 0.3 * legend_rows / fig.get_figheight()), 1, 0.97))
+    fig.tight_layout(rect=(0, min(0.5, (0.18 * legend_rows + 0.15) / fig.get_figheight()), 1, 0.97))
     return fig
 
 
