@@ -5,8 +5,9 @@ W ∘ s_i r_iᵀ. Stored shapes: W as nn.Linear / nn.Conv2d's weight, A (M, out,
 B (M, k, in_flat) on the input side, with in_flat = in_features, or in_channels·kh·kw for a
 convolution (B_i read as a (k, in, kh, kw) kernel), and per-member biases (M, out).
 
-No member weight is ever built in ``forward``: the shared weight runs once over all M*B rows, the
-low-rank path as two batched ops (two grouped convolutions for Conv2d), and the two are added.
+No member weight is ever built in ``forward``: the shared weight runs once over all M*B rows and the
+low-rank path through the rank-k bottleneck (Linear: two batched matmuls; Conv2d: B in the same
+convolution as W, A as a batched matmul), and the two are added.
 """
 
 import math
@@ -17,7 +18,6 @@ from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.conv_args import IntOrPair, as_pair
-from ensemble_lab.nn.ensemble_conv import channels_to_members, members_to_channels
 from ensemble_lab.nn.members import check_num_members, gram_of_rows, rows_per_member
 
 #: "zero": B = 0, every member starts as W (LoRA's init); "small": B ~ N(0, (0.01 / sqrt(in_flat))²)
@@ -167,9 +167,12 @@ class LowRankConv2d(LowRankLayer):
     """A convolution shared by M members, each adding its own rank-k kernel update: W_i = W + A_i B_i.
 
     B_i (k, in·kh·kw) is read as a (k, in, kh, kw) kernel and A_i (out, k) as a 1x1 kernel, so
-    conv(x, W_i) = conv(x, W) + conv1x1(conv(x, B_i), A_i). The shared kernel runs as one
-    convolution over all M*B rows; B runs as ONE grouped convolution (groups = M) over the
-    channel-stacked feature maps (B, M*in, H, W), A as one grouped 1x1 convolution.
+    conv(x, W_i) = conv(x, W) + conv1x1(conv(x, B_i), A_i). W and every member's B run as ONE dense
+    convolution over all M*B rows, with out + M·k output channels; each row then keeps its own
+    member's k channels and maps them up with A_i (a batched matmul). Computing every member's B on
+    every row costs M·k / out of the shared convolution (6% at M = 4, k = 1, 64 channels), and beat
+    a grouped convolution per member (groups = M, k output channels each) by 1.4-2x on CPU, where
+    convolutions with a few channels per group run slowly, forward and backward.
     """
 
     def __init__(
@@ -209,15 +212,17 @@ class LowRankConv2d(LowRankLayer):
         """(M*B, in_channels, H, W) member-major rows -> (M*B, out_channels, H', W')."""
         m, b = self.num_members, rows_per_member(x.shape[0], self.num_members)
         k, cout = self.rank, self.out_channels
-        shared = F.conv2d(x, self.weight, None, self.stride, self.padding)  # (M*B, Cout, H', W')
         down = self.B.reshape(m * k, self.in_channels, *self.kernel_size)  # (M, k, Cin·kh·kw) -> (M*k, Cin, kh, kw)
-        up = self.A.reshape(m * cout, k, 1, 1)  # (M, Cout, k) -> (M*Cout, k, 1, 1)
-        # groups=M: channels [i*k, (i+1)*k) of z see only member i's input channels [i*Cin, (i+1)*Cin)
-        z = F.conv2d(members_to_channels(x, m), down, None, self.stride, self.padding, groups=m)  # (B, M*k, H', W')
-        z = F.conv2d(z, up.to(z.dtype), None, 1, 0, groups=m)  # (B, M*Cout, H', W'): member i's A_i on its k channels
-        low = channels_to_members(z, m)  # (M*B, Cout, H', W')
-        y = (shared + low.to(shared.dtype)).view(m, b, *shared.shape[1:])  # (M, B, Cout, H', W')
-        return self._add_bias(y).reshape(m * b, *y.shape[2:])  # (M*B, Cout, H', W')
+        kernels = torch.cat([self.weight, down])  # (Cout + M*k, Cin, kh, kw): W, then every member's B
+        both = F.conv2d(x, kernels, None, self.stride, self.padding)  # (M*B, Cout + M*k, H', W')
+        h, w = both.shape[-2:]
+        both = both.view(m, b, cout + m * k, h * w)  # (M, B, Cout + M*k, H'W')
+        shared = both[:, :, :cout]  # (M, B, Cout, H'W')
+        every_b = both[:, :, cout:].view(m, b, m, k, h * w)  # (M, B, M, k, H'W): member j's B on member i's rows
+        own = every_b.diagonal(dim1=0, dim2=2).permute(3, 0, 1, 2)  # (B, k, H'W, M) -> (M, B, k, H'W): j = i
+        low = torch.matmul(self.A.unsqueeze(1).to(own.dtype), own)  # (M, 1, Cout, k) @ (M, B, k, H'W) -> (M, B, Cout, H'W)
+        y = (shared + low).view(m, b, cout, h, w)  # (M, B, Cout, H', W')
+        return self._add_bias(y).reshape(m * b, cout, h, w)  # (M*B, Cout, H', W')
 
     def extra_repr(self) -> str:
         return (
