@@ -112,8 +112,8 @@ def _walk(
 ) -> dict[str, Any]:
     """The curves and barriers of every pair of members (``norm_batches`` 0: statistics interpolated, not re-estimated)."""
     run_on = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    plain, states = member_states(model.network, dict(model.hparams), model.num_members, type(model).__name__)
-    plain.to(run_on)
+    plain = model.member_network().to(run_on)
+    states = member_states(model.network, plain, model.num_members, type(model).__name__)
     states = [{k: v.to(run_on) for k, v in state.items()} for state in states]
     data = _set_data(datamodule, set_name)
     evaluated = (datamodule.preprocess(data.images.to(run_on), train=False), data.labels.to(run_on))

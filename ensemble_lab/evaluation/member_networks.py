@@ -3,20 +3,18 @@
 The layers say what their members are: a layer with per-member tensors answers ``member_state(i)``
 with the tensors a plain nn.Linear / nn.Conv2d / nn.BatchNorm2d would hold for member i (BatchEnsemble:
 W ∘ F_i and b_i; low-rank: W + A_i B_i; Deep Ensemble: slice i). A layer shared by every member
-(BatchEnsemble's shared BatchNorm) gives its own state. Member i's network is the same backbone built
-from plain layers (the SingleModel network), its layers paired with the ensemble's in order of
+(BatchEnsemble's shared BatchNorm) gives its own state. Member i's network is the method's
+``member_network()``: the backbone built from plain layers at the members' widths (the SingleModel
+network, or a narrower one for Packed-Ensembles), its layers paired with the ensemble's in order of
 appearance, as assembling a Deep Ensemble from SingleModel checkpoints pairs them the other way.
 Nothing here looks at a method's or a layer's class.
 """
 
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ensemble_lab.errors import EnsembleLabError
-from ensemble_lab.methods.assemble import architecture
-from ensemble_lab.nn import build_backbone, plain_layers
 
 #: a plain network's full state dict, keyed as ``plain.state_dict()``
 State = dict[str, Tensor]
@@ -33,13 +31,6 @@ def has_member_layers(network: nn.Module) -> bool:
     return any(callable(getattr(module, "member_state", None)) for module in network.modules())
 
 
-def plain_network(hparams: dict[str, Any]) -> nn.Module:
-    """The single-model network of the backbone ``hparams`` describe (plain layers, no dropout: evaluated in eval mode)."""
-    arch = architecture(hparams)
-    backbone, num_classes, input_shape = arch.pop("backbone"), arch.pop("num_classes"), arch.pop("input_shape")
-    return build_backbone(backbone, plain_layers(), input_shape, num_classes, dropout=0.0, **arch)
-
-
 def _shapes(state: dict[str, Tensor]) -> str:
     return ", ".join(f"{k} {tuple(v.shape)}" for k, v in state.items()) or "no tensors"
 
@@ -48,12 +39,12 @@ def member_state(network: nn.Module, plain: nn.Module, i: int, method: str = "th
     """Member ``i`` of ensemble ``network`` as a full state dict of ``plain`` (detached; ``network``'s device and dtypes).
 
     Raises an EnsembleLabError naming the first layer that does not pair (another layer count, other
-    tensor names or shapes): that method's members are not the single-model backbone.
+    tensor names or shapes): that method's members are not plain networks of the backbone.
     """
     ours, theirs = stateful_layers(network), stateful_layers(plain)
-    unsupported = f"connectivity is not supported for {method}: its members are not the single-model backbone"
+    unsupported = f"connectivity is not supported for {method}: its members are not plain networks of the backbone"
     if len(ours) != len(theirs):
-        raise EnsembleLabError(f"{unsupported} ({len(ours)} layers with tensors, the single model has {len(theirs)})")
+        raise EnsembleLabError(f"{unsupported} ({len(ours)} layers with tensors, one member's plain network has {len(theirs)})")
     state: State = {}
     for (name, layer), (plain_name, plain_layer) in zip(ours, theirs):
         ask = getattr(layer, "member_state", None)
@@ -61,17 +52,17 @@ def member_state(network: nn.Module, plain: nn.Module, i: int, method: str = "th
         wanted = plain_layer.state_dict()
         if given.keys() != wanted.keys() or any(given[k].shape != wanted[k].shape for k in wanted):
             raise EnsembleLabError(
-                f"{unsupported} (layer {name} gives {_shapes(given)}; the single model's {plain_name or 'network'} holds {_shapes(wanted)})"
+                f"{unsupported} (layer {name} gives {_shapes(given)}; one member's plain {plain_name or 'network'} holds {_shapes(wanted)})"
             )
         state.update({f"{plain_name}.{k}" if plain_name else k: v for k, v in given.items()})
     return state
 
 
 @torch.no_grad()
-def member_states(network: nn.Module, hparams: dict[str, Any], num_members: int, method: str) -> tuple[nn.Module, list[State]]:
-    """(plain network, the state of every member) of ensemble ``network`` built as ``hparams`` say; ``method`` names it in errors."""
-    plain = plain_network(hparams)
-    return plain, [member_state(network, plain, i, method) for i in range(num_members)]
+def member_states(network: nn.Module, plain: nn.Module, num_members: int, method: str) -> list[State]:
+    """The state of every member of ensemble ``network`` as ``plain`` (one member's plain network) holds it;
+    ``method`` names it in errors."""
+    return [member_state(network, plain, i, method) for i in range(num_members)]
 
 
 def interpolate(a: State, b: State, t: float) -> State:

@@ -19,7 +19,7 @@ from ensemble_lab.methods.distillation import (
     Distillation,
     check_distillation_options,
 )
-from ensemble_lab.nn import LayerFactory, build_backbone, tile_members
+from ensemble_lab.nn import LayerFactory, build_backbone, plain_layers, tile_members
 from ensemble_lab.nn.backbones import backbone_options
 from ensemble_lab.nn.dropout import check_dropout_p
 from ensemble_lab.nn.members import check_num_members
@@ -27,6 +27,8 @@ from ensemble_lab.nn.memory_format import use_channels_last
 
 #: checkpoint entry holding the training sums of the epoch a checkpoint was written in
 EPOCH_SUMS = "ensemble_lab_epoch_sums"
+#: every backbone's options, in the order of the signature (each backbone takes its own, the others stay None)
+BACKBONE_OPTIONS = ("hidden_sizes", "width", "depth", "widen_factor")
 
 
 def member_targets(targets: Tensor, num_members: int) -> Tensor:
@@ -100,7 +102,7 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         check_num_members(num_members)
         check_dropout_p(dropout, "model.dropout")
         check_distillation_options(teacher, distill_temperature, distill_alpha, distill_match)
-        given = {"hidden_sizes": hidden_sizes, "width": width, "depth": depth, "widen_factor": widen_factor}  # every backbone's options
+        given = dict(zip(BACKBONE_OPTIONS, (hidden_sizes, width, depth, widen_factor)))  # every backbone's options
         options = backbone_options(backbone, **given)  # this backbone's, defaults filled in
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # checkpoints record the network built: this backbone's options resolved, the others None
@@ -128,6 +130,19 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
     def layer_factory(self) -> LayerFactory:
         """The layers this method builds its backbone from."""
         raise NotImplementedError
+
+    def member_backbone_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The backbone options of one member's own network, given the ensemble's (``options``,
+        defaults filled in); the same by default. A method whose members are narrower overrides this."""
+        return options
+
+    def member_network(self) -> nn.Module:
+        """One member as a plain network (the single model's layers, no dropout), on the CPU: the network
+        whose tensors a layer's ``member_state(i)`` gives for member i (used by ``connectivity``)."""
+        hp = self.hparams
+        options = backbone_options(hp["backbone"], **{name: hp.get(name) for name in BACKBONE_OPTIONS})
+        shape, classes = tuple(hp["input_shape"]), hp["num_classes"]
+        return build_backbone(hp["backbone"], plain_layers(), shape, classes, dropout=0.0, **self.member_backbone_options(options))
 
     def forward(self, x: Tensor) -> Tensor:
         """Images (B, ...) -> member logits (M, B, C); the batch is tiled member-major inside."""

@@ -17,10 +17,7 @@ from torch import nn
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.base import EnsembleModule
-from ensemble_lab.nn import EnsembleConv2d, EnsembleLinear, LayerFactory, build_backbone, packed_layers
-
-#: channels of the wide_resnet stem per member: fixed by the backbone, not scaled by widen_factor
-WIDE_RESNET_STEM = 16
+from ensemble_lab.nn import EnsembleConv2d, EnsembleLinear, LayerFactory, build_backbone, packed_layers, resized_options
 
 
 def check_alpha(alpha: float) -> None:
@@ -41,27 +38,14 @@ def member_width(width: int, alpha: float, num_members: int, multiple: int = 1) 
 
 
 def member_options(backbone: str, options: dict[str, Any], alpha: float, num_members: int, gamma: int) -> dict[str, Any]:
-    """The backbone options of one member: every width option scaled by α/M (see :func:`member_width`).
-
-    mlp: each hidden size; resnet18: width; wide_resnet: widen_factor (depth kept; the stem keeps its
-    16 channels per member, as the backbone fixes them). With γ > 1 every channel count a grouped
-    layer reads or writes is a multiple of γ.
-    """
-    scaled = dict(options)
-    if backbone == "mlp":
-        scaled["hidden_sizes"] = [member_width(h, alpha, num_members, gamma) for h in options["hidden_sizes"]]
-    elif backbone == "resnet18":
-        scaled["width"] = member_width(options["width"], alpha, num_members, gamma)
-    elif backbone == "wide_resnet":
-        if WIDE_RESNET_STEM % gamma:
-            raise ConfigError(
-                f"--model.gamma {gamma} cannot split wide_resnet's {WIDE_RESNET_STEM}-channel stem; use a divisor of 16 (1, 2, 4, 8, 16)"
-            )
-        multiple = gamma // math.gcd(WIDE_RESNET_STEM, gamma)  # stages have 16k, 32k, 64k channels
-        scaled["widen_factor"] = member_width(options["widen_factor"], alpha, num_members, multiple)
-    else:
-        raise ConfigError(f"PackedEnsemble does not know the width options of backbone {backbone!r}")
-    return scaled
+    """The backbone options of one member: every width scaled by α/M (see :func:`member_width`), as the
+    backbone says where its widths are; with γ > 1 every channel count a grouped layer reads or writes
+    divides by γ."""
+    resize = lambda width, multiple: member_width(width, alpha, num_members, multiple)
+    try:
+        return resized_options(backbone, options, resize, gamma)
+    except ConfigError as error:
+        raise ConfigError(f"--model.gamma {gamma}: {error}") from error
 
 
 class PackedEnsemble(EnsembleModule):
@@ -95,6 +79,10 @@ class PackedEnsemble(EnsembleModule):
     def layer_factory(self) -> LayerFactory:
         return packed_layers(self.num_members, self.gamma)
 
+    def member_backbone_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Every width scaled by α/M: member m is the backbone at α·w/M (γ = 1), or that grouped by γ."""
+        return member_options(self.hparams["backbone"], options, self.alpha, self.num_members, self.gamma)
+
     def build_network(
         self, backbone: str, input_shape: tuple[int, ...], num_classes: int, dropout: float, options: dict[str, Any]
     ) -> nn.Module:
@@ -106,8 +94,7 @@ class PackedEnsemble(EnsembleModule):
             input_features=math.prod(input_shape),
             num_classes=num_classes,
         )
-        scaled = member_options(backbone, options, self.alpha, self.num_members, self.gamma)
-        network = build_backbone(backbone, layers, input_shape, num_classes, dropout=dropout, **scaled)
+        network = build_backbone(backbone, layers, input_shape, num_classes, dropout=dropout, **self.member_backbone_options(options))
         if self.gamma > 1:
             check_grouping(network)
         return network

@@ -1,6 +1,6 @@
 """Layers and backbones. Every layer consumes member-major rows (M*B, ...)."""
 
-from ensemble_lab.nn.backbones import BACKBONES, build_backbone
+from ensemble_lab.nn.backbones import BACKBONES, build_backbone, resized_options
 from ensemble_lab.nn.batch_conv import BatchConv2d
 from ensemble_lab.nn.batch_linear import BatchLinear
 from ensemble_lab.nn.dropout import AlwaysOnDropout, AlwaysOnDropout2d
@@ -43,6 +43,7 @@ __all__ = [
     "mlp",
     "packed_layers",
     "plain_layers",
+    "resized_options",
     "rows_per_member",
     "tile_members",
 ]

@@ -2,7 +2,8 @@
 
 A backbone brings its own options: the builder's keyword arguments named at registration, with the
 builder's own defaults. ``build_backbone`` fills in the defaults of options left out (or None) and
-refuses an option that belongs to another backbone instead of ignoring it. The builders check the
+refuses an option that belongs to another backbone instead of ignoring it. A backbone also says how
+to change its widths (``resized_options``), for methods whose members are narrower or wider networks. The builders check the
 values themselves (mlp: positive hidden sizes; resnet18: a positive width; wide_resnet: a depth
 of 6n + 4 and a positive widen factor).
 """
@@ -16,9 +17,12 @@ from torch import nn
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.factories import LayerFactory
-from ensemble_lab.nn.mlp import mlp
-from ensemble_lab.nn.resnet import resnet18
-from ensemble_lab.nn.wide_resnet import wide_resnet
+from ensemble_lab.nn.mlp import mlp, mlp_resized
+from ensemble_lab.nn.resnet import resnet18, resnet18_resized
+from ensemble_lab.nn.wide_resnet import wide_resnet, wide_resnet_resized
+
+#: resize(width, multiple) -> the new width, a multiple of ``multiple``
+Resize = Callable[[int, int], int]
 
 
 @dataclass(frozen=True)
@@ -29,18 +33,21 @@ class Backbone:
     build: Callable[..., nn.Module]
     #: the backbone's own options (``--model.<name>``) and their defaults
     options: Mapping[str, Any]
+    #: resized(options, resize, groups) -> the options with every width w replaced by resize(w, multiple),
+    #: ``multiple`` being what keeps every layer's channel counts divisible by ``groups``
+    resized: Callable[[Mapping[str, Any], Resize, int], dict[str, Any]]
 
     @classmethod
-    def of(cls, build: Callable[..., nn.Module], *options: str) -> "Backbone":
+    def of(cls, build: Callable[..., nn.Module], resized: Callable[..., dict[str, Any]], *options: str) -> "Backbone":
         """A builder taking ``options`` as keyword arguments; their defaults are the builder's."""
         parameters = inspect.signature(build).parameters
-        return cls(build, {name: parameters[name].default for name in options})
+        return cls(build, {name: parameters[name].default for name in options}, resized)
 
 
 BACKBONES: dict[str, Backbone] = {
-    "mlp": Backbone.of(mlp, "hidden_sizes"),
-    "resnet18": Backbone.of(resnet18, "width"),
-    "wide_resnet": Backbone.of(wide_resnet, "depth", "widen_factor"),
+    "mlp": Backbone.of(mlp, mlp_resized, "hidden_sizes"),
+    "resnet18": Backbone.of(resnet18, resnet18_resized, "width"),
+    "wide_resnet": Backbone.of(wide_resnet, wide_resnet_resized, "depth", "widen_factor"),
 }
 
 
@@ -84,3 +91,9 @@ def build_backbone(
     """Build backbone ``name`` with the method's layers; options as :func:`backbone_options` resolves them."""
     resolved = backbone_options(name, **options)
     return BACKBONES[name].build(layers, input_shape, num_classes, dropout=dropout, **resolved)
+
+
+def resized_options(name: str, options: Mapping[str, Any], resize: Resize, groups: int = 1) -> dict[str, Any]:
+    """Backbone ``name``'s resolved ``options`` with every width w replaced by resize(w, multiple), such
+    that every layer's channel counts divide by ``groups``; a ConfigError where no width can do that."""
+    return BACKBONES[name].resized(options, resize, groups)

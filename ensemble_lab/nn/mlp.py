@@ -2,7 +2,8 @@
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -48,3 +49,8 @@ def mlp(
         width = hidden
     blocks.append(layers.linear(width, num_classes))
     return nn.Sequential(*blocks)
+
+
+def mlp_resized(options: Mapping[str, Any], resize: Callable[[int, int], int], groups: int) -> dict[str, Any]:
+    """``options`` with every hidden size h replaced by resize(h, groups)."""
+    return {**options, "hidden_sizes": [resize(h, groups) for h in options["hidden_sizes"]]}

@@ -4,7 +4,8 @@ Every conv, norm, linear and dropout comes from the factory, so this one definit
 model, BatchEnsemble, Deep Ensemble and MC Dropout network. Input and output are member-major rows.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -112,3 +113,8 @@ def resnet18(
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     return ResNet18(layers, input_shape[0], num_classes, width, dropout)
+
+
+def resnet18_resized(options: Mapping[str, Any], resize: Callable[[int, int], int], groups: int) -> dict[str, Any]:
+    """``options`` with the first stage's width w replaced by resize(w, groups) (the stages have w, 2w, 4w, 8w)."""
+    return {**options, "width": resize(options["width"], groups)}

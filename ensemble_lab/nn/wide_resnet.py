@@ -5,13 +5,18 @@ norm, linear and dropout comes from the factory, so this one definition is the s
 BatchEnsemble, Deep Ensemble and MC Dropout network. Input and output are member-major rows.
 """
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.factories import LayerFactory
+
+#: channels of the stem convolution, whatever the widening factor (the stages have 16k, 32k, 64k)
+STEM = 16
 
 
 class WideBasicBlock(nn.Module):
@@ -73,9 +78,9 @@ class WideResNet(nn.Module):
         super().__init__()
         blocks_per_stage = (depth - 4) // 6
         self.enter_maps = layers.enter_maps()  # the factory's feature-map layout (Deep Ensemble: channel-stacked)
-        self.conv1 = layers.conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
-        blocks, channels = [], 16
-        for width, stride in zip((16 * widen_factor, 32 * widen_factor, 64 * widen_factor), (1, 2, 2)):
+        self.conv1 = layers.conv2d(in_channels, STEM, 3, stride=1, padding=1, bias=False)
+        blocks, channels = [], STEM
+        for width, stride in zip((STEM * widen_factor, 2 * STEM * widen_factor, 4 * STEM * widen_factor), (1, 2, 2)):
             for i in range(blocks_per_stage):
                 blocks.append(WideBasicBlock(layers, channels, width, stride if i == 0 else 1, dropout))
                 channels = width
@@ -127,3 +132,12 @@ def wide_resnet(
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     return WideResNet(layers, input_shape[0], num_classes, depth, widen_factor, dropout)
+
+
+def wide_resnet_resized(options: Mapping[str, Any], resize: Callable[[int, int], int], groups: int) -> dict[str, Any]:
+    """``options`` with the widening factor k replaced by resize(k, multiple), every stage's channels
+    (16k, 32k, 64k) then dividing by ``groups``; the 16-channel stem is fixed, so ``groups`` must divide 16."""
+    if STEM % groups:
+        divisors = ", ".join(str(d) for d in range(1, STEM + 1) if STEM % d == 0)
+        raise ConfigError(f"wide_resnet's {STEM}-channel stem cannot be split into {groups} groups; use one of {divisors}")
+    return {**options, "widen_factor": resize(options["widen_factor"], groups // math.gcd(STEM, groups))}

@@ -78,6 +78,8 @@ CASES = {
     "low_rank_mlp": lambda: LowRankEnsemble(num_members=3, rank=2, **MLP),
     "low_rank_resnet": lambda: LowRankEnsemble(num_members=2, **RESNET),
     "packed_full_width": lambda: PackedEnsemble(num_members=2, alpha=2.0, **MLP),  # α = M: members at the backbone's width
+    "packed_half_width_mlp": lambda: PackedEnsemble(num_members=4, alpha=2.0, **MLP),  # the shipped PE-(2, 4, 1)
+    "packed_resnet_alpha_3": lambda: PackedEnsemble(num_members=2, alpha=3.0, **RESNET),  # members 1.5x as wide
 }
 
 
@@ -87,7 +89,8 @@ def test_member_network_gives_exactly_the_members_logits(case):
     x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         logits = model(x)  # (M, B, C)
-        plain, states = member_states(model.network, dict(model.hparams), model.num_members, type(model).__name__)
+        plain = model.member_network()
+        states = member_states(model.network, plain, model.num_members, type(model).__name__)
         plain.double().eval()
         for i, state in enumerate(states):
             plain.load_state_dict(state)
@@ -103,7 +106,8 @@ def test_identical_members_have_zero_barrier():
                 p = getattr(module, name, None)
                 if isinstance(p, nn.Parameter) and hasattr(module, "member_state"):
                     p.copy_(p[:1].expand_as(p))  # every member takes member 0's fast weights and bias
-    plain, states = member_states(model.network, dict(model.hparams), 3, "BatchEnsemble")
+    plain = model.member_network()
+    states = member_states(model.network, plain, 3, "BatchEnsemble")
     data = (torch.randn(40, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (40,)))
     result = all_pairs(plain.double(), states, grid(7), data, batch_size=16)
     assert len(result["pairs"]) == 3
@@ -122,7 +126,8 @@ def test_ends_without_norm_reestimation_are_the_ensembles_members():
     x, y = torch.randn(12, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (12,))
     with torch.no_grad():
         logits = model(x)  # (M, B, C)
-    plain, (a, b) = member_states(model.network, dict(model.hparams), 2, "BatchEnsemble")
+    plain = model.member_network()
+    a, b = member_states(model.network, plain, 2, "BatchEnsemble")
     loss, error = path_curves(plain.double(), a, b, [0.0, 0.5, 1.0], (x, y), batch_size=5)
     assert loss[0] == pytest.approx(_nll(logits[0], y), rel=1e-12)
     assert loss[2] == pytest.approx(_nll(logits[1], y), rel=1e-12)
@@ -133,11 +138,11 @@ def test_ends_with_norm_reestimation_match_an_independent_reestimation():
     model = _randomized(DeepEnsemble(num_members=2, **RESNET))
     x, y = torch.randn(10, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (10,))
     batches = [torch.randn(6, 1, 8, 8, dtype=torch.float64) + 0.5 for _ in range(3)]
-    plain, states = member_states(model.network, dict(model.hparams), 2, "DeepEnsemble")
-    plain.double()
+    plain = model.member_network().double()
+    states = member_states(model.network, plain, 2, "DeepEnsemble")
     loss, _ = path_curves(plain, states[0], states[1], [0.0, 1.0], (x, y), batch_size=4, norm_batches=batches)
     for end, state in zip(loss, states):
-        member = member_states(model.network, dict(model.hparams), 2, "DeepEnsemble")[0].double()
+        member = model.member_network().double()
         member.load_state_dict(state)
         norms = [m for m in member.modules() if isinstance(m, nn.BatchNorm2d)]
         before = norms[0].running_mean.clone()
@@ -177,8 +182,14 @@ def test_methods_whose_members_share_every_weight_have_no_member_layers():
     assert has_member_layers(BatchEnsemble(num_members=3, **MLP).network)
 
 
-def test_packed_members_narrower_than_the_backbone_are_refused_in_one_line():
-    model = PackedEnsemble(num_members=4, alpha=2.0, **MLP)  # members at half the backbone's width
+def test_member_networks_of_packed_are_the_backbone_at_alpha_w_over_m():
+    model = PackedEnsemble(num_members=4, alpha=2.0, **MLP)  # α/M = 1/2: members of 6 and 4 hidden units
+    widths = [m.out_features for m in model.member_network().modules() if isinstance(m, nn.Linear)]
+    assert widths == [MLP["hidden_sizes"][0] // 2, MLP["hidden_sizes"][1] // 2, 10]
+
+
+def test_grouped_packed_members_are_refused_in_one_line():
+    model = PackedEnsemble(num_members=2, alpha=2.0, gamma=2, **MLP)  # block-diagonal members: no plain nn.Linear holds them
     with pytest.raises(EnsembleLabError, match="not supported for PackedEnsemble") as info:
-        member_states(model.network, dict(model.hparams), 4, "PackedEnsemble")
+        member_states(model.network, model.member_network(), 2, "PackedEnsemble")
     assert "\n" not in str(info.value)
