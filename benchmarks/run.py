@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning
 import torch
 
-from benchmarks import pipeline, steps
+from benchmarks import epochs, pipeline, steps
 from benchmarks.settings import MODES, Settings, Sizes
 from benchmarks.timing import Figure, format_table
 
@@ -34,6 +34,7 @@ GROUPS = {
     "g": pipeline.data_pipeline,
     "h": steps.batch_ensemble_variants,
     "i": steps.efficient_methods,
+    "j": epochs.training_epochs,
 }
 
 
@@ -45,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"], help="bf16-mixed autocasts every step, as the trainer option does")
     parser.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs (the model option channels_last)")
-    parser.add_argument("--only", default="abcdefghi", help="run only these figure groups, e.g. --only be")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks of the training-epoch figures (j)")
+    parser.add_argument("--only", default="abcdefghij", help="run only these figure groups, e.g. --only be")
     parser.add_argument("--pairs", type=int, default=None, help="override the number of interleaved pairs per figure")
     parser.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
                         help="override one size of the mode, e.g. --size width=64 --size batch=8 (see benchmarks/settings.py)")
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> list[Figure]:
     args = parse_args(argv)
     mode = "micro" if args.micro else "quick" if args.quick else "full"
     sizes = replace(MODES[mode], **dict(parse_size(MODES[mode], kv) for kv in args.size))
-    settings = Settings(sizes, torch.device(args.device), args.precision, args.channels_last).with_pairs(args.pairs)
+    settings = Settings(sizes, torch.device(args.device), args.precision, args.channels_last, args.compile).with_pairs(args.pairs)
     torch.manual_seed(0)
     started = time.perf_counter()
     figures: list[Figure] = []
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> list[Figure]:
     elapsed = time.perf_counter() - started
     device = torch.cuda.get_device_name(settings.device) if settings.device.type == "cuda" else platform.processor() or "cpu"
     print(f"\nensemble-lab benchmarks: mode={mode} device={settings.device} ({device}) precision={settings.precision} "
-          f"channels_last={settings.channels_last} threads={threads} torch={torch.__version__} ({elapsed:.0f} s)")
+          f"channels_last={settings.channels_last} compile={settings.compile} threads={threads} torch={torch.__version__} ({elapsed:.0f} s)")
     print("Each figure: median of A/B over interleaved pairs [interquartile range]; times are medians per call.\n")
     print(format_table(figures))
     for f in figures:
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> list[Figure]:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         document = {
             "mode": mode, "device": str(settings.device), "device_name": device, "precision": settings.precision,
-            "channels_last": settings.channels_last, "threads": threads, "torch": torch.__version__,
+            "channels_last": settings.channels_last, "compile": settings.compile, "threads": threads, "torch": torch.__version__,
             "lightning": lightning.__version__, "python": platform.python_version(), "seconds": elapsed,
             "sizes": settings.sizes.__dict__, "figures": [f.as_dict() for f in figures],
         }

@@ -50,6 +50,7 @@ class Settings:
     device: torch.device
     precision: str = "32-true"  # or "bf16-mixed"
     channels_last: bool = False
+    compile: bool = False  # torch.compile every method's network (figure j)
 
     def with_pairs(self, pairs: int | None) -> "Settings":
         if pairs is None:

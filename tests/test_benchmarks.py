@@ -2,6 +2,7 @@
 
 import json
 
+from benchmarks.epochs import CONFIGS, METHODS
 from benchmarks.run import main
 
 
@@ -10,14 +11,21 @@ def test_micro_suite_writes_every_figure(tmp_path, capsys):
     figures = main(["--micro", "--out", str(out)])
     document = json.loads(out.read_text())
     names = [f["name"] for f in document["figures"]]
-    assert len(names) == len(figures) and {name[:3] for name in names} == {f"({c})" for c in "abcdefghi"}
+    assert len(names) == len(figures) and {name[:3] for name in names} == {f"({c})" for c in "abcdefghij"}
     for figure in document["figures"]:
         assert figure["pairs"] >= 1 and figure["ratio_median"] > 0
         assert figure["ratio_q25"] <= figure["ratio_median"] <= figure["ratio_q75"]
     table = capsys.readouterr().out
     assert "(e) training epoch" in table and "target" in table
+    epochs = [f for f in document["figures"] if f["name"].startswith("(j)")]
+    assert [f["name"].removeprefix("(j) training epoch, ") for f in epochs] == list(METHODS)  # every shipped CIFAR method
+    assert all(f["note"].endswith("images/s") for f in epochs)  # no peak memory off CUDA
 
 
 def test_micro_suite_with_gpu_options_on_cpu(tmp_path):
     figures = main(["--micro", "--only", "abd", "--precision", "bf16-mixed", "--channels-last", "--out", str(tmp_path / "b.json")])
     assert len(figures) == 7
+
+
+def test_training_epochs_cover_every_shipped_cifar10_method():
+    assert set(METHODS) == {path.stem for path in CONFIGS.glob("*.yaml")}
