@@ -101,7 +101,8 @@ class FastWeightLayer(nn.Module):
     def fast_factors(self) -> tuple[Tensor, Tensor]:
         """(r, s) as the members use them, (M, k, in_flat) and (M, k, out); member 0 all-ones when unperturbed."""
         m, k = self.num_members, self.fast.rank
-        r, s = self.r.view(m, k, -1), self.s.view(m, k, -1)
+        # reshape, not view: a module moved to channels-last stores a kernel-wise r (M, in, kh, kw) in NHWC order
+        r, s = self.r.reshape(m, k, -1), self.s.reshape(m, k, -1)
         if self.fast.unperturbed_first_member:
             r = torch.cat([torch.ones_like(r[:1]), r[1:]])
             s = torch.cat([torch.full_like(s[:1], 1.0 / k), s[1:]])

@@ -17,15 +17,16 @@ def _inputs_to_channels_last(module: nn.Module, args: tuple) -> tuple | None:
 
 
 def use_channels_last(network: nn.Module) -> nn.Module:
-    """Store every 4-D parameter channels-last and convert 4-D inputs on entry; returns ``network``.
+    """Store every convolution kernel (a 4-D ``weight``) channels-last and convert 4-D inputs on entry; returns ``network``.
 
-    Higher-rank weights (DeepEnsemble's (M, Cout, Cin, kh, kw)) are left alone: their grouped
-    convolution runs on a members-to-channels reshape that is NCHW anyway. Call it before the
-    optimizer is built; moving the network to another device keeps the order.
+    Other 4-D parameters (BatchEnsemble's kernel-wise fast weights r, (M, Cin, kh, kw)) are no kernel
+    and stay as they are. Higher-rank weights (DeepEnsemble's (M, Cout, Cin, kh, kw)) are left alone:
+    their grouped convolution runs on a members-to-channels reshape that is NCHW anyway. Call it
+    before the optimizer is built; moving the network to another device keeps the order.
     """
     with torch.no_grad():
-        for param in network.parameters():
-            if param.dim() == 4:
+        for name, param in network.named_parameters():
+            if param.dim() == 4 and name.rsplit(".", 1)[-1] == "weight":
                 param.data = param.data.contiguous(memory_format=torch.channels_last)
     network.register_forward_pre_hook(_inputs_to_channels_last)
     return network

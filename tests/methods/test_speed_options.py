@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from ensemble_lab.methods import BatchEnsemble, DeepEnsemble, MCDropout, SingleModel
+from ensemble_lab.methods import MIMO, BatchEnsemble, DeepEnsemble, LowRankEnsemble, Masksembles, MCDropout, PackedEnsemble, SingleModel
 from tests.conftest import TINY_TRAINER, read_results, run_dirs
 
 RESNET = dict(num_classes=10, input_shape=(3, 8, 8), backbone="resnet18", width=4)
@@ -52,17 +52,28 @@ def test_bf16_autocast_forward_is_bf16_and_close_to_float32(cls, options, backbo
 
 @pytest.mark.parametrize(
     "cls,options",
-    [(SingleModel, {}), (BatchEnsemble, dict(num_members=2)), (DeepEnsemble, dict(num_members=2)), (MCDropout, dict(num_members=2))],
+    [
+        (SingleModel, {}),
+        (BatchEnsemble, dict(num_members=2)),
+        (BatchEnsemble, dict(num_members=2, perturbation="kernel")),  # r is 4-D (M, Cin, kh, kw), not a kernel
+        (BatchEnsemble, dict(num_members=2, perturbation="kernel", rank=2)),
+        (DeepEnsemble, dict(num_members=2)),
+        (MCDropout, dict(num_members=2)),
+        (LowRankEnsemble, dict(num_members=2)),
+        (PackedEnsemble, dict(num_members=2)),
+        (MIMO, dict(num_members=2)),
+        (Masksembles, dict(num_members=2, width=16)),  # distinct masks need layers of 10 channels or more
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else "-".join(f"{k}={x}" for k, x in v.items()),
 )
 def test_channels_last_changes_memory_order_not_values(cls, options):
     torch.manual_seed(0)
-    plain = cls(**RESNET, **options)
-    fast = cls(**RESNET, **options, channels_last=True)
+    plain = cls(**{**RESNET, **options})
+    fast = cls(**{**RESNET, **options}, channels_last=True)
     fast.load_state_dict(plain.state_dict())
     assert fast.state_dict().keys() == plain.state_dict().keys()
-    for p in fast.parameters():
-        if p.dim() == 4:
-            assert p.is_contiguous(memory_format=torch.channels_last)
+    kernels = [p for name, p in fast.named_parameters() if p.dim() == 4 and name.endswith(".weight")]  # (M, ...) 5-D: NCHW
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
     x = torch.randn(5, 3, 8, 8)
     torch.manual_seed(1)  # MC Dropout: the same masks in both
     expected = plain(x)
