@@ -97,4 +97,4 @@ def training_epochs(settings: Settings) -> list[Figure]:
     """(j) every shipped CIFAR-10 method's training epoch in images/s, against a plain ResNet-18's."""
     # Masksembles needs layers of at least 10 channels for distinct masks (micro mode's width is 2)
     settings = dataclasses.replace(settings, sizes=dataclasses.replace(settings.sizes, width=max(settings.sizes.width, 16)))
-    return [method_epoch(name, settings) for name in METHODS]
+    return [method_epoch(name, settings) for name in settings.methods or METHODS]

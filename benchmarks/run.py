@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"], help="bf16-mixed autocasts every step, as the trainer option does")
     parser.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs (the model option channels_last)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks of the training-epoch figures (j)")
+    parser.add_argument("--methods", default=None, metavar="A,B,...",
+                        help="the methods of figure (j), names of configs/cifar10/<name>.yaml (default: all of them)")
     parser.add_argument("--only", default="abcdefghij", help="run only these figure groups, e.g. --only be")
     parser.add_argument("--pairs", type=int, default=None, help="override the number of interleaved pairs per figure")
     parser.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
@@ -92,7 +94,11 @@ def main(argv: list[str] | None = None) -> list[Figure]:
     args = parse_args(argv)
     mode = "micro" if args.micro else "quick" if args.quick else "full"
     sizes = replace(MODES[mode], **dict(parse_size(MODES[mode], kv) for kv in args.size))
-    settings = Settings(sizes, torch.device(args.device), args.precision, args.channels_last, args.compile).with_pairs(args.pairs)
+    methods = epochs.METHODS if args.methods is None else tuple(args.methods.split(","))
+    unknown = sorted(set(methods) - set(epochs.METHODS))
+    if unknown:
+        raise SystemExit(f"--methods {args.methods}: unknown {', '.join(unknown)}; known: {', '.join(epochs.METHODS)}")
+    settings = Settings(sizes, torch.device(args.device), args.precision, args.channels_last, args.compile, methods).with_pairs(args.pairs)
     torch.manual_seed(0)
     started = time.perf_counter()
     figures: list[Figure] = []

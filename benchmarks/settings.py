@@ -51,6 +51,7 @@ class Settings:
     precision: str = "32-true"  # or "bf16-mixed"
     channels_last: bool = False
     compile: bool = False  # torch.compile every method's network (figure j)
+    methods: tuple[str, ...] | None = None  # the methods of figure (j); None: every configs/cifar10 file
 
     def with_pairs(self, pairs: int | None) -> "Settings":
         if pairs is None:
