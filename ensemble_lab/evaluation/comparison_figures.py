@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ensemble_lab.evaluation.figure_style import COLUMN_WIDTH, TEXT_WIDTH, Look, paper_style
 from ensemble_lab.evaluation.figures import draw_reliability, reliability_axes
-from ensemble_lab.evaluation.metrics import ood_detection
+from ensemble_lab.evaluation.ood_detection import ood_detection
 
 #: most reliability panels in one row of the comparison
 PANELS_PER_ROW = 4

@@ -1,4 +1,4 @@
-"""Metric functions on member probabilities: accuracy, calibration, uncertainty, diversity, OOD.
+"""Metric functions on member probabilities: accuracy, calibration, uncertainty, diversity (OOD detection: ood_detection.py).
 
 Definitions: docs/metrics.md. Conventions for every function:
 
@@ -16,8 +16,8 @@ Definitions: docs/metrics.md. Conventions for every function:
 - Mutual information is computed as mean_m KL(p_m ‖ p̄), which equals H[p̄] − mean_m H[p_m] but is
   exactly 0 when the members are identical (the difference of entropies is not: a mean of M equal
   entropies rounds, and that noise would rank samples when a collapsed ensemble scores OOD data).
-- Functions ending in ``_metrics`` / ``ood_detection`` return plain Python floats and lists, ready
-  for a logger or ``results.json``; the others return tensors.
+- Functions ending in ``_metrics`` return plain Python floats and lists, ready for a logger or
+  ``results.json``; the others return tensors.
 """
 
 import torch
@@ -33,12 +33,12 @@ NLL_EPS = 1e-12
 _JSD_CHUNK_ELEMENTS = 2**24
 
 
-def _reduce_dtype(t: Tensor) -> torch.dtype:
+def reduce_dtype(t: Tensor) -> torch.dtype:
     """Dtype used for reductions: float64, except on MPS, which does not support it."""
     return torch.float32 if t.device.type == "mps" else torch.float64
 
 
-def _check_finite(values: Tensor, what: str) -> None:
+def check_finite(values: Tensor, what: str) -> None:
     """Raise NonFiniteOutputError (a ValueError) if any of ``values`` is NaN or infinite."""
     bad = int((~torch.isfinite(values)).sum())
     if bad:
@@ -56,7 +56,7 @@ def _check_member_probs(member_probs: Tensor) -> None:
         )
     if member_probs.shape[0] == 0 or member_probs.shape[1] == 0:
         raise ValueError(f"member_probs needs at least one member and one sample, got {tuple(member_probs.shape)}")
-    _check_finite(member_probs, "member probabilities")
+    check_finite(member_probs, "member probabilities")
 
 
 def _check_targets(probs: Tensor, targets: Tensor) -> None:
@@ -92,6 +92,25 @@ def member_mean(probs: Tensor) -> Tensor:
     return first + (probs - first).mean(0)
 
 
+def _binned(probs: Tensor, targets: Tensor, num_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-1 confidence (N,), correctness (N,) (float64; float32 on MPS) and bin membership (N, num_bins) bool."""
+    if probs.dim() != 2:
+        raise ValueError(f"probs must have shape (N, C), got {tuple(probs.shape)}")
+    _check_targets(probs, targets)
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+    dtype = reduce_dtype(probs)
+    confidence, prediction = probs.to(dtype).max(dim=-1)  # (N,), (N,)
+    correct = (prediction == targets).to(dtype)  # (N,)
+    # Inner edges k/num_bins for k = 1..num_bins-1, computed as a division so that each edge is the
+    # correctly rounded k/num_bins. bucketize(right=False) gives edges[i-1] < x <= edges[i]: the
+    # upper edge is inclusive and everything <= 1/num_bins (0 included) lands in bin 0.
+    edges = torch.arange(1, num_bins, dtype=dtype, device=probs.device) / num_bins  # (num_bins-1,)
+    bin_index = torch.bucketize(confidence, edges, right=False)  # (N,) in [0, num_bins)
+    # One-hot membership instead of scatter_add / weighted bincount: deterministic on every device.
+    return confidence, correct, bin_index.unsqueeze(1) == torch.arange(num_bins, device=probs.device)  # (N, num_bins)
+
+
 def reliability_bins(probs: Tensor, targets: Tensor, num_bins: int = 15) -> tuple[Tensor, Tensor, Tensor]:
     """Per-bin accuracy, mean confidence and count of the top-1 prediction, for reliability diagrams.
 
@@ -107,22 +126,9 @@ def reliability_bins(probs: Tensor, targets: Tensor, num_bins: int = 15) -> tupl
         ``(accuracy, confidence, count)``, each of shape (num_bins,); the first two in float64
         (float32 on MPS), the count in int64.
     """
-    if probs.dim() != 2:
-        raise ValueError(f"probs must have shape (N, C), got {tuple(probs.shape)}")
-    _check_targets(probs, targets)
-    if num_bins < 1:
-        raise ValueError(f"num_bins must be >= 1, got {num_bins}")
-    dtype = _reduce_dtype(probs)
-    confidence, prediction = probs.to(dtype).max(dim=-1)  # (N,), (N,)
-    correct = (prediction == targets).to(dtype)  # (N,)
-    # Inner edges k/num_bins for k = 1..num_bins-1, computed as a division so that each edge is the
-    # correctly rounded k/num_bins. bucketize(right=False) gives edges[i-1] < x <= edges[i]: the
-    # upper edge is inclusive and everything <= 1/num_bins (0 included) lands in bin 0.
-    edges = torch.arange(1, num_bins, dtype=dtype, device=probs.device) / num_bins  # (num_bins-1,)
-    bin_index = torch.bucketize(confidence, edges, right=False)  # (N,) in [0, num_bins)
-    # One-hot membership instead of scatter_add / weighted bincount: deterministic on every device.
-    member = bin_index.unsqueeze(1) == torch.arange(num_bins, device=probs.device)  # (N, num_bins)
+    confidence, correct, member = _binned(probs, targets, num_bins)  # (N,), (N,), (N, num_bins)
     count = member.sum(0)  # (num_bins,) int64
+    dtype = confidence.dtype
     member = member.to(dtype)
     denom = count.clamp_min(1).to(dtype)
     accuracy = (member * correct.unsqueeze(1)).sum(0) / denom  # (num_bins,)
@@ -142,9 +148,23 @@ def expected_calibration_error(probs: Tensor, targets: Tensor, num_bins: int = 1
     """
     if probs.shape[0] == 0:
         raise ValueError("expected_calibration_error needs at least one sample")
-    accuracy, confidence, count = reliability_bins(probs, targets, num_bins)
-    weight = count.to(accuracy.dtype) / probs.shape[0]  # (num_bins,)
-    return float((weight * (accuracy - confidence).abs()).sum())
+    return float(calibration_terms(probs, targets, num_bins).mean(0).abs().sum())
+
+
+def calibration_terms(probs: Tensor, targets: Tensor, num_bins: int = 15) -> Tensor:
+    """(N, num_bins): sample i's correct_i − confidence_i in the column of its bin, 0 elsewhere.
+
+    ECE = Σ_b |mean_i terms[i, b]|, since |B_b|/N · |acc(B_b) − conf(B_b)| = |Σ_{i ∈ B_b} (correct_i −
+    confidence_i)| / N; a weighted mean over samples (a bootstrap resample's counts) gives the resample's ECE.
+    Bins as :func:`reliability_bins`.
+
+    Args:
+        probs: predicted probabilities (N, C).
+        targets: true classes (N,), int64.
+        num_bins: number of equal-width bins on [0, 1].
+    """
+    confidence, correct, member = _binned(probs, targets, num_bins)
+    return member.to(confidence.dtype) * (correct - confidence).unsqueeze(1)  # (N, num_bins)
 
 
 def uncertainty_scores(member_probs: Tensor) -> dict[str, Tensor]:
@@ -160,7 +180,7 @@ def uncertainty_scores(member_probs: Tensor) -> dict[str, Tensor]:
         round-off can push it below).
     """
     _check_member_probs(member_probs)
-    probs = member_probs.to(_reduce_dtype(member_probs))  # (M, N, C)
+    probs = member_probs.to(reduce_dtype(member_probs))  # (M, N, C)
     mean_probs = member_mean(probs)  # (N, C)
     # KL(p_m ‖ p̄) = Σ_c p_m log p_m − p_m log p̄; xlogy makes a class with p_m = 0 contribute 0.
     # p̄ >= p_m / M > 0 wherever p_m > 0, but a subnormal p_m / M can round to 0: p̄ is floored at the
@@ -187,7 +207,7 @@ def pairwise_disagreement(member_probs: Tensor) -> Tensor:
     _check_member_probs(member_probs)
     prediction = member_probs.argmax(dim=-1)  # (M, N)
     differ = prediction.unsqueeze(1) != prediction.unsqueeze(0)  # (M, M, N)
-    return differ.to(_reduce_dtype(member_probs)).mean(-1)  # (M, M)
+    return differ.to(reduce_dtype(member_probs)).mean(-1)  # (M, M)
 
 
 def pairwise_jsd(member_probs: Tensor) -> Tensor:
@@ -203,7 +223,7 @@ def pairwise_jsd(member_probs: Tensor) -> Tensor:
     """
     _check_member_probs(member_probs)
     num_members, num_samples, num_classes = member_probs.shape
-    dtype = _reduce_dtype(member_probs)
+    dtype = reduce_dtype(member_probs)
     probs = member_probs.to(dtype)  # (M, N, C)
     result = torch.zeros(num_members, num_members, dtype=dtype, device=member_probs.device)
     if num_members == 1:
@@ -232,6 +252,43 @@ def _nll(probs: Tensor, targets: Tensor) -> Tensor:
     return -true_prob.clamp_min(NLL_EPS).log().mean(-1)
 
 
+#: the ensemble metrics that are means over samples of a per-sample term (see ``sample_terms``)
+SAMPLE_MEANS = ("acc", "nll", "brier", "entropy", "expected_entropy", "mi", "disagreement")
+
+
+def sample_terms(member_probs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """Per-sample terms (N,) whose means over the samples are the metrics of ``SAMPLE_MEANS``.
+
+    acc: 1[argmax p̄ = y]; nll: −log p̄[y] (p̄[y] clamped at 1e-12); brier: Σ_c (p̄_c − 1[y=c])²;
+    entropy: H[p̄]; expected_entropy: mean_m H[p_m]; mi: the clamped mean_m KL(p_m ‖ p̄) of
+    ``uncertainty_scores``; disagreement: the fraction of member pairs i < j whose argmax differ (0 when M = 1).
+    A weighted mean (a bootstrap resample's counts) gives the metric of the resampled set.
+
+    Args:
+        member_probs: per-member probabilities (M, N, C).
+        targets: true classes (N,), int64.
+    """
+    _check_member_probs(member_probs)
+    _check_targets(member_probs, targets)
+    num_members = member_probs.shape[0]
+    probs = member_probs.to(reduce_dtype(member_probs))  # (M, N, C)
+    mean_probs = member_mean(probs)  # (N, C)
+    one_hot = torch.nn.functional.one_hot(targets, probs.shape[-1]).to(probs.dtype)  # (N, C)
+    scores = uncertainty_scores(member_probs)
+    prediction = probs.argmax(-1)  # (M, N)
+    first, second = torch.triu_indices(num_members, num_members, offset=1, device=probs.device)  # (P,) pairs i < j
+    differ = (prediction[first] != prediction[second]).to(probs.dtype)  # (P, N)
+    return {
+        "acc": (mean_probs.argmax(-1) == targets).to(probs.dtype),
+        "nll": -mean_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).clamp_min(NLL_EPS).log(),
+        "brier": ((mean_probs - one_hot) ** 2).sum(-1),
+        "entropy": scores["entropy"],
+        "expected_entropy": entropy(probs).mean(0),
+        "mi": scores["mi"],
+        "disagreement": differ.mean(0) if num_members > 1 else torch.zeros_like(scores["mi"]),
+    }
+
+
 def predictive_metrics(member_probs: Tensor, targets: Tensor, num_bins: int = 15) -> dict:
     """Accuracy, calibration, uncertainty and diversity of an ensemble on one test set.
 
@@ -253,108 +310,17 @@ def predictive_metrics(member_probs: Tensor, targets: Tensor, num_bins: int = 15
     """
     _check_member_probs(member_probs)
     _check_targets(member_probs, targets)
-    num_members = member_probs.shape[0]
-    dtype = _reduce_dtype(member_probs)
-    probs = member_probs.to(dtype)  # (M, N, C)
-    mean_probs = member_mean(probs)  # (N, C)
-    one_hot = torch.nn.functional.one_hot(targets, probs.shape[-1]).to(dtype)  # (N, C)
-    scores = uncertainty_scores(member_probs)
-    expected_entropy = entropy(probs).mean(0)  # (M, N) -> (N,)
-
-    member_correct = (probs.argmax(-1) == targets).to(dtype)  # (M, N)
-    disagreement_matrix = pairwise_disagreement(member_probs)  # (M, M)
-    first, second = torch.triu_indices(num_members, num_members, offset=1, device=member_probs.device)
-    disagreement = float(disagreement_matrix[first, second].mean()) if num_members > 1 else 0.0
-
+    probs = member_probs.to(reduce_dtype(member_probs))  # (M, N, C)
+    terms = sample_terms(member_probs, targets)
+    member_correct = (probs.argmax(-1) == targets).to(probs.dtype)  # (M, N)
+    means = {name: float(terms[name].mean()) for name in SAMPLE_MEANS}
     return {
-        "acc": float((mean_probs.argmax(-1) == targets).to(dtype).mean()),
-        "nll": float(_nll(mean_probs, targets)),
-        "brier": float(((mean_probs - one_hot) ** 2).sum(-1).mean()),
-        "ece": expected_calibration_error(mean_probs, targets, num_bins),
-        "entropy": float(scores["entropy"].mean()),
-        "expected_entropy": float(expected_entropy.mean()),
-        "mi": float(scores["mi"].mean()),
-        "disagreement": disagreement,
+        **{name: means[name] for name in ("acc", "nll", "brier")},
+        "ece": expected_calibration_error(member_mean(probs), targets, num_bins),
+        **{name: means[name] for name in ("entropy", "expected_entropy", "mi", "disagreement")},
         "member_acc": member_correct.mean(-1).tolist(),
         "member_nll": _nll(probs, targets).tolist(),
         "member_ece": [expected_calibration_error(p, targets, num_bins) for p in probs],
-        "pairwise_disagreement": disagreement_matrix.tolist(),
+        "pairwise_disagreement": pairwise_disagreement(member_probs).tolist(),
         "pairwise_jsd": pairwise_jsd(member_probs).tolist(),
     }
-
-
-def ood_detection(id_scores: Tensor, ood_scores: Tensor) -> dict[str, float]:
-    """AUROC, AUPR and FPR95 of separating OOD (positive) from ID samples by a score.
-
-    A higher score means "more OOD". Tied scores form one threshold, as in scikit-learn:
-    ``auroc`` equals ``roc_auc_score`` (a tied ID/OOD pair counts one half), ``aupr`` equals
-    ``average_precision_score`` (Σ_k (R_k − R_{k−1}) P_k over thresholds from high to low), and
-    ``fpr95`` is the false-positive rate on ID at the first threshold, scanning from high to low,
-    where the true-positive rate on OOD is >= 0.95 (``roc_curve(..., drop_intermediate=False)``).
-
-    Args:
-        id_scores: scores of in-distribution samples (N_id,), N_id >= 1, finite.
-        ood_scores: scores of out-of-distribution samples (N_ood,), N_ood >= 1, finite (a NaN would
-            sort as the most OOD sample; it raises NonFiniteOutputError instead).
-    """
-    if id_scores.numel() == 0 or ood_scores.numel() == 0:
-        raise ValueError(
-            f"ood_detection needs at least one ID and one OOD score, got {id_scores.numel()} and {ood_scores.numel()}"
-        )
-    _check_finite(id_scores, "ID scores")
-    _check_finite(ood_scores, "OOD scores")
-    dtype = _reduce_dtype(id_scores)
-    device = id_scores.device
-    scores = torch.cat([id_scores.reshape(-1).to(dtype), ood_scores.reshape(-1).to(device, dtype)])  # (N,)
-    labels = torch.cat(
-        [
-            torch.zeros(id_scores.numel(), dtype=dtype, device=device),
-            torch.ones(ood_scores.numel(), dtype=dtype, device=device),
-        ]
-    )  # (N,)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    scores, labels = scores[order], labels[order]
-    # The last position of each run of equal scores is one threshold: everything up to it is
-    # predicted positive. Counting only there treats tied scores as a single threshold.
-    last_of_group = torch.ones_like(scores, dtype=torch.bool)  # (N,)
-    last_of_group[:-1] = scores[1:] != scores[:-1]
-    true_pos = labels.cumsum(0)[last_of_group]  # (T,)
-    false_pos = torch.arange(1, scores.numel() + 1, device=device, dtype=dtype)[last_of_group] - true_pos  # (T,)
-    num_pos, num_neg = float(ood_scores.numel()), float(id_scores.numel())
-    zero = torch.zeros(1, dtype=dtype, device=device)
-    tpr = torch.cat([zero, true_pos / num_pos])  # (T+1,) starting at the (0, 0) corner
-    fpr = torch.cat([zero, false_pos / num_neg])  # (T+1,)
-
-    # Trapezoids: a threshold group holding both ID and OOD samples adds a diagonal segment,
-    # i.e. each tied ID/OOD pair counts one half.
-    auroc = ((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1]) / 2).sum()
-    precision = true_pos / (true_pos + false_pos)  # (T,)
-    aupr = ((tpr[1:] - tpr[:-1]) * precision).sum()
-    # tpr is non-decreasing and reaches 1, so the first index with tpr >= 0.95 always exists.
-    first_reach = torch.nonzero(tpr >= 0.95)[0, 0]
-    return {"auroc": float(auroc), "aupr": float(aupr), "fpr95": float(fpr[first_reach])}
-
-
-def ood_metrics(id_member_probs: Tensor, ood_member_probs: Tensor) -> dict[str, float | None]:
-    """OOD detection quality of each uncertainty score (msp, entropy, mi), OOD as the positive class.
-
-    Args:
-        id_member_probs: per-member probabilities on the in-distribution test set (M, N_id, C).
-        ood_member_probs: per-member probabilities on the OOD test set (M, N_ood, C).
-
-    Returns:
-        ``{"auroc_msp", "aupr_msp", "fpr95_msp", "auroc_entropy", ..., "fpr95_mi"}`` as floats. For a
-        single model (M = 1) the three ``*_mi`` values are None: its mi is 0 on every sample, and
-        the 0.5 / 1.0 a constant score would get are not a detection result.
-    """
-    id_scores = uncertainty_scores(id_member_probs)
-    ood_scores = uncertainty_scores(ood_member_probs)
-    single = id_member_probs.shape[0] == 1 and ood_member_probs.shape[0] == 1
-    result: dict[str, float | None] = {}
-    for name in ("msp", "entropy", "mi"):
-        if name == "mi" and single:
-            result.update({f"{metric}_mi": None for metric in ("auroc", "aupr", "fpr95")})
-            continue
-        for metric, value in ood_detection(id_scores[name], ood_scores[name]).items():
-            result[f"{metric}_{name}"] = value
-    return result

@@ -6,8 +6,9 @@ Pure functions (no files): ``report`` gathers the per-run values and saved predi
   significant when p < alpha.
 - A row has a single run: a paired bootstrap over the test samples. Every resample draws N sample indices
   with replacement (one seeded generator per test set, so the method and the baseline see the same
-  resamples), recomputes the metric on each run's member probabilities with the functions of
-  ``ensemble_lab.evaluation.metrics``, averages it over the row's runs and takes the difference
+  resamples), takes the metric on the resampled set of each run's member probabilities (as count-weighted
+  sums of the per-sample terms of ``ensemble_lab.evaluation.metrics``, computed once), averages it over the
+  row's runs and takes the difference
   (method − baseline). The (1 − alpha) percentile interval of those differences is the confidence interval;
   significant when it excludes zero. OOD-detection metrics (AUROC, AUPR, FPR95) resample the OOD set and the
   in-distribution set they are measured against, each with its own generator.
@@ -24,12 +25,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ensemble_lab.evaluation.metrics import ood_metrics, predictive_metrics
+from ensemble_lab.evaluation.metrics import (
+    SAMPLE_MEANS,
+    calibration_terms,
+    member_mean,
+    predictive_metrics,
+    sample_terms,
+    uncertainty_scores,
+)
+from ensemble_lab.evaluation.ood_detection import ood_detection_weighted, ood_metrics
 
 #: metric families measured against an in-distribution set (OOD = positive class): ``<family>_<score>``
 OOD_FAMILIES = ("auroc", "aupr", "fpr95")
+#: the uncertainty scores an OOD-detection metric names: ``<family>_<score>``
+OOD_SCORES = ("msp", "entropy", "mi")
 #: the per-set metrics recomputed from member probabilities by ``predictive_metrics``
 RECOMPUTABLE = ("acc", "nll", "brier", "ece", "entropy", "expected_entropy", "mi", "disagreement")
+#: bootstrap counts held at once (resamples × samples), about 128 MB of float64
+_COUNTS_PER_CHUNK = 2**24
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,26 @@ def metric_values(member_probs: Tensor, targets: Tensor, metrics: Sequence[str],
     return {m: math.nan if (v := values[m]) is None else float(v) for m in metrics}
 
 
+def _checked_metrics(metrics: Sequence[str]) -> None:
+    """Raise a ValueError naming the metrics that cannot be recomputed from member probabilities."""
+    known = {*SAMPLE_MEANS, "ece", *(f"{family}_{score}" for family in OOD_FAMILIES for score in OOD_SCORES)}
+    unknown = [m for m in metrics if m not in known]
+    if unknown:
+        raise ValueError(f"cannot recompute {', '.join(unknown)} from member probabilities")
+
+
+def _sample_columns(member_probs: Tensor, targets: Tensor) -> Tensor:
+    """(N, K) float64: the per-sample terms of SAMPLE_MEANS, then the ECE's per-bin calibration terms."""
+    terms = sample_terms(member_probs, targets)
+    calibration = calibration_terms(member_mean(member_probs.double()), targets)  # (N, bins)
+    return torch.cat([torch.stack([terms[m].double() for m in SAMPLE_MEANS], dim=1), calibration.double()], dim=1)
+
+
+def _counts(indices: list[np.ndarray], size: int) -> Tensor:
+    """(R, size) float64: how often each sample was drawn in each resample."""
+    return torch.from_numpy(np.stack([np.bincount(index, minlength=size) for index in indices]).astype(np.float64))
+
+
 def bootstrap_replicates(
     member_probs: Sequence[Tensor],
     targets: Tensor,
@@ -126,6 +159,11 @@ def bootstrap_replicates(
     id_member_probs: Sequence[Tensor] | None = None,
 ) -> dict[str, np.ndarray]:
     """Each metric, averaged over a row's runs, on every bootstrap resample of the test samples.
+
+    Nothing is recomputed per resample: a resample is the counts of its drawn samples, and each metric
+    is a function of count-weighted sums of per-sample terms computed once (``sample_terms``,
+    ``calibration_terms``; OOD detection: ``ood_detection_weighted`` on the scores sorted once), so a
+    resample's value equals the metric on the resampled set, up to round-off.
 
     Args:
         member_probs: one (M, N, C) tensor per run of the row, all on the same N samples.
@@ -139,26 +177,43 @@ def bootstrap_replicates(
     Returns:
         metric -> (resamples,) array.
     """
+    _checked_metrics(metrics)
     if id_member_probs is not None and len(id_member_probs) != len(member_probs):
         raise ValueError(f"id_member_probs needs one tensor per run: {len(id_member_probs)} for {len(member_probs)} runs")
+    detection = [m for m in metrics if is_ood_detection(m)]
+    if detection and id_member_probs is None:
+        raise ValueError("OOD-detection metrics need the in-distribution set's member probabilities (id_member_probs)")
+    size, id_probs = targets.shape[0], list(id_member_probs or []) if detection else []
+    columns = [_sample_columns(p, targets) for p in member_probs] if len(detection) < len(metrics) else []
+    # per run: (ID scores, OOD scores, whether it is a single model), each score (N,) computed once
+    scores = [(uncertainty_scores(i), uncertainty_scores(p), p.shape[0] == 1) for i, p in zip(id_probs, member_probs)]
+    id_size = id_probs[0].shape[1] if id_probs else 0
+    samples = resample_indices(size, resamples, seed, stream)
+    id_samples = resample_indices(id_size, resamples, seed, stream + "/id") if detection else None
     result = {m: np.empty(resamples) for m in metrics}
-    samples = resample_indices(targets.shape[0], resamples, seed, stream)
-    id_size = id_member_probs[0].shape[1] if id_member_probs else 0
-    id_samples = resample_indices(id_size, resamples, seed, stream + "/id") if id_member_probs else None
-    for r, index in enumerate(samples):
-        chosen = torch.from_numpy(index)
-        id_chosen = torch.from_numpy(next(id_samples)) if id_samples is not None else None
-        per_run = [
-            metric_values(
-                p[:, chosen],
-                targets[chosen],
-                metrics,
-                None if id_chosen is None or id_member_probs is None else id_member_probs[k][:, id_chosen],
-            )
-            for k, p in enumerate(member_probs)
-        ]  # runs of one row: a handful, each one call on its (M, N, C) resample
-        for m in metrics:
-            result[m][r] = float(np.mean([v[m] for v in per_run]))
+    chunk = max(1, _COUNTS_PER_CHUNK // (size + id_size))  # resamples at a time: (chunk, N) counts
+    for start in range(0, resamples, chunk):
+        rows = slice(start, min(start + chunk, resamples))
+        counts = _counts([next(samples) for _ in range(rows.stop - rows.start)], size)  # (r, N)
+        per_run: list[dict[str, Tensor]] = [{} for _ in member_probs]
+        for values, cols in zip(per_run, columns):
+            sums = counts @ cols / size  # (r, K): count-weighted means of every column
+            values.update({m: sums[:, k] for k, m in enumerate(SAMPLE_MEANS)})
+            values["ece"] = sums[:, len(SAMPLE_MEANS) :].abs().sum(1)
+        if id_samples is not None:
+            id_counts = _counts([next(id_samples) for _ in range(rows.stop - rows.start)], id_size)  # (r, N_id)
+            for values, (id_scores, ood_scores, single) in zip(per_run, scores):
+                for score in OOD_SCORES:
+                    names = [f"{family}_{score}" for family in OOD_FAMILIES]
+                    if not any(n in metrics for n in names):
+                        continue
+                    if score == "mi" and single:  # a single model's mi is 0 everywhere: no detection result
+                        values.update({n: torch.full((counts.shape[0],), math.nan, dtype=torch.float64) for n in names})
+                        continue
+                    found = ood_detection_weighted(id_scores[score], ood_scores[score], id_counts, counts)
+                    values.update({f"{family}_{score}": found[family] for family in OOD_FAMILIES})
+        for m in metrics:  # the row's value: the mean over its runs
+            result[m][rows] = torch.stack([values[m].double() for values in per_run]).mean(0).numpy()
     return result
 
 

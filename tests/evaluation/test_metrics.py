@@ -19,14 +19,13 @@ from ensemble_lab.evaluation.metrics import (
     NLL_EPS,
     entropy,
     expected_calibration_error,
-    ood_detection,
-    ood_metrics,
     pairwise_disagreement,
     pairwise_jsd,
     predictive_metrics,
     reliability_bins,
     uncertainty_scores,
 )
+from ensemble_lab.evaluation.ood_detection import ood_detection, ood_metrics
 
 PREDICTIVE_KEYS = {
     "acc", "nll", "brier", "ece", "entropy", "expected_entropy", "mi", "disagreement",

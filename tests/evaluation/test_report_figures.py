@@ -11,7 +11,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.figure_style import PALETTE, label_colours
-from ensemble_lab.evaluation.metrics import ood_metrics, predictive_metrics
+from ensemble_lab.evaluation.metrics import predictive_metrics
+from ensemble_lab.evaluation.ood_detection import ood_metrics
 from ensemble_lab.evaluation.report_figures import RunGroup, draw_figures, draw_report_figures, looks, sweeps
 from ensemble_lab.evaluation.results import write_predictions
 from ensemble_lab.evaluation.training_curves import read_scalars

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-from ensemble_lab.evaluation.metrics import ood_metrics, predictive_metrics
+from ensemble_lab.evaluation.metrics import predictive_metrics
+from ensemble_lab.evaluation.ood_detection import ood_detection_weighted, ood_metrics
 from ensemble_lab.evaluation.significance import (
+    RECOMPUTABLE,
     bootstrap,
     bootstrap_replicates,
     is_ood_detection,
@@ -63,11 +66,11 @@ def predictions(correct: float, num: int = 200, members: int = 3, seed: int = 0)
 
 def test_replicates_are_the_metric_on_each_resample():
     probs, targets = predictions(0.7)
-    replicates = bootstrap_replicates([probs], targets, ["acc", "nll", "ece"], resamples=5, seed=3, stream="digits")
+    replicates = bootstrap_replicates([probs], targets, RECOMPUTABLE, resamples=5, seed=3, stream="digits")
     for r, index in enumerate(resample_indices(len(targets), 5, seed=3, stream="digits")):
-        expected = predictive_metrics(probs[:, index], targets[index])
-        for metric in ("acc", "nll", "ece"):
-            assert replicates[metric][r] == pytest.approx(expected[metric], rel=1e-12)
+        expected = predictive_metrics(probs[:, index], targets[index])  # recomputed on the resampled set
+        for metric in RECOMPUTABLE:
+            assert replicates[metric][r] == pytest.approx(expected[metric], rel=1e-12, abs=1e-15)
     two = bootstrap_replicates([probs, probs.flip(0)], targets, ["acc"], resamples=5, seed=3, stream="digits")
     assert two["acc"] == pytest.approx(replicates["acc"])  # the row's mean over its runs
 
@@ -110,3 +113,36 @@ def test_undefined_metrics_give_no_test():
     assert math.isnan(single["auroc_mi"])
     result = bootstrap(single["auroc_mi"], 0.5, np.full(10, np.nan), np.full(10, 0.5))
     assert result.test is None and result.significant is None and "undefined" in result.reason
+
+
+def test_ood_replicates_are_ood_metrics_on_each_resample_with_ties_and_a_single_model():
+    id_probs, _ = predictions(0.9, num=60, seed=1)
+    ood_probs, ood_targets = predictions(0.3, num=40, seed=2)
+    id_probs, ood_probs = (p.mul(4).round().div(4).softmax(-1) for p in (id_probs, ood_probs))  # coarse: many tied scores
+    names = [f"{family}_{score}" for family in ("auroc", "aupr", "fpr95") for score in ("msp", "entropy", "mi")]
+    for members in (3, 1):  # M = 1: no mi score, NaN on every resample
+        runs = [ood_probs[:members]], [id_probs[:members]]
+        replicates = bootstrap_replicates(runs[0], ood_targets, names, 4, 5, "svhn", runs[1])
+        ood_draws = resample_indices(40, 4, 5, "svhn")
+        for r, (index, id_index) in enumerate(zip(ood_draws, resample_indices(60, 4, 5, "svhn/id"))):
+            expected = ood_metrics(id_probs[:members, id_index], ood_probs[:members, index])
+            for name in names:
+                if expected[name] is None:
+                    assert math.isnan(replicates[name][r]) and members == 1
+                else:
+                    assert replicates[name][r] == pytest.approx(expected[name], rel=1e-12, abs=1e-15)
+
+
+def test_weighted_ood_detection_is_sklearn_on_the_repeated_samples():
+    generator = np.random.default_rng(0)
+    id_scores, ood_scores = generator.integers(0, 6, 30) / 5, generator.integers(2, 9, 20) / 5  # ties within and across
+    id_counts, ood_counts = generator.integers(0, 3, (3, 30)), generator.integers(0, 3, (3, 20))
+    found = ood_detection_weighted(*map(torch.from_numpy, (id_scores, ood_scores, id_counts, ood_counts)))
+    for r in range(3):
+        ids, oods = np.repeat(id_scores, id_counts[r]), np.repeat(ood_scores, ood_counts[r])  # each sample as often as counted
+        labels, scores = np.r_[np.zeros(len(ids)), np.ones(len(oods))], np.r_[ids, oods]
+        assert float(found["auroc"][r]) == pytest.approx(roc_auc_score(labels, scores), rel=1e-12)
+        assert float(found["aupr"][r]) == pytest.approx(average_precision_score(labels, scores), rel=1e-12)
+        thresholds = np.unique(scores)[::-1]  # high to low: the first one where 95% of the OOD samples score at least it
+        first = next(t for t in thresholds if (oods >= t).mean() >= 0.95)
+        assert float(found["fpr95"][r]) == pytest.approx((ids >= first).mean(), abs=1e-15)
