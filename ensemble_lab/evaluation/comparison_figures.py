@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ensemble_lab.evaluation.figure_style import COLUMN_WIDTH, TEXT_WIDTH, Look, paper_style
-from ensemble_lab.evaluation.figures import draw_reliability, reliability_axes
+from ensemble_lab.evaluation.figures import draw_reliability, log_count_axis, reliability_axes
 from ensemble_lab.evaluation.ood_detection import ood_detection
 
 #: most reliability panels in one row of the comparison
@@ -24,7 +24,7 @@ PANELS_PER_ROW = 4
 AXIS_LABELS = {
     "acc": "accuracy", "nll": "NLL", "ece": "ECE", "mi": "mi (epistemic)", "disagreement": "disagreement",
     "auroc_msp": "AUROC (msp)", "auroc_entropy": "AUROC (entropy)", "auroc_mi": "AUROC (mi)",
-    "weight_cosine": "weight cosine (effective)",
+    "weight_cosine": "weight cosine (effective)", "weight_cosine_mean": "weight cosine (effective)",
 }  # fmt: skip
 
 
@@ -166,33 +166,43 @@ def training_curves_figure(series: Sequence[tuple[Look, dict[str, tuple[np.ndarr
 
 
 @paper_style
-def ensemble_size_figure(
-    lines: Sequence[tuple[Look, Sequence[tuple[int, Sequence[Sequence[float]]]]]], panels: Sequence[tuple[str, str]]
+def sweep_figure(
+    lines: Sequence[tuple[Look, Sequence[tuple[float, Sequence[Sequence[float]]]]]],
+    panels: Sequence[tuple[str, str]],
+    xlabel: str,
+    title: str,
 ) -> Figure:
-    """Metrics against the number of members M, one line per label, mean ± std bars over runs.
+    """Metrics against a size (members M, parameters per member, ...), one line per label, mean ± std bars over runs.
 
     Args:
-        lines: (look, [(M, [per panel: the runs' values])]) per label; panel values line up with ``panels``.
-        panels: (set name, metric) per panel, e.g. ("digits", "acc").
+        lines: (look, [(size, [per panel: the runs' values])]) per label; panel values line up with ``panels``.
+        panels: (set name or "", metric) per panel, e.g. ("digits", "acc").
+        xlabel: what the size is; "members M" gets base-2 ticks at every M, anything else 1-2-5 ticks per decade.
+        title: the figure's title, before "(mean ± std over seeds)".
     """
     columns = 3
     rows = math.ceil((len(panels) + 1) / columns)
     fig = Figure(figsize=(TEXT_WIDTH, 2.0 * rows + 0.3), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    sizes = sorted({m for _, points in lines for m, _ in points})
+    sizes = sorted({x for _, points in lines for x, _ in points})
     for p, (set_name, metric) in enumerate(panels):
         ax = axes[p]
         for look, points in lines:
-            stats = [(m, np.mean(v[p]), np.std(v[p], ddof=1) if len(v[p]) > 1 else 0.0) for m, v in sorted(points) if v[p]]
+            stats = [(x, np.mean(v[p]), np.std(v[p], ddof=1) if len(v[p]) > 1 else 0.0) for x, v in sorted(points) if v[p]]
             if stats:
-                m, mean, std = (np.array(c, dtype=float) for c in zip(*stats))
-                ax.errorbar(m, mean, yerr=std, color=look.colour, marker=look.marker, linestyle=look.linestyle, capsize=2)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(m) for m in sizes])
-        ax.minorticks_off()
-        ax.set(xlabel="members M", ylabel=AXIS_LABELS.get(metric, metric), title=f"{set_name} {metric}")
+                x, mean, std = (np.array(c, dtype=float) for c in zip(*stats))
+                ax.errorbar(x, mean, yerr=std, color=look.colour, marker=look.marker, linestyle=look.linestyle, capsize=2)
+        if xlabel == "members M":
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sizes, [str(int(m)) for m in sizes])
+            ax.minorticks_off()
+        else:
+            ax.set_xscale("log")
+            log_count_axis(ax.xaxis, sizes[-1] / sizes[0] if sizes and sizes[0] > 0 else None)
+        label = AXIS_LABELS.get(metric, metric)
+        ax.set(xlabel=xlabel, ylabel=label, title=f"{set_name} {metric}" if set_name else label)
     for ax in axes[len(panels) + 1 :]:
         ax.set_axis_off()
     _legend_beside(axes[len(panels)], [look for look, _ in lines])
-    fig.suptitle("ensemble size (mean ± std over seeds)")
+    fig.suptitle(f"{title} (mean ± std over seeds)")
     return fig

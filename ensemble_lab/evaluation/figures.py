@@ -218,6 +218,16 @@ def compact_number(value: float, _position: Any = None) -> str:
     return f"{value:g}"
 
 
+def log_count_axis(axis: Any, span: float | None = None) -> None:
+    """A log axis of counts or rates labelled 200k / 500k / 1M (no mathtext): 1-2-5 ticks per decade, or one
+    per decade when the values ``span`` (largest / smallest) more than two decades, where 1-2-5 labels collide;
+    ``axis`` is an Axes' xaxis or yaxis, after set_xscale("log") / set_yscale("log")."""
+    subs = (1.0,) if span is not None and span > 100 else (1.0, 2.0, 5.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(compact_number))
+    axis.set_minor_formatter(NullFormatter())  # the 2×10⁵, 3×10⁵ labels of minor ticks collide
+
+
 @paper_style
 def quality_cost_figure(points: list[tuple[Look, dict[str, tuple[float, float | None]]]], quality: list[str], cost: list[str]) -> Figure:
     """Quality (rows) against cost (columns, log scale), one marker per report row with mean ± std bars.
@@ -241,9 +251,7 @@ def quality_cost_figure(points: list[tuple[Look, dict[str, tuple[float, float | 
                 (x, x_err), (y, y_err) = values[x_key], values[y_key]
                 ax.errorbar(x, y, xerr=x_err, yerr=y_err, fmt=look.marker, color=look.colour, label=look.name, capsize=2, markersize=4)
             ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 1-2-5 steps: a few labels per decade
-            ax.xaxis.set_major_formatter(FuncFormatter(compact_number))
-            ax.xaxis.set_minor_formatter(NullFormatter())  # the 2×10⁵, 3×10⁵ labels of minor ticks collide
+            log_count_axis(ax.xaxis)
             ax.set(xlabel=x_key.replace("_", " "), ylabel=y_key)
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()

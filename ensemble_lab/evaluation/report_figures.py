@@ -9,7 +9,9 @@
 - ``diversity_<set>``: disagreement and mi against quality, one marker per run (results.json alone);
 - ``training_curves``: val/acc, val/nll, val/mi, val/disagreement and val/weight_cosine per epoch, mean ±
   std over seeds (the runs' TensorBoard event files);
-- ``ensemble_size``: metrics against M for labels whose rows differ in M (results.json alone).
+- ``ensemble_size``: metrics against M for labels whose rows differ in M (results.json alone);
+- ``scale``: accuracy, diversity (mi, disagreement), weight cosine and AUROC (mi) against the parameters of one member's
+  network, for methods whose rows differ in size (a width or depth sweep; results.json alone).
 
 A row's predictions are pooled over its runs: the curves, the ECE and AUROC / AUPR in titles and legends
 are those of all its runs' samples together (the tables' numbers are means over runs, so they differ a little).
@@ -37,6 +39,8 @@ SCORES = ("msp", "entropy", "mi")
 DIVERSITY_AXES = {"ood": (("disagreement", "auroc_msp"), ("mi", "auroc_mi")), "id": (("disagreement", "acc"), ("mi", "nll"))}
 #: the ensemble-size panels: metrics of the first id set, then AUROC (msp) on the first ood set
 SIZE_METRICS = ("acc", "nll", "ece", "mi")
+#: the scale panels: metrics of the first id set, then the weight cosine, then AUROC (mi) on the first ood set
+SCALE_METRICS = ("acc", "mi", "disagreement")
 
 
 @dataclass(frozen=True)
@@ -134,41 +138,78 @@ def _training_curves(groups: Sequence[RunGroup], seen: list[Look]) -> Figure | N
     return draw.training_curves_figure(stats, CURVE_TAGS, "epoch" if epochs else "step")
 
 
-def sweeps(groups: Sequence[RunGroup]) -> list[list[int]]:
-    """Rows (indices into ``groups``) of each line of the ensemble-size figure.
+def sweeps(groups: Sequence[RunGroup], sizes: Sequence[float | None] | None = None) -> list[list[int]]:
+    """Rows (indices into ``groups``) of each line of a figure against a size: M by default, else ``sizes``
+    (one per group, None where unknown).
 
-    A label whose rows have several M is one line. Labels with a single M each (a study names its runs
-    ``be_m2``, ``be_m4``, ...) are joined per method class when their M are all different.
+    A label whose rows have several sizes is one line. Labels with a single size each (a study names its
+    runs ``be_m2``, ``be_m4``, ... or ``be_w16``, ``be_w64``, ...) are joined per method class when their
+    sizes are all different.
     """
+    size = list(sizes) if sizes is not None else [g.num_members for g in groups]
     lines: list[list[int]] = []
     single: dict[str | None, list[int]] = {}
     for label in dict.fromkeys(g.label for g in groups):
-        rows = [k for k, g in enumerate(groups) if g.label == label and g.num_members is not None]
-        if len({groups[k].num_members for k in rows}) > 1:
-            lines.append(rows)
+        rows = [k for k, g in enumerate(groups) if g.label == label and size[k] is not None]
+        if len({size[k] for k in rows}) > 1:
+            lines.append(sorted(rows, key=lambda k: size[k] or 0))
         elif rows:
             single.setdefault(groups[rows[0]].method, []).extend(rows)
     for rows in single.values():
-        sizes = [groups[k].num_members for k in rows]
-        if len(set(sizes)) == len(sizes) > 1:
-            lines.append(sorted(rows, key=lambda k: groups[k].num_members or 0))
+        values = [size[k] for k in rows]
+        if len(set(values)) == len(values) > 1:
+            lines.append(sorted(rows, key=lambda k: size[k] or 0))
     return lines
 
 
-def _ensemble_size(groups: Sequence[RunGroup], seen: list[Look], docs: list[list[dict[str, Any]]], roles: dict[str, str]) -> Figure | None:
-    id_set = next((n for n, r in roles.items() if r == "id"), None)
-    ood_set = next((n for n, r in roles.items() if r == "ood"), None)
-    panels = [(id_set, m) for m in SIZE_METRICS if id_set] + ([(ood_set, "auroc_msp")] if ood_set else [])
+def _value(doc: dict[str, Any], set_name: str | None, metric: str) -> float | None:
+    """``metric`` of ``set_name`` in a results.json, or the run-level key (weight_cosine_mean) when ``set_name`` is None."""
+    value = doc.get(metric) if set_name is None else (doc.get("sets") or {}).get(set_name, {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _sweep_lines(
+    groups: Sequence[RunGroup], seen: list[Look], docs: list[list[dict[str, Any]]], panels: Sequence[tuple[str | None, str]],
+    sizes: Sequence[float | None] | None = None,
+) -> list[tuple[Look, list[tuple[float, list[list[float]]]]]]:
+    """One (look, [(size, per panel: the runs' values)]) per line of :func:`sweeps`."""
+    size = list(sizes) if sizes is not None else [g.num_members for g in groups]
     lines = []
-    for rows in sweeps(groups):
+    for rows in sweeps(groups, size):
         points = []
         for k in rows:
-            values = [[v for d in docs[k] if isinstance(v := (d.get("sets") or {}).get(s, {}).get(m), (int, float))] for s, m in panels]
-            points.append((int(groups[k].num_members or 0), values))
+            values = [[v for d in docs[k] if (v := _value(d, s, m)) is not None] for s, m in panels]
+            points.append((float(size[k] or 0), values))
         first, look = groups[rows[0]], seen[min(rows)]  # a joined line takes the colour of its first row in the report
         name = str(first.method) if len({groups[k].label for k in rows}) > 1 else who(first.method, None, first.label)
         lines.append((Look(name, look.colour, look.marker), points))
-    return draw.ensemble_size_figure(lines, [(str(s), m) for s, m in panels]) if lines and panels else None
+    return lines
+
+
+def _first(roles: dict[str, str], role: str) -> str | None:
+    return next((n for n, r in roles.items() if r == role), None)
+
+
+def _ensemble_size(groups: Sequence[RunGroup], seen: list[Look], docs: list[list[dict[str, Any]]], roles: dict[str, str]) -> Figure | None:
+    id_set, ood_set = _first(roles, "id"), _first(roles, "ood")
+    panels = [(id_set, m) for m in SIZE_METRICS if id_set] + ([(ood_set, "auroc_msp")] if ood_set else [])
+    lines = _sweep_lines(groups, seen, docs, panels)
+    return draw.sweep_figure(lines, [(str(s), m) for s, m in panels], "members M", "ensemble size") if lines and panels else None
+
+
+def member_parameters(docs: Sequence[dict[str, Any]]) -> float | None:
+    """Parameters of one member's network (results.json ``cost``), the same in every run of a row; None if unrecorded."""
+    counts = {c for d in docs if isinstance(c := (d.get("cost") or {}).get("parameters_per_member"), int)}
+    return float(counts.pop()) if len(counts) == 1 else None
+
+
+def _scale(groups: Sequence[RunGroup], seen: list[Look], docs: list[list[dict[str, Any]]], roles: dict[str, str]) -> Figure | None:
+    id_set, ood_set = _first(roles, "id"), _first(roles, "ood")
+    panels: list[tuple[str | None, str]] = [(id_set, m) for m in SCALE_METRICS if id_set] + [(None, "weight_cosine_mean")]
+    panels += [(ood_set, "auroc_mi")] if ood_set else []
+    lines = _sweep_lines(groups, seen, docs, panels, [member_parameters(runs) for runs in docs])
+    titles = [("" if s is None else s, m) for s, m in panels]
+    return draw.sweep_figure(lines, titles, "parameters per member", "scale") if lines and id_set else None
 
 
 def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
@@ -207,6 +248,10 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
         figures["ensemble_size"] = fig
     else:
         skip("ensemble_size", "no method label has runs with different M (run it with several --model.num_members)")
+    if fig := _scale(groups, seen, docs, roles):
+        figures["scale"] = fig
+    else:
+        skip("scale", "no method has rows of different sizes (vary --model.hidden_sizes / --model.width, as configs/study/scale_digits.yaml)")
     if not roles:
         skip("comparison", "no run has a readable results.json")
     return figures

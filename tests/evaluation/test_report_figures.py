@@ -222,3 +222,27 @@ def test_sweep_lines_per_label_or_joined_per_method():
     assert seen[0].marker != seen[1].marker and seen[2].colour != seen[3].colour
     assert [look.name for look in seen][:2] == ["be, M=2", "be, M=4"]
     assert looks([RunGroup("be", "be", "BatchEnsemble", 4, ())])[0].name == "be, M=4"  # M added where the name lacks it
+
+
+def test_scale_figure_plots_each_method_against_its_members_parameters(tmp_path):
+    """A width sweep written by hand: three BatchEnsemble rows (a study's be_w8, be_w16, be_w32), two seeds each."""
+    groups, docs = [], {}
+    for width, parameters in ((8, 100), (16, 400), (32, 1600)):
+        runs = []
+        for seed in range(2):
+            run, _, doc = write_run(tmp_path / f"be_w{width}" / f"seed_{seed}", "BatchEnsemble", f"be_w{width}", 2, seed + 10 * width)
+            doc.update(cost={"parameters_per_member": parameters}, weight_cosine_mean=0.1 * seed + width / 100)
+            (run / "results.json").write_text(json.dumps(doc))
+            runs.append(run)
+            docs.setdefault(parameters, []).append(doc)
+        groups.append(RunGroup(f"be_w{width}, M=2", f"be_w{width}", "BatchEnsemble", 2, tuple(runs)))
+    figure = draw_figures(groups)["scale"]
+    panels = {ax.get_title(): ax for ax in figure.axes if ax.get_title()}
+    assert set(panels) == {"digits acc", "digits mi", "digits disagreement", "weight cosine (effective)", "photos auroc_mi"}
+    for title, ax in panels.items():
+        set_name, metric = title.split(" ") if title.startswith(("digits", "photos")) else (None, "weight_cosine_mean")
+        (line,) = [ln for ln in ax.get_lines() if ln.get_linestyle() != "None"]  # one line (error-bar caps aside): the three rows joined
+        assert list(line.get_xdata()) == [100, 400, 1600] and ax.get_xscale() == "log"
+        expected = [np.mean([d[metric] if set_name is None else d["sets"][set_name][metric] for d in docs[p]]) for p in (100, 400, 1600)]
+        np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
+    assert "parameters per member" in {ax.get_xlabel() for ax in panels.values()}
