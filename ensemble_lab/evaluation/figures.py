@@ -251,7 +251,8 @@ def quality_cost_figure(points: list[tuple[Look, dict[str, tuple[float, float | 
                 (x, x_err), (y, y_err) = values[x_key], values[y_key]
                 ax.errorbar(x, y, xerr=x_err, yerr=y_err, fmt=look.marker, color=look.colour, label=look.name, capsize=2, markersize=4)
             ax.set_xscale("log")
-            log_count_axis(ax.xaxis)
+            xs = [values[x_key][0] for _, values in points if values.get(x_key, (0,))[0] > 0]
+            log_count_axis(ax.xaxis, max(xs) / min(xs) if xs else None)
             ax.set(xlabel=x_key.replace("_", " "), ylabel=y_key)
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
