@@ -196,6 +196,12 @@ def test_run_names_are_rows_of_their_own_and_seeds_or_placement_do_not_split(tmp
     assert "3 runs." in table and "1 runs" not in to_markdown(build_report([tmp_path / "b"]))
 
 
+def test_rows_of_a_sweep_sort_by_their_numbers(tmp_path):
+    for width in (1024, 16, 256, 64):
+        with_config(write_run(tmp_path, f"be_w{width}/seed_1", "BatchEnsemble", 4, 1, 0.9), run_name=f"be_w{width}", lr=width / 1e5)
+    assert [g.label for g in build_report([tmp_path])] == ["be_w16", "be_w64", "be_w256", "be_w1024"]  # not be_w1024 first
+
+
 def test_cost_table_and_quality_against_cost_figure(tmp_path):
     root = tmp_path / "study"
     costs = {"SingleModel": (1, 10_000, 50_000.0), "BatchEnsemble": (4, 10_300, 14_000.0), "DeepEnsemble": (4, 40_000, 12_000.0)}

@@ -194,8 +194,13 @@ def build_report(
     order: dict[str | None, int] = {name: i for i, name in enumerate(METHOD_ORDER)}
     return sorted(
         groups.values(),
-        key=lambda g: (str(g.datamodule), order.get(g.method, len(order)), str(g.method), str(g.label), g.num_members or 0, str(g.variant)),
+        key=lambda g: (str(g.datamodule), order.get(g.method, len(order)), str(g.method), natural(str(g.label)), g.num_members or 0, str(g.variant)),
     )
+
+
+def natural(text: str) -> tuple[str | int, ...]:
+    """Sort key that reads digit runs as numbers: be_w16 < be_w256 < be_w1024 (not be_w1024 < be_w16)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
 def _chosen_columns(
