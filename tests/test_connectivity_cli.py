@@ -87,6 +87,21 @@ def test_a_bad_set_name_lists_the_sets(runs, capsys):
     assert "\n" not in err and "'digitz'" in err and "val, digits, digits_shifted" in err
 
 
+def test_the_runs_last_checkpoint_is_the_default(runs, tmp_path, capsys):
+    run = runs["DeepEnsemble"]
+    main(["connectivity", "--config", str(run / "config.yaml"), "--points", "3", "--out", str(tmp_path / "default")])
+    assert "checkpoints/last.ckpt (the run's last checkpoint" in capsys.readouterr().err
+    _connectivity(run, "--points", "3", "--out", str(tmp_path / "explicit"))
+    default, explicit = (json.loads((tmp_path / d / "connectivity.json").read_text()) for d in ("default", "explicit"))
+    assert default["pairs"] == explicit["pairs"] and default["checkpoint"] == explicit["checkpoint"]
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "config.yaml").write_bytes((run / "config.yaml").read_bytes())  # a config without checkpoints/ beside it
+    with pytest.raises(SystemExit) as info:
+        main(["connectivity", "--config", str(tmp_path / "copy" / "config.yaml")])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err and "copy/checkpoints/last.ckpt does not exist" in err
+
+
 def _fake_run(root: Path, model: Any, init_args: dict[str, Any]) -> Path:
     """A run directory as fit leaves it (config.yaml, checkpoints/last.ckpt) for ``model``, built with ``init_args``, without training."""
     run = root / "run"

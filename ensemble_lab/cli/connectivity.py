@@ -139,8 +139,9 @@ def run_connectivity(
 
     Args:
         config_path: the run's config.yaml.
-        ckpt_path: the checkpoint to evaluate (checked against the config as ``test`` checks it); may be
-            left out for a Deep Ensemble assembled from ``model.member_checkpoints``.
+        ckpt_path: the checkpoint to evaluate (checked against the config as ``test`` checks it); None: the
+            run's own ``checkpoints/last.ckpt`` beside ``config_path``, or, for a Deep Ensemble assembled from
+            ``model.member_checkpoints``, those.
         points: evenly spaced t in [0, 1], ends included (>= 2).
         set_name: "val" (the validation split, the default) or a labelled test set of the datamodule.
         reset_norm: re-estimate BatchNorm statistics on training batches at every point.
@@ -161,13 +162,18 @@ def run_connectivity(
     if name not in (available := evaluation_sets(datamodule)):
         raise ConfigError(f"--set {name!r} is not a labelled set of {type(datamodule).__name__}; choose one of: {', '.join(available)}")
     step = 0
+    own = Path(config_path).parent / "checkpoints" / "last.ckpt"  # the run's final weights, beside its config.yaml
+    if ckpt_path is None and not getattr(model, "member_checkpoints", None) and own.is_file():
+        ckpt_path = own
+        if not quiet:
+            print(f"connectivity of {own} (the run's last checkpoint; --ckpt_path picks another)", file=sys.stderr)
     if ckpt_path is not None:
         checkpoint = load_checkpoint(ckpt_path)
         model.check_checkpoint(checkpoint, str(ckpt_path))
         model.load_state_dict(checkpoint["state_dict"])
         step = int(checkpoint.get("global_step", 0))
     elif not getattr(model, "member_checkpoints", None):
-        raise ConfigError("connectivity needs trained weights: pass --ckpt_path <run>/checkpoints/last.ckpt")
+        raise ConfigError(f"connectivity needs trained weights: {own} does not exist; pass --ckpt_path <run>/checkpoints/<file>.ckpt")
     out_dir = Path(out) if out is not None else run_dir_of_checkpoint(ckpt_path) or Path(config_path).parent
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; give a directory (it is created if missing)")
@@ -208,7 +214,7 @@ def parser() -> argparse.ArgumentParser:
         "trained run, and the barrier of each path; writes connectivity.json and figures/connectivity.png.",
     )
     p.add_argument("--config", required=True, help="the run's config.yaml")
-    p.add_argument("--ckpt_path", default=None, help="the checkpoint to evaluate, e.g. <run>/checkpoints/last.ckpt")
+    p.add_argument("--ckpt_path", default=None, help="the checkpoint to evaluate (default: <run>/checkpoints/last.ckpt beside the config)")
     p.add_argument("--points", type=int, default=11, help="evenly spaced t in [0, 1], ends included (default 11)")
     p.add_argument(
         "--set", dest="set_name", default=None, help=f"evaluation set: {VALIDATION} (the validation split, default) or a labelled test set"
