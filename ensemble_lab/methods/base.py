@@ -136,13 +136,18 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         defaults filled in); the same by default. A method whose members are narrower overrides this."""
         return options
 
+    def member_layer_factory(self) -> LayerFactory:
+        """The plain layers one member's own network is built from: the single model's by default."""
+        return plain_layers()
+
     def member_network(self) -> nn.Module:
-        """One member as a plain network (the single model's layers, no dropout), on the CPU: the network
+        """One member as a plain network (``member_layer_factory``, no dropout), on the CPU: the network
         whose tensors a layer's ``member_state(i)`` gives for member i (used by ``connectivity``)."""
         hp = self.hparams
         options = backbone_options(hp["backbone"], **{name: hp.get(name) for name in BACKBONE_OPTIONS})
         shape, classes = tuple(hp["input_shape"]), hp["num_classes"]
-        return build_backbone(hp["backbone"], plain_layers(), shape, classes, dropout=0.0, **self.member_backbone_options(options))
+        layers = self.member_layer_factory()
+        return build_backbone(hp["backbone"], layers, shape, classes, dropout=0.0, **self.member_backbone_options(options))
 
     def forward(self, x: Tensor) -> Tensor:
         """Images (B, ...) -> member logits (M, B, C); the batch is tiled member-major inside."""

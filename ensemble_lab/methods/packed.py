@@ -17,7 +17,15 @@ from torch import nn
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.base import EnsembleModule
-from ensemble_lab.nn import EnsembleConv2d, EnsembleLinear, LayerFactory, build_backbone, packed_layers, resized_options
+from ensemble_lab.nn import (
+    EnsembleConv2d,
+    EnsembleLinear,
+    LayerFactory,
+    build_backbone,
+    packed_layers,
+    packed_member_layers,
+    resized_options,
+)
 
 
 def check_alpha(alpha: float) -> None:
@@ -79,6 +87,10 @@ class PackedEnsemble(EnsembleModule):
     def layer_factory(self) -> LayerFactory:
         return packed_layers(self.num_members, self.gamma)
 
+    def member_layer_factory(self) -> LayerFactory:
+        """One member's plain layers: nn.Conv2d(groups=γ) and block-diagonal GroupedLinear where the ensemble groups."""
+        return packed_member_layers(self.gamma, **edges(tuple(self.hparams["input_shape"]), self.hparams["num_classes"]))
+
     def member_backbone_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Every width scaled by α/M: member m is the backbone at α·w/M (γ = 1), or that grouped by γ."""
         return member_options(self.hparams["backbone"], options, self.alpha, self.num_members, self.gamma)
@@ -87,17 +99,16 @@ class PackedEnsemble(EnsembleModule):
         self, backbone: str, input_shape: tuple[int, ...], num_classes: int, dropout: float, options: dict[str, Any]
     ) -> nn.Module:
         """The backbone with widths scaled by α/M, from packed_layers: M members of width α·w/M."""
-        layers = packed_layers(
-            self.num_members,
-            self.gamma,
-            input_channels=input_shape[0],
-            input_features=math.prod(input_shape),
-            num_classes=num_classes,
-        )
+        layers = packed_layers(self.num_members, self.gamma, **edges(input_shape, num_classes))
         network = build_backbone(backbone, layers, input_shape, num_classes, dropout=dropout, **self.member_backbone_options(options))
         if self.gamma > 1:
             check_grouping(network)
         return network
+
+
+def edges(input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """What tells packed_layers which layers keep one group per member: the input's channels and features, the classes."""
+    return dict(input_channels=input_shape[0], input_features=math.prod(input_shape), num_classes=num_classes)
 
 
 def check_grouping(network: nn.Module) -> None:

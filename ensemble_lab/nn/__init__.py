@@ -13,9 +13,11 @@ from ensemble_lab.nn.factories import (
     low_rank_layers,
     masksembles_layers,
     packed_layers,
+    packed_member_layers,
     plain_layers,
 )
 from ensemble_lab.nn.fast_weights import FastWeights
+from ensemble_lab.nn.grouped_linear import GroupedLinear
 from ensemble_lab.nn.low_rank import LowRankConv2d, LowRankLinear
 from ensemble_lab.nn.masks import MemberMasks
 from ensemble_lab.nn.members import rows_per_member, tile_members
@@ -31,6 +33,7 @@ __all__ = [
     "EnsembleConv2d",
     "EnsembleLinear",
     "FastWeights",
+    "GroupedLinear",
     "LayerFactory",
     "LowRankConv2d",
     "LowRankLinear",
@@ -42,6 +45,7 @@ __all__ = [
     "masksembles_layers",
     "mlp",
     "packed_layers",
+    "packed_member_layers",
     "plain_layers",
     "resized_options",
     "rows_per_member",

@@ -24,6 +24,7 @@ from ensemble_lab.nn.ensemble_conv import (
 )
 from ensemble_lab.nn.ensemble_linear import EnsembleLinear
 from ensemble_lab.nn.fast_weights import FastWeights
+from ensemble_lab.nn.grouped_linear import GroupedLinear
 from ensemble_lab.nn.low_rank import LowRankConv2d, LowRankLinear, check_low_rank_options
 from ensemble_lab.nn.masks import MemberMasks, check_scale
 from ensemble_lab.nn.members import check_num_members
@@ -133,11 +134,20 @@ def low_rank_layers(num_members: int, rank: int = 1, factor_init: str = "zero") 
     )
 
 
+def _conv_groups(in_channels: int, gamma: int, input_channels: int | None) -> int:
+    """Packed-Ensembles' groups per member of a conv: γ, but one for the stem (it reads the image's channels)."""
+    return 1 if in_channels == input_channels else gamma
+
+
+def _linear_groups(in_features: int, out_features: int, gamma: int, input_features: int | None, num_classes: int | None) -> int:
+    """Packed-Ensembles' groups per member of a linear: γ, but one for the first (reads the input) and the classifier."""
+    return 1 if in_features == input_features or out_features == num_classes else gamma
+
+
 def _packed_conv2d(
     in_channels: int, out_channels: int, kernel_size: Any, *, num_members: int, gamma: int, input_channels: int | None, **options: Any
 ) -> EnsembleConv2d:
-    """A Packed-Ensembles conv: γ groups per member, one for the stem (it reads the image's channels)."""
-    groups = 1 if in_channels == input_channels else gamma
+    groups = _conv_groups(in_channels, gamma, input_channels)
     return EnsembleConv2d(in_channels, out_channels, kernel_size, num_members, channel_stacked=True, groups=groups, **options)
 
 
@@ -151,9 +161,32 @@ def _packed_linear(
     input_features: int | None,
     num_classes: int | None,
 ) -> EnsembleLinear:
-    """A Packed-Ensembles linear: γ blocks per member, one for the first (reads the input) and the classifier."""
-    groups = 1 if in_features == input_features or out_features == num_classes else gamma
+    groups = _linear_groups(in_features, out_features, gamma, input_features, num_classes)
     return EnsembleLinear(in_features, out_features, num_members, bias=bias, groups=groups)
+
+
+def _member_conv2d(in_channels: int, out_channels: int, kernel_size: Any, *, gamma: int, input_channels: int | None, **options: Any) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size, groups=_conv_groups(in_channels, gamma, input_channels), **options)
+
+
+def _member_linear(
+    in_features: int, out_features: int, bias: bool = True, *, gamma: int, input_features: int | None, num_classes: int | None
+) -> nn.Module:
+    groups = _linear_groups(in_features, out_features, gamma, input_features, num_classes)
+    return nn.Linear(in_features, out_features, bias=bias) if groups == 1 else GroupedLinear(in_features, out_features, groups, bias=bias)
+
+
+def packed_member_layers(
+    gamma: int, *, input_channels: int | None = None, input_features: int | None = None, num_classes: int | None = None
+) -> LayerFactory:
+    """One member of ``packed_layers(M, gamma, ...)`` as plain layers: nn.Conv2d(groups=γ) and a block-diagonal
+    GroupedLinear where the ensemble's layers have γ groups per member, nn.Linear / nn.Conv2d where they have one."""
+    return LayerFactory(
+        num_members=1,
+        linear=partial(_member_linear, gamma=gamma, input_features=input_features, num_classes=num_classes),
+        conv2d=partial(_member_conv2d, gamma=gamma, input_channels=input_channels),
+        norm2d=nn.BatchNorm2d,
+    )
 
 
 def packed_layers(

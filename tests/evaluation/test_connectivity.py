@@ -11,6 +11,7 @@ from ensemble_lab.errors import EnsembleLabError
 from ensemble_lab.evaluation.connectivity import all_pairs, barrier, grid, path_curves, reestimate_norms
 from ensemble_lab.evaluation.member_networks import has_member_layers, interpolate, member_states
 from ensemble_lab.methods import MIMO, BatchEnsemble, DeepEnsemble, LowRankEnsemble, MCDropout, PackedEnsemble
+from ensemble_lab.nn import GroupedLinear
 
 RESNET = {"backbone": "resnet18", "width": 4}
 MLP = {"backbone": "mlp", "hidden_sizes": [12, 8]}
@@ -80,6 +81,8 @@ CASES = {
     "packed_full_width": lambda: PackedEnsemble(num_members=2, alpha=2.0, **MLP),  # α = M: members at the backbone's width
     "packed_half_width_mlp": lambda: PackedEnsemble(num_members=4, alpha=2.0, **MLP),  # the shipped PE-(2, 4, 1)
     "packed_resnet_alpha_3": lambda: PackedEnsemble(num_members=2, alpha=3.0, **RESNET),  # members 1.5x as wide
+    "packed_gamma_2_mlp": lambda: PackedEnsemble(num_members=2, alpha=2.0, gamma=2, **MLP),  # block-diagonal hidden layer
+    "packed_gamma_2_resnet": lambda: PackedEnsemble(num_members=2, alpha=2.0, gamma=2, **RESNET),  # grouped convs
 }
 
 
@@ -188,8 +191,19 @@ def test_member_networks_of_packed_are_the_backbone_at_alpha_w_over_m():
     assert widths == [MLP["hidden_sizes"][0] // 2, MLP["hidden_sizes"][1] // 2, 10]
 
 
-def test_grouped_packed_members_are_refused_in_one_line():
-    model = PackedEnsemble(num_members=2, alpha=2.0, gamma=2, **MLP)  # block-diagonal members: no plain nn.Linear holds them
-    with pytest.raises(EnsembleLabError, match="not supported for PackedEnsemble") as info:
-        member_states(model.network, model.member_network(), 2, "PackedEnsemble")
-    assert "\n" not in str(info.value)
+def test_grouped_packed_members_are_grouped_plain_networks():
+    model = PackedEnsemble(num_members=2, alpha=2.0, gamma=2, **RESNET)
+    convs = [m for m in model.member_network().modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].groups == 1 and {m.groups for m in convs[1:]} == {2}  # the stem reads the whole image
+    linears = [m for m in PackedEnsemble(num_members=2, alpha=2.0, gamma=2, **MLP).member_network().modules() if isinstance(m, nn.Module)]
+    assert [type(m).__name__ for m in linears if type(m).__name__ in ("Linear", "GroupedLinear")] == ["Linear", "GroupedLinear", "Linear"]
+
+
+def test_grouped_linear_is_a_block_diagonal_matrix():
+    layer = GroupedLinear(6, 4, groups=2).double()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    dense = torch.zeros(4, 6, dtype=torch.float64)  # by hand: block j maps inputs [3j, 3j+3) to outputs [2j, 2j+2)
+    dense[:2, :3], dense[2:, 3:] = layer.weight[:2], layer.weight[2:]
+    torch.testing.assert_close(layer(x), x @ dense.T + layer.bias, rtol=0, atol=1e-12)
+    with pytest.raises(EnsembleLabError, match="divide by groups"):
+        GroupedLinear(5, 4, groups=2)
