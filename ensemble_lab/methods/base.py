@@ -19,6 +19,7 @@ from ensemble_lab.methods.distillation import (
     Distillation,
     check_distillation_options,
 )
+from ensemble_lab.methods.repulsion import DEFAULT_BANDWIDTH, add_repulsion, check_repulsion_options
 from ensemble_lab.nn import LayerFactory, build_backbone, plain_layers, tile_members
 from ensemble_lab.nn.backbones import backbone_options
 from ensemble_lab.nn.dropout import check_dropout_p
@@ -63,6 +64,8 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         distill_temperature: float = DEFAULT_TEMPERATURE,
         distill_alpha: float = DEFAULT_ALPHA,
         distill_match: str = DEFAULT_MATCH,
+        repulsion: float = 0.0,
+        repulsion_bandwidth: float = DEFAULT_BANDWIDTH,
     ) -> None:
         """
         Mixed precision is a trainer option: ``--trainer.precision bf16-mixed`` (CPU and GPU).
@@ -97,11 +100,16 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
                 KL(teacher_T ‖ student_T); 1: cross-entropy only.
             distill_match: "mean" (every student member learns the teacher members' mean probabilities) or
                 "member" (student member i learns teacher member i; the numbers of members must match).
+            repulsion: λ >= 0: add λ · mean over member pairs and images of exp(−‖p_i − p_j‖² / (2σ²)) to the training
+                loss (p: the members' softmax probabilities), pushing members apart in function space; logged as
+                train/repulsion. Needs M >= 2 members trained on the same images. 0: off.
+            repulsion_bandwidth: σ > 0 of that kernel (squared distances of probability vectors lie in [0, 2]).
         """
         super().__init__()
         check_num_members(num_members)
         check_dropout_p(dropout, "model.dropout")
         check_distillation_options(teacher, distill_temperature, distill_alpha, distill_match)
+        check_repulsion_options(repulsion, repulsion_bandwidth, num_members)
         given = dict(zip(BACKBONE_OPTIONS, (hidden_sizes, width, depth, widen_factor)))  # every backbone's options
         options = backbone_options(backbone, **given)  # this backbone's, defaults filled in
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -116,6 +124,7 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
             self.network.compile()  # in place: state_dict keys stay "network.*"
         # a plain object, not a submodule: the teacher is in no state_dict, optimizer or train() switch of the student
         self.distillation = None if teacher is None else Distillation(teacher, distill_temperature, distill_alpha, distill_match)
+        self.repulsion, self.repulsion_bandwidth = float(repulsion), float(repulsion_bandwidth)
 
     def build_network(
         self, backbone: str, input_shape: tuple[int, ...], num_classes: int, dropout: float, options: dict[str, Any]
@@ -184,6 +193,9 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         loss = self.training_loss(logits, targets)
         if self.distillation is not None:  # α · loss + (1 − α) · T² · KL(teacher_T ‖ student_T)
             loss = self.distillation.loss(self, batch[0], logits, loss)
+        if self.repulsion:  # + λ · mean RBF kernel between members' probabilities
+            loss, kernel = add_repulsion(type(self).__name__, logits, targets, loss, self.repulsion, self.repulsion_bandwidth)
+            self.log("train/repulsion", kernel.detach(), on_step=True, on_epoch=False)
         logged = self.logged_loss(loss.detach(), logits.detach())
         # Nothing here waits for the device. Epoch sums stay on the device and are logged once per
         # epoch (each self.log costs ~0.5 ms of CPU); the step loss (this rank's, no collective)
