@@ -11,15 +11,12 @@ and its note the method's images/s and, on a GPU, the peak memory allocated duri
 
 import dataclasses
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
-from lightning.pytorch.callbacks import Callback
 
-from benchmarks.pipeline import _RawLoop, datamodule, trainer
+from benchmarks.pipeline import _InterleaveEpochs, _RawLoop, datamodule, trainer
 from benchmarks.settings import Settings
 from benchmarks.steps import make_method
 from benchmarks.timing import Figure, from_pairs
@@ -41,37 +38,6 @@ def method_of(name: str) -> tuple[type[EnsembleModule], dict[str, Any]]:
     return cls, options
 
 
-class _EpochTimer(Callback):
-    """Times each Lightning epoch (and its peak CUDA memory) and one reference epoch beside it."""
-
-    def __init__(self, reference: _RawLoop, warmup: int, settings: Settings) -> None:
-        self.reference, self.warmup, self.sync = reference, warmup, settings.sync
-        self.cuda = settings.device.type == "cuda"
-        self.method_times: list[float] = []
-        self.reference_times: list[float] = []
-        self.peaks: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.reference_first = trainer.current_epoch % 2 == 1
-        if self.reference_first:
-            self.reference_time = self.reference.epoch()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-        self.sync()
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.sync()
-        method_time = time.perf_counter() - self.start
-        peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else None
-        reference_time = self.reference_time if self.reference_first else self.reference.epoch()
-        if trainer.current_epoch >= self.warmup:
-            self.method_times.append(method_time)
-            self.reference_times.append(reference_time)
-            if peak is not None:
-                self.peaks.append(peak)
-
-
 def method_epoch(name: str, settings: Settings) -> Figure:
     """(j) for one method: its Lightning epoch against the plain ResNet-18's hand-written epoch."""
     s = settings.sizes
@@ -81,14 +47,14 @@ def method_epoch(name: str, settings: Settings) -> Figure:
     reference = _RawLoop(make_method(methods.SingleModel, settings, "resnet18", compile=settings.compile), dm, settings)
     warmup = s.warmup if settings.compile else 1  # compiling takes the first epochs
     pairs = max(3, s.epoch_pairs // 2)
-    timer = _EpochTimer(reference, warmup, settings)
+    timer = _InterleaveEpochs(reference, warmup, settings)
     with tempfile.TemporaryDirectory() as root:
         trainer(settings, root, max_epochs=warmup + pairs, callbacks=[timer]).fit(module, datamodule=dm)
-    seconds = sorted(timer.method_times)[len(timer.method_times) // 2]
-    memory = f", peak {max(timer.peaks):.0f} MiB allocated" if timer.peaks else ""
+    seconds = sorted(timer.lightning_times)[len(timer.lightning_times) // 2]
+    memory = f", peak {max(timer.peaks_mib):.0f} MiB allocated" if timer.peaks_mib else ""
     return from_pairs(
         f"(j) training epoch, {name}", f"{cls.__name__} M={module.num_members} fit", "plain ResNet-18 loop",
-        timer.method_times, timer.reference_times,
+        timer.lightning_times, timer.raw_times,
         note=f"{s.train_images / seconds:.0f} images/s{memory}",
     )
 

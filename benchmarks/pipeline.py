@@ -74,27 +74,34 @@ class _RawLoop:
 
 
 class _InterleaveEpochs(Callback):
-    """Times each Lightning epoch and one raw-loop epoch beside it, alternating the order."""
+    """Times each Lightning epoch (and, on CUDA, its peak memory) and one raw-loop epoch beside it, alternating the order."""
 
     def __init__(self, raw: _RawLoop, warmup: int, settings: Settings) -> None:
         self.raw, self.warmup, self.sync = raw, warmup, settings.sync
+        self.cuda = settings.device.type == "cuda"
         self.lightning_times: list[float] = []
         self.raw_times: list[float] = []
+        self.peaks_mib: list[float] = []  # peak CUDA allocation during each timed Lightning epoch
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.raw_first = trainer.current_epoch % 2 == 1
         if self.raw_first:
             self.raw_time = self.raw.epoch()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
         self.sync()
         self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.sync()
         lightning_time = time.perf_counter() - self.start
+        peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else None
         raw_time = self.raw_time if self.raw_first else self.raw.epoch()
         if trainer.current_epoch >= self.warmup:
             self.lightning_times.append(lightning_time)
             self.raw_times.append(raw_time)
+            if peak is not None:
+                self.peaks_mib.append(peak)
 
 
 def training_epoch(settings: Settings) -> list[Figure]:
