@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from benchmarks.settings import Settings
 from benchmarks.timing import Figure, compare
+from ensemble_lab.evaluation.tensor_memory import TensorMemory
 from ensemble_lab.methods import MIMO, BatchEnsemble, DeepEnsemble, LowRankEnsemble, Masksembles, MCDropout, PackedEnsemble, SingleModel
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.nn import BatchConv2d, BatchLinear, FastWeights
@@ -220,16 +221,33 @@ def _inference(module: EnsembleModule, x: Tensor, settings: Settings) -> Callabl
     return run
 
 
-def _peak_memory_mib(run: Callable[[], None], settings: Settings) -> float | None:
-    """Peak CUDA allocation of one call of ``run`` above what was allocated before, in MiB (None off CUDA)."""
+def _peak_memory_mib(module: EnsembleModule, x: Tensor, settings: Settings) -> tuple[float, float | None]:
+    """Peak MiB of one test forward of ``x``: live tensors (parameters, buffers, batch, activations; every
+    device), and CUDA's allocation above what was allocated before it (None off CUDA)."""
+    run = _inference(module, x, settings)
+    with TensorMemory(module, x) as tensors:
+        run()
     if settings.device.type != "cuda":
-        return None
+        return tensors.peak_bytes / 2**20, None
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     run()
     torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
+    return tensors.peak_bytes / 2**20, (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def _memory_note(be: EnsembleModule, de: EnsembleModule, settings: Settings) -> str:
+    """BE's and DE's parameters and peak test memory for one image and for the mode's batch (MiB, BE / DE)."""
+    parameters = [sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20 for m in (be, de)]
+    rows = [("parameters", *parameters)]
+    for size in dict.fromkeys((1, settings.sizes.batch)):
+        x = batch(settings, "resnet18", size)[0]
+        (be_tensors, be_cuda), (de_tensors, de_cuda) = _peak_memory_mib(be, x, settings), _peak_memory_mib(de, x, settings)
+        rows.append((f"peak tensors B={size}", be_tensors, de_tensors))
+        if be_cuda is not None and de_cuda is not None:
+            rows.append((f"CUDA peak above parameters and batch B={size}", be_cuda, de_cuda))
+    return "MiB BE / DE: " + "; ".join(f"{name} {a:.1f} / {b:.1f} = {a / b:.2f}" for name, a, b in rows)
 
 
 def efficient_methods(settings: Settings) -> list[Figure]:
@@ -239,13 +257,10 @@ def efficient_methods(settings: Settings) -> list[Figure]:
     settings = dataclasses.replace(settings, sizes=dataclasses.replace(settings.sizes, width=max(settings.sizes.width, 16)))
     s, figures = settings.sizes, []
     x, y = batch(settings, "resnet18", s.batch)
-    be = _inference(make_method(BatchEnsemble, settings, "resnet18", num_members=s.members), x, settings)
-    de = _inference(make_method(DeepEnsemble, settings, "resnet18", num_members=s.members), x, settings)
-    memory = [_peak_memory_mib(run, settings) for run in (be, de)]
-    note = "" if memory[0] is None else f"peak MiB BE {memory[0]:.0f} / DE {memory[1]:.0f} = {memory[0] / memory[1]:.2f}"
+    be, de = (make_method(cls, settings, "resnet18", num_members=s.members) for cls in (BatchEnsemble, DeepEnsemble))
     figures.append(compare(
-        "(i) test forward, BE vs DE, resnet18", (f"BE M={s.members}", be), (f"DE M={s.members}", de),
-        note=note or "< 1 means BatchEnsemble is faster", **settings.timing(),
+        "(i) test forward, BE vs DE, resnet18", (f"BE M={s.members}", _inference(be, x, settings)),
+        (f"DE M={s.members}", _inference(de, x, settings)), note=_memory_note(be, de, settings), **settings.timing(),
     ))
     tiled_x, tiled_y = x.repeat(s.members, 1, 1, 1), y.repeat(s.members)  # (M*B, ...)
     single_tiled = training_step(make_method(SingleModel, settings, "resnet18"), tiled_x, tiled_y, settings)

@@ -29,3 +29,9 @@ def test_micro_suite_with_gpu_options_on_cpu(tmp_path):
 
 def test_training_epochs_cover_every_shipped_cifar10_method():
     assert set(METHODS) == {path.stem for path in CONFIGS.glob("*.yaml")}
+
+
+def test_test_time_figure_reports_memory_on_every_device(tmp_path):
+    figures = main(["--micro", "--only", "i", "--out", str(tmp_path / "b.json")])
+    note = next(f.note for f in figures if f.name.startswith("(i) test forward"))
+    assert "parameters" in note and "peak tensors B=1" in note and "CUDA" not in note

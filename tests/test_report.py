@@ -210,13 +210,15 @@ def test_cost_table_and_quality_against_cost_figure(tmp_path):
             run = write_run(root, f"{method}/seed_{seed}", method, members, seed, 0.9)
             doc = json.loads((run / "results.json").read_text())
             doc["cost"] = {"parameters": parameters, "parameters_per_member": parameters // members,
-                           "flops_per_image": 2.0 * parameters, "images_per_s": rate + 1000 * seed, "peak_memory_bytes": None}  # fmt: skip
+                           "flops_per_image": 2.0 * parameters, "images_per_s": rate + 1000 * seed, "peak_memory_bytes": None,
+                           "peak_tensor_bytes": 4 * parameters}  # fmt: skip
             (run / "results.json").write_text(json.dumps(doc))
     write_run(root, "old/seed_1", "MCDropout", 4, 1, 0.8)  # tested before costs were measured: no cost row
     groups = build_report([root])
     text = to_markdown(groups)
     cost_table = text[text.index("### cost") :]
-    assert "| DeepEnsemble | 4 | DigitsDataModule | 2 | 40,000 ± 0 | 10,000 ± 0 | 80,000 ± 0 | 13,500 ± 707 |" in cost_table
+    assert "| DeepEnsemble | 4 | DigitsDataModule | 2 | 40,000 ± 0 | 10,000 ± 0 | 80,000 ± 0 | 13,500 ± 707 | 160,000 ± 0 |" in cost_table
+    assert "peak_tensor_bytes" in cost_table and "peak_memory_bytes" not in cost_table  # CUDA's: blank on every CPU run
     assert "MCDropout" not in cost_table.split("###")[1]
     main(["report", str(root), "--out", str(tmp_path / "out")])
     figure = tmp_path / "out" / "quality_vs_cost.png"

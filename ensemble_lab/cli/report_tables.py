@@ -58,9 +58,8 @@ def table_layout(groups: Sequence[Group], preset: str | None = None, metrics: Se
         members = [g for g in groups if name in g.stats]
         if not members:
             continue
-        keys = list(members[0].stats[name])
-        if preset or metrics:  # a chosen layout: no all-blank columns
-            keys = [k for k in keys if any(g.stats[name].get(k, Stat(None, None, 0)).n for g in members)]
+        # no all-blank columns (e.g. CUDA's peak memory in a CPU study)
+        keys = [k for k in members[0].stats[name] if any(g.stats[name].get(k, Stat(None, None, 0)).n for g in members)]
         role = None if name in (WEIGHTS, COST) else _role(groups, name)
         if keys:
             tables.append(Table(name + (f" ({role})" if role else ""), tuple(Column(name, k, k) for k in keys), role))

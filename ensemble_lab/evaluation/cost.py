@@ -9,6 +9,9 @@
 - ``images_per_s``: test forward passes of one batch (all members), timed after warm-up for at least
   ``min_time`` seconds on the run's device (synchronised on a GPU). ``peak_memory_bytes``: the
   device's peak allocation during those passes (CUDA only; null elsewhere).
+- ``peak_tensor_bytes``: the peak bytes of live tensors (parameters, buffers, the batch and the
+  activations alive at once) during the first of those passes, counted by ``TensorMemory`` in the same
+  way on every device; a CPU run gets a memory figure too, and two runs of one configuration agree on it.
 """
 
 import time
@@ -18,9 +21,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ensemble_lab.evaluation.tensor_memory import TensorMemory
 from ensemble_lab.nn.members import member_owned_parameters
 
-COST_KEYS = ("parameters", "parameters_per_member", "flops_per_image", "images_per_s", "peak_memory_bytes")
+COST_KEYS = ("parameters", "parameters_per_member", "flops_per_image", "images_per_s", "peak_memory_bytes", "peak_tensor_bytes")
 #: measurements of the machine, not results of the run: the only keys of results.json that differ
 #: between two runs of the same configuration and seed
 MEASURED = ("images_per_s", "peak_memory_bytes")
@@ -46,8 +50,8 @@ def measure_cost(model: nn.Module, images: Tensor, num_members: int, warmup: int
         min_time: seconds of timed forward passes (at least one).
     """
     total, per_member = parameter_counts(model, num_members)
-    counter = FlopCounterMode(display=False)
-    with counter:
+    counter, memory = FlopCounterMode(display=False), TensorMemory(model, images)
+    with counter, memory:
         model(images)
     cuda = images.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -68,12 +72,15 @@ def measure_cost(model: nn.Module, images: Tensor, num_members: int, warmup: int
         "flops_per_image": counter.get_total_flops() / images.shape[0],
         "images_per_s": images.shape[0] * calls / elapsed,
         "peak_memory_bytes": int(torch.cuda.max_memory_allocated(images.device)) if cuda else None,
+        "peak_tensor_bytes": memory.peak_bytes,
     }
 
 
 def format_cost(cost: dict[str, Any], device: str) -> str:
     """One line for the printed results: parameters, FLOPs, throughput and memory."""
     memory = "" if cost.get("peak_memory_bytes") is None else f", peak memory {cost['peak_memory_bytes'] / 2**20:.1f} MiB"
+    if cost.get("peak_tensor_bytes") is not None:
+        memory += f", peak tensors {cost['peak_tensor_bytes'] / 2**20:.1f} MiB"
     return (
         f"cost: {cost['parameters']:,} parameters ({cost['parameters_per_member']:,} per member), "
         f"{cost['flops_per_image'] / 1e6:.3f} MFLOPs per test image (all members), "

@@ -29,3 +29,18 @@ def test_flops_per_image_are_two_per_multiply_add_of_every_member(cls, members):
     assert cost["flops_per_image"] == 2 * members * sum(i * o for i, o in LAYERS)
     assert set(cost) == set(COST_KEYS) and cost["images_per_s"] > 0 and cost["peak_memory_bytes"] is None
     assert "parameters" in format_cost(cost, "cpu") and "images/s on cpu" in format_cost(cost, "cpu")
+
+
+def test_peak_tensor_memory_holds_the_parameters_and_batch_and_repeats_exactly():
+    images = torch.randn(6, 1, 8, 8)
+    costs = {}
+    for cls, members in [(SingleModel, 1), (BatchEnsemble, M), (DeepEnsemble, M)]:
+        model = cls(num_members=members, **MLP).eval()
+        first, second = (measure_cost(model, images, members, warmup=0, min_time=0.01) for _ in range(2))
+        assert first["peak_tensor_bytes"] == second["peak_tensor_bytes"]  # counted, not sampled
+        held = 4 * first["parameters"] + images.numel() * 4  # float32 parameters and batch
+        logits = 4 * members * images.shape[0] * 10  # the (M, B, C) output, alive at the end
+        assert first["peak_tensor_bytes"] >= held + logits
+        costs[cls] = first["peak_tensor_bytes"]
+    assert costs[DeepEnsemble] > costs[BatchEnsemble] > costs[SingleModel]  # M copies of W; M rows per image
+    assert "peak tensors" in format_cost(first, "cpu")
