@@ -123,3 +123,18 @@ def test_a_resumed_run_continues_the_file_as_if_never_interrupted(uninterrupted,
         main([*FIT, interrupt, "--ckpt_path=last"])  # the flag file exists: no second signal
     assert run_dirs(tmp_path) == [run]
     assert (run / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()
+
+
+@pytest.mark.slow
+def test_several_validations_an_epoch_evaluate_the_sets_once_at_its_end(tmp_path):
+    # 3 batches an epoch, a validation after each: val/acc gets 3 values an epoch, the test sets 1 (K = 1)
+    with working_directory(tmp_path):
+        main([*FIT, "--trainer.max_epochs=2", "--eval_sets_every=1", "--trainer.val_check_interval=1"])
+    (run,) = run_dirs(tmp_path)
+    scalars = tensorboard_scalars(run)
+    assert len(scalars["val/acc"]) == 6
+    assert len(scalars["val/photo_patches/auroc_mi"]) == 2 and len(scalars["val/digits_shifted/acc"]) == 2
+    rows = read_metrics_csv(run / "metrics.csv")
+    # the epoch's row holds the values its end gave: the last epoch's equal the test after fit
+    sets = read_results(run)["sets"]
+    assert rows[-1]["val/digits_shifted/acc"] == pytest.approx(sets["digits_shifted"]["acc"], abs=1e-6)

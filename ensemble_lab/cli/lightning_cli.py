@@ -120,7 +120,7 @@ class EnsembleLabCLI(LightningCLI):
             type=int,
             default=0,
             help="fit only: every K epochs (and at the last epoch) also evaluate every test set (id, shift, ood) at the end "
-            "of validation and log val/<set>/<metric> (acc, nll, ece, mi, disagreement, auroc_mi, ...) to TensorBoard and "
+            "of the validation after the epoch's last batch (once an epoch, also with val_check_interval < 1) and log val/<set>/<metric> (acc, nll, ece, mi, disagreement, auroc_mi, ...) to TensorBoard and "
             "metrics.csv, so diversity per set can be followed over training; 0: never. Training is the same with or without it.",
         )
         parser.add_argument(

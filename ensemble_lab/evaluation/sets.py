@@ -44,13 +44,18 @@ def scalars(prefix: str, sets: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def eval_due(trainer: "L.Trainer", every: int) -> bool:
-    """True at the end of the validation of every ``every``-th epoch of a fit, and of its last epoch
-    (max_epochs or max_steps reached; an epoch that early stopping makes the last counts only on a multiple)."""
+    """True at the end of the validation that closes every ``every``-th epoch of a fit, and its last epoch
+    (max_epochs or max_steps reached; an epoch that early stopping makes the last counts only on a multiple).
+
+    With several validations per epoch (``--trainer.val_check_interval`` < 1), only the one after the epoch's
+    last batch counts: the sets are evaluated once per due epoch, on the weights the epoch ends with."""
     if every <= 0 or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
         return False
+    last_step = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+    if not (trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or last_step):
+        return False  # a validation in the middle of an epoch
     epochs = trainer.current_epoch + 1
     last_epoch = trainer.max_epochs is not None and trainer.max_epochs > 0 and epochs >= trainer.max_epochs
-    last_step = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
     return epochs % every == 0 or last_epoch or last_step
 
 
