@@ -267,3 +267,19 @@ def test_connectivity_step_failed_teacher_and_report_args(tmp_path, capsys, monk
         main(command)
     assert "ok seed 1: running its connectivity step" in capsys.readouterr().out
     assert len(calls) == 2 and (ok / "connectivity.json").exists() and (ok / "results.json").stat().st_mtime_ns == fitted
+
+
+@pytest.mark.slow
+def test_a_moved_study_directory_still_matches_its_students_records(tmp_path):
+    methods = {"teacher": {"config": str(DIGITS / "single.yaml")}, "student": {"config": str(DIGITS / "single.yaml"), "teacher": "teacher"}}
+    study = write_study(tmp_path / "s.yaml", methods, seeds=(1, 2))
+    main(["study", "--config", str(study), "--out", str(tmp_path / "out")])
+    (tmp_path / "out").rename(tmp_path / "moved")
+    runs = load_spec(study, tmp_path / "moved").runs
+    assert [(r.name, r.state()) for r in runs] == [("teacher", "done")] * 2 + [("student", "done")] * 2
+    recorded = json.loads((tmp_path / "moved" / "student" / "seed_2" / "study_run.json").read_text())["config"]
+    assert recorded["model.init_args.teacher"].startswith(str(tmp_path / "out"))  # the record keeps the old path
+    # another teacher is still a change
+    methods["other"], methods["student"]["teacher"] = {"config": str(DIGITS / "single.yaml")}, "other"
+    student = next(r for r in load_spec(write_study(tmp_path / "s.yaml", methods, seeds=(1, 2)), tmp_path / "moved").runs if r.name == "student")
+    assert "model.init_args.teacher: teacher/seed_1/checkpoints/last.ckpt -> other/seed_1/checkpoints/last.ckpt" in student.change()

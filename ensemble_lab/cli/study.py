@@ -53,6 +53,8 @@ from ensemble_lab.run_files import first_free_number
 STUDY_KEYS = {"out", "seeds", "args", "methods", "connectivity", "report", "slurm"}
 METHOD_KEYS = {"config", "args", "teacher", "connectivity"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+#: the option a student's teacher checkpoint is given in (fit_args) and recorded under
+TEACHER_KEY = "model.init_args.teacher"
 RECORD = "study_run.json"  # in each run directory: {"argv": the fit arguments the study last used, "config", "state", ...}
 
 
@@ -145,7 +147,15 @@ class Run:
         before, today = comparable(config), self.resolved()
         if new_keys := set(today) - set(before):  # options added since the run: what its arguments give today
             before = {**_resolved_or_empty(recorded, new_keys), **before}
-        return "; ".join(differences(before, today)) or None
+        return "; ".join(differences(self._within_study(before), self._within_study(today))) or None
+
+    def _within_study(self, flat: dict[str, Any]) -> dict[str, Any]:
+        """``flat`` with the study's own teacher checkpoint as a path inside the study (<teacher>/seed_<s>/...),
+        so that a study directory moved or reached by another path still matches its students' records."""
+        teacher = flat.get(TEACHER_KEY)
+        if self.teacher is None or not isinstance(teacher, str):
+            return flat
+        return {**flat, TEACHER_KEY: str(Path(*Path(teacher).parts[-4:]))}  # <teacher>/seed_<s>/checkpoints/last.ckpt
 
     def state(self) -> str:
         """``status()``, or "changed" for a finished or interrupted run made with other arguments."""
