@@ -26,10 +26,11 @@ COLUMN_WIDTH = 3.3
 TEXT_WIDTH = 6.9
 #: formats draw_report_figures and save_figure write
 FORMATS = ("png", "pdf", "svg")
-#: Okabe-Ito colour-blind-safe colours first (their pale yellow late: weak on white), then more for long reports
+#: Okabe-Ito colour-blind-safe colours first (their yellow late, and darkened: #F0E442 is barely visible on white),
+#: then more for long reports
 PALETTE = (
     "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#8C564B",
-    "#F0E442", "#7F7F7F", "#BCBD22", "#17BECF",
+    "#B59F00", "#7F7F7F", "#332288", "#17BECF",
 )  # fmt: skip
 #: one marker per label as well (prints in grey stay legible)
 MARKERS = "osD^vP*Xh<>p"

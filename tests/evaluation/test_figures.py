@@ -76,3 +76,17 @@ def test_png_files_and_tensorboard_images(tmp_path):
     tags = set(events.Tags()["images"])
     assert tags == {f"test/figures/{p.stem}" for p in paths}
     assert events.Images("test/figures/weight_cosine")[0].step == 7
+
+
+def test_every_palette_colour_stands_out_on_white():
+    from matplotlib.colors import to_rgb
+
+    from ensemble_lab.evaluation.figure_style import PALETTE
+
+    def luminance(colour: str) -> float:  # WCAG 2 relative luminance
+        linear = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in to_rgb(colour)]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    contrast = {colour: 1.05 / (luminance(colour) + 0.05) for colour in PALETTE}
+    assert min(contrast.values()) >= 2.2, contrast  # Okabe-Ito's own #F0E442 would read 1.3
+    assert len(set(PALETTE)) == len(PALETTE)
