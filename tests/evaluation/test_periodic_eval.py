@@ -20,8 +20,10 @@ from tests.run_helpers import working_directory
 
 def fake_trainer(epoch: int, max_epochs: int | None = 5, max_steps: int = -1, global_step: int = 0, **state) -> SimpleNamespace:
     fn = state.get("fn", TrainerFn.FITTING)
+    progress = SimpleNamespace(is_last_batch=state.get("epoch_end", True))  # False: a validation inside the epoch
     return SimpleNamespace(current_epoch=epoch, max_epochs=max_epochs, max_steps=max_steps, global_step=global_step,
-                           sanity_checking=state.get("sanity", False), state=SimpleNamespace(fn=fn))  # fmt: skip
+                           sanity_checking=state.get("sanity", False), state=SimpleNamespace(fn=fn),
+                           fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))  # fmt: skip
 
 
 def test_due_every_k_epochs_and_at_the_last():
@@ -30,6 +32,8 @@ def test_due_every_k_epochs_and_at_the_last():
     assert not any(eval_due(fake_trainer(e), 0) for e in range(5))  # 0: off
     assert eval_due(fake_trainer(0, max_epochs=None, max_steps=30, global_step=30), 7)  # max_steps reached
     assert not eval_due(fake_trainer(1, sanity=True), 2) and not eval_due(fake_trainer(1, fn=TrainerFn.VALIDATING), 2)
+    assert not eval_due(fake_trainer(1, epoch_end=False), 2)  # val_check_interval < 1: only the epoch's last validation
+    assert eval_due(fake_trainer(0, max_epochs=None, max_steps=30, global_step=30, epoch_end=False), 7)  # ... or the fit's last step
 
 
 def test_set_metrics_scores_ood_sets_against_the_first_id_set():
