@@ -11,6 +11,7 @@ from ensemble_lab.nn.conv_args import IntOrPair, as_pair
 from ensemble_lab.nn.ensemble_conv import channels_to_members, members_to_channels
 from ensemble_lab.nn.fast_weights import FastWeightLayer, FastWeights
 from ensemble_lab.nn.members import rows_per_member
+from ensemble_lab.nn.scaled_conv import scaled_input_conv2d
 
 PERTURBATIONS = ("channel", "kernel")
 
@@ -76,13 +77,13 @@ class BatchConv2d(FastWeightLayer):
         m, b = self.num_members, rows_per_member(x.shape[0], self.num_members)
         if self.fast.rank == 1 and self.perturbation == "channel":
             r, s = self.fast_factors()  # (M, 1, Cin), (M, 1, Cout)
-            x = x.view(m, b, *x.shape[1:]) * r.view(m, 1, self.in_channels, 1, 1)  # (M, B, Cin, H, W)
 
-            def conv(rows: Tensor, weight: Tensor) -> Tensor:  # (n, B, Cin, H, W) -> (n, B, Cout, H', W')
-                y = F.conv2d(rows.flatten(0, 1), weight, None, self.stride, self.padding)  # (n*B, Cout, H', W')
-                return y.view(rows.shape[0], b, *y.shape[1:])
+            def conv(rows: Tensor, scale: Tensor, weight: Tensor) -> Tensor:  # (n, B, Cin, H, W) -> (n, B, Cout, H', W')
+                return scaled_input_conv2d(rows, scale, weight, self.stride, self.padding)  # conv(x ∘ r, W), x kept for backward
 
-            y = self._apply_shared(x, conv)  # one convolution with the shared weight (two under gradient blocking)
+            rows = x.view(m, b, *x.shape[1:])  # (M, B, Cin, H, W)
+            # one convolution with the shared weight (two under gradient blocking)
+            y = self._apply_shared(conv, rows, r.view(m, 1, self.in_channels, 1, 1))
             # Cast to the conv's dtype: under autocast a float32 s would promote the output back to float32.
             y = y * s.view(m, 1, self.out_channels, 1, 1).to(y.dtype)
         else:

@@ -50,7 +50,7 @@ class BatchLinear(FastWeightLayer):
         x = x.view(m, b, self.in_features)  # (M, B, in)
         if self.fast.rank == 1:
             r, s = self.fast_factors()  # (M, 1, in), (M, 1, out): broadcast over the B rows
-            y = self._apply_shared(x * r, lambda rows, w: rows @ w.t())  # (M, B, out)
+            y = self._apply_shared(lambda rows, w: rows @ w.t(), x * r)  # (M, B, out)
             # Cast to the matmul's dtype: under autocast a float32 s or bias would promote the output back to float32.
             y = y * s.to(y.dtype)
         else:

@@ -115,7 +115,7 @@ class FastWeightLayer(nn.Module):
 
     def member_weights(self) -> Tensor:
         """Every member's effective weight W ∘ F_i, (M, *weight.shape); W detached for members 1.. under gradient blocking."""
-        return self._apply_shared(self.perturbations(), lambda f, w: w * f)
+        return self._apply_shared(lambda f, w: w * f, self.perturbations())
 
     def member_weight(self, i: int) -> Tensor:
         """Member i's effective weight W ∘ F_i, shaped like ``.weight``."""
@@ -132,12 +132,13 @@ class FastWeightLayer(nn.Module):
             state["bias"] = self.bias[i].detach()
         return state
 
-    def _apply_shared(self, x: Tensor, op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-        """``op(x, W)`` for member-major ``x`` (M, ...). With gradient blocking, members 1.. get W
-        detached: two ops (member 0, the rest), never one per member."""
+    def _apply_shared(self, op: Callable[..., Tensor], *per_member: Tensor) -> Tensor:
+        """``op(*per_member, W)`` for member-major tensors (M, ...). With gradient blocking, members 1..
+        get W detached: two ops (member 0, the rest), never one per member."""
         if not self.fast.gradient_blocking or self.num_members == 1:
-            return op(x, self.weight)
-        return torch.cat([op(x[:1], self.weight), op(x[1:], self.weight.detach())])
+            return op(*per_member, self.weight)
+        first, rest = (op(*(t[:1] for t in per_member), self.weight), op(*(t[1:] for t in per_member), self.weight.detach()))
+        return torch.cat([first, rest])
 
     def _add_bias(self, y: Tensor) -> Tensor:
         """``y`` (M, B, out, ...) plus member i's bias on its rows; cast to y's dtype (autocast)."""
