@@ -6,7 +6,8 @@ CIFAR-shaped images by ``Trainer.fit`` with the real datamodule machinery (loade
 flip and normalisation). A callback times every Lightning epoch and, beside it, one epoch of a
 hand-written loop training a plain ResNet-18 on the same images, alternating which runs first. The
 figure is the ratio of the two (what the method costs per unique image against one plain network),
-and its note the method's images/s and, on a GPU, the peak memory allocated during its epochs.
+and its note the method's images/s, the peak memory of live tensors in one of its training steps on B
+images (also as a multiple of the plain ResNet-18's step) and, on a GPU, the peak allocated during its epochs.
 """
 
 import dataclasses
@@ -18,7 +19,7 @@ import yaml
 
 from benchmarks.pipeline import _InterleaveEpochs, _RawLoop, datamodule, trainer
 from benchmarks.settings import Settings
-from benchmarks.steps import make_method
+from benchmarks.steps import batch, make_method, training_memory_mib
 from benchmarks.timing import Figure, from_pairs
 from ensemble_lab import methods
 from ensemble_lab.methods.base import EnsembleModule
@@ -52,6 +53,11 @@ def method_epoch(name: str, settings: Settings) -> Figure:
         trainer(settings, root, max_epochs=warmup + pairs, callbacks=[timer]).fit(module, datamodule=dm)
     seconds = sorted(timer.lightning_times)[len(timer.lightning_times) // 2]
     memory = f", peak {max(timer.peaks_mib):.0f} MiB allocated" if timer.peaks_mib else ""
+    if not settings.compile:  # a dispatch mode and compiled graphs do not mix
+        x, y = batch(settings, "resnet18", s.batch)
+        plain = make_method(methods.SingleModel, settings, "resnet18")
+        tensors = [training_memory_mib(m, x, y, settings) for m in (module, plain)]
+        memory += f", step peak tensors {tensors[0]:.1f} MiB ({tensors[0] / tensors[1]:.2f}x plain)"
     return from_pairs(
         f"(j) training epoch, {name}", f"{cls.__name__} M={module.num_members} fit", "plain ResNet-18 loop",
         timer.lightning_times, timer.raw_times,

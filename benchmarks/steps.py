@@ -92,9 +92,12 @@ def make_method(cls: type[EnsembleModule], settings: Settings, backbone: str, **
     return module.to(settings.device)
 
 
-def training_step(module: EnsembleModule, x: Tensor, y: Tensor, settings: Settings) -> Callable[[], None]:
-    """One optimizer step of ``module`` on (x, y), as Lightning's automatic optimisation does it."""
-    optimizer = module.configure_optimizers()
+def training_step(
+    module: EnsembleModule, x: Tensor, y: Tensor, settings: Settings, optimizer: torch.optim.Optimizer | None = None
+) -> Callable[[], None]:
+    """One optimizer step of ``module`` on (x, y), as Lightning's automatic optimisation does it (with the
+    module's own optimizer unless ``optimizer`` is given)."""
+    optimizer = optimizer or module.configure_optimizers()
     module.train()
 
     def step() -> None:
@@ -105,6 +108,18 @@ def training_step(module: EnsembleModule, x: Tensor, y: Tensor, settings: Settin
         optimizer.step()
 
     return step
+
+
+def training_memory_mib(module: EnsembleModule, x: Tensor, y: Tensor, settings: Settings) -> float:
+    """Peak MiB of live tensors in a training step of ``module`` on (x, y) once the optimizer has its state:
+    parameters, batch, momentum, and the activations and gradients that forward and backward hold at once."""
+    optimizer = module.configure_optimizers()
+    step = training_step(module, x, y, settings, optimizer)
+    step()  # the optimizer's state (momentum) exists from the first step on
+    state = [t for per_parameter in optimizer.state.values() for t in per_parameter.values() if isinstance(t, Tensor)]
+    with TensorMemory(module, x, y, *state) as memory:
+        step()
+    return memory.peak_bytes / 2**20
 
 
 def batch(settings: Settings, backbone: str, count: int) -> tuple[Tensor, Tensor]:
