@@ -5,7 +5,8 @@ shared convolution. Written as ``F.conv2d(x * r, W)``, autograd keeps the produc
 weight gradient *and* x for the gradient of r: two maps of the input's size, where x alone (which
 the layer before keeps anyway) determines both. This function keeps x and r and forms x ∘ r again
 in the backward pass: one more element-wise product per convolution, one input-sized map less per
-layer in memory (a ResNet-18 BatchEnsemble step's peak, M = 4, B = 16: 158 → 117 MiB; benchmarks/).
+layer in memory. A ResNet-18 BatchEnsemble training step (width 16, M = 4, B = 16, CPU): peak tensor
+memory 158 → 117 MiB, step time 1.025× (21 interleaved pairs; 1.03× at width 64).
 
 Under autocast it takes the dtypes the plain composition takes: x ∘ r in the promoted dtype, the
 convolution in the autocast dtype, each gradient returned in its input's dtype.
