@@ -220,6 +220,12 @@ def test_cost_table_and_quality_against_cost_figure(tmp_path):
     assert "| DeepEnsemble | 4 | DigitsDataModule | 2 | 40,000 ± 0 | 10,000 ± 0 | 80,000 ± 0 | 13,500 ± 707 | 160,000 ± 0 |" in cost_table
     assert "peak_tensor_bytes" in cost_table and "peak_memory_bytes" not in cost_table  # CUDA's: blank on every CPU run
     assert "MCDropout" not in cost_table.split("###")[1]
+    from ensemble_lab.cli.report_tables import quality_cost
+
+    figure = quality_cost(groups)
+    assert [a.get_xlabel() for a in figure.axes[:3]] == ["images per s", "parameters", "peak tensor MiB"]
+    markers = sorted(float(line.get_xdata()[0]) for line in figure.axes[2].lines if line.get_marker() not in ("|", "_"))  # not caps
+    assert markers == pytest.approx(sorted(4 * p / 2**20 for _, p, _ in costs.values()))  # bytes drawn in MiB
     main(["report", str(root), "--out", str(tmp_path / "out")])
     figure = tmp_path / "out" / "quality_vs_cost.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -347,9 +347,15 @@ def quality_cost(groups: list[Group]) -> Any:
     id_set = next((n for g in measured for n, role in g.roles.items() if role == "id"), None)
     ood_set = next((n for g in measured for n, role in g.roles.items() if role == "ood"), None)
     quality = [(id_set, "acc"), (id_set, "nll"), (ood_set, "auroc_msp")]
+    cost = {"images_per_s": 1.0, "parameters": 1.0, "peak_tensor_bytes": 2.0**-20}  # key -> scale (bytes shown in MiB)
+    shown = {"peak_tensor_bytes": "peak_tensor_MiB"}
     points = []
     for g, look in zip(measured, looks(run_groups(measured))):
         stats = {f"{name} {metric}": g.stats.get(name or "", {}).get(metric) for name, metric in quality}
-        stats.update({key: g.stats[COST].get(key) for key in ("images_per_s", "parameters")})
-        points.append((look, {k: (v.mean, v.std) for k, v in stats.items() if v is not None and v.mean is not None}))
-    return quality_cost_figure(points, [f"{name} {metric}" for name, metric in quality if name], ["images_per_s", "parameters"])
+        values = {k: (v.mean, v.std) for k, v in stats.items() if v is not None and v.mean is not None}
+        for key, scale in cost.items():
+            if (stat := g.stats[COST].get(key)) is not None and stat.mean is not None:
+                values[shown.get(key, key)] = (stat.mean * scale, None if stat.std is None else stat.std * scale)
+        points.append((look, values))
+    columns = [shown.get(key, key) for key in cost if any(shown.get(key, key) in values for _, values in points)]
+    return quality_cost_figure(points, [f"{name} {metric}" for name, metric in quality if name], columns)
