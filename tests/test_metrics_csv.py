@@ -126,13 +126,14 @@ def test_a_resumed_run_continues_the_file_as_if_never_interrupted(uninterrupted,
 
 
 @pytest.mark.slow
-def test_several_validations_an_epoch_evaluate_the_sets_once_at_its_end(tmp_path):
-    # 3 batches an epoch, a validation after each: val/acc gets 3 values an epoch, the test sets 1 (K = 1)
+@pytest.mark.parametrize("interval, validations", [(1, 3), (2, 1)])  # (2: after batch 2 of 3 only, not after the last)
+def test_several_validations_an_epoch_evaluate_the_sets_once_at_its_end(tmp_path, interval, validations):
+    # 3 batches an epoch, a validation every `interval` batches: the test sets once an epoch (K = 1)
     with working_directory(tmp_path):
-        main([*FIT, "--trainer.max_epochs=2", "--eval_sets_every=1", "--trainer.val_check_interval=1"])
+        main([*FIT, "--trainer.max_epochs=2", "--eval_sets_every=1", f"--trainer.val_check_interval={interval}"])
     (run,) = run_dirs(tmp_path)
     scalars = tensorboard_scalars(run)
-    assert len(scalars["val/acc"]) == 6
+    assert len(scalars["val/acc"]) == 2 * validations
     assert len(scalars["val/photo_patches/auroc_mi"]) == 2 and len(scalars["val/digits_shifted/acc"]) == 2
     rows = read_metrics_csv(run / "metrics.csv")
     # the epoch's row holds the values its end gave: the last epoch's equal the test after fit

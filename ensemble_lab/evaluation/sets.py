@@ -47,16 +47,28 @@ def eval_due(trainer: "L.Trainer", every: int) -> bool:
     """True at the end of the validation that closes every ``every``-th epoch of a fit, and its last epoch
     (max_epochs or max_steps reached; an epoch that early stopping makes the last counts only on a multiple).
 
-    With several validations per epoch (``--trainer.val_check_interval`` < 1), only the one after the epoch's
-    last batch counts: the sets are evaluated once per due epoch, on the weights the epoch ends with."""
+    With several validations per epoch (``--trainer.val_check_interval`` < 1 or a number of batches), only
+    the epoch's last one counts: the sets are evaluated once per due epoch, on the latest weights."""
     if every <= 0 or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
         return False
     last_step = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
-    if not (trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or last_step):
-        return False  # a validation in the middle of an epoch
+    if not (last_step or _last_validation_of_epoch(trainer)):
+        return False
     epochs = trainer.current_epoch + 1
     last_epoch = trainer.max_epochs is not None and trainer.max_epochs > 0 and epochs >= trainer.max_epochs
     return epochs % every == 0 or last_epoch or last_step
+
+
+def _last_validation_of_epoch(trainer: "L.Trainer") -> bool:
+    """Whether no later validation is scheduled in this training epoch (True where that cannot be told:
+    validation every N steps across epochs, or by time)."""
+    loop = trainer.fit_loop.epoch_loop
+    if loop.batch_progress.is_last_batch:
+        return True
+    every, batches = trainer.val_check_batch, trainer.num_training_batches
+    if trainer.check_val_every_n_epoch is None or not isinstance(every, int) or not isinstance(batches, int):
+        return True
+    return loop.batch_idx + 1 + every > batches  # Lightning validates after batches every, 2·every, ...: none is left
 
 
 @torch.no_grad()

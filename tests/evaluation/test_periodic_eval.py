@@ -20,10 +20,13 @@ from tests.run_helpers import working_directory
 
 def fake_trainer(epoch: int, max_epochs: int | None = 5, max_steps: int = -1, global_step: int = 0, **state) -> SimpleNamespace:
     fn = state.get("fn", TrainerFn.FITTING)
-    progress = SimpleNamespace(is_last_batch=state.get("epoch_end", True))  # False: a validation inside the epoch
+    # a validation after batch `batch` (0-based) of 10, one every `val_every` batches; the last batch by default
+    batch = state.get("batch", 9)
+    loop = SimpleNamespace(batch_idx=batch, batch_progress=SimpleNamespace(is_last_batch=batch == 9))
     return SimpleNamespace(current_epoch=epoch, max_epochs=max_epochs, max_steps=max_steps, global_step=global_step,
                            sanity_checking=state.get("sanity", False), state=SimpleNamespace(fn=fn),
-                           fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))  # fmt: skip
+                           fit_loop=SimpleNamespace(epoch_loop=loop), check_val_every_n_epoch=1,
+                           val_check_batch=state.get("val_every", 10), num_training_batches=10)  # fmt: skip
 
 
 def test_due_every_k_epochs_and_at_the_last():
@@ -32,8 +35,10 @@ def test_due_every_k_epochs_and_at_the_last():
     assert not any(eval_due(fake_trainer(e), 0) for e in range(5))  # 0: off
     assert eval_due(fake_trainer(0, max_epochs=None, max_steps=30, global_step=30), 7)  # max_steps reached
     assert not eval_due(fake_trainer(1, sanity=True), 2) and not eval_due(fake_trainer(1, fn=TrainerFn.VALIDATING), 2)
-    assert not eval_due(fake_trainer(1, epoch_end=False), 2)  # val_check_interval < 1: only the epoch's last validation
-    assert eval_due(fake_trainer(0, max_epochs=None, max_steps=30, global_step=30, epoch_end=False), 7)  # ... or the fit's last step
+    # several validations an epoch: only the last one counts, whether or not it follows the epoch's last batch
+    assert [b for b in (4, 9) if eval_due(fake_trainer(1, batch=b, val_every=5), 2)] == [9]
+    assert [b for b in (2, 5, 8) if eval_due(fake_trainer(1, batch=b, val_every=3), 2)] == [8]  # none after batch 9
+    assert eval_due(fake_trainer(0, max_epochs=None, max_steps=30, global_step=30, batch=4, val_every=5), 7)  # the fit's last step
 
 
 def test_set_metrics_scores_ood_sets_against_the_first_id_set():
