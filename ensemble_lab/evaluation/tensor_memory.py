@@ -33,8 +33,11 @@ class TensorMemory(TorchDispatchMode):
         """
         super().__init__()
         self._live: dict[int, int] = {}  # id of a live storage -> its bytes
+        self._finalizers: list[weakref.finalize] = []
         self.live_bytes = 0
         self.peak_bytes = 0
+        # parameters outlive the counter: their finalizers go with it, or every measurement would leave some behind
+        weakref.finalize(self, _detach_all, self._finalizers)
         for item in held:
             tensors = [*item.parameters(), *item.buffers()] if isinstance(item, nn.Module) else [item]
             for tensor in tensors:
@@ -50,7 +53,10 @@ class TensorMemory(TorchDispatchMode):
     def _track(self, tensor: Tensor) -> None:
         if tensor.layout != torch.strided:  # sparse / nested tensors have no single storage to follow
             return
-        storage = tensor.untyped_storage()
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # a wrapper subclass without storage of its own
+            return
         key = id(storage)
         if key in self._live or storage.nbytes() == 0:
             return
@@ -58,7 +64,9 @@ class TensorMemory(TorchDispatchMode):
         self.live_bytes += storage.nbytes()
         self.peak_bytes = max(self.peak_bytes, self.live_bytes)
         # the finalizer holds the counter weakly: parameters outlive it, and must not keep it alive
-        weakref.finalize(storage, _release, weakref.ref(self), key).atexit = False
+        finalizer = weakref.finalize(storage, _release, weakref.ref(self), key)
+        finalizer.atexit = False
+        self._finalizers.append(finalizer)
 
 
 def _release(counter: "weakref.ref[TensorMemory]", key: int) -> None:
@@ -66,3 +74,9 @@ def _release(counter: "weakref.ref[TensorMemory]", key: int) -> None:
     memory = counter()
     if memory is not None:
         memory.live_bytes -= memory._live.pop(key, 0)
+
+
+def _detach_all(finalizers: list[weakref.finalize]) -> None:
+    """A counter was collected: the storages it followed no longer report to it."""
+    for finalizer in finalizers:
+        finalizer.detach()

@@ -9,7 +9,8 @@ layer in memory. A ResNet-18 BatchEnsemble training step (width 16, M = 4, B = 1
 memory 158 → 117 MiB, step time 1.025× (21 interleaved pairs; 1.03× at width 64).
 
 Under autocast it takes the dtypes the plain composition takes: x ∘ r in the promoted dtype, the
-convolution in the autocast dtype, each gradient returned in its input's dtype.
+convolution in the autocast dtype, each gradient returned in its input's dtype. Its backward is not
+differentiable again (no double backward, no torch.func transforms); nothing in ensemble-lab needs either.
 """
 
 from typing import Any

@@ -44,7 +44,9 @@ def test_parameters_shared_by_two_modules_count_once_and_a_counter_can_be_collec
     with TensorMemory(shared, nn.Sequential(shared)) as memory:
         pass
     assert memory.peak_bytes == (100 + 10) * FLOAT
-    counter = weakref.ref(memory)
+    counter, finalizers = weakref.ref(memory), memory._finalizers
+    assert len(finalizers) == 2 and all(f.alive for f in finalizers)  # weight and bias
     del memory
     gc.collect()
-    assert counter() is None  # the parameters' finalizers hold it weakly
+    assert counter() is None  # the parameters' finalizers hold it weakly ...
+    assert not any(f.alive for f in finalizers)  # ... and go with it: repeated measurements leave none behind
