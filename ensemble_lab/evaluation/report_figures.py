@@ -11,7 +11,7 @@
   std over seeds (the runs' TensorBoard event files);
 - ``ensemble_size``: metrics against M for labels whose rows differ in M (results.json alone);
 - ``scale``: accuracy, diversity (mi, disagreement), weight cosine and AUROC (mi) against the parameters of one member's
-  network, for methods whose rows differ in size (a width or depth sweep; results.json alone).
+  network, for methods whose rows differ in size (a width or depth sweep, a line each; results.json alone).
 
 A row's predictions are pooled over its runs: the curves, the ECE and AUROC / AUPR in titles and legends
 are those of all its runs' samples together (the tables' numbers are means over runs, so they differ a little).
@@ -29,10 +29,12 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation import comparison_figures as draw
 from ensemble_lab.evaluation.figure_style import LINESTYLES, MARKERS, Look, check_formats, label_colours, save_figure, who
 from ensemble_lab.evaluation.metrics import member_mean, uncertainty_scores
 from ensemble_lab.evaluation.training_curves import CURVE_TAGS, has_epochs, mean_std, per_epoch, read_scalars
+from ensemble_lab.nn.backbones import backbone_dimensions
 
 SCORES = ("msp", "entropy", "mi")
 #: (x, y) panels of the diversity figure: label metrics on id / shift sets, detection on ood sets
@@ -138,27 +140,50 @@ def _training_curves(groups: Sequence[RunGroup], seen: list[Look]) -> Figure | N
     return draw.training_curves_figure(stats, CURVE_TAGS, "epoch" if epochs else "step")
 
 
-def sweeps(groups: Sequence[RunGroup], sizes: Sequence[float | None] | None = None) -> list[list[int]]:
-    """Rows (indices into ``groups``) of each line of a figure against a size: M by default, else ``sizes``
-    (one per group, None where unknown).
+def _per_dimension(rows: list[int], dims: Sequence[dict[str, int] | None]) -> list[tuple[str | None, list[int]]]:
+    """A method's joined rows as one line per dimension swept: (dimension, rows that differ in it alone).
+
+    A depth sweep and a width sweep of one method become two lines, named by their dimension; a row on
+    both (the shared centre) is on both, and a row on neither is left out of the figure (the tables have
+    it). A single sweep stays unnamed, and rows whose dimensions are not all known are joined as one line."""
+    known = {k: d for k in rows if (d := dims[k])}
+    names = sorted({name for d in known.values() for name in d})
+    if len(known) < len(rows) or len(names) < 2:
+        return [(None, rows)]
+    lines: list[tuple[str | None, list[int]]] = []
+    for name in names:
+        by_rest: dict[tuple[tuple[str, int], ...], list[int]] = {}  # rows alike in every other dimension
+        for k, d in known.items():
+            by_rest.setdefault(tuple(sorted((n, v) for n, v in d.items() if n != name)), []).append(k)
+        lines += [(name, line) for line in by_rest.values() if len({known[k][name] for k in line}) == len(line) > 1]
+    return lines if len(lines) > 1 else [(None, lines[0][1] if lines else rows)]
+
+
+def sweeps(
+    groups: Sequence[RunGroup], sizes: Sequence[float | None] | None = None, dims: Sequence[dict[str, int] | None] | None = None,
+) -> list[tuple[str | None, list[int]]]:
+    """(dimension, rows) of each line of a figure against a size: M by default, else ``sizes`` (one per
+    group, None where unknown); rows are indices into ``groups``.
 
     A label whose rows have several sizes is one line. Labels with a single size each (a study names its
     runs ``be_m2``, ``be_m4``, ... or ``be_w16``, ``be_w64``, ...) are joined per method class when their
-    sizes are all different.
+    sizes are all different; given each row's backbone ``dims`` ({"depth": ..., "width": ...}), a method's
+    depth sweep and width sweep are two lines, named by the dimension (see :func:`_per_dimension`).
     """
     size = list(sizes) if sizes is not None else [g.num_members for g in groups]
-    lines: list[list[int]] = []
+    lines: list[tuple[str | None, list[int]]] = []
     single: dict[str | None, list[int]] = {}
     for label in dict.fromkeys(g.label for g in groups):
         rows = [k for k, g in enumerate(groups) if g.label == label and size[k] is not None]
         if len({size[k] for k in rows}) > 1:
-            lines.append(sorted(rows, key=lambda k: size[k] or 0))
+            lines.append((None, sorted(rows, key=lambda k: size[k] or 0)))
         elif rows:
             single.setdefault(groups[rows[0]].method, []).extend(rows)
     for rows in single.values():
-        values = [size[k] for k in rows]
-        if len(set(values)) == len(values) > 1:
-            lines.append(sorted(rows, key=lambda k: size[k] or 0))
+        for dim, line in _per_dimension(rows, dims) if dims is not None else [(None, rows)]:
+            values = [size[k] for k in line]
+            if len(set(values)) == len(values) > 1:
+                lines.append((dim, sorted(line, key=lambda k: size[k] or 0)))
     return lines
 
 
@@ -170,18 +195,19 @@ def _value(doc: dict[str, Any], set_name: str | None, metric: str) -> float | No
 
 def _sweep_lines(
     groups: Sequence[RunGroup], seen: list[Look], docs: list[list[dict[str, Any]]], panels: Sequence[tuple[str | None, str]],
-    sizes: Sequence[float | None] | None = None,
+    sizes: Sequence[float | None] | None = None, dims: Sequence[dict[str, int] | None] | None = None,
 ) -> list[tuple[Look, list[tuple[float, list[list[float]]]]]]:
     """One (look, [(size, per panel: the runs' values)]) per line of :func:`sweeps`."""
     size = list(sizes) if sizes is not None else [g.num_members for g in groups]
     lines = []
-    for rows in sweeps(groups, size):
+    for dim, rows in sweeps(groups, size, dims):
         points = []
         for k in rows:
             values = [[v for d in docs[k] if (v := _value(d, s, m)) is not None] for s, m in panels]
             points.append((float(size[k] or 0), values))
         first, look = groups[rows[0]], seen[min(rows)]  # a joined line takes the colour of its first row in the report
         name = str(first.method) if len({groups[k].label for k in rows}) > 1 else who(first.method, None, first.label)
+        name += f" ({dim})" if dim else ""  # a depth and a width sweep of one method
         lines.append((Look(name, look.colour, look.marker), points))
     return lines
 
@@ -203,11 +229,24 @@ def member_parameters(docs: Sequence[dict[str, Any]]) -> float | None:
     return float(counts.pop()) if len(counts) == 1 else None
 
 
+def backbone_dims(docs: Sequence[dict[str, Any]]) -> dict[str, int] | None:
+    """The depth and width of a row's backbone (results.json ``config``), the same in every run; None if unrecorded."""
+    found = set()
+    for doc in docs:
+        config = doc.get("config") or {}
+        options = {k.removeprefix("model.init_args."): v for k, v in config.items() if k.startswith("model.init_args.")}
+        try:
+            found.add(tuple(sorted(backbone_dimensions(str(options.get("backbone")), options).items())))
+        except (ConfigError, KeyError, TypeError, IndexError):  # an older or hand-written record
+            return None
+    return dict(found.pop()) if len(found) == 1 else None
+
+
 def _scale(groups: Sequence[RunGroup], seen: list[Look], docs: list[list[dict[str, Any]]], roles: dict[str, str]) -> Figure | None:
     id_set, ood_set = _first(roles, "id"), _first(roles, "ood")
     panels: list[tuple[str | None, str]] = [(id_set, m) for m in SCALE_METRICS if id_set] + [(None, "weight_cosine_mean")]
     panels += [(ood_set, "auroc_mi")] if ood_set else []
-    lines = _sweep_lines(groups, seen, docs, panels, [member_parameters(runs) for runs in docs])
+    lines = _sweep_lines(groups, seen, docs, panels, [member_parameters(runs) for runs in docs], [backbone_dims(runs) for runs in docs])
     titles = [("" if s is None else s, m) for s, m in panels]
     return draw.sweep_figure(lines, titles, "parameters per member", "scale") if lines and id_set else None
 

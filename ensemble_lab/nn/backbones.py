@@ -3,7 +3,8 @@
 A backbone brings its own options: the builder's keyword arguments named at registration, with the
 builder's own defaults. ``build_backbone`` fills in the defaults of options left out (or None) and
 refuses an option that belongs to another backbone instead of ignoring it. A backbone also says how
-to change its widths (``resized_options``), for methods whose members are narrower or wider networks. The builders check the
+to change its widths (``resized_options``), for methods whose members are narrower or wider networks, and what its
+depth and width are (``backbone_dimensions``), so that a report tells a depth sweep from a width sweep. The builders check the
 values themselves (mlp: positive hidden sizes; resnet18: a positive width; wide_resnet: a depth
 of 6n + 4 and a positive widen factor).
 """
@@ -36,18 +37,26 @@ class Backbone:
     #: resized(options, resize, groups) -> the options with every width w replaced by resize(w, multiple),
     #: ``multiple`` being what keeps every layer's channel counts divisible by ``groups``
     resized: Callable[[Mapping[str, Any], Resize, int], dict[str, Any]]
+    #: dimensions(options) -> {"depth": ..., "width": ...}: the sizes a sweep varies, those the backbone has
+    dimensions: Callable[[Mapping[str, Any]], dict[str, int]]
 
     @classmethod
-    def of(cls, build: Callable[..., nn.Module], resized: Callable[..., dict[str, Any]], *options: str) -> "Backbone":
+    def of(
+        cls, build: Callable[..., nn.Module], resized: Callable[..., dict[str, Any]],
+        dimensions: Callable[[Mapping[str, Any]], dict[str, int]], *options: str,
+    ) -> "Backbone":
         """A builder taking ``options`` as keyword arguments; their defaults are the builder's."""
         parameters = inspect.signature(build).parameters
-        return cls(build, {name: parameters[name].default for name in options}, resized)
+        return cls(build, {name: parameters[name].default for name in options}, resized, dimensions)
 
 
 BACKBONES: dict[str, Backbone] = {
-    "mlp": Backbone.of(mlp, mlp_resized, "hidden_sizes"),
-    "resnet18": Backbone.of(resnet18, resnet18_resized, "width"),
-    "wide_resnet": Backbone.of(wide_resnet, wide_resnet_resized, "depth", "widen_factor"),
+    # mlp: depth = hidden layers, width = the first one's size (a width sweep scales them all)
+    "mlp": Backbone.of(mlp, mlp_resized, lambda o: {"depth": len(o["hidden_sizes"]), "width": o["hidden_sizes"][0]}, "hidden_sizes"),
+    "resnet18": Backbone.of(resnet18, resnet18_resized, lambda o: {"width": o["width"]}, "width"),
+    "wide_resnet": Backbone.of(
+        wide_resnet, wide_resnet_resized, lambda o: {"depth": o["depth"], "width": o["widen_factor"]}, "depth", "widen_factor"
+    ),
 }
 
 
@@ -97,3 +106,10 @@ def resized_options(name: str, options: Mapping[str, Any], resize: Resize, group
     """Backbone ``name``'s resolved ``options`` with every width w replaced by resize(w, multiple), such
     that every layer's channel counts divide by ``groups``; a ConfigError where no width can do that."""
     return BACKBONES[name].resized(options, resize, groups)
+
+
+def backbone_dimensions(name: str, options: Mapping[str, Any]) -> dict[str, int]:
+    """Backbone ``name``'s depth and width (those it has) with ``options``, defaults for options left out or None."""
+    own = BACKBONES[name].options if name in BACKBONES else {}
+    resolved = backbone_options(name, **{option: options.get(option) for option in own})  # a ConfigError for an unknown name
+    return BACKBONES[name].dimensions(resolved)

@@ -13,7 +13,7 @@ from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.figure_style import PALETTE, label_colours
 from ensemble_lab.evaluation.metrics import predictive_metrics
 from ensemble_lab.evaluation.ood_detection import ood_metrics
-from ensemble_lab.evaluation.report_figures import RunGroup, draw_figures, draw_report_figures, looks, sweeps
+from ensemble_lab.evaluation.report_figures import RunGroup, backbone_dims, draw_figures, draw_report_figures, looks, sweeps
 from ensemble_lab.evaluation.results import write_predictions
 from ensemble_lab.evaluation.training_curves import read_scalars
 
@@ -216,7 +216,7 @@ def test_sweep_lines_per_label_or_joined_per_method():
     groups = [row("be", "BatchEnsemble", 2), row("be", "BatchEnsemble", 4), row("de_m2", "DeepEnsemble", 2), row("de_m8", "DeepEnsemble", 8),
               row("mcd", "MCDropout", 4), row("mcd_wide", "MCDropout", 4)]  # fmt: skip
     # be: one label, two M; de_m2 + de_m8: a study's names per M, joined by class; the MC Dropout rows share M = 4: no line
-    assert sweeps(groups) == [[0, 1], [2, 3]]
+    assert sweeps(groups) == [(None, [0, 1]), (None, [2, 3])]
     seen = looks(groups)
     assert seen[0].colour == seen[1].colour and (seen[0].linestyle, seen[1].linestyle) == ("-", "--")
     assert seen[0].marker != seen[1].marker and seen[2].colour != seen[3].colour
@@ -246,3 +246,48 @@ def test_scale_figure_plots_each_method_against_its_members_parameters(tmp_path)
         expected = [np.mean([d[metric] if set_name is None else d["sets"][set_name][metric] for d in docs[p]]) for p in (100, 400, 1600)]
         np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
     assert "parameters per member" in {ax.get_xlabel() for ax in panels.values()}
+
+
+def test_a_depth_sweep_and_a_width_sweep_of_one_method_are_two_lines():
+    """be_w16 .. be_w256 at depth 3 and be_d2, be_d4 at width 64: be_w64 is the centre of both sweeps."""
+    names = ["be_w16", "be_w64", "be_w256", "be_d2", "be_d4", "be_odd"]
+    dims = [{"depth": 3, "width": 16}, {"depth": 3, "width": 64}, {"depth": 3, "width": 256},
+            {"depth": 2, "width": 64}, {"depth": 4, "width": 64}, {"depth": 5, "width": 32}]  # fmt: skip
+    sizes = [10.0, 40.0, 160.0, 30.0, 50.0, 70.0]  # parameters per member, all different
+    groups = [RunGroup(f"{n}, M=4", n, "BatchEnsemble", 4, ()) for n in names]
+    # the odd row (depth 5, width 32) shares no other dimension with any row: on no line
+    assert sweeps(groups, sizes, dims) == [("depth", [3, 1, 4]), ("width", [0, 1, 2])]
+    width_only = [0, 1, 2]
+    pick = [groups[k] for k in width_only], [sizes[k] for k in width_only], [dims[k] for k in width_only]
+    assert sweeps(*pick) == [(None, [0, 1, 2])]  # one sweep: unnamed, as before
+    joined = [(None, [0, 3, 1, 4, 5, 2])]  # every row, by size
+    assert sweeps(groups, sizes, [None, *dims[1:]]) == joined  # a row without dimensions: joined as before
+    assert sweeps(groups, sizes) == joined
+
+
+def test_backbone_dims_read_the_runs_recorded_config():
+    def doc(**options):
+        return {"config": {f"model.init_args.{k}": v for k, v in options.items()}}
+
+    assert backbone_dims([doc(backbone="mlp", hidden_sizes=[256, 128, 64])] * 2) == {"depth": 3, "width": 256}
+    assert backbone_dims([doc(backbone="mlp", hidden_sizes=None, width=None)]) == {"depth": 3, "width": 64}  # the default 64-32-16
+    assert backbone_dims([doc(backbone="resnet18", width=32, hidden_sizes=[64, 32, 16])]) == {"width": 32}
+    assert backbone_dims([doc(backbone="wide_resnet", depth=16, widen_factor=4)]) == {"depth": 16, "width": 4}
+    assert backbone_dims([doc(backbone="mlp", hidden_sizes=[8]), doc(backbone="mlp", hidden_sizes=[16])]) is None  # runs disagree
+    assert backbone_dims([{}]) is None and backbone_dims([doc(backbone="vit")]) is None
+
+
+def test_scale_figure_names_the_depth_and_the_width_line(tmp_path):
+    rows = {"be_w16": [16, 8], "be_w64": [64, 32], "be_d3": [64, 32, 16]}  # width sweep at depth 2; depth sweep at width 64
+    groups = []
+    for k, (label, hidden) in enumerate(rows.items()):
+        run, _, doc = write_run(tmp_path / label / "seed_0", "BatchEnsemble", label, 2, k)
+        doc.update(cost={"parameters_per_member": 100 * (k + 1)}, weight_cosine_mean=0.5,
+                   config={"model.init_args.backbone": "mlp", "model.init_args.hidden_sizes": hidden})  # fmt: skip
+        (run / "results.json").write_text(json.dumps(doc))
+        groups.append(RunGroup(f"{label}, M=2", label, "BatchEnsemble", 2, (run,)))
+    ax = next(ax for ax in draw_figures(groups)["scale"].axes if ax.get_title() == "digits acc")
+    lines = [ln for ln in ax.get_lines() if ln.get_linestyle() != "None"]
+    assert sorted(list(ln.get_xdata()) for ln in lines) == [[100, 200], [200, 300]]  # be_w64 is on both
+    legend = {t.get_text() for other in ax.figure.axes if (box := other.get_legend()) for t in box.get_texts()}
+    assert legend == {"BatchEnsemble (width)", "BatchEnsemble (depth)"}  # a joined line is named by its method
