@@ -14,6 +14,7 @@ from scipy import stats
 from ensemble_lab.cli import main
 from ensemble_lab.cli.report import report_main
 from ensemble_lab.evaluation.metrics import predictive_metrics
+from ensemble_lab.evaluation.ood_detection import ood_metrics
 
 #: per row: (method, run_name, M, per-seed id acc, nll, ece, mi); shift and ood metrics derive from them
 ROWS = {
@@ -249,6 +250,33 @@ def test_single_runs_get_a_paired_bootstrap(tmp_path, capsys):
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
     assert "†" in rows["better (DeepEnsemble)"] and "†" not in rows["same (MCDropout)"]
     assert "else a paired bootstrap 95% CI over test samples (200 resamples) excluding 0." in text
+
+
+def test_a_baseline_bootstraps_each_rows_own_metrics(tmp_path, capsys):
+    """--baseline DeepEnsemble over single-run rows: the single model (first, no mi-based scores) and then
+    BatchEnsemble, which has them; the baseline's resamples must cover both rows' metrics."""
+    generator = torch.Generator().manual_seed(1)
+    targets = torch.randint(0, 10, (120,), generator=generator)
+    probs = {}
+    for name, method, m in (("single", "SingleModel", 1), ("de", "DeepEnsemble", 4), ("be", "BatchEnsemble", 4)):
+        id_probs = (3 * torch.randn(m, 120, 10, generator=generator)).softmax(-1)
+        ood_probs = torch.randn(m, 90, 10, generator=generator).softmax(-1)
+        sets = {
+            "digits": {"role": "id", **{k: v for k, v in predictive_metrics(id_probs, targets).items() if not isinstance(v, list)}},
+            "photos": {"role": "ood", **ood_metrics(id_probs, ood_probs)},
+        }
+        run = write_run(tmp_path / name, method, name, m, 1, sets)
+        (run / "predictions").mkdir()
+        np.savez(run / "predictions" / "digits.npz", member_probs=id_probs.numpy(), targets=targets.numpy())
+        np.savez(run / "predictions" / "photos.npz", member_probs=ood_probs.numpy(), targets=torch.zeros(90, dtype=torch.long).numpy())
+        probs[name] = id_probs, ood_probs
+    out = tmp_path / "out"
+    report(capsys, tmp_path, "--out", out, "--resamples", "50", "--baseline", "DeepEnsemble", "--sets", "photos")
+    document = {g["label"]: g for g in json.loads((out / "report.json").read_text())}
+    result = document["be"]["significance"]["photos"]["auroc_mi"]
+    expected = ood_metrics(*probs["be"])["auroc_mi"] - ood_metrics(*probs["de"])["auroc_mi"]
+    assert result["test"] == "bootstrap" and result["difference"] == pytest.approx(expected)
+    assert document["single"]["significance"]["photos"]["auroc_msp"]["test"] == "bootstrap"
 
 
 def test_the_baseline_default_and_errors(study, capsys, tmp_path):

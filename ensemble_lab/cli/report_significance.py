@@ -61,7 +61,7 @@ def add_significance(
     """
     missing: Counter[str] = Counter()
     loaded: Predictions = {}
-    baseline_replicates: dict[tuple[int, str], Replicates] = {}
+    baseline_replicates: dict[tuple[int, str, tuple[str, ...]], Replicates] = {}
     for group in groups:
         base = baselines.get(group.datamodule)
         if base is None or base is group:
@@ -97,7 +97,7 @@ Replicates = tuple[dict[str, float], dict[str, np.ndarray]]
 
 def _bootstrap_set(
     group: Group, base: Group, name: str, metrics: Sequence[str], alpha: float, resamples: int, seed: int,
-    loaded: Predictions, cache: dict[tuple[int, str], Replicates],
+    loaded: Predictions, cache: dict[tuple[int, str, tuple[str, ...]], Replicates],
 ) -> dict[str, Comparison]:  # fmt: skip
     """The paired bootstrap of ``metrics`` of set ``name``, from the predictions of the row's and the baseline's runs."""
     result = {
@@ -136,9 +136,10 @@ def _bootstrap_set(
         point = {m: float(np.mean([v[m] for v in full])) for m in metrics}
         return point, bootstrap_replicates(probs, targets, metrics, resamples, seed, name, id_probs)
 
-    if (id(base), name) not in cache:  # the baseline's resamples serve every row compared with it
-        cache[(id(base), name)] = replicates(base)
-    (base_point, base_replicates), (point, own) = cache[(id(base), name)], replicates(group)
+    key = (id(base), name, tuple(metrics))  # the baseline's resamples serve every row compared on the same metrics;
+    if key not in cache:  # a single model's row has no mi-based ones, the next row may
+        cache[key] = replicates(base)
+    (base_point, base_replicates), (point, own) = cache[key], replicates(group)
     return {**result, **{m: bootstrap(point[m], base_point[m], own[m], base_replicates[m], alpha) for m in metrics}}
 
 
