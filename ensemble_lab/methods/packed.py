@@ -71,12 +71,13 @@ class PackedEnsemble(EnsembleModule):
         Args:
             alpha: width factor α > 0: the packed network is α times as wide as the backbone, so each
                 of the M members has α·w/M channels / units per layer (rounded to an integer >= 1);
-                2 (the paper's default, with M = 4: members of half the width, about the single
-                model's parameter count).
+                2 (the paper's CIFAR setting, with M = 4: members of half the width, about the single
+                model's parameter count at γ = 1).
             gamma: groups per member γ >= 1: every layer but the first (full input) and the
                 classifier is a grouped conv / block-diagonal linear with γ groups inside each member
                 (M·γ in all), cutting its parameters by γ; member widths are rounded to multiples
-                of γ. 1 (the paper's default): dense members.
+                of γ. 1: dense members (the default here, and the digits / MNIST MLPs' setting); the
+                paper's common CIFAR-10 ResNet-18 setting is PE-(2, 4, 2), as configs/cifar10/packed.yaml.
             The other options are EnsembleModule's; ``num_members`` is M.
         """
         check_alpha(alpha)
@@ -85,22 +86,24 @@ class PackedEnsemble(EnsembleModule):
         super().__init__(**kwargs)
 
     def layer_factory(self) -> LayerFactory:
-        return packed_layers(self.num_members, self.gamma)
+        """M·γ groups per layer; one group per member in the first layer and the classifier (told by their sizes)."""
+        return packed_layers(self.num_members, self.gamma, **edges(tuple(self.hparams["input_shape"]), self.hparams["num_classes"]))
 
     def member_layer_factory(self) -> LayerFactory:
         """One member's plain layers: nn.Conv2d(groups=γ) and block-diagonal GroupedLinear where the ensemble groups."""
         return packed_member_layers(self.gamma, **edges(tuple(self.hparams["input_shape"]), self.hparams["num_classes"]))
 
     def member_backbone_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Every width scaled by α/M: member m is the backbone at α·w/M (γ = 1), or that grouped by γ."""
+        """Every width scaled by α/M: member m is the backbone at α·w/M (γ = 1), or that grouped by γ
+        (wide_resnet scales its widening factor; its 16-channel stem stays 16 per member)."""
         return member_options(self.hparams["backbone"], options, self.alpha, self.num_members, self.gamma)
 
     def build_network(
         self, backbone: str, input_shape: tuple[int, ...], num_classes: int, dropout: float, options: dict[str, Any]
     ) -> nn.Module:
         """The backbone with widths scaled by α/M, from packed_layers: M members of width α·w/M."""
-        layers = packed_layers(self.num_members, self.gamma, **edges(input_shape, num_classes))
-        network = build_backbone(backbone, layers, input_shape, num_classes, dropout=dropout, **self.member_backbone_options(options))
+        options = self.member_backbone_options(options)
+        network = build_backbone(backbone, self.layer_factory(), input_shape, num_classes, dropout=dropout, **options)
         if self.gamma > 1:
             check_grouping(network)
         return network

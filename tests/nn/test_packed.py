@@ -143,16 +143,17 @@ def test_gamma_2_mlp_groups_hidden_layers_only():
     assert model(torch.randn(2, 1, 4, 4)).shape == (M, 2, 5)
 
 
-def resnet18_params(width: int, image_channels: int = 3, classes: int = 10) -> int:
+def resnet18_params(width: int, image_channels: int = 3, classes: int = 10, groups: int = 1) -> int:
     """Parameters of a CIFAR ResNet-18 of first-stage width w, from its layer shapes (3x3 convs without
-    bias, BatchNorm scale + shift, 1x1 projection shortcuts where the shape changes, linear with bias)."""
+    bias, BatchNorm scale + shift, 1x1 projection shortcuts where the shape changes, linear with bias);
+    ``groups`` γ divides every conv's weights but the stem's (Packed-Ensembles' grouping inside a member)."""
     total = 9 * image_channels * width + 2 * width  # stem conv + norm
     channels = width
     for stage, c in enumerate((width, 2 * width, 4 * width, 8 * width)):
         for block in range(2):
-            total += 9 * channels * c + 2 * c + 9 * c * c + 2 * c  # conv1 + bn1 + conv2 + bn2
+            total += (9 * channels * c + 9 * c * c) // groups + 4 * c  # conv1 + conv2, bn1 + bn2
             if stage > 0 and block == 0:
-                total += channels * c + 2 * c  # shortcut 1x1 conv + norm
+                total += channels * c // groups + 2 * c  # shortcut 1x1 conv + norm
             channels = c
     return total + 8 * width * classes + classes
 
@@ -161,6 +162,9 @@ def test_cifar_resnet18_parameter_count_is_m_narrow_resnets():
     assert resnet18_params(64) == 11_173_962  # the formula gives the single ResNet-18's known count
     model = PackedEnsemble(num_members=4, alpha=2.0, gamma=1, backbone="resnet18", width=64, input_shape=(3, 32, 32))
     assert num_params(model) == 4 * resnet18_params(2 * 64 // 4) == 11_190_440
+    # the paper's common CIFAR setting, PE-(2, 4, 2) (configs/cifar10/packed.yaml): about α²/(Mγ) = 1/2 of a ResNet-18
+    paper = PackedEnsemble(num_members=4, alpha=2.0, gamma=2, backbone="resnet18", width=64, input_shape=(3, 32, 32))
+    assert num_params(paper) == 4 * resnet18_params(32, groups=2) == 5_611_688
 
 
 def test_members_are_independent_draws():
@@ -206,3 +210,14 @@ def test_grouped_layers_refuse_widths_that_do_not_split():
         EnsembleConv2d(6, 8, 3, 2, groups=4)
     with pytest.raises(ConfigError, match="divide by groups"):
         EnsembleLinear(6, 8, 2, groups=4)
+
+
+@pytest.mark.parametrize("backbone, options, shape", [("mlp", {"hidden_sizes": [16, 8]}, (1, 8, 8)), ("resnet18", {"width": 8}, (3, 8, 8))])
+def test_layer_factory_builds_the_models_own_network(backbone, options, shape):
+    """The hook other code builds from gives the grouping of the model's network: one group per member in the
+    first layer and the classifier, M·γ elsewhere (it once left those edges to the caller)."""
+    model = PackedEnsemble(num_members=2, alpha=2.0, gamma=2, backbone=backbone, input_shape=shape, num_classes=10, **options)
+    again = build_backbone(backbone, model.layer_factory(), shape, 10, **model.member_backbone_options(options))
+    groups = [m.groups for m in again.modules() if isinstance(m, (EnsembleConv2d, EnsembleLinear))]  # γ groups per member
+    assert groups[0] == groups[-1] == 1 and set(groups[1:-1]) == {2}  # the first layer and the classifier: dense members
+    assert [p.shape for p in again.parameters()] == [p.shape for p in model.network.parameters()]
