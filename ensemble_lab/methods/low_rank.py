@@ -20,9 +20,10 @@ class LowRankEnsemble(EnsembleModule):
             rank: k >= 1: member i's weight in every layer is W + A_i B_i with A_i (out, k) and B_i
                 (k, in) (a convolution's in: input channels × kernel positions). Above a layer's
                 min(out, in) the extra rank adds parameters but no expressiveness (a warning says so).
-            factor_init: "zero" (B = 0: every member starts as the shared network, as LoRA; the
-                random A_i make their updates differ from the first step) or "small" (B ~ N(0,
-                (0.01 / sqrt(in))²): the members differ slightly from the start). A_i ~ N(0, 1/k) in both.
+            factor_init: LoRA's init, B_i drawn as a linear layer's weight and A_i (next to the
+                output) "zero" (every member starts as the shared network; the random B_i make their
+                updates differ from the first step) or "small" (A_i ~ N(0, 0.01²/k): A_i B_i starts at
+                about 1% of W's scale, so the members differ slightly from the start).
         """
         check_low_rank_options(rank, factor_init)
         self.rank, self.factor_init = rank, factor_init

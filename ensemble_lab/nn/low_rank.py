@@ -20,9 +20,10 @@ from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.conv_args import IntOrPair, as_pair
 from ensemble_lab.nn.members import check_num_members, gram_of_rows, rows_per_member
 
-#: "zero": B = 0, every member starts as W (LoRA's init); "small": B ~ N(0, (0.01 / sqrt(in_flat))²)
+#: LoRA's init (Hu et al. 2021; LoRA-Ensemble keeps it), in this file's names: the input-side B drawn as a
+#: linear layer's weight, the output-side A "zero" (every member starts as W) or "small" (A_i B_i about
+#: SMALL_INIT_SCALE times W's init scale: the members differ slightly from the start)
 FACTOR_INITS = ("zero", "small")
-#: std of the "small" init of B, relative to W's init bound 1 / sqrt(in_flat)
 SMALL_INIT_SCALE = 0.01
 
 
@@ -56,19 +57,21 @@ class LowRankLayer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """W and the bias as nn.Linear / nn.Conv2d; A ~ N(0, 1/k); B zero or small (``factor_init``).
+        """W and the bias as nn.Linear / nn.Conv2d; B as W, one draw per member; A zero or small (``factor_init``).
 
-        A's variance 1/k (kaiming over the rank) makes A_i B_i as large as W once B reaches W's
-        scale. The biases start identical for every member (one draw, copied): with "zero" the
-        members are exactly the same network at the start and differ only by what B learns.
+        As in LoRA, the factor next to the output starts at zero and the one next to the input is
+        random at a linear layer's scale, so a member's own update A_i B_i grows from zero at the
+        pace of the shared W's (the first step moves W_i by -lr·∂L/∂W_i·B_iᵀB_i, B_iᵀB_i of norm
+        about 1/3), not faster. The biases start identical for every member (one draw, copied): with
+        "zero" the members are exactly the same network at the start and differ only by what A learns.
         """
         bound = 1 / math.sqrt(self.in_flat)  # nn.Linear / nn.Conv2d's bias bound, and W's
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        nn.init.normal_(self.A, 0.0, 1 / math.sqrt(self.rank))
+        nn.init.uniform_(self.B, -bound, bound)  # kaiming_uniform(a=√5) over in_flat, as W and as LoRA's input factor
         if self.factor_init == "zero":
-            nn.init.zeros_(self.B)
-        else:  # "small"
-            nn.init.normal_(self.B, 0.0, SMALL_INIT_SCALE * bound)
+            nn.init.zeros_(self.A)
+        else:  # "small": std(A_i B_i) = SMALL_INIT_SCALE · std(W)
+            nn.init.normal_(self.A, 0.0, SMALL_INIT_SCALE / math.sqrt(self.rank))
         if self.bias is not None:
             nn.init.uniform_(self.bias[:1], -bound, bound)
             self.bias.copy_(self.bias[:1].expand_as(self.bias))

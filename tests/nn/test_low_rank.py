@@ -110,16 +110,32 @@ def test_zero_init_gives_identical_members_that_can_diverge(rank):
     torch.manual_seed(3)
     network = resnet18(low_rank_layers(M, rank=rank), (3, 8, 8), 5, width=4)
     layers = [m for m in network.modules() if isinstance(m, (LowRankLinear, LowRankConv2d))]
-    assert layers and all(torch.equal(m.B, torch.zeros_like(m.B)) for m in layers)
+    assert layers and all(torch.equal(m.A, torch.zeros_like(m.A)) for m in layers)
     torch.testing.assert_close(weight_cosine(network), torch.ones(M, M, dtype=torch.float64), rtol=0, atol=1e-12)
     x = torch.randn(2, 3, 8, 8).repeat(M, 1, 1, 1)  # every member gets the same images, member-major
     logits = network.eval()(x).view(M, 2, 5)
     torch.testing.assert_close(logits, logits[:1].expand_as(logits), rtol=0, atol=1e-6)
     network.train()(x).square().mean().backward()
     for m in layers:
-        assert m.B.grad is not None and m.B.grad.abs().sum() > 0
-        # B_i's gradient is A_iᵀ ∂L/∂W_i: the members' random A_i send them different ways
-        assert not torch.allclose(m.B.grad[0], m.B.grad[1])
+        assert m.A.grad is not None and m.A.grad.abs().sum() > 0
+        # A_i's gradient is ∂L/∂W_i B_iᵀ: the members' random B_i send them different ways
+        assert not torch.allclose(m.A.grad[0], m.A.grad[1])
+
+
+@pytest.mark.parametrize("make", [lambda: LowRankLinear(256, 256, M), lambda: LowRankConv2d(64, 64, 3, M, padding=1)])
+def test_members_own_first_update_is_small_beside_the_shared_one(make):
+    """LoRA's init: one SGD step moves W by -lr·G (G = Σ_i ∂L/∂W_i) and member i's own A_i B_i by
+    -lr·(∂L/∂W_i)·B_iᵀB_i, whose B_iᵀB_i has norm about 1/3 on a k-dimensional subspace: far smaller."""
+    torch.manual_seed(5)
+    layer = make()
+    x = torch.randn(M * 8, *((256,) if isinstance(layer, LowRankLinear) else (64, 6, 6)))
+    layer(x).square().mean().backward()
+    lr = 0.1
+    shared = (lr * layer.weight.grad).flatten(1).norm()
+    with torch.no_grad():
+        A = -lr * layer.A.grad  # A starts at zero: after the step it is this
+    own = torch.stack([(A[i] @ layer.B[i]).norm() for i in range(M)])  # ‖A_i B_i‖ after one step
+    assert (own > 0).all() and (own < 0.05 * shared).all(), (own / shared).tolist()
 
 
 def test_small_init_members_differ_slightly():
@@ -129,8 +145,9 @@ def test_small_init_members_differ_slightly():
     off = cosine[~torch.eye(M, dtype=torch.bool)]
     assert (off < 1).all() and (off > 0.99).all()
     layer = LowRankLinear(400, 300, 4, factor_init="small")
-    assert abs(layer.B.std().item() - 0.01 / 400**0.5) < 1e-4
-    assert abs(layer.A.std().item() - 1.0) < 0.1  # N(0, 1/k) at k = 1: 1200 draws
+    assert abs(layer.A.std().item() - 0.01) < 1e-3  # N(0, 0.01²/k) at k = 1: 1200 draws
+    assert abs(layer.B.std().item() - 1 / (3 * 400) ** 0.5) < 2e-3  # U(±1/sqrt(in)), as nn.Linear's weight
+    assert layer.B.abs().max() <= 1 / 400**0.5
     assert torch.equal(layer.bias, layer.bias[:1].expand_as(layer.bias))  # biases start identical
 
 
