@@ -27,7 +27,9 @@ class FastWeights:
         rank: k ≥ 1 rank-1 terms per member: F_i = Σ_k s_ik r_ikᵀ.
         init: "normal" draws r, s ~ N(mean, std); "random_sign" draws ±1; "ones" sets every
             member's F_i to all ones (members identical at the start: the degenerate control).
-            Above rank 1, s is divided by k so that Σ_k s_ik r_ikᵀ keeps the rank-1 scale.
+            Above rank 1, s is divided by k so that Σ_k s_ik r_ikᵀ keeps the rank-1 mean; its spread
+            falls as 1/√k, so rank-k members start closer together (normal init, mean 1, std 0.5:
+            effective weight cosine at init 0.64, 0.79, 0.86 at k = 1, 2, 4).
         mean: mean of the "normal" init (1.0 in the authors' code; some summaries say 0).
         std: standard deviation of the "normal" init.
         unperturbed_first_member: member 0 uses W itself: its F_0 is all ones, fixed, never trained.
