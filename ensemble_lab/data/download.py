@@ -75,7 +75,7 @@ def _npy_shape(path: Path) -> tuple[int, ...] | None:
     """Shape from a .npy header (no data read), or None if the file is missing or unreadable."""
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False).shape
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):  # EOFError: an empty file (an interrupted extraction)
         return None
 
 

@@ -5,7 +5,7 @@ labels int64 ``(N,)``. Nothing here downloads; a missing or damaged file raises
 :class:`~ensemble_lab.errors.DatasetError` naming the file, where it was expected and how to get it.
 
 Expected layout under one data root (torchvision's where torchvision has one, so its
-downloaders can fill it)::
+downloaders can fill it; for SVHN give torchvision ``root=<data root>/svhn``)::
 
     cifar-10-batches-py/data_batch_1..5, test_batch     CIFAR-10 python pickles
     svhn/test_32x32.mat                                  SVHN, MATLAB v5
@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -103,6 +104,16 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
+#: every dataset here has 10 classes, labelled 0..9 (SVHN's file stores 1..10, mapped on reading)
+NUM_CLASSES = 10
+
+
+def _check_label_range(path: Path, dataset: str, labels: np.ndarray, low: int = 0, high: int = NUM_CLASSES - 1) -> None:
+    """A damaged label file names itself here, not as an index error in the loss after training starts."""
+    if len(labels) and (labels.min() < low or labels.max() > high):
+        raise damaged_file_error(path, dataset, f"labels range over {labels.min()}..{labels.max()}, expected {low}..{high}")
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     _require_file(path, "CIFAR-10")
     try:
@@ -128,6 +139,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise damaged_file_error(
             path, "CIFAR-10", f"{len(data)} images but labels shaped {labels.shape}"
         )
+    _check_label_range(path, "CIFAR-10", labels)
     # each row is three 32x32 planes, R then G then B, each row-major: exactly (3, 32, 32)
     return data.reshape(-1, 3, 32, 32), labels
 
@@ -166,8 +178,7 @@ def read_svhn(root: Path | str, split: str = "test") -> tuple[np.ndarray, np.nda
     labels = y.reshape(-1).astype(np.int64)
     if len(labels) != x.shape[3]:
         raise damaged_file_error(path, "SVHN", f"{x.shape[3]} images but {len(labels)} labels")
-    if len(labels) and (labels.min() < 1 or labels.max() > 10):
-        raise damaged_file_error(path, "SVHN", "labels outside 1..10")
+    _check_label_range(path, "SVHN", labels, 1, 10)
     labels[labels == 10] = 0
     # MATLAB stores (H, W, C, N); we want (N, C, H, W)
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), labels
@@ -187,7 +198,7 @@ def _read_idx(path: Path, magic: int, dataset: str) -> np.ndarray:
         opener = gzip.open if gzipped else open
         with opener(path, "rb") as f:
             raw = bytearray(f.read())  # bytearray: the array built on it stays writable
-    except (OSError, EOFError) as e:  # gzip: truncated stream or bad CRC
+    except (OSError, EOFError, zlib.error) as e:  # gzip: truncated stream, bad CRC, or a damaged deflate stream
         raise damaged_file_error(path, dataset, f"cannot decompress: {e}") from e
     if len(raw) < 4:
         raise damaged_file_error(path, dataset, f"only {len(raw)} bytes")
@@ -240,6 +251,7 @@ def _read_idx_pair(root: Path | str, dataset: str, train: bool) -> tuple[np.ndar
         raise damaged_file_error(
             label_path, dataset, f"{len(labels)} labels for {len(images)} images in {image_path.name}"
         )
+    _check_label_range(label_path, dataset, labels)
     return images, labels
 
 
@@ -252,7 +264,7 @@ def idx_split_size(root: Path | str, dataset: str, train: bool) -> int:
             gzipped = f.read(2) == _GZIP_MAGIC
         with (gzip.open if gzipped else open)(path, "rb") as f:
             header = f.read(8)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise damaged_file_error(path, dataset, f"cannot decompress: {e}") from e
     if len(header) < 8 or int.from_bytes(header[:4], "big") != _IDX_LABELS:
         raise damaged_file_error(path, dataset, "not an idx1-ubyte label file (bad or truncated header)")
@@ -321,6 +333,7 @@ def _check_labels(path: Path, dataset: str, labels: np.ndarray, n: int) -> None:
         raise damaged_file_error(
             path, dataset, f"labels are {labels.dtype} {labels.shape}, expected {n} integers"
         )
+    _check_label_range(path, dataset, labels)
 
 
 def read_cifar10c(

@@ -343,3 +343,52 @@ def test_gzip_fixture_is_real_gzip(tmp_path: Path) -> None:
     path = write_idx(tmp_path / "lab.gz", np.arange(4), gz=True)
     with gzip.open(path, "rb") as f:
         assert f.read()[:4] == bytes.fromhex("00000801")
+
+
+# --------------------------------------------------------------------------- damage that used to escape as another error
+def test_labels_outside_0_to_9_name_their_file(tmp_path: Path) -> None:
+    """A label of 200 was read as data and failed later, in the loss, without naming the file."""
+    x3, x28 = random_images(4, 3, 32), random_images(4, 1, 28)
+    bad = np.array([3, 200, 1, 0])
+    folder = write_cifar10(tmp_path / "c", x3, random_labels(4), x3, bad, batches=1)
+    with pytest.raises(DatasetError, match=r"labels range over 0\.\.200, expected 0\.\.9") as err:
+        readers.read_cifar10(tmp_path / "c", train=False)
+    assert str(folder / "test_batch") in str(err.value)
+    write_mnist(tmp_path / "m", x28, random_labels(4), x28, bad)
+    with pytest.raises(DatasetError, match=r"0\.\.200, expected 0\.\.9") as err:
+        readers.read_mnist(tmp_path / "m", train=False)
+    assert "t10k-labels-idx1-ubyte" in str(err.value)
+    write_cifar10c(tmp_path / "cc", ["fog"], labels=np.array([3, 1, 4]))
+    np.save(tmp_path / "cc" / "CIFAR-10-C" / "labels.npy", np.array([3, 1, 4, 0, 0, 0, 0, 0, 0, 0, 11, 0, 0, 0, 0], np.uint8))
+    with pytest.raises(DatasetError, match=r"labels\.npy.*0\.\.11, expected 0\.\.9"):
+        readers.read_cifar10c(tmp_path / "cc", "fog", [1], block_size=3)
+    write_mnist_c(tmp_path / "mc", ["fog"], n=4)
+    np.save(tmp_path / "mc" / "mnist_c" / "fog" / "test_labels.npy", np.array([1, 2, 10, 3], np.uint8))
+    with pytest.raises(DatasetError, match=r"1\.\.10, expected 0\.\.9"):
+        readers.read_mnist_c(tmp_path / "mc", "fog")
+    assert readers.read_mnist(tmp_path / "m", train=True)[1].max() <= 9  # good files still read
+
+
+def test_a_damaged_deflate_stream_is_a_dataset_error(tmp_path: Path) -> None:
+    """Bytes flipped inside a gzip (not cut off) raise zlib.error, which escaped both idx readers."""
+    x, y = random_images(6, 1, 28), random_labels(6)
+    folder = write_mnist(tmp_path, x, y, x, y, gz=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        raw = bytearray(gzip.compress(gzip.decompress((folder / name).read_bytes())))  # a 10-byte header, no file name
+        raw[12:20] = b"\xff" * 8  # inside the deflate stream: 'invalid block type' or a bad distance
+        (folder / name).write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match="cannot decompress") as err:
+        readers.read_mnist(tmp_path, train=False)
+    assert "t10k-images-idx3-ubyte.gz" in str(err.value)
+    with pytest.raises(DatasetError, match="cannot decompress"):
+        readers.idx_split_size(tmp_path, "MNIST", train=False)
+
+
+def test_an_empty_npy_is_named_not_an_eof_error(tmp_path: Path) -> None:
+    """What an interrupted extraction or `touch` leaves: np.load raises EOFError on it."""
+    write_mnist_c(tmp_path, ["fog"], n=4)
+    empty = tmp_path / "mnist_c" / "fog" / "test_images.npy"
+    empty.write_bytes(b"")
+    with pytest.raises(DatasetError, match="not a readable .npy array") as err:
+        download.check_npy_files(readers.mnist_c_shapes(tmp_path, ["fog"]), "MNIST-C")
+    assert str(empty) in str(err.value)
