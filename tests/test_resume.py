@@ -156,6 +156,25 @@ def test_a_second_test_keeps_the_earlier_results(uninterrupted, tmp_path, capsys
         assert (run / "config.test-2.yaml").exists() and run_dirs(tmp_path) == [run]
 
 
+@pytest.mark.slow
+def test_a_run_continues_in_its_own_directory_from_any_working_directory(uninterrupted, tmp_path, capsys):
+    """The default root is ./lightning_logs of wherever the command runs; a checkpoint given by path from
+    elsewhere still means its own run: refused there (results.json exists), tested there, nothing new here."""
+    shutil.copytree(uninterrupted.parent.parent, tmp_path / "a", dirs_exist_ok=True)
+    (run,) = run_dirs(tmp_path / "a")
+    elsewhere = tmp_path / "b"
+    elsewhere.mkdir()
+    before = (run / "results.json").read_bytes()
+    with working_directory(elsewhere):
+        with pytest.raises(SystemExit) as refused:
+            main(["fit", f"--config={run / 'config.yaml'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "--trainer.max_epochs=3"])
+        assert refused.value.code == 2 and "results.json already exists" in capsys.readouterr().err
+        main(["test", f"--config={run / 'config.yaml'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "--overwrite=true"])
+    assert not (elsewhere / "lightning_logs").exists() and list(elsewhere.iterdir()) == []
+    assert (run / "config.test-1.yaml").exists() and (run / "results.prev-1.json").read_bytes() == before
+    assert run_dirs(tmp_path / "a") == [run]
+
+
 def test_ctrl_c_during_fit_exits_130_and_says_how_to_continue(tmp_path, capsys, sigint_enabled):
     from tests.run_helpers import sigint_once
 

@@ -221,6 +221,11 @@ class EnsembleLabCLI(LightningCLI):
     def _subcommand_config(self):
         return self.config[self.subcommand] if self.subcommand else self.config
 
+    def _default_root(self) -> bool:
+        """Neither ``--trainer.default_root_dir`` nor a logger given: runs go to ./lightning_logs of the working directory."""
+        trainer = self._subcommand_config().get("trainer") or {}
+        return trainer.get("default_root_dir") is None and trainer.get("logger") in (None, True)
+
     def _configure_outputs(self, ckpt_path: str | None) -> None:
         config = self._subcommand_config()
         self.model.save_predictions = bool(config.get("save_predictions", False))
@@ -294,7 +299,7 @@ class EnsembleLabCLI(LightningCLI):
         new version_N; returns the checkpoint path. Only the logger's version is set here: nothing is written."""
         ckpt_path = self._resolve_ckpt_path()
         _quiet_checkpoint_callback_state()
-        run_dir = continue_run(self.trainer, ckpt_path) if ckpt_path and ckpt_path not in SPECIAL else None
+        run_dir = continue_run(self.trainer, ckpt_path, self._default_root()) if ckpt_path and ckpt_path not in SPECIAL else None
         if run_dir is not None:
             self._continue_in(run_dir, kind)
         return ckpt_path
@@ -323,7 +328,7 @@ class EnsembleLabCLI(LightningCLI):
         self._check_monitors()
         ckpt_path = self._resolve_ckpt_path()
         self._configure_outputs(None)
-        run_dir = continue_run(self.trainer, ckpt_path) if ckpt_path and ckpt_path not in SPECIAL else None
+        run_dir = continue_run(self.trainer, ckpt_path, self._default_root()) if ckpt_path and ckpt_path not in SPECIAL else None
         if run_dir is None or ckpt_path is None:  # (a run_dir comes only with a ckpt_path)
             return
         # a resumed run continues in its own directory (events, checkpoints, results.json)

@@ -97,18 +97,23 @@ def _best_checkpoint(trainer: L.Trainer, fitting: bool) -> Path:
     return best_checkpoint_of(last)
 
 
-def continue_run(trainer: L.Trainer, ckpt_path: str) -> Path | None:
+def continue_run(trainer: L.Trainer, ckpt_path: str, default_root: bool = False) -> Path | None:
     """Make the trainer's logger write into the run directory of ``<run>/checkpoints/x.ckpt``.
 
     Returns that run directory, or None where the logger or layout is not Lightning's
-    ``<root>/version_N`` (the resumed run then gets a new directory, as Lightning does).
+    ``<root>/version_N`` (the resumed run then gets a new directory, as Lightning does), or where
+    the user chose another root. ``default_root``: neither ``trainer.default_root_dir`` nor a logger
+    was given, so the root is "./lightning_logs of wherever the command runs"; from another working
+    directory the checkpoint's own run is meant, and the logger is pointed there.
     """
     run_dir = run_dir_of_checkpoint(Path(ckpt_path).expanduser().resolve())
     logger = _versioned_logger(trainer)
     if run_dir is None or logger is None or _own_dirpath(trainer):
         return None
     if Path(logger.root_dir).expanduser().resolve() != run_dir.parent:
-        return None
+        if not default_root or run_dir.parent.name != logger.name:
+            return None
+        logger._root_dir = str(run_dir.parent.parent)  # root_dir = <this>/<name>: the run's own root
     if logger._version is not None and str(logger._version) != run_dir.name:
         return None  # the user named another version: respect it
     # the constructor's `version` argument; nothing has been logged yet, so no directory exists for another version
