@@ -74,19 +74,21 @@ class SigintOnce(Callback):
     """Sends this process SIGINT, as Ctrl-C does, once (while ``flag_file`` does not exist yet):
     after optimizer step ``step`` (``phase="fit"``) or after the first batch of the post-fit test (``"test"``)."""
 
-    def __init__(self, phase: str, flag_file: str, step: int = 1) -> None:
+    def __init__(self, phase: str, flag_file: str, step: int = 1, signal_name: str = "SIGINT") -> None:
         """
         Args:
             phase: "fit" or "test".
             flag_file: created when the signal is sent; while it exists, nothing is sent.
             step: the optimizer step after which a "fit" signal is sent.
+            signal_name: the signal, SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop).
         """
         self.phase, self.flag_file, self.step = phase, Path(flag_file), step
+        self.signal = getattr(signal, signal_name)
 
     def _send(self) -> None:
         if not self.flag_file.exists():
             self.flag_file.write_text("sent")
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signal)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if self.phase == "fit" and trainer.global_step == self.step:
@@ -97,7 +99,8 @@ class SigintOnce(Callback):
             self._send()
 
 
-def sigint_once(phase: str, flag_file: Path, step: int = 1) -> str:
+def sigint_once(phase: str, flag_file: Path, step: int = 1, signal_name: str = "SIGINT") -> str:
     """The --trainer.callbacks option that adds SigintOnce to a run."""
-    callback = {"class_path": "tests.run_helpers.SigintOnce", "init_args": {"phase": phase, "flag_file": str(flag_file), "step": step}}
+    init = {"phase": phase, "flag_file": str(flag_file), "step": step, "signal_name": signal_name}
+    callback = {"class_path": "tests.run_helpers.SigintOnce", "init_args": init}
     return f"--trainer.callbacks={json.dumps([callback])}"

@@ -185,7 +185,27 @@ def test_ctrl_c_during_fit_exits_130_and_says_how_to_continue(tmp_path, capsys, 
             main(fit)
     assert exit_info.value.code == 130
     err = capsys.readouterr().err
-    assert "ensemble-lab: interrupted." in err and "--ckpt_path last continues it" in err
+    assert "ensemble-lab: interrupted." in err and "--ckpt_path last" in err
+    (run,) = run_dirs(tmp_path)
+    assert (run / "checkpoints" / "last.ckpt").exists() and not (run / "results.json").exists()
+    with working_directory(tmp_path):
+        main([*fit, "--ckpt_path=last"])  # the flag file exists: no second signal
+    assert run_dirs(tmp_path) == [run] and (run / "results.json").exists()
+
+
+def test_sigterm_during_fit_exits_143_not_0(tmp_path, capsys):
+    """Lightning stops at the next step on SIGTERM and ends with SystemExit() (status 0): a script or a study
+    would take the stopped run for a finished one."""
+    from tests.run_helpers import sigint_once
+
+    fit = ["fit", "--model=SingleModel", "--data=DigitsDataModule", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
+           "--trainer.enable_model_summary=false", "--checkpoint.every_n_train_steps=1",
+           sigint_once("fit", tmp_path / "sent", step=3, signal_name="SIGTERM")]  # fmt: skip
+    with working_directory(tmp_path):
+        with pytest.raises(SystemExit) as exit_info:
+            main(fit)
+    assert exit_info.value.code == 143
+    assert "ensemble-lab: terminated (SIGTERM)." in capsys.readouterr().err
     (run,) = run_dirs(tmp_path)
     assert (run / "checkpoints" / "last.ckpt").exists() and not (run / "results.json").exists()
     with working_directory(tmp_path):

@@ -283,3 +283,19 @@ def test_a_moved_study_directory_still_matches_its_students_records(tmp_path):
     methods["other"], methods["student"]["teacher"] = {"config": str(DIGITS / "single.yaml")}, "other"
     student = next(r for r in load_spec(write_study(tmp_path / "s.yaml", methods, seeds=(1, 2)), tmp_path / "moved").runs if r.name == "student")
     assert "model.init_args.teacher: teacher/seed_1/checkpoints/last.ckpt -> other/seed_1/checkpoints/last.ckpt" in student.change()
+
+
+@pytest.mark.parametrize("status, stops", [(130, True), (143, True), (1, False), (None, False)])
+def test_a_run_stopped_by_ctrl_c_or_sigterm_stops_the_study(monkeypatch, status, stops):
+    """A fit that exits 143 (SIGTERM) was stopped, not failed: the sequential study must not go on to the next run."""
+    from ensemble_lab.cli import study_job
+
+    def stopped(argv):
+        raise SystemExit(status)
+
+    monkeypatch.setattr(study_job, "run_lightning_cli", stopped)
+    if stops:
+        with pytest.raises(KeyboardInterrupt):
+            study_job._call(["fit"], in_lightning=True)
+    else:
+        assert study_job._call(["fit"], in_lightning=True) == (None if status is None else f"exit status {status}")

@@ -9,6 +9,8 @@ from typing import Any
 
 #: exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
 INTERRUPTED = 130
+#: exit status of a fit / test stopped by SIGTERM (128 + SIGTERM): Lightning stops at the next step and exits 0
+TERMINATED = 143
 
 
 class InterruptWatch:

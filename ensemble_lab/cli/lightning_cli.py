@@ -17,12 +17,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ensemble_lab.cli.callbacks import FinalLastCheckpoint, NonFiniteLossGuard, OptionalEarlyStopping
 from ensemble_lab.cli.checkpoint_choice import check_monitors, checkpoint_record, settle_monitors
 from ensemble_lab.cli.failures import user_message
-from ensemble_lab.cli.interrupts import INTERRUPTED, InterruptWatch
+from ensemble_lab.cli.interrupts import INTERRUPTED, TERMINATED, InterruptWatch
 from ensemble_lab.cli.metrics_csv import MetricsCSV
 from ensemble_lab.cli.parser_errors import EnsembleLabArgumentParser
 from ensemble_lab.cli.resume import (
@@ -451,21 +452,28 @@ def check_config_files(argv: Sequence[str]) -> None:
             raise ConfigError(f"config file {raw} must be a mapping of options (model:, data:, trainer:, ...); it holds {got}")
 
 
+#: what to do after a fit was stopped, whether or not it had saved a checkpoint yet
+HOW_TO_CONTINUE = (
+    "a fit continues from its last saved checkpoint (checkpoints/last.ckpt) with the same command and "
+    "--ckpt_path last; one stopped before its first checkpoint starts again."
+)
+
+
 def run_lightning_cli(argv: list[str]) -> None:
-    """EnsembleLabCLI(argv); Ctrl-C ends it with status 130 and says how to go on (not Lightning's status 1)."""
+    """EnsembleLabCLI(argv); Ctrl-C ends it with status 130 and SIGTERM with 143, each saying how to go on
+    (not Lightning's status 1, resp. 0, which a script or a study would take for success)."""
     quiet_known_warnings()
     check_config_files(argv)
     with InterruptWatch() as watch:
         try:
             EnsembleLabCLI(args=argv)
+        except SIGTERMException:  # a SystemExit without a code: Lightning stopped at the next step
+            print(f"ensemble-lab: terminated (SIGTERM). {HOW_TO_CONTINUE}", file=sys.stderr)
+            raise SystemExit(TERMINATED) from None
         except (SystemExit, KeyboardInterrupt):
             if not watch.interrupted:
                 raise
-            print(
-                "ensemble-lab: interrupted. checkpoints/last.ckpt keeps the last saved state of a fit: the same "
-                "command with --ckpt_path last continues it.",
-                file=sys.stderr,
-            )
+            print(f"ensemble-lab: interrupted. {HOW_TO_CONTINUE}", file=sys.stderr)
             raise SystemExit(INTERRUPTED) from None
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ensemble_lab.cli.failures import user_message
-from ensemble_lab.cli.interrupts import INTERRUPTED
+from ensemble_lab.cli.interrupts import INTERRUPTED, TERMINATED
 from ensemble_lab.cli.lightning_cli import run_lightning_cli
 from ensemble_lab.cli.study import Connectivity, Run, remember_resolved
 from ensemble_lab.run_files import atomic_write_bytes
@@ -50,7 +50,7 @@ def _call(argv: list[str], in_lightning: bool) -> str | None:
     try:
         run_lightning_cli(argv) if in_lightning else app.main(argv)
     except SystemExit as error:
-        if error.code == INTERRUPTED:  # the run noticed Ctrl-C itself
+        if error.code in (INTERRUPTED, TERMINATED):  # the run noticed Ctrl-C or SIGTERM: the study stops too
             raise KeyboardInterrupt from None
         if error.code not in (0, None):
             return f"exit status {error.code}"
