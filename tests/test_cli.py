@@ -155,3 +155,24 @@ def test_bad_input_exits_with_a_clear_message(cli, capsys, args, message):
     err = capsys.readouterr().err
     assert re.search(message, err), err[-2000:]
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("method", ["BatchEnsemble", "DeepEnsemble", "LowRankEnsemble", "Masksembles", "MCDropout", "MIMO",
+                                    "PackedEnsemble", "SingleModel"])  # fmt: skip
+def test_every_method_option_has_help_text(cli, capsys, method):
+    """--model.help <Method> shows each of the method's own options with words, not only its type and default
+    (a line at the Args indent after the last argument once cut PackedEnsemble's and MIMO's help)."""
+    import inspect
+
+    from ensemble_lab import methods
+
+    own = [p for p in inspect.signature(getattr(methods, method).__init__).parameters if p not in ("self", "kwargs")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli("fit", f"--model.help={method}")
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in own:
+        # the option's entry in the help list (not the usage line): its metavar, then the help up to the next option
+        (entry,) = re.findall(rf"^  --model\.{option} \S+(.*?)(?=^  -|\Z)", text, flags=re.M | re.S)
+        words = entry.split("(type:", 1)[0].strip()
+        assert words, f"--model.{option} of {method} has no help text: {entry!r}"

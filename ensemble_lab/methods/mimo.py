@@ -63,7 +63,8 @@ class MIMO(EnsembleModule):
     """
 
     def __init__(self, input_repetition: float = 0.0, batch_repetition: int = 1, **kwargs) -> None:
-        """
+        """The other options are EnsembleModule's; ``num_members`` is M, the number of subnetworks.
+
         Args:
             input_repetition: ρ in [0, 1): the fraction of training rows in which every member sees
                 member 0's image instead of its own; 0: independent inputs (the authors' CIFAR code;
@@ -71,7 +72,6 @@ class MIMO(EnsembleModule):
             batch_repetition: r >= 1: each training batch of B images is repeated r times before the
                 members' shuffles, so every member trains on B·r rows, each image r times; 1: none
                 (the authors' code: 4 on CIFAR, 2 on ImageNet). Lower-variance gradients, r× the compute.
-            The other options are EnsembleModule's; ``num_members`` is M, the number of subnetworks.
         """
         check_input_repetition(input_repetition)
         check_batch_repetition(batch_repetition)

@@ -67,7 +67,8 @@ class PackedEnsemble(EnsembleModule):
     """
 
     def __init__(self, alpha: float = 2.0, gamma: int = 1, **kwargs) -> None:
-        """
+        """The other options are EnsembleModule's; ``num_members`` is M.
+
         Args:
             alpha: width factor α > 0: the packed network is α times as wide as the backbone, so each
                 of the M members has α·w/M channels / units per layer (rounded to an integer >= 1);
@@ -78,7 +79,6 @@ class PackedEnsemble(EnsembleModule):
                 (M·γ in all), cutting its parameters by γ; member widths are rounded to multiples
                 of γ. 1: dense members (the default here, and the digits / MNIST MLPs' setting); the
                 paper's common CIFAR-10 ResNet-18 setting is PE-(2, 4, 2), as configs/cifar10/packed.yaml.
-            The other options are EnsembleModule's; ``num_members`` is M.
         """
         check_alpha(alpha)
         check_gamma(gamma)
