@@ -1,5 +1,7 @@
 """Every user mistake ends in one line, `ensemble-lab: error: ...`, exit status 2 and no traceback."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -49,6 +51,27 @@ def test_unknown_or_malformed_options_name_the_key(cli, tmp_path, capsys, args, 
     line = error_line(capsys, *FIT, *args, *QUICK)
     for fragment in expected:
         assert fragment in line, line
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["fit", "--model=MCDropout", "--print_config"], "no --data given: name a datamodule (--data DigitsDataModule"),
+        (["fit", "--data=DigitsDataModule", "--print_config"], "no --model given: name a method"),
+    ],
+)
+def test_a_missing_model_or_datamodule_says_how_to_give_one(capsys, args, expected):
+    assert expected in error_line(capsys, *args)
+
+
+def test_the_readmes_print_config_command_works(capsys):
+    """The README's "Using it" line, as written there (it once lacked --data)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (line,) = [ln for ln in readme.splitlines() if ln.startswith("ensemble-lab fit") and "--print_config" in ln]
+    argv = line.split("#")[0].split()[1:]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0 and "class_path: ensemble_lab.methods.MCDropout" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- data files and data options

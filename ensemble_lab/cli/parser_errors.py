@@ -145,9 +145,18 @@ def _no_model(e: ParserError) -> str | None:
     return "no --model given: name a method (--model BatchEnsemble) or pass a run's saved config (--config <run>/config.yaml)"
 
 
+def _no_data(e: ParserError) -> str | None:
+    if not re.search(r"the following arguments are required: \S*\bdata\b", e.message):
+        return None
+    return (
+        "no --data given: name a datamodule (--data DigitsDataModule, MNISTDataModule or CIFAR10DataModule) "
+        "or pass a config that has one (--config configs/digits/<method>.yaml)"
+    )
+
+
 RULES: tuple[Callable[[ParserError], str | None], ...] = (
     _missing_required, _unknown_init_argument, _unknown_key, _unrecognized, _unknown_help_class, _unknown_class, _bad_value,
-    _missing_config_file, _no_model,
+    _missing_config_file, _no_model, _no_data,
 )
 
 
