@@ -196,6 +196,17 @@ def test_run_names_are_rows_of_their_own_and_seeds_or_placement_do_not_split(tmp
     assert "3 runs." in table and "1 runs" not in to_markdown(build_report([tmp_path / "b"]))
 
 
+def test_runs_that_differ_only_in_what_they_print_pool(tmp_path, capsys):
+    """A progress bar or model summary changes nothing a run trains or writes: one row, not one per setting."""
+    for seed, bar in ((1, True), (2, False)):
+        run = with_config(write_run(tmp_path, f"s/seed_{seed}", "SingleModel", 1, seed, 0.8))
+        doc = json.loads((run / "results.json").read_text())
+        doc["config"]["trainer"].update(enable_progress_bar=bar, enable_model_summary=bar)
+        (run / "results.json").write_text(json.dumps(doc))
+    (group,) = build_report([tmp_path])
+    assert len(group.runs) == 2 and "not pooled" not in capsys.readouterr().err
+
+
 def test_rows_of_a_sweep_sort_by_their_numbers(tmp_path):
     for width in (1024, 16, 256, 64):
         with_config(write_run(tmp_path, f"be_w{width}/seed_1", "BatchEnsemble", 4, 1, 0.9), run_name=f"be_w{width}", lr=width / 1e5)

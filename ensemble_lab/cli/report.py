@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from ensemble_lab.cli.run_config import (
     OUTPUT,
-    PLACEMENT,
     REPLICATE,
+    UNCOMPARED,
     comparable,
     flatten,
     without_defaults,
@@ -256,7 +256,7 @@ def run_sets(doc: dict[str, Any]) -> dict[str, Any]:
 def _trained_as(doc: dict[str, Any]) -> dict[str, Any]:
     """What a run was trained with, seeds and placement aside (runs written before results.json kept it: {})."""
     config = doc.get("config")
-    return without_defaults(comparable(flatten(config), PLACEMENT | REPLICATE | OUTPUT)) if isinstance(config, dict) else {}
+    return without_defaults(comparable(flatten(config), UNCOMPARED | REPLICATE | OUTPUT)) if isinstance(config, dict) else {}
 
 
 def split_by_config(runs: Sequence[tuple[Path, dict[str, Any]]]) -> dict[tuple, list[tuple[Path, dict[str, Any]]]]:

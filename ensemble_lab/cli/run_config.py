@@ -14,6 +14,10 @@ from typing import Any
 
 #: keys that only place a run (its directory, checkpoint, the files it was read from); never compared
 PLACEMENT = frozenset({"config", "ckpt_path", "trainer.logger", "trainer.default_root_dir", "checkpoint.dirpath", "run_name"})
+#: what a run shows on the terminal while it runs; never compared
+DISPLAY = frozenset({"trainer.enable_progress_bar", "trainer.enable_model_summary"})
+#: never compared: where a run is and what it prints
+UNCOMPARED = PLACEMENT | DISPLAY
 #: keys that make runs of one experiment differ by design; report pools over them (a distilled run's
 #: teacher is its own seed's run of the teacher method: students of one study row differ in it)
 REPLICATE = frozenset({"seed_everything", "model.init_args.member_checkpoints", "model.init_args.teacher"})
@@ -33,7 +37,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def comparable(flat: Mapping[str, Any], ignore: frozenset[str] = PLACEMENT) -> dict[str, Any]:
+def comparable(flat: Mapping[str, Any], ignore: frozenset[str] = UNCOMPARED) -> dict[str, Any]:
     """``flat`` without the keys in ``ignore`` (and anything below them)."""
     return {k: v for k, v in flat.items() if not any(k == i or k.startswith(f"{i}.") for i in ignore)}
 
