@@ -278,12 +278,21 @@ def test_relative_config_paths_and_defaults(tmp_path, monkeypatch):
         ({"seeds": [1], "methods": {"a": {"config": "x", "arg": []}}}, "must be a mapping with keys"),
         ({"seeds": [1], "method": {}}, "needs a 'methods' mapping"),
         ({"seeds": [1], "methods": {"a": {"config": "x"}}, "extra": 1}, "unknown keys"),
+        ({"seeds": [1, 2, 1], "methods": {"a": {"config": "x"}}}, "lists .1. more than once"),
+        ({"seeds": [1], "methods": {"..": {"config": "x"}}}, "a method name is a directory name"),
     ],
 )
 def test_bad_study_files(tmp_path, spec, message):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", ".")):
+        load_study(path)
+
+
+def test_a_method_written_twice_is_refused_not_silently_replaced(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(f"seeds: [1]\nmethods:\n  a:\n    config: {DIGITS / 'single.yaml'}\n  a:\n    config: {DIGITS / 'batch_ensemble.yaml'}\n")
+    with pytest.raises(ConfigError, match=r"'a' is given twice in one mapping \(line 5\)"):
         load_study(path)
 
 

@@ -228,6 +228,24 @@ def _resolve_config(raw: Any, study_file: Path, where: str) -> Path:
     raise ConfigError(f"{where}: config {raw!r} not found (looked at {', '.join(str(c) for c in candidates)})")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error: plain YAML keeps the last,
+    so a method written twice would silently train the second definition only."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                continue  # SafeLoader itself refuses keys it cannot hash
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice in one mapping (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(study_file: Path, out: Path | None = None) -> Study:
     """Read a study file: its runs, method by method (teachers first), seed by seed, and its options.
 
@@ -239,7 +257,7 @@ def load_spec(study_file: Path, out: Path | None = None) -> Study:
     if not study_file.is_file():
         raise ConfigError(f"study file {study_file} not found")
     try:
-        spec = yaml.safe_load(study_file.read_text())
+        spec = yaml.load(study_file.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{study_file} is not valid YAML: {error}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("methods"), dict) or not spec["methods"]:
@@ -249,6 +267,8 @@ def load_spec(study_file: Path, out: Path | None = None) -> Study:
     seeds = spec.get("seeds")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"{study_file}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) < len(seeds):  # two runs would share one directory
+        raise ConfigError(f"{study_file}: 'seeds' lists {sorted({s for s in seeds if seeds.count(s) > 1})} more than once")
     if not isinstance(spec.get("slurm") or {}, dict):
         raise ConfigError(f"{study_file}: 'slurm' must be a mapping of SLURM options, e.g. {{partition: gpu, time: 720}}")
     common = _string_list(spec.get("args"), f"{study_file}: 'args'")
@@ -256,7 +276,7 @@ def load_spec(study_file: Path, out: Path | None = None) -> Study:
     methods: dict[str, dict[str, Any]] = {}
     for name, method in spec["methods"].items():
         where = f"{study_file}: methods.{name}"
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        if not isinstance(name, str) or not NAME_PATTERN.match(name) or set(name) == {"."}:  # "..": outside the study
             raise ConfigError(f"{where}: a method name is a directory name (letters, digits, _ . -), got {name!r}")
         if not isinstance(method, dict) or (unknown := set(method) - METHOD_KEYS):
             raise ConfigError(f"{where} must be a mapping with keys {sorted(METHOD_KEYS)}, got {method!r}")
