@@ -87,6 +87,25 @@ def test_a_bad_set_name_lists_the_sets(runs, capsys):
     assert "\n" not in err and "'digitz'" in err and "val, digits, digits_shifted" in err
 
 
+def test_a_second_walk_keeps_the_first(runs, tmp_path, capsys):
+    """Another --points or --set never replaces an earlier connectivity.json (a study's report reads it)."""
+    run, out = runs["DeepEnsemble"], tmp_path / "twice"
+    _connectivity(run, "--points", "3", "--out", str(out))
+    first = (out / "connectivity.json").read_bytes()
+    _connectivity(run, "--points", "4", "--set", "digits", "--out", str(out))
+    assert "kept the earlier walk as" in capsys.readouterr().out
+    assert (out / "connectivity.prev-1.json").read_bytes() == first and (out / "figures" / "connectivity.prev-1.png").exists()
+    assert json.loads((out / "connectivity.json").read_text())["points"] == 4
+
+
+@pytest.mark.parametrize("device, says", [("banana", "is not a device; give auto, cpu, cuda or cuda:N"), ("cuda:7", "CUDA device(s); give auto or cpu")])
+def test_a_bad_device_is_one_line(runs, capsys, device, says):
+    with pytest.raises(SystemExit) as info:
+        _connectivity(runs["DeepEnsemble"], "--device", device)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err and says in err and "Traceback" not in err
+
+
 def test_the_runs_last_checkpoint_is_the_default(runs, tmp_path, capsys):
     run = runs["DeepEnsemble"]
     main(["connectivity", "--config", str(run / "config.yaml"), "--points", "3", "--out", str(tmp_path / "default")])

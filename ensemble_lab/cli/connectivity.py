@@ -7,6 +7,7 @@ figure (PNG and TensorBoard) and a table of barriers; see docs/connectivity.md.
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ from ensemble_lab.evaluation.member_networks import has_member_layers, member_st
 from ensemble_lab.evaluation.results import _json_ready
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.methods.checkpoint_state import load_checkpoint
-from ensemble_lab.run_files import atomic_write_bytes, run_dir_of_checkpoint
+from ensemble_lab.run_files import atomic_write_bytes, first_free_number, run_dir_of_checkpoint
 
 #: the name --set gives the validation split (held out of the training set)
 VALIDATION = "val"
@@ -111,7 +112,7 @@ def _walk(
     show_progress: bool | None,
 ) -> dict[str, Any]:
     """The curves and barriers of every pair of members (``norm_batches`` 0: statistics interpolated, not re-estimated)."""
-    run_on = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    run_on = resolve_device(device)
     plain = model.member_network().to(run_on)
     states = member_states(model.network, plain, model.num_members, type(model).__name__)
     states = [{k: v.to(run_on) for k, v in state.items()} for state in states]
@@ -120,6 +121,35 @@ def _walk(
     batches = [b.to(run_on) for b in training_batches(datamodule, norm_batches, norm_seed)] if norm_batches and norm_layers(plain) else []
     progress = show_progress if show_progress is not None else sys.stderr.isatty()
     return {"norm_batches": len(batches), **all_pairs(plain, states, t, evaluated, datamodule.eval_batch_size, batches, progress)}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``--device`` as a torch device; a ConfigError for a name torch does not know or a CUDA device this machine lacks."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is not a device; give auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and (not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); give auto or cpu")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: connectivity runs on cpu or cuda")
+    return resolved
+
+
+def keep_previous(out_dir: Path) -> Path | None:
+    """An earlier connectivity.json and figure of ``out_dir`` renamed to connectivity.prev-N.* (N = 1, 2, ...), so a
+    second walk (other points, another set) never replaces the first; returns the kept json, or None."""
+    old, figure = out_dir / "connectivity.json", out_dir / "figures" / "connectivity.png"
+    if not old.exists():
+        return None
+    n = first_free_number(lambda k: (out_dir / f"connectivity.prev-{k}.json").exists())
+    if figure.exists():
+        os.replace(figure, figure.with_name(f"connectivity.prev-{n}.png"))
+    kept = out_dir / f"connectivity.prev-{n}.json"
+    os.replace(old, kept)
+    return kept
 
 
 def run_connectivity(
@@ -157,6 +187,7 @@ def run_connectivity(
         raise ConfigError(f"--points must be an integer >= 2 (t = 0 and t = 1 included), got {points!r}")
     if not isinstance(norm_batches, int) or norm_batches < 1:
         raise ConfigError(f"--norm_batches must be an integer >= 1, got {norm_batches!r}")
+    resolve_device(device)  # before the run is read: a bad --device fails first
     model, datamodule = load_run(config_path)
     name = set_name or VALIDATION
     if name not in (available := evaluation_sets(datamodule)):
@@ -184,6 +215,7 @@ def run_connectivity(
     else:
         document.update(_walk(model, datamodule, name, t, norm_batches if reset_norm else 0, norm_seed, device, show_progress))
     path = out_dir / "connectivity.json"
+    kept = keep_previous(out_dir)
     atomic_write_bytes(path, (json.dumps(_json_ready(document), indent=2) + "\n").encode())
     written = [path]
     if document["applicable"]:
@@ -192,6 +224,8 @@ def run_connectivity(
         _write_tensorboard(out_dir, document, figure, step)
     if not quiet:
         print(format_barriers(document) if document["applicable"] else f"ensemble-lab connectivity: {document['reason']}")
+        if kept is not None:
+            print(f"kept the earlier walk as {kept}")
         for p in written:
             print(f"wrote {p}")
     return document
