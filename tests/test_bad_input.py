@@ -228,3 +228,10 @@ def test_nan_guard_reads_every_step_on_cpu_and_rarely_on_a_gpu():
     assert NonFiniteLossGuard(check_every_n_steps=7).steps_between_checks(torch.device("cpu")) == 7
     with pytest.raises(ConfigError, match="check_every_n_steps must be >= 1, got 0"):
         NonFiniteLossGuard(check_every_n_steps=0)
+
+
+def test_a_root_under_a_file_is_one_line(tmp_path, capsys):
+    """--trainer.default_root_dir below a file: ENOTDIR, once a traceback."""
+    (tmp_path / "afile").write_text("")
+    line = error_line(capsys, *FIT, *QUICK, f"--trainer.default_root_dir={tmp_path / 'afile' / 'x'}")
+    assert "cannot write" in line and "Not a directory" in line and "afile" in line

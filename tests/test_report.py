@@ -280,3 +280,20 @@ def test_the_cost_figure_gives_each_method_the_colour_it_has_in_every_comparison
     cost.canvas.draw()  # tick labels are set when drawn
     ticks = [t.get_text() for ax in cost.axes for t in ax.get_xticklabels() if t.get_text()]
     assert ticks and not any("$" in t for t in ticks)  # 200k, 500k, 1M: no mathtext powers that collide
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [({"sets": [1, 2]}, "its 'sets' is list"), ({"num_members": [4]}, "its 'num_members' is list"),
+     ({"sets": {"digits": 3}}, "its sets.digits is int")],
+)  # fmt: skip
+def test_a_results_json_of_the_wrong_shape_is_skipped_with_a_line(tmp_path, capsys, damage, says):
+    """Valid JSON with a key of the wrong type crashed the report with a TypeError."""
+    write_run(tmp_path, "good", "SingleModel", 1, 1, 0.8)
+    bad = write_run(tmp_path, "bad", "SingleModel", 1, 2, 0.8)
+    document = json.loads((bad / "results.json").read_text())
+    (bad / "results.json").write_text(json.dumps({**document, **damage}))
+    (group,) = build_report([tmp_path])
+    assert len(group.runs) == 1
+    err = capsys.readouterr().err
+    assert f"skipping {bad / 'results.json'}: {says}" in err

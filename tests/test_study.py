@@ -319,3 +319,11 @@ def test_options_added_since_a_run_was_recorded_do_not_mark_it_changed(tmp_path,
     lines = capsys.readouterr().out.splitlines()
     assert states("\n".join(lines)) == ["changed"]
     assert lines[2].strip() == f"differs from what it was made with: model.init_args.dropout: 0.3 -> {json.dumps(today['model.init_args.dropout'])}"
+
+
+def test_a_study_directory_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "taken").write_text("not a directory")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"seeds": [1], "out": str(tmp_path / "taken"), "methods": {"a": {"config": str(DIGITS / "single.yaml")}}}))
+    with pytest.raises(ConfigError, match="is a file; give another 'out'"):
+        load_study(path)

@@ -7,7 +7,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from ensemble_lab.errors import EnsembleLabError
 
 #: errno values that say the disk or the permissions, not the program, stopped a write
-UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 
 
 def unwritable(error: BaseException) -> str | None:
@@ -16,7 +16,8 @@ def unwritable(error: BaseException) -> str | None:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         if isinstance(current, OSError) and current.errno in UNWRITABLE:
-            where = f" {current.filename}" if current.filename else ""
+            target = current.filename2 or current.filename  # a rename's destination, not its temporary file
+            where = f" {target}" if target else ""
             return (
                 f"cannot write{where}: {current.strerror}. Free some space or make the directory writable, "
                 "or write elsewhere (--trainer.default_root_dir DIR; study: --out DIR)"

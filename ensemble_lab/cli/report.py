@@ -125,7 +125,30 @@ def _load(path: Path) -> dict[str, Any] | None:
     if not isinstance(document, dict):
         print(f"ensemble-lab report: skipping {path}: not a results document", file=sys.stderr)
         return None
+    if (why := _malformed(document)) is not None:
+        print(f"ensemble-lab report: skipping {path}: {why}", file=sys.stderr)
+        return None
     return document
+
+
+#: the keys a row is built from, and the type each must have where present (null is allowed)
+_SHAPE: dict[str, type | tuple[type, ...]] = {
+    "method": str, "run_name": str, "datamodule": str, "num_members": int, "seed": int,
+    "sets": dict, "sets_calibrated": dict, "cost": dict, "config": dict,
+}  # fmt: skip
+
+
+def _malformed(document: dict[str, Any]) -> str | None:
+    """Why a JSON document is not a results.json the report can read (a key of the wrong type), else None."""
+    for key, kind in _SHAPE.items():
+        value = document.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"its {key!r} is {type(value).__name__} {json.dumps(value, default=str)[:40]}, not a {getattr(kind, '__name__', kind)}"
+    for group in ("sets", "sets_calibrated"):
+        for name, metrics in (document.get(group) or {}).items():
+            if not isinstance(metrics, dict):
+                return f"its {group}.{name} is {type(metrics).__name__}, not a mapping of metrics"
+    return None
 
 
 def build_report(

@@ -273,6 +273,8 @@ def load_spec(study_file: Path, out: Path | None = None) -> Study:
         raise ConfigError(f"{study_file}: 'slurm' must be a mapping of SLURM options, e.g. {{partition: gpu, time: 720}}")
     common = _string_list(spec.get("args"), f"{study_file}: 'args'")
     out = Path(out if out is not None else spec.get("out") or Path("studies") / study_file.stem).resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{study_file}: the study directory {out} is a file; give another 'out' (or --out DIR)")
     methods: dict[str, dict[str, Any]] = {}
     for name, method in spec["methods"].items():
         where = f"{study_file}: methods.{name}"
