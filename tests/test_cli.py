@@ -176,3 +176,12 @@ def test_every_method_option_has_help_text(cli, capsys, method):
         (entry,) = re.findall(rf"^  --model\.{option} \S+(.*?)(?=^  -|\Z)", text, flags=re.M | re.S)
         words = entry.split("(type:", 1)[0].strip()
         assert words, f"--model.{option} of {method} has no help text: {entry!r}"
+
+
+@pytest.mark.parametrize("subcommand, says", [("fit", "a checkpoint to resume from"), ("test", "the checkpoint to evaluate")])
+def test_ckpt_path_help_says_what_ensemble_lab_does_with_it(cli, capsys, subcommand, says):
+    """Lightning's text ("best" / "last" of the previous trainer.fit, None: the current weights) is not what happens here."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli(subcommand, "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0 and says in text and "previous trainer.fit" not in text

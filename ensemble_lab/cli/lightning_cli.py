@@ -287,6 +287,9 @@ class EnsembleLabCLI(LightningCLI):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "test":  # the mixin prints its own table; Lightning's lists ~100 test/<set>/<metric> rows
             parser.set_defaults({"verbose": False})
+        for action in parser._actions:  # Lightning's text describes its own "last" / "best" / None, not ours
+            if action.dest == "ckpt_path":
+                action.help = CKPT_PATH_HELP[subcommand if subcommand == "fit" else "evaluate"]
         return parser
 
     def _continue_in(self, run_dir: Path, kind: str) -> None:
@@ -452,6 +455,13 @@ def check_config_files(argv: Sequence[str]) -> None:
             raise ConfigError(f"config file {raw} must be a mapping of options (model:, data:, trainer:, ...); it holds {got}")
 
 
+#: --ckpt_path as ensemble-lab reads it (resolve_ckpt_path)
+CKPT_PATH_HELP = {
+    "fit": "a checkpoint to resume from: a path (<run>/checkpoints/last.ckpt continues in that run), or last "
+    "(the newest last.ckpt under the run root); default: start a new run",
+    "evaluate": "the checkpoint to evaluate: a path, last (the newest run's last.ckpt under the run root) or best "
+    "(that run's best checkpoint by its monitor); required (a Deep Ensemble of --model.member_checkpoints aside)",
+}
 #: what to do after a fit was stopped, whether or not it had saved a checkpoint yet
 HOW_TO_CONTINUE = (
     "a fit continues from its last saved checkpoint (checkpoints/last.ckpt) with the same command and "
