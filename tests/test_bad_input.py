@@ -235,3 +235,10 @@ def test_a_root_under_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     line = error_line(capsys, *FIT, *QUICK, f"--trainer.default_root_dir={tmp_path / 'afile' / 'x'}")
     assert "cannot write" in line and "Not a directory" in line and "afile" in line
+
+
+def test_a_key_written_twice_in_a_config_file_is_refused(tmp_path, capsys):
+    """YAML keeps the last of two equal keys: a second model: block would silently replace the first."""
+    (tmp_path / "twice.yaml").write_text("model:\n  class_path: BatchEnsemble\nmodel:\n  class_path: SingleModel\n")
+    line = error_line(capsys, "fit", f"--config={tmp_path / 'twice.yaml'}", "--data=DigitsDataModule")
+    assert "'model' is given twice in one mapping (line 3)" in line and "twice.yaml" in line

@@ -33,6 +33,7 @@ from ensemble_lab.cli.resume import (
     resolve_ckpt_path,
 )
 from ensemble_lab.cli.run_config import comparable, flatten
+from ensemble_lab.cli.strict_yaml import load_yaml
 from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.results import check_can_write
@@ -445,7 +446,7 @@ def check_config_files(argv: Sequence[str]) -> None:
         if not path.is_file():
             continue
         try:
-            content = yaml.safe_load(path.read_text())
+            content = load_yaml(path.read_text())
         except yaml.YAMLError as error:
             where = getattr(error, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""

@@ -132,7 +132,7 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 
 #: the keys a row is built from, and the type each must have where present (null is allowed)
-_SHAPE: dict[str, type | tuple[type, ...]] = {
+_SHAPE: dict[str, type] = {
     "method": str, "run_name": str, "datamodule": str, "num_members": int, "seed": int,
     "sets": dict, "sets_calibrated": dict, "cost": dict, "config": dict,
 }  # fmt: skip
@@ -143,7 +143,7 @@ def _malformed(document: dict[str, Any]) -> str | None:
     for key, kind in _SHAPE.items():
         value = document.get(key)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            return f"its {key!r} is {type(value).__name__} {json.dumps(value, default=str)[:40]}, not a {getattr(kind, '__name__', kind)}"
+            return f"its {key!r} is {type(value).__name__} {json.dumps(value, default=str)[:40]}, not a {kind.__name__}"
     for group in ("sets", "sets_calibrated"):
         for name, metrics in (document.get(group) or {}).items():
             if not isinstance(metrics, dict):

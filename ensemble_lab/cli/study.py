@@ -46,6 +46,7 @@ import yaml
 
 from ensemble_lab.cli.lightning_cli import check_arguments
 from ensemble_lab.cli.run_config import comparable, differences, flatten
+from ensemble_lab.cli.strict_yaml import load_yaml
 from ensemble_lab.cli.study_args import Connectivity, connectivity_step, describe_change, teachers_first
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.run_files import first_free_number
@@ -228,24 +229,6 @@ def _resolve_config(raw: Any, study_file: Path, where: str) -> Path:
     raise ConfigError(f"{where}: config {raw!r} not found (looked at {', '.join(str(c) for c in candidates)})")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error: plain YAML keeps the last,
-    so a method written twice would silently train the second definition only."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, (str, int, float, bool, type(None))):
-                continue  # SafeLoader itself refuses keys it cannot hash
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"{key!r} is given twice in one mapping (line {key_node.start_mark.line + 1})", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_spec(study_file: Path, out: Path | None = None) -> Study:
     """Read a study file: its runs, method by method (teachers first), seed by seed, and its options.
 
@@ -257,7 +240,7 @@ def load_spec(study_file: Path, out: Path | None = None) -> Study:
     if not study_file.is_file():
         raise ConfigError(f"study file {study_file} not found")
     try:
-        spec = yaml.load(study_file.read_text(), Loader=_UniqueKeyLoader)
+        spec = load_yaml(study_file.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{study_file} is not valid YAML: {error}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("methods"), dict) or not spec["methods"]:
