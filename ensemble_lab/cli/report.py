@@ -131,6 +131,21 @@ def _load(path: Path) -> dict[str, Any] | None:
     return document
 
 
+def _load_results(path: Path) -> dict[str, Any] | None:
+    """A run's results.json, or None (with a line on stderr) for one that is unreadable or not what `test` writes."""
+    document = _load(path)
+    if document is None:
+        return None
+    absent = [key for key in ("method", "sets") if document.get(key) is None]
+    if absent:  # another tool's results.json (or a hand-made one) would be a row of blanks
+        print(
+            f"ensemble-lab report: skipping {path}: not a results document of `ensemble-lab test` ({' and '.join(map(repr, absent))} missing)",
+            file=sys.stderr,
+        )
+        return None
+    return document
+
+
 #: the keys a row is built from, and the type each must have where present (null is allowed)
 _SHAPE: dict[str, type] = {
     "method": str, "run_name": str, "datamodule": str, "num_members": int, "seed": int,
@@ -168,7 +183,7 @@ def build_report(
         Groups in the paper's row order (per datamodule: single, MC Dropout, Deep Ensemble, BatchEnsemble, others).
     """
     files = find_results(paths)
-    runs = [(f, d) for f in files if (d := _load(f)) is not None]
+    runs = [(f, d) for f in files if (d := _load_results(f)) is not None]
     if not runs:
         where = ", ".join(str(p) for p in paths)
         raise EnsembleLabError(f"no readable results.json found below {where}; run `ensemble-lab fit` or `ensemble-lab test` first")
