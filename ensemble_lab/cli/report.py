@@ -402,7 +402,15 @@ def parser() -> argparse.ArgumentParser:
         "--alpha",
         type=float,
         default=0.05,
-        help="significance level: † marks p < alpha, or a (1 - alpha) bootstrap CI excluding 0 (default 0.05)",
+        help="significance level: † marks p < alpha by Welch's t-test over seeds, ‡ by a paired bootstrap over test samples "
+        "(a row or the baseline has a single run) (default 0.05)",
+    )
+    p.add_argument(
+        "--correction",
+        choices=("holm", "none"),
+        default="holm",
+        help="correction for multiple comparisons over each row's tests on one set: holm (default; the chance of any false "
+        "mark in a row stays below alpha) or none",
     )
     p.add_argument(
         "--resamples", type=int, default=1000, help="bootstrap resamples of the test samples, for rows with a single run (default 1000)"
@@ -415,7 +423,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def report_main(argv: Sequence[str]) -> None:
-    """``ensemble-lab report PATH... [--out DIR] [--format markdown|latex|csv] [--metrics M... | --preset P] [--baseline LABEL] ...``."""
+    """``ensemble-lab report PATH... [--out DIR] [--format markdown|latex|csv] [--metrics M... | --preset P] [--baseline LABEL] [--correction holm|none] ...``."""
     from ensemble_lab.cli.report_significance import add_significance, choose_baselines
     from ensemble_lab.cli.report_tables import render, table_layout, write_report
 
@@ -441,7 +449,7 @@ def report_main(argv: Sequence[str]) -> None:
     if not baselines:
         why = "--baseline none" if options.baseline else f"no {DEFAULT_BASELINE} row; give --baseline LABEL"
         print(f"ensemble-lab report: no significance marks ({why})", file=sys.stderr)
-    for line in add_significance(groups, baselines, options.alpha, options.resamples, options.bootstrap_seed):
+    for line in add_significance(groups, baselines, options.alpha, options.resamples, options.bootstrap_seed, options.correction):
         print(f"ensemble-lab report: significance: {line}", file=sys.stderr)
     tables = table_layout(groups, options.preset, options.metrics)
     print(render(groups, options.format, tables, options.digits, options.alpha))
