@@ -480,6 +480,7 @@ def run_groups(groups: Sequence[Group]) -> list[Any]:
             g.method,
             g.num_members,
             tuple(g.runs),
+            g.config or None,  # {}: its runs recorded no configuration
         )
         for g in groups
     ]
