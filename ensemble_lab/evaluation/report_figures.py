@@ -22,7 +22,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,8 @@ class RunGroup:
     method: str | None  # the method class name, e.g. "BatchEnsemble"
     num_members: int | None
     runs: tuple[Path, ...]  # run directories, each holding results.json, maybe predictions/<set>.npz, TensorBoard event files
-    config: Mapping[str, Any] | None = None  # the options its runs were trained with (flat, seeds aside); None if unrecorded
+    # the options its runs were trained with (flat, seeds aside); None if unrecorded. Not compared: a row stays hashable
+    config: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 def skip(figure: str, why: str) -> None:
