@@ -297,3 +297,17 @@ def test_a_results_json_of_the_wrong_shape_is_skipped_with_a_line(tmp_path, caps
     assert len(group.runs) == 1
     err = capsys.readouterr().err
     assert f"skipping {bad / 'results.json'}: {says}" in err
+
+
+@pytest.mark.parametrize("document", [{"epoch": 3, "val_loss": 0.2}, {"method": None, "sets": None, "seed": 1}, {"method": "SingleModel"}])
+def test_a_json_file_named_results_json_that_is_not_a_run_is_skipped_with_a_line(tmp_path, capsys, document):
+    """Another tool's results.json was counted as a run: a row of blanks, and one run too many in the total."""
+    write_run(tmp_path, "good", "SingleModel", 1, 1, 0.8)
+    other = tmp_path / "other_tool" / "results.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps(document))
+    (group,) = build_report([tmp_path])
+    assert group.method == "SingleModel" and len(group.runs) == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if str(other) in line]
+    assert line.startswith(f"ensemble-lab report: skipping {other}: not a results document") and "missing" in line
+    assert "1 run." in to_markdown([group])

@@ -121,14 +121,14 @@ def test_latex_booktabs_bold_best_and_escaping(study, capsys):
         rows["DeepEnsemble"][3]
         == f"$\\mathbf{{{statistics.fmean(ROWS['de'][3]):.3f} \\pm {statistics.stdev(ROWS['de'][3]):.3f}}}^{{\\dagger}}$"
     )
-    assert r"$^\dagger$ differs from SingleModel at $\alpha$ = 0.05" in text
+    assert r"$^\dagger$ differs from SingleModel: Welch's t-test over seeds (two-sided, unequal variances), p $<$ 0.05" in text
     ood_header, _ = tables[r"photo\_patches (ood)"]
     assert r"auroc\_msp $\uparrow$" in ood_header and r"fpr95\_mi $\downarrow$" in ood_header and "acc" not in " ".join(ood_header)
 
 
 def test_csv_parses_back_to_the_numbers_and_welch_p_values(study, capsys, tmp_path):
     out = tmp_path / "out"
-    text = report(capsys, study, "--format", "csv", "--out", out)
+    text = report(capsys, study, "--format", "csv", "--out", out, "--correction", "none")  # raw p-values mark (Holm: below)
     rows = list(csv.DictReader(io.StringIO(text)))
     assert (out / "report.csv").read_text() + "\n" == text
     for name, (method, run_name, members, accs, nlls, eces, mis) in ROWS.items():
@@ -156,7 +156,7 @@ def test_markdown_marks_significant_cells(study, capsys):
     de_row = next(line for line in text.splitlines() if line.startswith("| DeepEnsemble |"))
     p = stats.ttest_ind(ROWS["de"][3], ROWS["single"][3], equal_var=False).pvalue
     assert p < 0.05 and de_row.split("|")[5].strip().endswith("†")  # the acc cell
-    assert "† differs from SingleModel at α = 0.05: Welch's t-test" in text
+    assert "† differs from SingleModel: Welch's t-test over seeds" in text and "after Holm's correction" in text
     single_row = next(line for line in text.splitlines() if line.startswith("| SingleModel |"))
     assert "†" not in single_row  # the baseline itself
 
@@ -248,8 +248,9 @@ def test_single_runs_get_a_paired_bootstrap(tmp_path, capsys):
         assert same["ci"] == [0.0, 0.0] and same["significant"] is False
     assert document["better"]["significance"]["digits"]["acc"]["ci"][0] > 0  # accuracy clearly up
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
-    assert "†" in rows["better (DeepEnsemble)"] and "†" not in rows["same (MCDropout)"]
-    assert "else a paired bootstrap 95% CI over test samples (200 resamples) excluding 0." in text
+    assert "‡" in rows["better (DeepEnsemble)"] and "‡" not in rows["same (MCDropout)"]
+    assert "†" not in text  # no Welch's t-test: every row has a single run
+    assert "‡ differs from single (SingleModel): a paired bootstrap over test samples (200 resamples;" in text
 
 
 def test_a_baseline_bootstraps_each_rows_own_metrics(tmp_path, capsys):
@@ -349,3 +350,103 @@ def test_report_main_as_a_study_calls_it(study, tmp_path, capsys):
         r"aupr\_msp" in (tmp_path / "out" / "report.tex").read_text()
         and "| acc | nll | ece |" in (tmp_path / "out" / "report.md").read_text()
     )
+
+
+def holm_by_hand(p_values: list[float], alpha: float) -> tuple[list[float], list[bool]]:
+    """Holm's procedure as textbooks state it: sort, reject the k-th smallest while p_(k) < alpha / (m - k + 1), stop
+    at the first that is not; adjusted p_(k) = max over j <= k of min(1, (m - j + 1) p_(j))."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, rejected, running, stopped = [0.0] * m, [False] * m, 0.0, False
+    for k, i in enumerate(order, start=1):
+        running = max(running, min(1.0, (m - k + 1) * p_values[i]))
+        adjusted[i] = running
+        stopped = stopped or not p_values[i] < alpha / (m - k + 1)
+        rejected[i] = not stopped
+    return adjusted, rejected
+
+
+def test_holm_correction_over_a_rows_tests_against_scipy_and_a_hand_holm(tmp_path, capsys):
+    """Three tests in one row: acc clearly better (p ~ 0.004), nll (p ~ 0.038) significant only uncorrected, ece not at all."""
+    base = {"acc": [0.90, 0.91, 0.92], "nll": [0.30, 0.32, 0.34], "ece": [0.05, 0.04, 0.06]}
+    row = {"acc": [0.95, 0.96, 0.97], "nll": [0.25, 0.27, 0.29], "ece": [0.05, 0.045, 0.06]}
+    for name, values in (("single", base), ("de", row)):
+        method = {"single": "SingleModel", "de": "DeepEnsemble"}[name]
+        for k, seed in enumerate(SEEDS):
+            write_run(tmp_path / "runs" / name / f"seed_{seed}", method, None, 1 if name == "single" else 4, seed,
+                      {"digits": {"role": "id", **{m: v[k] for m, v in values.items()}}})  # fmt: skip
+    p = {m: stats.ttest_ind(row[m], base[m], equal_var=False).pvalue for m in base}
+    adjusted, rejected = holm_by_hand([p[m] for m in base], 0.05)
+    assert rejected == [True, False, False] and p["nll"] < 0.05 <= adjusted[1]  # the case Holm is for
+    for correction in ("holm", "none"):
+        text = report(capsys, tmp_path / "runs", "--format", "csv", "--correction", correction)
+        cells = {r["metric"]: r for r in csv.DictReader(io.StringIO(text)) if r["label"] == "DeepEnsemble"}
+        expected = dict(zip(base, adjusted if correction == "holm" else [p[m] for m in base]))
+        for metric in base:
+            assert float(cells[metric]["p"]) == pytest.approx(p[metric], rel=1e-9)  # Welch = scipy's, equal_var=False
+            assert float(cells[metric]["p_adjusted"]) == pytest.approx(expected[metric], rel=1e-9)
+            assert cells[metric]["correction"] == correction and cells[metric]["significant"] == str(expected[metric] < 0.05)
+        markdown = report(capsys, tmp_path / "runs", "--correction", correction)
+        de = next(line for line in markdown.splitlines() if line.startswith("| DeepEnsemble |")).split(" | ")
+        assert [cell.endswith("†") for cell in de[4:7]] == ([True, False, False] if correction == "holm" else [True, True, False])
+        assert ("after Holm's correction over each row's tests on this set" in markdown) == (correction == "holm")
+        assert ("uncorrected for multiple comparisons" in markdown) == (correction == "none")
+
+
+def sections(markdown: str) -> dict[str, str]:
+    """title -> body of every "### title" section of a Markdown report."""
+    return {part.split("\n", 1)[0]: part.split("\n", 1)[1] for part in markdown.split("### ")[1:]}
+
+
+def test_footnotes_only_under_tables_whose_cells_were_tested_and_say_which_test(study, capsys):
+    """The † note stood under every table with a baseline: the cost table (never tested), a +T set the baseline
+    lacks, and the weight-space table, whose note named a bootstrap it never uses."""
+    for k, seed in enumerate(SEEDS):
+        for name, cosine in (("single", 0.99), ("de", 0.1), ("be", 0.9)):
+            path = study / name / f"seed_{seed}" / "results.json"
+            doc = json.loads(path.read_text())
+            doc.update(weight_cosine_mean=cosine + 0.01 * k, cost={"parameters": 100 * doc["num_members"], "images_per_s": 50.0 + k})
+            if name == "be":  # only BatchEnsemble was temperature-scaled: the baseline has no "digits +T"
+                doc["sets_calibrated"] = {"digits": {**doc["sets"]["digits"], "ece": 0.01 + k / 100}}
+            path.write_text(json.dumps(doc))
+    parts = sections(report(capsys, study, "--sets", "digits", "digits +T"))
+    assert set(parts) >= {"digits (id)", "digits +T (id)", "weight space", "cost"}
+    assert "differs from" not in parts["cost"] and "differs from" not in parts["digits +T (id)"]
+    assert "† differs from SingleModel: Welch's t-test over seeds" in parts["weight space"]
+    assert "bootstrap" not in parts["weight space"] and "‡" not in parts["weight space"]
+    assert "tests of run-level metrics" in parts["weight space"]
+    assert "† differs from SingleModel: Welch's t-test" in parts["digits (id)"] and "‡" not in parts["digits (id)"]
+    latex = report(capsys, study, "--sets", "digits", "digits +T", "--format", "latex")
+    for block in latex.split(r"\begin{table}")[1:]:
+        caption = block.split(r"\caption{")[1].split("}\n")[0]
+        assert (r"differs from" in block) == (caption in ("digits (id)", "weight space")), caption
+
+
+def test_a_seed_level_and_a_test_sample_level_row_get_different_marks(tmp_path, capsys):
+    """A row with one run was marked † from a paired bootstrap, the same symbol as Welch's t-test over seeds."""
+    generator = torch.Generator().manual_seed(3)
+    targets = torch.randint(0, 10, (200,), generator=generator)
+    noise = torch.randn(4, 200, 10, generator=generator)
+    right = torch.rand(200, generator=generator)
+    guess = lambda p: torch.where(right < p, targets, (targets + 3) % 10)  # noqa: E731
+    single = (noise[:1] + 4 * torch.nn.functional.one_hot(guess(0.6), 10)).softmax(-1)  # (1, N, C)
+    better = (noise + 4 * torch.nn.functional.one_hot(guess(0.95), 10)).softmax(-1)  # (4, N, C)
+    write_predicted_run(tmp_path, "single", "SingleModel", single, targets)
+    write_predicted_run(tmp_path, "boot", "DeepEnsemble", better, targets)
+    out = tmp_path / "out"
+    text = report(capsys, tmp_path, "--resamples", "200", "--metrics", "acc", "nll", "--out", out)
+    boot = next(line for line in text.splitlines() if line.startswith("| boot (DeepEnsemble) |"))
+    assert boot.count("‡") == 2 and "†" not in boot
+    assert "‡ differs from single (SingleModel): a paired bootstrap over test samples (200 resamples;" in text
+    assert "† differs" not in text
+    document = {g["label"]: g for g in json.loads((out / "report.json").read_text())}
+    acc = document["boot"]["significance"]["digits"]["acc"]
+    assert acc["test"] == "bootstrap" and acc["correction"] == "holm" and acc["family"] == 2 and acc["p"] < 0.05
+    # the same rows with three seeds each (the baseline's and the row's runs repeated, values nudged): Welch's t-test, †
+    seeded = tmp_path / "seeded"
+    for name, method, acc_values in (("single", "SingleModel", [0.60, 0.61, 0.59]), ("de", "DeepEnsemble", [0.95, 0.94, 0.96])):
+        for k, seed in enumerate(SEEDS):
+            write_run(seeded / name / f"seed_{seed}", method, None, 4, seed, {"digits": {"role": "id", "acc": acc_values[k]}})
+    text = report(capsys, seeded)
+    de = next(line for line in text.splitlines() if line.startswith("| DeepEnsemble |"))
+    assert de.endswith("† |") and "‡" not in text

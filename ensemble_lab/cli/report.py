@@ -131,6 +131,21 @@ def _load(path: Path) -> dict[str, Any] | None:
     return document
 
 
+def _load_results(path: Path) -> dict[str, Any] | None:
+    """A run's results.json, or None (with a line on stderr) for one that is unreadable or not what `test` writes."""
+    document = _load(path)
+    if document is None:
+        return None
+    absent = [key for key in ("method", "sets") if document.get(key) is None]
+    if absent:  # another tool's results.json (or a hand-made one) would be a row of blanks
+        print(
+            f"ensemble-lab report: skipping {path}: not a results document of `ensemble-lab test` ({' and '.join(map(repr, absent))} missing)",
+            file=sys.stderr,
+        )
+        return None
+    return document
+
+
 #: the keys a row is built from, and the type each must have where present (null is allowed)
 _SHAPE: dict[str, type] = {
     "method": str, "run_name": str, "datamodule": str, "num_members": int, "seed": int,
@@ -168,7 +183,7 @@ def build_report(
         Groups in the paper's row order (per datamodule: single, MC Dropout, Deep Ensemble, BatchEnsemble, others).
     """
     files = find_results(paths)
-    runs = [(f, d) for f in files if (d := _load(f)) is not None]
+    runs = [(f, d) for f in files if (d := _load_results(f)) is not None]
     if not runs:
         where = ", ".join(str(p) for p in paths)
         raise EnsembleLabError(f"no readable results.json found below {where}; run `ensemble-lab fit` or `ensemble-lab test` first")
@@ -387,7 +402,15 @@ def parser() -> argparse.ArgumentParser:
         "--alpha",
         type=float,
         default=0.05,
-        help="significance level: † marks p < alpha, or a (1 - alpha) bootstrap CI excluding 0 (default 0.05)",
+        help="significance level: † marks p < alpha by Welch's t-test over seeds, ‡ by a paired bootstrap over test samples "
+        "(a row or the baseline has a single run) (default 0.05)",
+    )
+    p.add_argument(
+        "--correction",
+        choices=("holm", "none"),
+        default="holm",
+        help="correction for multiple comparisons over each row's tests on one set: holm (default; the chance of any false "
+        "mark in a row stays below alpha) or none",
     )
     p.add_argument(
         "--resamples", type=int, default=1000, help="bootstrap resamples of the test samples, for rows with a single run (default 1000)"
@@ -400,7 +423,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def report_main(argv: Sequence[str]) -> None:
-    """``ensemble-lab report PATH... [--out DIR] [--format markdown|latex|csv] [--metrics M... | --preset P] [--baseline LABEL] ...``."""
+    """``ensemble-lab report PATH... [--out DIR] [--format markdown|latex|csv] [--metrics M... | --preset P] [--baseline LABEL] [--correction holm|none] ...``."""
     from ensemble_lab.cli.report_significance import add_significance, choose_baselines
     from ensemble_lab.cli.report_tables import render, table_layout, write_report
 
@@ -426,7 +449,7 @@ def report_main(argv: Sequence[str]) -> None:
     if not baselines:
         why = "--baseline none" if options.baseline else f"no {DEFAULT_BASELINE} row; give --baseline LABEL"
         print(f"ensemble-lab report: no significance marks ({why})", file=sys.stderr)
-    for line in add_significance(groups, baselines, options.alpha, options.resamples, options.bootstrap_seed):
+    for line in add_significance(groups, baselines, options.alpha, options.resamples, options.bootstrap_seed, options.correction):
         print(f"ensemble-lab report: significance: {line}", file=sys.stderr)
     tables = table_layout(groups, options.preset, options.metrics)
     print(render(groups, options.format, tables, options.digits, options.alpha))
@@ -457,6 +480,7 @@ def run_groups(groups: Sequence[Group]) -> list[Any]:
             g.method,
             g.num_members,
             tuple(g.runs),
+            g.config or None,  # {}: its runs recorded no configuration
         )
         for g in groups
     ]

@@ -1,8 +1,10 @@
 """The report's significance marks: each row against its datamodule's baseline row (statistics: evaluation/significance.py).
 
 Welch's t-test over seeds when both rows have two or more values of a metric; otherwise a paired bootstrap over
-the test samples of the runs' predictions/<set>.npz (``test --save_predictions true``). A comparison that cannot
-be made (no predictions, a calibrated set, different test samples) keeps its reason, and the report says how many.
+the test samples of the runs' predictions/<set>.npz (``test --save_predictions true``). A row's tests on one set
+(or on the run-level metrics) are one family, corrected together (``--correction``, Holm's by default). A
+comparison that cannot be made (no predictions, a calibrated set, different test samples) keeps its reason,
+and the report says how many.
 """
 
 import sys
@@ -21,6 +23,7 @@ from ensemble_lab.evaluation.significance import (
     Comparison,
     bootstrap,
     bootstrap_replicates,
+    correct,
     is_ood_detection,
     metric_values,
     welch,
@@ -52,12 +55,14 @@ def choose_baselines(groups: Sequence[Group], baseline: str | None = None) -> di
 
 
 def add_significance(
-    groups: Sequence[Group], baselines: Mapping[str | None, Group], alpha: float = 0.05, resamples: int = 1000, seed: int = 0
-) -> list[str]:
+    groups: Sequence[Group], baselines: Mapping[str | None, Group], alpha: float = 0.05, resamples: int = 1000, seed: int = 0,
+    correction: str = "holm",
+) -> list[str]:  # fmt: skip
     """Compare every metric of every row with its datamodule's baseline (evaluation/significance.py), into ``group.significance``.
 
     Welch's t-test over seeds when both rows have two or more values; otherwise a paired bootstrap over the
-    test samples of the runs' predictions/<set>.npz. Returns one line per reason some comparisons could not be made.
+    test samples of the runs' predictions/<set>.npz. ``correction`` ("holm" or "none") is applied over each
+    row's tests on one set. Returns one line per reason some comparisons could not be made.
     """
     missing: Counter[str] = Counter()
     loaded: Predictions = {}
@@ -84,6 +89,7 @@ def add_significance(
                     by_bootstrap.append(metric)
             if by_bootstrap:
                 result.update(_bootstrap_set(group, base, name, by_bootstrap, alpha, resamples, seed, loaded, baseline_replicates))
+            result = group.significance[name] = correct(result, correction)
             for comparison in result.values():
                 if comparison.reason:
                     missing[comparison.reason] += 1

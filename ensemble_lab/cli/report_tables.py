@@ -3,7 +3,9 @@
 A :class:`Table` is a list of columns, each a (set, metric) pair, with one row per group that has any of them.
 The default layout is one table per test set, a weight-space and a cost table; ``--metrics`` keeps the
 chosen columns; ``--preset paper`` the paper's columns per role; ``--preset single_basin`` one table per id set.
-A cell is ``mean ± std`` over the row's runs, with † when it differs significantly from the baseline row's.
+A cell is ``mean ± std`` over the row's runs, with † when Welch's t-test over seeds finds it different from the
+baseline row's, ‡ when a paired bootstrap over test samples does (a row or its baseline has a single run); a
+table's footnotes explain only the marks its cells can carry.
 """
 
 import csv
@@ -22,7 +24,8 @@ from ensemble_lab.run_files import atomic_write_bytes
 #: which way is better, per metric family (the part before "_"): +1 higher, -1 lower; others (mi,
 #: disagreement, entropy, expected_entropy, weight cosines, barriers, cost) are not ranked and get no bold
 DIRECTION = {"acc": 1, "auroc": 1, "aupr": 1, "nll": -1, "ece": -1, "brier": -1, "fpr95": -1}
-MARK = "†"
+#: the mark of a significant cell, per test: two tests of different things (seeds, test samples) get two marks
+MARKS = {"welch": "†", "bootstrap": "‡"}
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,10 @@ def _rows(groups: Sequence[Group], table: Table) -> list[Group]:
     return [g for g in groups if any(column.source in g.stats for column in table.columns)]
 
 
-def _significant(group: Group, column: Column) -> bool:
+def _mark(group: Group, column: Column) -> str:
+    """The cell's mark: † or ‡ when it differs significantly from the baseline (by the test that mark stands for), else ""."""
     comparison = group.significance.get(column.source, {}).get(column.metric)
-    return bool(comparison and comparison.significant)
+    return MARKS.get(comparison.test or "", "") if comparison is not None and comparison.significant else ""
 
 
 def _best(rows: Sequence[Group], column: Column, digits: int) -> set[int]:
@@ -102,19 +106,33 @@ def _best(rows: Sequence[Group], column: Column, digits: int) -> set[int]:
     return {k for k, v in means if sign * v == best}
 
 
-def footnote(rows: Sequence[Group], alpha: float) -> str | None:
-    """What † means in a table of ``rows``, or None when no row was compared with a baseline."""
-    bases = list(dict.fromkeys(row_name(g.baseline) for g in rows if g.baseline is not None))
-    if not bases:
-        return None
-    resamples = next((c.resamples for g in rows for m in g.significance.values() for c in m.values() if c.resamples), None)
-    boot = (
-        f"a paired bootstrap {100 * (1 - alpha):g}% CI over test samples ({resamples} resamples)"
-        if resamples
-        else "a paired bootstrap CI over test samples"
-    )
-    return (f"{MARK} differs from {' / '.join(bases)} at α = {alpha:g}: Welch's t-test over seeds (p < {alpha:g}) when both rows "
-            f"have ≥ 2 runs, else {boot} excluding 0.")  # fmt: skip
+def footnotes(rows: Sequence[Group], table: Table) -> list[str]:
+    """One line per mark the cells of ``table`` can carry (a test was made for them): what it means, which test
+    made it and how it was corrected; none for a table whose cells were not tested (cost, a set the baseline lacks)."""
+    tested = [(g, c) for g in rows for column in table.columns
+              if (c := g.significance.get(column.source, {}).get(column.metric)) is not None and c.test in MARKS]  # fmt: skip
+    sources = {column.source for column in table.columns}
+    family = (
+        "each row's tests of run-level metrics" if sources == {WEIGHTS} else "each row's tests on this set" if len(sources) == 1 else
+        "each row's tests per set (run-level metrics apart)"
+    )  # fmt: skip
+    lines = []
+    for test, mark in MARKS.items():
+        used = [(g, c) for g, c in tested if c.test == test]
+        if not used:
+            continue
+        bases = " / ".join(dict.fromkeys(row_name(g.baseline) for g, _ in used if g.baseline is not None))
+        first = used[0][1]
+        alpha = first.alpha if first.alpha is not None else 0.05
+        corrected = f"after Holm's correction over {family}" if first.correction == "holm" else "uncorrected for multiple comparisons"
+        how = (
+            "Welch's t-test over seeds (two-sided, unequal variances)"
+            if test == "welch"
+            else f"a paired bootstrap over test samples ({first.resamples} resamples; a single-run row or baseline, so no "
+            f"seed-to-seed variation; {100 * (1 - alpha):g}% percentile intervals in the CSV's ci_low, ci_high)"
+        )
+        lines.append(f"{mark} differs from {bases}: {how}, p < {alpha:g} {corrected}.")
+    return lines
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -132,14 +150,14 @@ def to_markdown(groups: list[Group], tables: Sequence[Table] | None = None, digi
         rows = _rows(groups, table)
         cells = [
             [row_name(g), str(g.num_members), str(g.datamodule), str(len(g.runs))]
-            + [format_stat(_stat(g, c), len(g.runs), digits) + (f" {MARK}" if _significant(g, c) else "") for c in table.columns]
+            + [format_stat(_stat(g, c), len(g.runs), digits) + (f" {mark}" if (mark := _mark(g, c)) else "") for c in table.columns]
             for g in rows
         ]
-        note = footnote(rows, alpha)
+        notes = footnotes(rows, table)
         parts.append(
             f"### {table.title}\n\n"
             + _markdown_table(["run", "M", "data", "n", *(c.header for c in table.columns)], cells)
-            + (f"\n\n{note}" if note else "")
+            + "".join(f"\n\n{note}" for note in notes)
         )
     if differences := row_differences(groups):
         parts.append("### options that differ between rows of one method\n\n" + "\n".join(differences))
@@ -150,7 +168,7 @@ def to_markdown(groups: list[Group], tables: Sequence[Table] | None = None, digi
 
 #: LaTeX's special characters, and the symbols of the notes, as LaTeX
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "†": r"$^\dagger$"}  # fmt: skip
+                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$"}  # fmt: skip
 LATEX_SPECIAL.update({"α": r"$\alpha$", "≥": r"$\geq$", "<": r"$<$", ">": r"$>$"})  # < and > in text mode print as ¡ and ¿
 
 
@@ -159,13 +177,13 @@ def latex_escape(text: str) -> str:
     return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-def latex_stat(stat: Stat, runs: int, digits: int = 3, bold: bool = False, mark: bool = False) -> str:
-    r"""``$0.961 \pm 0.004$`` (bold: ``\mathbf``; mark: a dagger), ``(n=k)`` after it when k < runs; blank without a value."""
+def latex_stat(stat: Stat, runs: int, digits: int = 3, bold: bool = False, mark: str = "") -> str:
+    r"""``$0.961 \pm 0.004$`` (bold: ``\mathbf``; mark: † or ‡ as a superscript), ``(n=k)`` after it when k < runs; blank without a value."""
     text = format_stat(Stat(stat.mean, stat.std, runs), runs, digits)
     if not text:
         return ""
     body = text.replace(",", "{,}").replace(" ± ", r" \pm ")
-    body = (rf"\mathbf{{{body}}}" if bold else body) + (r"^{\dagger}" if mark else "")
+    body = (rf"\mathbf{{{body}}}" if bold else body) + {"†": r"^{\dagger}", "‡": r"^{\ddagger}"}.get(mark, "")
     return f"${body}$" + (f" (n={stat.n})" if stat.n != runs else "")
 
 
@@ -189,10 +207,10 @@ def to_latex(groups: list[Group], tables: Sequence[Table] | None = None, digits:
                 + ([latex_escape(str(g.datamodule))] if several_data else [])
                 + [str(len(g.runs))]
             )
-            cells += [latex_stat(_stat(g, c), len(g.runs), digits, k in best[i], _significant(g, c)) for i, c in enumerate(table.columns)]
+            cells += [latex_stat(_stat(g, c), len(g.runs), digits, k in best[i], _mark(g, c)) for i, c in enumerate(table.columns)]
             lines.append(" & ".join(cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
-        if note := footnote(rows, alpha):
+        for note in footnotes(rows, table):
             lines.append(r"\par\smallskip{\footnotesize " + latex_escape(note) + "}")
         parts.append("\n".join(lines + [r"\end{table}"]))
     return "\n\n".join(parts) + "\n"
@@ -200,7 +218,7 @@ def to_latex(groups: list[Group], tables: Sequence[Table] | None = None, digits:
 
 #: the long format's columns: what the row is, the cell, and the test against the baseline
 CSV_FIELDS = ("method", "label", "run", "num_members", "datamodule", "set", "role", "metric", "mean", "std", "n",
-              "baseline", "test", "difference", "p", "ci_low", "ci_high", "significant")  # fmt: skip
+              "baseline", "test", "difference", "p", "correction", "p_adjusted", "ci_low", "ci_high", "significant")  # fmt: skip
 
 
 def to_rows(groups: list[Group], tables: Sequence[Table] | None = None) -> list[dict[str, Any]]:
@@ -218,7 +236,8 @@ def to_rows(groups: list[Group], tables: Sequence[Table] | None = None) -> list[
                              "datamodule": g.datamodule, "set": "" if column.source in (WEIGHTS, COST) else column.source,
                              "role": g.roles.get(column.source, ""), "metric": column.metric, "mean": s.mean, "std": s.std, "n": s.n,
                              "baseline": row_name(g.baseline) if g.baseline is not None else None, "test": c and c.test,
-                             "difference": c and c.difference, "p": c and c.p, "ci_low": low, "ci_high": high,
+                             "difference": c and c.difference, "p": c and c.p, "correction": c and c.correction,
+                             "p_adjusted": c and c.p_adjusted, "ci_low": low, "ci_high": high,
                              "significant": c and c.significant})  # fmt: skip
     return rows
 

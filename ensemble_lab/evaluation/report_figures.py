@@ -9,7 +9,8 @@
 - ``diversity_<set>``: disagreement and mi against quality, one marker per run (results.json alone);
 - ``training_curves``: val/acc, val/nll, val/mi, val/disagreement and val/weight_cosine per epoch, mean ±
   std over seeds (the runs' TensorBoard event files);
-- ``ensemble_size``: metrics against M for labels whose rows differ in M (results.json alone);
+- ``ensemble_size``: metrics against M, a line per set of rows trained alike but for M (per method: a study's
+  ``be_m2``, ``be_m4`` ... join into one line, a variant at a single M such as ``be_rank2`` stays out; results.json alone);
 - ``scale``: accuracy, diversity (mi, disagreement), weight cosine and AUROC (mi) against the parameters of one member's
   network, for methods whose rows differ in size (a width or depth sweep, a line each; results.json alone).
 
@@ -19,8 +20,9 @@ are those of all its runs' samples together (the tables' numbers are means over 
 
 import json
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,8 @@ class RunGroup:
     method: str | None  # the method class name, e.g. "BatchEnsemble"
     num_members: int | None
     runs: tuple[Path, ...]  # run directories, each holding results.json, maybe predictions/<set>.npz, TensorBoard event files
+    # the options its runs were trained with (flat, seeds aside); None if unrecorded. Not compared: a row stays hashable
+    config: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 def skip(figure: str, why: str) -> None:
@@ -216,11 +220,113 @@ def _first(roles: dict[str, str], role: str) -> str | None:
     return next((n for n, r in roles.items() if r == role), None)
 
 
-def _ensemble_size(groups: Sequence[RunGroup], seen: list[Look], docs: list[list[dict[str, Any]]], roles: dict[str, str]) -> Figure | None:
+#: the options that set M in a run's flat config: left out when asking whether two rows differ in M alone
+MEMBER_KEYS = frozenset({"model.init_args.num_members"})
+
+
+def _short(key: str) -> str:
+    return key.removeprefix("model.init_args.").removeprefix("trainer.")
+
+
+def member_lines(groups: Sequence[RunGroup]) -> tuple[list[tuple[str, list[int]]], str]:
+    """(legend name, rows by M) of each line of the ensemble-size figure, and why there is none when there is none.
+
+    Rows of one method whose recorded configurations agree in everything but M make a line, whatever their
+    labels (a study's ``be_m2``, ``be_m4``, ``be_m8``); a variant trained at one M only (``be_rank2``) is on no
+    line. A method with several lines (rank 1 and rank 2 at M = 2 and 4) names each by the options that set
+    it apart. Rows whose runs recorded no configuration fall back to their labels: a label's rows at several
+    M, or a method's one-M labels when their M are all different.
+    """
+    by_method: dict[str | None, list[int]] = {}
+    for k, g in enumerate(groups):
+        if g.num_members is not None:
+            by_method.setdefault(g.method, []).append(k)
+    lines: list[tuple[str, list[int]]] = []
+    mixed: list[str] = []  # why a method's rows at several M make no line
+    for method, rows in by_method.items():
+        known = [k for k in rows if groups[k].config]
+        alike: dict[str, list[int]] = {}  # rows trained alike but for M, by their configuration without M
+        for k in known:
+            rest = {key: v for key, v in (groups[k].config or {}).items() if key not in MEMBER_KEYS}
+            alike.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(k)
+        found = []
+        for same in alike.values():
+            first_per_m = list({groups[k].num_members: k for k in reversed(same)}.values())  # one row per M: the first
+            if len(first_per_m) > 1:
+                found.append(sorted(first_per_m, key=lambda k: groups[k].num_members or 0))
+        unknown = [k for k in rows if k not in known]  # runs that recorded no configuration: by label
+        for label in dict.fromkeys(groups[k].label for k in unknown):
+            own = [k for k in unknown if groups[k].label == label]
+            if len({groups[k].num_members for k in own}) > 1:
+                found.append(sorted(own, key=lambda k: groups[k].num_members or 0))
+        single = [k for k in unknown if sum(groups[j].label == groups[k].label for j in unknown) == 1]
+        if len(single) > 1 and len({groups[k].num_members for k in single}) == len(single):
+            found.append(sorted(single, key=lambda k: groups[k].num_members or 0))
+        lines += [(_line_name(groups, line, found), line) for line in found]
+        if not found and len({groups[k].num_members for k in rows}) > 1:
+            mixed.append(_why_no_line(groups, rows, known))
+    if lines:
+        return lines, ""
+    if mixed:
+        return [], "; ".join(mixed)
+    sizes = sorted({g.num_members for g in groups if g.num_members is not None})
+    if len(sizes) > 1:
+        return [], f"M differs only between methods ({', '.join(f'M={m}' for m in sizes)}); train one method at several --model.num_members"
+    return [], f"every row has {'M=' + str(sizes[0]) if sizes else 'no recorded M'}; train a method at several --model.num_members"
+
+
+def _line_name(groups: Sequence[RunGroup], line: list[int], lines: list[list[int]]) -> str:
+    """A line's legend: its label (when it has one) or method, and, beside other lines of its method, what sets it apart."""
+    first = groups[line[0]]
+    name = who(first.method, None, first.label) if len({groups[k].label for k in line}) == 1 else str(first.method)
+    if len(lines) < 2 or not all(groups[other[0]].config for other in lines):
+        return name
+    configs = [groups[other[0]].config or {} for other in lines]
+    keys = sorted({key for c in configs for key in c if key not in MEMBER_KEYS and len({json.dumps(d.get(key), default=str) for d in configs}) > 1})
+    from ensemble_lab.cli.run_config import MISSING, option_default  # a line's options left at the default show its value
+
+    own = first.config or {}
+    values = {key: own[key] if key in own else option_default(own, key) for key in keys[:2]}
+    shown = [f"{_short(key)}={'default' if v is MISSING else json.dumps(v, default=str)}" for key, v in values.items()]
+    return f"{name} ({', '.join(shown)}{', ...' if len(keys) > 2 else ''})" if shown else name
+
+
+def _why_no_line(groups: Sequence[RunGroup], rows: list[int], known: list[int]) -> str:
+    """Why a method's rows at several M make no line: the options two of them differ in besides M, or no record to tell."""
+    method = groups[rows[0]].method
+    if len(known) < len(rows):
+        return f"{method}'s rows at several M are several per M, and not all recorded their configuration to tell which belong together"
+    best: tuple[int, str] | None = None
+    for a in known:
+        for b in known:
+            if (groups[a].num_members or 0) < (groups[b].num_members or 0):
+                ca, cb = groups[a].config or {}, groups[b].config or {}
+                keys = sorted(k for k in set(ca) | set(cb) if k not in MEMBER_KEYS and ca.get(k) != cb.get(k))
+                if keys and (best is None or len(keys) < best[0]):
+                    best = (len(keys), f"{groups[a].name} and {groups[b].name} also differ in {', '.join(map(_short, keys[:3]))}")
+    detail = f" ({best[1]})" if best else ""
+    return f"no two {method} rows differ in M alone{detail}; train one configuration at several --model.num_members"
+
+
+def _ensemble_size(
+    groups: Sequence[RunGroup], seen: list[Look], docs: list[list[dict[str, Any]]], roles: dict[str, str]
+) -> tuple[Figure | None, str]:
+    """The ensemble-size figure, or None and why not."""
     id_set, ood_set = _first(roles, "id"), _first(roles, "ood")
     panels = [(id_set, m) for m in SIZE_METRICS if id_set] + ([(ood_set, "auroc_msp")] if ood_set else [])
-    lines = _sweep_lines(groups, seen, docs, panels)
-    return draw.sweep_figure(lines, [(str(s), m) for s, m in panels], "members M", "ensemble size") if lines and panels else None
+    if not panels:
+        return None, "no id or ood test set in the runs"
+    found, why = member_lines(groups)
+    if not found:
+        return None, why
+    lines, per_method = [], Counter[str | None]()
+    for name, rows in found:
+        points = [(float(groups[k].num_members or 0), [[v for d in docs[k] if (v := _value(d, s, m)) is not None] for s, m in panels]) for k in rows]
+        look = seen[min(rows)]  # a joined line takes the colour of its first row in the report
+        style = LINESTYLES[per_method[groups[rows[0]].method] % len(LINESTYLES)]  # lines of one method that overlap stay apart
+        per_method[groups[rows[0]].method] += 1
+        lines.append((Look(name, look.colour, look.marker, style), points))
+    return draw.sweep_figure(lines, [(str(s), m) for s, m in panels], "members M", "ensemble size"), ""
 
 
 def member_parameters(docs: Sequence[dict[str, Any]]) -> float | None:
@@ -283,10 +389,11 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
         figures["training_curves"] = fig
     else:
         skip("training_curves", "no run has TensorBoard event files with val/ curves (fit with the default TensorBoard logger)")
-    if fig := _ensemble_size(groups, seen, docs, roles):
+    fig, why = _ensemble_size(groups, seen, docs, roles)
+    if fig is not None:
         figures["ensemble_size"] = fig
     else:
-        skip("ensemble_size", "no method label has runs with different M (run it with several --model.num_members)")
+        skip("ensemble_size", why)
     if fig := _scale(groups, seen, docs, roles):
         figures["scale"] = fig
     else:

@@ -4,21 +4,25 @@ Pure functions (no files): ``report`` gathers the per-run values and saved predi
 
 - Both rows have at least two runs: Welch's t-test (unequal variances) on the per-run values, two-sided;
   significant when p < alpha.
-- A row has a single run: a paired bootstrap over the test samples. Every resample draws N sample indices
+- A row has a single run: a paired bootstrap over the test samples (it sees the test samples' noise, not the
+  seed-to-seed variation the t-test sees, so the report marks it differently). Every resample draws N sample indices
   with replacement (one seeded generator per test set, so the method and the baseline see the same
   resamples), takes the metric on the resampled set of each run's member probabilities (as count-weighted
   sums of the per-sample terms of ``ensemble_lab.evaluation.metrics``, computed once), averages it over the
   row's runs and takes the difference
   (method − baseline). The (1 − alpha) percentile interval of those differences is the confidence interval;
-  significant when it excludes zero. OOD-detection metrics (AUROC, AUPR, FPR95) resample the OOD set and the
+  the two-sided p-value is twice the smaller share of differences on either side of 0, counted as
+  (1 + k) / (1 + R) so that R resamples never claim p = 0; significant when p < alpha (the interval then
+  excludes 0, up to one resample). OOD-detection metrics (AUROC, AUPR, FPR95) resample the OOD set and the
   in-distribution set they are measured against, each with its own generator.
+- :func:`correct` applies Holm's step-down correction to a family of comparisons (a row's tests on one set).
 """
 
 import math
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -50,8 +54,10 @@ class Comparison:
     """One metric of one row against the baseline's.
 
     test: "welch", "bootstrap", or None when no test could be made (``reason`` says why);
-    difference: row mean − baseline mean; p: Welch's p-value; ci: the bootstrap interval of the difference
-    at ``level``; alpha: the level of the test; significant: p < alpha or ci excludes 0 (None without a test).
+    difference: row mean − baseline mean; p: the test's two-sided p-value (Welch's, or the bootstrap's);
+    ci: the bootstrap interval of the difference at ``level``; alpha: the level of the test;
+    correction: "holm" or "none" once :func:`correct` ran; p_adjusted: p after the correction; family: how
+    many tests it was corrected over; significant: (adjusted) p < alpha (None without a test).
     """
 
     test: str | None
@@ -63,6 +69,9 @@ class Comparison:
     resamples: int | None = None
     significant: bool | None = None
     reason: str | None = None
+    correction: str | None = None
+    p_adjusted: float | None = None
+    family: int | None = None
 
     def as_json(self) -> dict[str, object]:
         """The comparison as report.json writes it (None fields left out)."""
@@ -235,4 +244,44 @@ def bootstrap(
         return Comparison(None, None, reason="the metric is undefined for one of the rows (e.g. mi scores of a single model)")
     low, high = np.quantile(differences, [alpha / 2, 1 - alpha / 2])
     ci = (float(low), float(high))
-    return Comparison("bootstrap", difference, ci=ci, level=1 - alpha, resamples=len(differences), significant=bool(not low <= 0 <= high))
+    side = min(np.count_nonzero(differences <= 0), np.count_nonzero(differences >= 0))  # resamples on the smaller side of 0
+    p = min(1.0, 2 * (1 + side) / (1 + len(differences)))  # (1 + k) / (1 + R): a finite bootstrap never shows p = 0
+    return Comparison(
+        "bootstrap", difference, p=p, ci=ci, alpha=alpha, level=1 - alpha, resamples=len(differences), significant=p < alpha
+    )
+
+
+#: the corrections for multiple comparisons :func:`correct` knows
+CORRECTIONS = ("holm", "none")
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given.
+
+    The k-th smallest of m p-values (k = 1..m) is multiplied by m − k + 1, made no smaller than the
+    adjusted value before it (so the order is kept) and capped at 1. Rejecting where the adjusted value
+    is below alpha keeps the chance of any false rejection among the m at most alpha, whatever their dependence.
+    """
+    p = np.asarray(p_values, dtype=float)  # (m,)
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (len(p) - np.arange(len(p))) * p[order])  # (m,): the k-th smallest times m - k + 1
+    adjusted = np.empty(len(p))
+    adjusted[order] = np.maximum.accumulate(scaled)  # step-down: never below a smaller p-value's
+    return adjusted.tolist()
+
+
+def correct(comparisons: Mapping[str, Comparison], correction: str = "holm") -> dict[str, Comparison]:
+    """The ``comparisons`` of one family (a row's tests on one set) with ``p_adjusted`` and ``significant`` after ``correction``.
+
+    Comparisons without a test are returned as they are; with "none" the adjusted p-value is the p-value.
+    """
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
+    tested = {k: c.p for k, c in comparisons.items() if c.test is not None and c.p is not None}
+    keys = list(tested)
+    adjusted = holm([tested[k] for k in keys]) if correction == "holm" else [tested[k] for k in keys]
+    result = dict(comparisons)
+    for key, p in zip(keys, adjusted):
+        c = comparisons[key]
+        result[key] = replace(c, correction=correction, p_adjusted=p, family=len(keys), significant=p < (c.alpha or 0.05))
+    return result

@@ -1,5 +1,6 @@
 """Comparison figures of a report, drawn from a tiny synthetic study written by the test (no training)."""
 
+import inspect
 import json
 import xml.etree.ElementTree as ElementTree
 
@@ -16,6 +17,7 @@ from ensemble_lab.evaluation.ood_detection import ood_metrics
 from ensemble_lab.evaluation.report_figures import RunGroup, backbone_dims, draw_figures, draw_report_figures, looks, sweeps
 from ensemble_lab.evaluation.results import write_predictions
 from ensemble_lab.evaluation.training_curves import read_scalars
+from ensemble_lab.methods import BatchEnsemble
 
 ROLES = {"digits": "id", "noisy": "shift", "photos": "ood"}
 TAGS = ("val/acc", "val/nll", "val/mi", "val/disagreement", "val/weight_cosine")
@@ -291,3 +293,59 @@ def test_scale_figure_names_the_depth_and_the_width_line(tmp_path):
     assert sorted(list(ln.get_xdata()) for ln in lines) == [[100, 200], [200, 300]]  # be_w64 is on both
     legend = {t.get_text() for other in ax.figure.axes if (box := other.get_legend()) for t in box.get_texts()}
     assert legend == {"BatchEnsemble (width)", "BatchEnsemble (depth)"}  # a joined line is named by its method
+
+
+def write_m_study(root, rows):
+    """Runs as a study writes them (no predictions, no event files): (label, method, M, extra model options, acc per seed)."""
+    for label, method, m, extra, accs in rows:
+        for seed, acc in enumerate(accs):
+            run = root / label / f"seed_{seed}"
+            run.mkdir(parents=True)
+            doc = {"method": method, "run_name": label, "num_members": m, "seed": seed, "datamodule": "DigitsDataModule",
+                   "sets": {"digits": {"role": "id", "acc": acc, "nll": 1 - acc, "ece": 0.05, "mi": 0.01 * m}},
+                   "config": {"seed_everything": seed, "trainer": {"max_epochs": 30},
+                              "model": {"class_path": f"ensemble_lab.methods.{method}", "init_args": {"num_members": m, **extra}}}}  # fmt: skip
+            (run / "results.json").write_text(json.dumps(doc))
+
+
+def report_figures_of(root):
+    from ensemble_lab.cli.report import build_report, run_groups
+
+    return draw_figures(run_groups(build_report([root])))
+
+
+def test_ensemble_size_joins_rows_that_differ_in_m_alone_beside_variants_at_one_m(tmp_path, capsys):
+    """be_m2, be_m4 and be_rank2 at M = 4 (an ablation study with an M sweep): the figure was dropped, saying
+    no label had runs at different M."""
+    accs = {"be_m2": [0.90, 0.92], "be_m4": [0.93, 0.94], "be_rank2": [0.80, 0.81]}
+    write_m_study(tmp_path, [("single", "SingleModel", 1, {}, [0.85, 0.86]), ("be_m2", "BatchEnsemble", 2, {}, accs["be_m2"]),
+                             ("be_m4", "BatchEnsemble", 4, {}, accs["be_m4"]), ("be_rank2", "BatchEnsemble", 4, {"rank": 2}, accs["be_rank2"])])  # fmt: skip
+    fig = report_figures_of(tmp_path)["ensemble_size"]
+    (bars,) = fig.axes[0].containers  # one line: be_m2 and be_m4; be_rank2 has no partner at another M
+    np.testing.assert_allclose(bars.lines[0].get_xdata(), [2, 4])
+    np.testing.assert_allclose(bars.lines[0].get_ydata(), [np.mean(accs["be_m2"]), np.mean(accs["be_m4"])])
+    assert legend_texts(fig) == ["BatchEnsemble"] and "no ensemble_size figure" not in capsys.readouterr().err
+
+
+def test_ensemble_size_draws_a_line_per_variant_named_by_what_sets_it_apart(tmp_path):
+    write_m_study(tmp_path / "two", [("be_m2", "BatchEnsemble", 2, {}, [0.90]), ("be_m4", "BatchEnsemble", 4, {}, [0.93]),
+                                     ("be_rank2_m2", "BatchEnsemble", 2, {"rank": 2}, [0.7]), ("be_rank2", "BatchEnsemble", 4, {"rank": 2}, [0.8])])  # fmt: skip
+    fig = report_figures_of(tmp_path / "two")["ensemble_size"]
+    default_rank = inspect.signature(BatchEnsemble.__init__).parameters["rank"].default
+    assert legend_texts(fig) == [f"BatchEnsemble (rank={default_rank})", "BatchEnsemble (rank=2)"]
+    lines = {tuple(c.lines[0].get_ydata()) for c in fig.axes[0].containers}
+    assert lines == {(0.90, 0.93), (0.7, 0.8)}
+
+
+@pytest.mark.parametrize(
+    "rows, says",
+    [([("be_m2", "BatchEnsemble", 2, {"rank": 2}, [0.9]), ("be_m4", "BatchEnsemble", 4, {}, [0.93])],
+      "no two BatchEnsemble rows differ in M alone (be_m2 (BatchEnsemble), M=2 and be_m4 (BatchEnsemble), M=4 also differ in rank)"),
+     ([("be", "BatchEnsemble", 4, {}, [0.9]), ("be_rank2", "BatchEnsemble", 4, {"rank": 2}, [0.93])], "every row has M=4"),
+     ([("be", "BatchEnsemble", 4, {}, [0.9]), ("de", "DeepEnsemble", 2, {}, [0.93])], "M differs only between methods (M=2, M=4)")],
+)  # fmt: skip
+def test_ensemble_size_says_why_it_is_not_drawn(tmp_path, capsys, rows, says):
+    write_m_study(tmp_path, rows)
+    assert "ensemble_size" not in report_figures_of(tmp_path)
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "no ensemble_size figure" in line]
+    assert says in line and "no method label has runs with different M" not in line

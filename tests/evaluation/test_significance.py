@@ -12,8 +12,11 @@ from ensemble_lab.evaluation.metrics import predictive_metrics
 from ensemble_lab.evaluation.ood_detection import ood_detection_weighted, ood_metrics
 from ensemble_lab.evaluation.significance import (
     RECOMPUTABLE,
+    Comparison,
     bootstrap,
     bootstrap_replicates,
+    correct,
+    holm,
     is_ood_detection,
     metric_values,
     resample_indices,
@@ -146,3 +149,59 @@ def test_weighted_ood_detection_is_sklearn_on_the_repeated_samples():
         thresholds = np.unique(scores)[::-1]  # high to low: the first one where 95% of the OOD samples score at least it
         first = next(t for t in thresholds if (oods >= t).mean() >= 0.95)
         assert float(found["fpr95"][r]) == pytest.approx((ids >= first).mean(), abs=1e-15)
+
+
+def test_holm_on_a_hand_worked_family():
+    # sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, 0.04 * 1 = 0.04 -> raised to 0.06 (step-down keeps the order)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and holm([0.02]) == [0.02] and holm([]) == []
+
+
+def test_holm_matches_the_step_down_procedure_on_random_families():
+    """Against the procedure itself: walk the sorted p-values, reject while p_(k) < alpha / (m - k + 1)."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        m = int(rng.integers(1, 9))
+        p = rng.uniform(0, 0.08, m) ** rng.uniform(0.5, 2)  # (m,) many near the thresholds
+        alpha = float(rng.choice([0.01, 0.05, 0.1]))
+        rejected = np.zeros(m, dtype=bool)
+        for k, i in enumerate(np.argsort(p)):
+            if not p[i] < alpha / (m - k):
+                break
+            rejected[i] = True
+        np.testing.assert_array_equal(np.array(holm(list(p))) < alpha, rejected)
+        # adjusted value by its definition: max over the smaller p-values of min(1, (m - rank) p)
+        ranks = np.argsort(np.argsort(p, kind="stable"), kind="stable")
+        by_definition = [max(min(1.0, (m - ranks[j]) * p[j]) for j in range(m) if ranks[j] <= ranks[i]) for i in range(m)]
+        np.testing.assert_allclose(holm(list(p)), by_definition)
+
+
+def test_correct_marks_after_holm_and_leaves_untested_comparisons():
+    family = {
+        "acc": Comparison("welch", 0.1, p=0.01, alpha=0.05, significant=True),
+        "nll": Comparison("bootstrap", -0.1, p=0.04, ci=(-0.2, -0.01), alpha=0.05, significant=True),
+        "mi": Comparison(None, reason="undefined"),
+    }
+    holmed = correct(family, "holm")
+    assert holmed["acc"].p_adjusted == pytest.approx(0.02) and holmed["acc"].significant and holmed["acc"].family == 2
+    assert holmed["nll"].p_adjusted == pytest.approx(0.04) and holmed["nll"].significant  # step-down: 0.04 * 1
+    stricter = correct({**family, "ece": Comparison("welch", 0.0, p=0.045, alpha=0.05)}, "holm")
+    assert [stricter[m].significant for m in ("acc", "nll", "ece")] == [True, False, False]  # 0.03, 0.08, 0.08
+    assert holmed["mi"] == family["mi"]
+    plain = correct({**family, "ece": Comparison("welch", 0.0, p=0.045, alpha=0.05)}, "none")
+    assert all(plain[m].significant and plain[m].p_adjusted == plain[m].p for m in ("acc", "nll", "ece"))
+    with pytest.raises(ValueError, match="holm, none"):
+        correct(family, "bonferroni")
+
+
+def test_bootstrap_p_value_counts_the_resamples_on_either_side_of_zero():
+    rng = np.random.default_rng(1)
+    for shift in (0.0, 0.05, 0.2, -0.3):
+        own, base = rng.normal(shift, 0.1, 400), rng.normal(0.0, 0.1, 400)
+        result = bootstrap(shift, 0.0, own, base, alpha=0.05)
+        d = own - base
+        below, above = int((d <= 0).sum()), int((d >= 0).sum())
+        assert result.p == pytest.approx(min(1.0, 2 * (1 + min(below, above)) / 401))
+        assert result.significant == (result.p < 0.05)
+        low, high = result.ci
+        assert result.significant == (not low <= 0 <= high) or abs(min(below, above) - 0.025 * 400) <= 1  # agree but at the edge
