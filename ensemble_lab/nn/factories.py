@@ -26,7 +26,7 @@ from ensemble_lab.nn.ensemble_linear import EnsembleLinear
 from ensemble_lab.nn.fast_weights import FastWeights
 from ensemble_lab.nn.grouped_linear import GroupedLinear
 from ensemble_lab.nn.low_rank import LowRankConv2d, LowRankLinear, check_low_rank_options
-from ensemble_lab.nn.masks import MemberMasks, check_scale
+from ensemble_lab.nn.masks import MaskSites
 from ensemble_lab.nn.members import check_num_members
 
 #: BatchEnsemble's norm layers: one for all members, or one per member
@@ -47,9 +47,10 @@ class LayerFactory:
     #: the layout conv2d / norm2d layers pass between them (identity: member-major rows throughout)
     enter_maps: Callable[[], nn.Module] = nn.Identity
     leave_maps: Callable[[], nn.Module] = nn.Identity
-    #: member_masks(features): Masksembles' fixed member masks over a layer's features (channels), on
-    #: member-major rows; identity by default (backbones add no module for it: state_dict keys unchanged)
-    member_masks: Callable[[int], nn.Module] = nn.Identity
+    #: member_masks(features, site): Masksembles' fixed member masks over a layer's features (channels),
+    #: on member-major rows, at one of the places a backbone offers (nn.masks.SITES); identity by default
+    #: (backbones add no module for it: state_dict keys unchanged)
+    member_masks: Callable[[int, str], nn.Module] = nn.Identity
 
 
 def plain_layers(num_members: int = 1, mc_dropout: bool = False) -> LayerFactory:
@@ -223,15 +224,14 @@ def packed_layers(
     )
 
 
-def masksembles_layers(num_members: int, scale: float = 2.0) -> LayerFactory:
+def masksembles_layers(num_members: int, scale: float = 2.0, placement: str = "inputs", seed: int = 0) -> LayerFactory:
     """Plain layers shared by every member, plus MemberMasks (M fixed binary masks of scale s) where
-    the backbones place them (Masksembles, Durasov et al. 2021); dropout stays ordinary dropout."""
-    check_num_members(num_members)
-    check_scale(scale, "--model.scale")
+    ``placement`` puts them (Masksembles, Durasov et al. 2021; see nn.masks), drawn from ``seed``;
+    dropout stays ordinary dropout."""
     return LayerFactory(
         num_members=num_members,
         linear=nn.Linear,
         conv2d=nn.Conv2d,
         norm2d=nn.BatchNorm2d,
-        member_masks=partial(MemberMasks, num_members=num_members, scale=scale),
+        member_masks=MaskSites(num_members, scale, placement, seed),
     )
