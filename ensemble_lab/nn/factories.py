@@ -115,22 +115,24 @@ def deep_ensemble_layers(num_members: int) -> LayerFactory:
     )
 
 
-def low_rank_layers(num_members: int, rank: int = 1, factor_init: str = "zero") -> LayerFactory:
-    """LowRankLinear / LowRankConv2d: a shared weight plus a rank-``rank`` update A_i B_i per member.
+def low_rank_layers(num_members: int, rank: int = 1, factor_init: str = "zero", lora_alpha: float | None = None) -> LayerFactory:
+    """LowRankLinear / LowRankConv2d: a shared weight plus a rank-``rank`` update c·A_i B_i per member.
 
     Args:
         num_members: number of members M.
         rank: k >= 1, the rank of every member's update.
-        factor_init: "zero" (B = 0, members identical at the start, as LoRA) or "small" (B slightly random).
+        factor_init: "zero" (A = 0, members identical at the start, as LoRA) or "small" (A slightly random).
+        lora_alpha: LoRA's α: the update is scaled by c = α / k; None: c = 1.
 
     BatchNorm is shared by the members' rows, like batch_ensemble_layers' default.
     """
     check_num_members(num_members)
-    check_low_rank_options(rank, factor_init)
+    check_low_rank_options(rank, factor_init, lora_alpha)
+    options: dict[str, Any] = dict(num_members=num_members, rank=rank, factor_init=factor_init, lora_alpha=lora_alpha)
     return LayerFactory(
         num_members=num_members,
-        linear=partial(LowRankLinear, num_members=num_members, rank=rank, factor_init=factor_init),
-        conv2d=partial(LowRankConv2d, num_members=num_members, rank=rank, factor_init=factor_init),
+        linear=partial(LowRankLinear, **options),
+        conv2d=partial(LowRankConv2d, **options),
         norm2d=nn.BatchNorm2d,
     )
 
