@@ -26,7 +26,7 @@ from ensemble_lab.nn.ensemble_linear import EnsembleLinear
 from ensemble_lab.nn.fast_weights import FastWeights
 from ensemble_lab.nn.grouped_linear import GroupedLinear
 from ensemble_lab.nn.low_rank import LowRankConv2d, LowRankLinear, check_low_rank_options
-from ensemble_lab.nn.masks import MemberMasks, check_scale
+from ensemble_lab.nn.masks import MaskSites
 from ensemble_lab.nn.members import check_num_members
 
 #: BatchEnsemble's norm layers: one for all members, or one per member
@@ -47,9 +47,10 @@ class LayerFactory:
     #: the layout conv2d / norm2d layers pass between them (identity: member-major rows throughout)
     enter_maps: Callable[[], nn.Module] = nn.Identity
     leave_maps: Callable[[], nn.Module] = nn.Identity
-    #: member_masks(features): Masksembles' fixed member masks over a layer's features (channels), on
-    #: member-major rows; identity by default (backbones add no module for it: state_dict keys unchanged)
-    member_masks: Callable[[int], nn.Module] = nn.Identity
+    #: member_masks(features, site): Masksembles' fixed member masks over a layer's features (channels),
+    #: on member-major rows, at one of the places a backbone offers (nn.masks.SITES); identity by default
+    #: (backbones add no module for it: state_dict keys unchanged)
+    member_masks: Callable[[int, str], nn.Module] = nn.Identity
 
 
 def plain_layers(num_members: int = 1, mc_dropout: bool = False) -> LayerFactory:
@@ -114,22 +115,24 @@ def deep_ensemble_layers(num_members: int) -> LayerFactory:
     )
 
 
-def low_rank_layers(num_members: int, rank: int = 1, factor_init: str = "zero") -> LayerFactory:
-    """LowRankLinear / LowRankConv2d: a shared weight plus a rank-``rank`` update A_i B_i per member.
+def low_rank_layers(num_members: int, rank: int = 1, factor_init: str = "zero", lora_alpha: float | None = None) -> LayerFactory:
+    """LowRankLinear / LowRankConv2d: a shared weight plus a rank-``rank`` update c·A_i B_i per member.
 
     Args:
         num_members: number of members M.
         rank: k >= 1, the rank of every member's update.
-        factor_init: "zero" (B = 0, members identical at the start, as LoRA) or "small" (B slightly random).
+        factor_init: "zero" (A = 0, members identical at the start, as LoRA) or "small" (A slightly random).
+        lora_alpha: LoRA's α: the update is scaled by c = α / k; None: c = 1.
 
     BatchNorm is shared by the members' rows, like batch_ensemble_layers' default.
     """
     check_num_members(num_members)
-    check_low_rank_options(rank, factor_init)
+    check_low_rank_options(rank, factor_init, lora_alpha)
+    options: dict[str, Any] = dict(num_members=num_members, rank=rank, factor_init=factor_init, lora_alpha=lora_alpha)
     return LayerFactory(
         num_members=num_members,
-        linear=partial(LowRankLinear, num_members=num_members, rank=rank, factor_init=factor_init),
-        conv2d=partial(LowRankConv2d, num_members=num_members, rank=rank, factor_init=factor_init),
+        linear=partial(LowRankLinear, **options),
+        conv2d=partial(LowRankConv2d, **options),
         norm2d=nn.BatchNorm2d,
     )
 
@@ -223,15 +226,14 @@ def packed_layers(
     )
 
 
-def masksembles_layers(num_members: int, scale: float = 2.0) -> LayerFactory:
+def masksembles_layers(num_members: int, scale: float = 2.0, placement: str = "inputs", seed: int = 0) -> LayerFactory:
     """Plain layers shared by every member, plus MemberMasks (M fixed binary masks of scale s) where
-    the backbones place them (Masksembles, Durasov et al. 2021); dropout stays ordinary dropout."""
-    check_num_members(num_members)
-    check_scale(scale, "--model.scale")
+    ``placement`` puts them (Masksembles, Durasov et al. 2021; see nn.masks), drawn from ``seed``;
+    dropout stays ordinary dropout."""
     return LayerFactory(
         num_members=num_members,
         linear=nn.Linear,
         conv2d=nn.Conv2d,
         norm2d=nn.BatchNorm2d,
-        member_masks=partial(MemberMasks, num_members=num_members, scale=scale),
+        member_masks=MaskSites(num_members, scale, placement, seed),
     )

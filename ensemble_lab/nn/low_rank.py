@@ -1,7 +1,7 @@
 """Low-rank ensemble layers (the LoRA-Ensemble family): a shared weight plus a rank-k update per member.
 
-Member i's weight is W_i = W + A_i B_i: the additive counterpart of BatchEnsemble's multiplicative
-W ∘ s_i r_iᵀ. Stored shapes: W as nn.Linear / nn.Conv2d's weight, A (M, out, k) on the output side,
+Member i's weight is W_i = W + c·A_i B_i: the additive counterpart of BatchEnsemble's multiplicative
+W ∘ s_i r_iᵀ, with c = lora_alpha / k (LoRA's scaling) or 1 when ``lora_alpha`` is None (the default). Stored shapes: W as nn.Linear / nn.Conv2d's weight, A (M, out, k) on the output side,
 B (M, k, in_flat) on the input side, with in_flat = in_features, or in_channels·kh·kw for a
 convolution (B_i read as a (k, in, kh, kw) kernel), and per-member biases (M, out).
 
@@ -27,12 +27,21 @@ FACTOR_INITS = ("zero", "small")
 SMALL_INIT_SCALE = 0.01
 
 
-def check_low_rank_options(rank: int, factor_init: str) -> None:
-    """Raise a one-line ConfigError, naming the method option, for a rank or init no layer could build."""
+def check_low_rank_options(rank: int, factor_init: str, lora_alpha: float | None = None) -> None:
+    """Raise a one-line ConfigError, naming the method option, for a rank, init or scaling no layer could build."""
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise ConfigError(f"--model.rank must be an integer >= 1, got {rank!r}")
     if factor_init not in FACTOR_INITS:
         raise ConfigError(f"--model.factor_init {factor_init!r} is not known; allowed: {', '.join(FACTOR_INITS)}")
+    if lora_alpha is not None and (
+        isinstance(lora_alpha, bool) or not isinstance(lora_alpha, int | float) or not 0 < lora_alpha < math.inf
+    ):
+        raise ConfigError(f"--model.lora_alpha must be a finite number > 0, or null for no scaling, got {lora_alpha!r}")
+
+
+def update_scale(rank: int, lora_alpha: float | None) -> float:
+    """c in W + c·A_i B_i: LoRA's lora_alpha / rank, or 1 without ``lora_alpha``."""
+    return 1.0 if lora_alpha is None else lora_alpha / rank
 
 
 class LowRankLayer(nn.Module):
@@ -46,10 +55,13 @@ class LowRankLayer(nn.Module):
     B: nn.Parameter
     bias: nn.Parameter | None
 
-    def _make_factors(self, num_members: int, out: int, in_flat: int, bias: bool, rank: int, factor_init: str) -> None:
+    def _make_factors(
+        self, num_members: int, out: int, in_flat: int, bias: bool, rank: int, factor_init: str, lora_alpha: float | None
+    ) -> None:
         check_num_members(num_members)
-        check_low_rank_options(rank, factor_init)
+        check_low_rank_options(rank, factor_init, lora_alpha)
         self.num_members, self.rank, self.factor_init = num_members, rank, factor_init
+        self.lora_alpha, self.scaling = lora_alpha, update_scale(rank, lora_alpha)
         self.in_flat = in_flat
         self.A = nn.Parameter(torch.empty(num_members, out, rank))
         self.B = nn.Parameter(torch.empty(num_members, rank, in_flat))
@@ -76,6 +88,10 @@ class LowRankLayer(nn.Module):
             nn.init.uniform_(self.bias[:1], -bound, bound)
             self.bias.copy_(self.bias[:1].expand_as(self.bias))
 
+    def _scaled_a(self) -> Tensor:
+        """c·A (M, out, k): the scaling on the small factor, not on the activations."""
+        return self.A if self.scaling == 1.0 else self.A * self.scaling
+
     def _add_bias(self, y: Tensor) -> Tensor:
         """``y`` (M, B, out, ...) plus member i's bias on its rows; cast to y's dtype (autocast)."""
         if self.bias is None:
@@ -84,28 +100,29 @@ class LowRankLayer(nn.Module):
 
     # ---- weight space: the layer says what its members are ---------------------------------------
     def member_weight(self, i: int) -> Tensor:
-        """Member i's effective weight W + A_i B_i, shaped like ``.weight``."""
+        """Member i's effective weight W + c·A_i B_i, shaped like ``.weight``."""
         if not -self.num_members <= i < self.num_members:
             raise IndexError(f"member {i} out of range for {self.num_members} members")
-        return self.weight + (self.A[i] @ self.B[i]).view_as(self.weight)  # (out, k) @ (k, in_flat) -> W's shape
+        return self.weight + (self._scaled_a()[i] @ self.B[i]).view_as(self.weight)  # (out, k) @ (k, in_flat) -> W's shape
 
     def member_state(self, i: int) -> dict[str, Tensor]:
-        """Member i as a plain nn.Linear / nn.Conv2d would hold it: ``weight`` W + A_i B_i and, with biases, ``bias`` b_i (detached)."""
+        """Member i as a plain nn.Linear / nn.Conv2d would hold it: ``weight`` W + c·A_i B_i and, with biases, ``bias`` b_i (detached)."""
         state = {"weight": self.member_weight(i).detach()}
         if self.bias is not None:
             state["bias"] = self.bias[i].detach()
         return state
 
     def member_gram(self) -> Tensor:
-        """G_ij = ⟨θ_i, θ_j⟩ (M, M) float64 of the members' effective weights W + A_i B_i and own biases.
+        """G_ij = ⟨θ_i, θ_j⟩ (M, M) float64 of the members' effective weights W + c·A_i B_i and own biases.
 
-        Factored, no member weight built: ⟨W + A_iB_i, W + A_jB_j⟩ = ‖W‖² + t_i + t_j + ⟨A_iᵀA_j, B_iB_jᵀ⟩
-        with t_i = ⟨A_iᵀW, B_i⟩; it costs M·k·out·in_flat + M²·k²·(out + in_flat) instead of the
+        Factored, no member weight built (A read as c·A): ⟨W + A_iB_i, W + A_jB_j⟩ = ‖W‖² + t_i + t_j +
+        ⟨A_iᵀA_j, B_iB_jᵀ⟩ with t_i = ⟨A_iᵀW, B_i⟩; it costs M·k·out·in_flat + M²·k²·(out + in_flat) instead of the
         M²·out·in_flat of a Gram of materialised weights.
         """
         with torch.no_grad():
             w = self.weight.detach().to(torch.float64).reshape(self.weight.shape[0], -1)  # (out, in_flat)
-            a, b = self.A.detach().to(torch.float64), self.B.detach().to(torch.float64)  # (M, out, k), (M, k, in_flat)
+            a = self.A.detach().to(torch.float64) * self.scaling  # (M, out, k): c·A
+            b = self.B.detach().to(torch.float64)  # (M, k, in_flat)
             cross = torch.einsum("mok,oi,mki->m", a, w, b)  # (M,): t_i = ⟨W, A_i B_i⟩
             aa = torch.einsum("iok,jol->ijkl", a, a)  # (M, M, k, k): A_iᵀ A_j
             bb = torch.einsum("iko,jlo->ijkl", b, b)  # (M, M, k, k): B_i B_jᵀ
@@ -118,9 +135,9 @@ class LowRankLayer(nn.Module):
 
 
 class LowRankLinear(LowRankLayer):
-    """A linear layer shared by M members, each adding its own rank-k update: W_i = W + A_i B_i.
+    """A linear layer shared by M members, each adding its own rank-k update: W_i = W + c·A_i B_i.
 
-    y_i = x Wᵀ + (x B_iᵀ) A_iᵀ + b_i: one matmul with W over all rows, two batched matmuls through
+    y_i = x Wᵀ + c·(x B_iᵀ) A_iᵀ + b_i: one matmul with W over all rows, two batched matmuls through
     the rank-k bottleneck.
     """
 
@@ -132,6 +149,7 @@ class LowRankLinear(LowRankLayer):
         bias: bool = True,
         rank: int = 1,
         factor_init: str = "zero",
+        lora_alpha: float | None = None,
     ) -> None:
         """
         Args:
@@ -140,13 +158,14 @@ class LowRankLinear(LowRankLayer):
             num_members: number of ensemble members M.
             bias: give every member its own bias vector.
             rank: k >= 1, the rank of every member's update A_i B_i.
-            factor_init: "zero" (B = 0: the members start identical, as LoRA) or "small"
-                (B ~ N(0, (0.01 / sqrt(in_features))²): the members differ slightly from the start).
+            factor_init: "zero" (A = 0: the members start identical, as LoRA) or "small"
+                (A ~ N(0, 0.01²/k): the members differ slightly from the start).
+            lora_alpha: LoRA's α: the update is scaled by c = α / rank; None: c = 1.
         """
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self._make_factors(num_members, out_features, in_features, bias, rank, factor_init)
+        self._make_factors(num_members, out_features, in_features, bias, rank, factor_init, lora_alpha)
         self.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -155,19 +174,19 @@ class LowRankLinear(LowRankLayer):
         shared = F.linear(x, self.weight).view(m, b, self.out_features)  # (M*B, out) -> (M, B, out)
         rows = x.view(m, b, self.in_features)  # (M, B, in)
         low = torch.bmm(rows, self.B.transpose(1, 2).to(rows.dtype))  # (M, B, in) @ (M, in, k) -> (M, B, k)
-        low = torch.bmm(low, self.A.transpose(1, 2).to(low.dtype))  # (M, B, k) @ (M, k, out) -> (M, B, out)
+        low = torch.bmm(low, self._scaled_a().transpose(1, 2).to(low.dtype))  # (M, B, k) @ (M, k, out) -> (M, B, out)
         y = shared + low.to(shared.dtype)  # (M, B, out)
         return self._add_bias(y).reshape(m * b, self.out_features)  # (M*B, out)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_features}, {self.out_features}, num_members={self.num_members}, "
-            f"bias={self.bias is not None}, rank={self.rank}, factor_init={self.factor_init}"
+            f"bias={self.bias is not None}, rank={self.rank}, factor_init={self.factor_init}, scaling={self.scaling:g}"
         )
 
 
 class LowRankConv2d(LowRankLayer):
-    """A convolution shared by M members, each adding its own rank-k kernel update: W_i = W + A_i B_i.
+    """A convolution shared by M members, each adding its own rank-k kernel update: W_i = W + c·A_i B_i.
 
     B_i (k, in·kh·kw) is read as a (k, in, kh, kw) kernel and A_i (out, k) as a 1x1 kernel, so
     conv(x, W_i) = conv(x, W) + conv1x1(conv(x, B_i), A_i). W and every member's B run as ONE dense
@@ -189,6 +208,7 @@ class LowRankConv2d(LowRankLayer):
         bias: bool = False,
         rank: int = 1,
         factor_init: str = "zero",
+        lora_alpha: float | None = None,
     ) -> None:
         """
         Args:
@@ -200,15 +220,16 @@ class LowRankConv2d(LowRankLayer):
             padding: zero padding on each side (int or pair).
             bias: give every member its own bias vector (out_channels,).
             rank: k >= 1, the rank of every member's update A_i B_i (B over input channels × kernel positions).
-            factor_init: "zero" (B = 0: the members start identical, as LoRA) or "small"
-                (B ~ N(0, (0.01 / sqrt(in_channels·kh·kw))²): the members differ slightly from the start).
+            factor_init: "zero" (A = 0: the members start identical, as LoRA) or "small"
+                (A ~ N(0, 0.01²/k): the members differ slightly from the start).
+            lora_alpha: LoRA's α: the update is scaled by c = α / rank; None: c = 1.
         """
         super().__init__()
         kh, kw = as_pair(kernel_size)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kh, kw))
-        self._make_factors(num_members, out_channels, in_channels * kh * kw, bias, rank, factor_init)
+        self._make_factors(num_members, out_channels, in_channels * kh * kw, bias, rank, factor_init, lora_alpha)
         self.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -223,7 +244,7 @@ class LowRankConv2d(LowRankLayer):
         shared = both[:, :, :cout]  # (M, B, Cout, H'W')
         every_b = both[:, :, cout:].view(m, b, m, k, h * w)  # (M, B, M, k, H'W): member j's B on member i's rows
         own = every_b.diagonal(dim1=0, dim2=2).permute(3, 0, 1, 2)  # (B, k, H'W, M) -> (M, B, k, H'W): j = i
-        low = torch.matmul(self.A.unsqueeze(1).to(own.dtype), own)  # (M, 1, Cout, k) @ (M, B, k, H'W) -> (M, B, Cout, H'W)
+        low = torch.matmul(self._scaled_a().unsqueeze(1).to(own.dtype), own)  # (M, 1, Cout, k) @ (M, B, k, H'W) -> (M, B, Cout, H'W)
         y = (shared + low).view(m, b, cout, h, w)  # (M, B, Cout, H', W')
         return self._add_bias(y).reshape(m * b, cout, h, w)  # (M*B, Cout, H', W')
 
@@ -231,5 +252,5 @@ class LowRankConv2d(LowRankLayer):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"num_members={self.num_members}, stride={self.stride}, padding={self.padding}, "
-            f"bias={self.bias is not None}, rank={self.rank}, factor_init={self.factor_init}"
+            f"bias={self.bias is not None}, rank={self.rank}, factor_init={self.factor_init}, scaling={self.scaling:g}"
         )

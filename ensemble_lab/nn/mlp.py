@@ -20,8 +20,9 @@ def mlp(
 ) -> nn.Sequential:
     """Flatten -> [linear -> ReLU -> member masks -> dropout] per hidden size -> linear to ``num_classes``.
 
-    Member masks (``layers.member_masks``, Masksembles) follow each hidden activation, where dropout
-    goes (the authors put mask layers in place of dropout layers); the default factory's identity
+    Member masks (``layers.member_masks``, site "hidden": Masksembles) follow each hidden activation,
+    where dropout goes: the input of every linear but the first, which reads the raw input (the
+    authors' MNIST example masks there too, and both placements do). The default factory's identity
     adds no module, so other methods' layer indices (state_dict keys) stay as they were.
 
     Args:
@@ -41,7 +42,7 @@ def mlp(
     width = math.prod(input_shape)
     for hidden in sizes:
         blocks += [layers.linear(width, hidden), nn.ReLU()]
-        masks = layers.member_masks(hidden)
+        masks = layers.member_masks(hidden, "hidden")
         if not isinstance(masks, nn.Identity):
             blocks.append(masks)
         if dropout > 0:

@@ -15,10 +15,11 @@ from ensemble_lab.nn.factories import LayerFactory
 
 
 class BasicBlock(nn.Module):
-    """conv3x3 -> norm -> ReLU [-> dropout2d] -> conv3x3 -> norm, plus shortcut, then ReLU -> member masks.
+    """conv3x3 -> norm -> ReLU [-> dropout2d] -> conv3x3 -> norm, plus shortcut, then ReLU.
 
-    The member masks (``layers.member_masks``: Masksembles' channel masks; identity for the other
-    methods) act on the block's output, the residual stream the next block reads.
+    Member masks (``layers.member_masks``: Masksembles' channel masks; identity for the other methods)
+    may act on each conv's input (site "conv_input": both convs and a projection shortcut's) and on
+    the block's output (site "block_output", the residual stream the next block reads).
     """
 
     def __init__(self, layers: LayerFactory, in_channels: int, out_channels: int, stride: int, dropout: float) -> None:
@@ -31,31 +32,36 @@ class BasicBlock(nn.Module):
             dropout: Dropout2d probability after the first conv's norm; 0 builds none.
         """
         super().__init__()
+        self.conv1_masks = layers.member_masks(in_channels, "conv_input")
         self.conv1 = layers.conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = layers.norm2d(out_channels)
         self.dropout = layers.dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.conv2_masks = layers.member_masks(out_channels, "conv_input")
         self.conv2 = layers.conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
         self.bn2 = layers.norm2d(out_channels)
         self.shortcut: nn.Module = nn.Identity()
+        self.shortcut_masks: nn.Module = nn.Identity()  # an identity shortcut is never masked
         if stride != 1 or in_channels != out_channels:  # identity no longer fits: project with 1x1 conv + norm
+            self.shortcut_masks = layers.member_masks(in_channels, "conv_input")
             self.shortcut = nn.Sequential(
                 layers.conv2d(in_channels, out_channels, 1, stride=stride, padding=0, bias=False),
                 layers.norm2d(out_channels),
             )
-        self.member_masks = layers.member_masks(out_channels)
+        self.member_masks = layers.member_masks(out_channels, "block_output")
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.dropout(F.relu(self.bn1(self.conv1(x))))
-        out = self.bn2(self.conv2(out))
-        return self.member_masks(F.relu(out + self.shortcut(x)))
+        out = self.dropout(F.relu(self.bn1(self.conv1(self.conv1_masks(x)))))
+        out = self.bn2(self.conv2(self.conv2_masks(out)))
+        return self.member_masks(F.relu(out + self.shortcut(self.shortcut_masks(x))))
 
 
 class ResNet18(nn.Module):
     """Stem conv3x3 (stride 1, no max-pool) -> 4 stages of 2 BasicBlocks -> global avg pool -> linear.
 
-    Masksembles (``layers.member_masks``) masks the channels of every block's output (the residual
-    stream). The pooled features before the linear are the last block's output, already masked: a
-    mask layer there would apply the same masks again, so there is none.
+    Masksembles (``layers.member_masks``) masks channels inside the blocks (see BasicBlock) and the
+    pooled features before the linear (site "classifier_input"), except where the last block's
+    output is masked already (the pool passes its masks on: a second layer would repeat them).
+    The stem conv reads the image, never masked.
     """
 
     def __init__(self, layers: LayerFactory, in_channels: int, num_classes: int, width: int, dropout: float) -> None:
@@ -80,6 +86,8 @@ class ResNet18(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.leave_maps = layers.leave_maps()  # back to member-major rows
         self.dropout = layers.dropout(dropout) if dropout > 0 else nn.Identity()
+        masked = not isinstance(blocks[-1].member_masks, nn.Identity)
+        self.head_masks = nn.Identity() if masked else layers.member_masks(channels, "classifier_input")
         self.linear = layers.linear(channels, num_classes, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -87,7 +95,7 @@ class ResNet18(nn.Module):
         out = self.blocks(F.relu(self.bn1(self.conv1(self.enter_maps(x)))))
         out = self.leave_maps(out)  # (M*B, 8*width, H/8, W/8)
         out = out.mean(dim=(2, 3))  # (M*B, 8*width): global average pool
-        return self.linear(self.dropout(out))
+        return self.linear(self.dropout(self.head_masks(out)))
 
 
 def resnet18(

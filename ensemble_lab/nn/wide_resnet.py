@@ -23,9 +23,10 @@ class WideBasicBlock(nn.Module):
     """Pre-activation block: norm -> ReLU -> conv3x3 -> norm -> ReLU [-> dropout2d] -> conv3x3, plus shortcut.
 
     The shortcut is the identity when the shape is kept; otherwise a 1x1 conv (with the block's
-    stride) of the pre-activated input, which the first conv also reads. The member masks
-    (``layers.member_masks``: Masksembles' channel masks; identity for the other methods) act on the
-    block's output, the residual stream the next block reads.
+    stride) of the pre-activated input, which the first conv also reads. Member masks
+    (``layers.member_masks``: Masksembles' channel masks; identity for the other methods) may act on
+    each conv's input (site "conv_input": both convs and a projection shortcut's, each its own masks)
+    and on the block's output (site "block_output", the residual stream the next block reads).
     """
 
     def __init__(self, layers: LayerFactory, in_channels: int, out_channels: int, stride: int, dropout: float) -> None:
@@ -39,28 +40,33 @@ class WideBasicBlock(nn.Module):
         """
         super().__init__()
         self.bn1 = layers.norm2d(in_channels)
+        self.conv1_masks = layers.member_masks(in_channels, "conv_input")
         self.conv1 = layers.conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn2 = layers.norm2d(out_channels)
         self.dropout = layers.dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.conv2_masks = layers.member_masks(out_channels, "conv_input")
         self.conv2 = layers.conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
         self.shortcut: nn.Module | None = None  # None: identity of the block's input
+        self.shortcut_masks: nn.Module = nn.Identity()  # an identity shortcut is never masked
         if stride != 1 or in_channels != out_channels:  # identity no longer fits: project with a 1x1 conv
+            self.shortcut_masks = layers.member_masks(in_channels, "conv_input")
             self.shortcut = layers.conv2d(in_channels, out_channels, 1, stride=stride, padding=0, bias=False)
-        self.member_masks = layers.member_masks(out_channels)
+        self.member_masks = layers.member_masks(out_channels, "block_output")
 
     def forward(self, x: Tensor) -> Tensor:
         pre = F.relu(self.bn1(x))
-        out = self.conv1(pre)
-        out = self.conv2(self.dropout(F.relu(self.bn2(out))))
-        return self.member_masks(out + (x if self.shortcut is None else self.shortcut(pre)))
+        out = self.conv1(self.conv1_masks(pre))
+        out = self.conv2(self.conv2_masks(self.dropout(F.relu(self.bn2(out)))))
+        return self.member_masks(out + (x if self.shortcut is None else self.shortcut(self.shortcut_masks(pre))))
 
 
 class WideResNet(nn.Module):
     """Stem conv3x3 (16 channels) -> 3 stages of n WideBasicBlocks -> norm -> ReLU -> global avg pool -> linear.
 
-    Masksembles (``layers.member_masks``) masks the channels of every block's output and the pooled
-    features before the linear, where MC Dropout's last layer goes (the final norm's shift refills
-    the channels the last block's masks zeroed).
+    Masksembles (``layers.member_masks``) masks channels inside the blocks (see WideBasicBlock) and
+    the pooled features before the linear (site "classifier_input"), where MC Dropout's last layer
+    goes (the final norm's shift would refill channels the last block's masks zeroed). The stem conv
+    reads the image, never masked.
     """
 
     def __init__(
@@ -88,7 +94,7 @@ class WideResNet(nn.Module):
         self.bn = layers.norm2d(channels)
         self.leave_maps = layers.leave_maps()  # back to member-major rows
         self.dropout = layers.dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head_masks = layers.member_masks(channels)
+        self.head_masks = layers.member_masks(channels, "classifier_input")
         self.linear = layers.linear(channels, num_classes, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:

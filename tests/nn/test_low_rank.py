@@ -1,8 +1,8 @@
 """LowRankLinear / LowRankConv2d (W_i = W + A_i B_i) against loops over explicitly built member weights.
 
-The reference never calls the layer's own member_weight: it rebuilds W + Σ_k a_ik b_ikᵀ from the
-stored A (M, out, k) and B (M, k, in·kh·kw) one rank-1 term at a time, then runs plain F.linear /
-F.conv2d one member at a time.
+The reference never calls the layer's own member_weight: it rebuilds W + (α/k)·Σ_k a_ik b_ikᵀ from the
+stored A (M, out, k) and B (M, k, in·kh·kw) one rank-1 term at a time (α/k: LoRA's scaling, from the
+test's own α, 1 without one), then runs plain F.linear / F.conv2d one member at a time.
 """
 
 import warnings
@@ -22,16 +22,17 @@ from ensemble_lab.nn.resnet import resnet18
 M = 3
 
 
-def explicit_weight(layer, i: int) -> torch.Tensor:
-    """Member i's weight W + Σ_k A[i, :, k] B[i, k, :]ᵀ, reshaped to W's layout."""
-    out = layer.weight.shape[0]
+def explicit_weight(layer, i: int, alpha: float | None = None) -> torch.Tensor:
+    """Member i's weight W + (α/k)·Σ_k A[i, :, k] B[i, k, :]ᵀ (no α: scale 1), reshaped to W's layout."""
+    out, rank = layer.weight.shape[0], layer.A.shape[2]
     update = torch.zeros(out, layer.B.shape[2], dtype=layer.weight.dtype)
-    for k in range(layer.A.shape[2]):
+    for k in range(rank):
         update = update + torch.outer(layer.A[i, :, k], layer.B[i, k, :])  # (out, in·kh·kw)
-    return layer.weight + update.reshape(layer.weight.shape)
+    scale = 1.0 if alpha is None else alpha / rank
+    return layer.weight + scale * update.reshape(layer.weight.shape)
 
 
-def member_loop(layer, x: torch.Tensor) -> torch.Tensor:
+def member_loop(layer, x: torch.Tensor, alpha: float | None = None) -> torch.Tensor:
     """The layer's output computed member by member with plain torch ops."""
     b = x.shape[0] // layer.num_members
     outputs = []
@@ -39,23 +40,25 @@ def member_loop(layer, x: torch.Tensor) -> torch.Tensor:
         rows = x[i * b : (i + 1) * b]
         bias = None if layer.bias is None else layer.bias[i]
         if isinstance(layer, LowRankLinear):
-            outputs.append(F.linear(rows, explicit_weight(layer, i), bias))
+            outputs.append(F.linear(rows, explicit_weight(layer, i, alpha), bias))
         else:
-            outputs.append(F.conv2d(rows, explicit_weight(layer, i), bias, layer.stride, layer.padding))
+            outputs.append(F.conv2d(rows, explicit_weight(layer, i, alpha), bias, layer.stride, layer.padding))
     return torch.cat(outputs)
 
 
 LAYERS = {
-    "linear": lambda rank, bias: LowRankLinear(5, 4, M, bias=bias, rank=rank),
-    "conv-3x3": lambda rank, bias: LowRankConv2d(3, 4, 3, M, padding=1, bias=bias, rank=rank),
-    "conv-3x2-stride2": lambda rank, bias: LowRankConv2d(3, 4, (3, 2), M, stride=2, padding=(1, 0), bias=bias, rank=rank),
-    "conv-1x1-stride2": lambda rank, bias: LowRankConv2d(2, 5, 1, M, stride=2, bias=bias, rank=rank),
+    "linear": lambda rank, bias, alpha: LowRankLinear(5, 4, M, bias=bias, rank=rank, lora_alpha=alpha),
+    "conv-3x3": lambda rank, bias, alpha: LowRankConv2d(3, 4, 3, M, padding=1, bias=bias, rank=rank, lora_alpha=alpha),
+    "conv-3x2-stride2": lambda rank, bias, alpha: LowRankConv2d(
+        3, 4, (3, 2), M, stride=2, padding=(1, 0), bias=bias, rank=rank, lora_alpha=alpha
+    ),
+    "conv-1x1-stride2": lambda rank, bias, alpha: LowRankConv2d(2, 5, 1, M, stride=2, bias=bias, rank=rank, lora_alpha=alpha),
 }
 
 
-def build(name: str, rank: int, bias: bool) -> nn.Module:
-    """A float64 layer whose members differ in every factor and bias (B is no longer zero)."""
-    layer = LAYERS[name](rank, bias).double()
+def build(name: str, rank: int, bias: bool, alpha: float | None = None) -> nn.Module:
+    """A float64 layer whose members differ in every factor and bias (A is no longer zero)."""
+    layer = LAYERS[name](rank, bias, alpha).double()
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -67,15 +70,16 @@ def layer_input(layer, batch: int = 2) -> torch.Tensor:
     return torch.randn(M * batch, *shape, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("alpha", [None, 8.0])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("rank", [1, 3])
 @pytest.mark.parametrize("name", LAYERS)
-def test_forward_and_gradients_equal_a_loop_over_member_weights(name, rank, bias):
+def test_forward_and_gradients_equal_a_loop_over_member_weights(name, rank, bias, alpha):
     torch.manual_seed(0)
-    layer = build(name, rank, bias)
+    layer = build(name, rank, bias, alpha)
     x = layer_input(layer).requires_grad_()
     y = layer(x)
-    expected = member_loop(layer, x)
+    expected = member_loop(layer, x, alpha)
     assert y.shape == expected.shape
     torch.testing.assert_close(y, expected)
     cotangent = torch.randn_like(y)
@@ -86,12 +90,13 @@ def test_forward_and_gradients_equal_a_loop_over_member_weights(name, rank, bias
         torch.testing.assert_close(g, w, msg=lambda m, which=which: f"grad of {which}: {m}")
 
 
+@pytest.mark.parametrize("alpha", [None, 2.0])
 @pytest.mark.parametrize("rank", [1, 3])
 @pytest.mark.parametrize("name", LAYERS)
-def test_gram_and_member_weight_equal_materialised_members(name, rank):
+def test_gram_and_member_weight_equal_materialised_members(name, rank, alpha):
     torch.manual_seed(1)
-    layer = build(name, rank, bias=True)
-    explicit = [explicit_weight(layer, i) for i in range(M)]
+    layer = build(name, rank, bias=True, alpha=alpha)
+    explicit = [explicit_weight(layer, i, alpha) for i in range(M)]
     for i in range(M):
         torch.testing.assert_close(layer.member_weight(i), explicit[i])
     with pytest.raises(IndexError):
@@ -202,6 +207,8 @@ def test_bf16_autocast_keeps_the_matmul_dtype():
         ({"rank": 0}, "--model.rank must be an integer >= 1, got 0"),
         ({"rank": 1.5}, "--model.rank must be an integer >= 1, got 1.5"),
         ({"factor_init": "ones"}, "--model.factor_init 'ones' is not known; allowed: zero, small"),
+        ({"lora_alpha": 0}, "--model.lora_alpha must be a finite number > 0, or null for no scaling, got 0"),
+        ({"lora_alpha": float("inf")}, "--model.lora_alpha must be a finite number > 0, or null for no scaling, got inf"),
     ],
 )
 def test_bad_options_are_one_line_config_errors(kwargs, message):
@@ -230,3 +237,47 @@ def test_rows_not_divisible_by_members_raise():
         LowRankLinear(3, 2, M)(torch.randn(4, 3))
     with pytest.raises(ConfigError, match="multiple of num_members"):
         LowRankConv2d(3, 2, 3, M)(torch.randn(4, 3, 5, 5))
+
+
+@pytest.mark.parametrize("backbone", [dict(backbone="mlp", input_shape=(1, 8, 8)), dict(backbone="resnet18", width=4, input_shape=(3, 8, 8))])
+def test_freeze_shared_trains_only_the_members_own_factors_and_biases(backbone):
+    """LoRA-Ensemble's training: the optimizer holds, and the backward pass reaches, only A, B and the members'
+    biases; W and BatchNorm's affine stay as initialised. The parameter count does not change."""
+    torch.manual_seed(6)
+    model = LowRankEnsemble(num_members=M, freeze_shared=True, lora_alpha=4.0, factor_init="small", **backbone)
+    low_rank = [m for m in model.network.modules() if isinstance(m, (LowRankLinear, LowRankConv2d))]
+    own = {id(p) for m in low_rank for p in (m.A, m.B, m.bias) if p is not None}
+    assert _count(model) == _count(LowRankEnsemble(num_members=M, **backbone))
+    optimizer = model.configure_optimizers()
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert in_optimizer == own
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.train()
+    model(torch.randn(4, *backbone["input_shape"])).logsumexp(-1).mean().backward()
+    optimizer.step()
+    for name, p in model.named_parameters():
+        if id(p) in own:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+            assert not torch.equal(p, before[name]), name
+        else:  # every shared weight and norm parameter
+            assert p.grad is None and torch.equal(p, before[name]), name
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == (backbone["backbone"] == "resnet18")
+
+
+def test_lora_alpha_scales_the_update_and_a_checkpoint_keeps_its_own():
+    """The default (null) is no scaling; α scales every layer's update by α / k; a checkpoint trained under one α
+    is refused by a model built with another (the tensors' shapes agree, the networks do not)."""
+    from ensemble_lab.errors import CheckpointMismatchError
+
+    torch.manual_seed(7)
+    plain = LowRankEnsemble(num_members=M, rank=2, factor_init="small", input_shape=(1, 8, 8))
+    scaled = LowRankEnsemble(num_members=M, rank=2, factor_init="small", lora_alpha=8.0, input_shape=(1, 8, 8))
+    scaled.load_state_dict(plain.state_dict())
+    for a, b in zip(plain.network.modules(), scaled.network.modules()):
+        if isinstance(a, LowRankLinear):
+            torch.testing.assert_close(b.member_weight(1) - b.weight, 4.0 * (a.member_weight(1) - a.weight))  # α / k = 8 / 2
+    checkpoint = {"state_dict": plain.state_dict(), "hyper_parameters": dict(plain.hparams)}
+    with pytest.raises(CheckpointMismatchError, match="trained with --model.lora_alpha null, this run has 8.0") as error:
+        scaled.on_load_checkpoint(checkpoint)
+    assert "\n" not in str(error.value)
+    plain.on_load_checkpoint(checkpoint)  # its own: accepted

@@ -106,17 +106,118 @@ def test_masksembles_mlp_is_deterministic_at_test_and_its_members_differ():
     assert sum(isinstance(mod, MemberMasks) for mod in model.network.modules()) == 2  # one per hidden layer
 
 
-def test_masksembles_backbones_share_every_weight():
-    """Masks add no parameter: Masksembles networks have the single model's parameter count."""
-    layers = masksembles_layers(4, 2.0)
-    assert num_params(resnet18(layers, (3, 32, 32), 10)) == SINGLE_PARAMS
+def resnet18_authors_mask_count(width: int = 64) -> int:
+    """Mask layers of the authors' Masksembles ResNet-18, counted from the architecture: per basic block the
+    input of conv1, of conv2 and of the 1x1 shortcut conv where the block has one (stride 2 or a change of
+    width), plus the pooled features before the classifier; the stem conv reads the image, unmasked."""
+    count, channels = 0, width
+    for stage, mult in enumerate((1, 2, 4, 8)):
+        for block in range(2):
+            stride = 2 if stage > 0 and block == 0 else 1
+            count += 2 + (stride != 1 or channels != width * mult)
+            channels = width * mult
+    return count + 1
+
+
+def masked_input_layers(net: nn.Module, x: torch.Tensor, m: int, scale: float) -> list[str]:
+    """Names of the convs and linears whose input has, in every member's rows, at least F - kept channels
+    that are zero everywhere (kept from the paper's formula; about half the channels, where an unmasked
+    input has few or none) and whose members' zero channels differ."""
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        mod.register_forward_pre_hook(lambda _, args, name=name: inputs.__setitem__(name, args[0].detach()))
+        for name, mod in net.named_modules()
+        if isinstance(mod, nn.Conv2d | nn.Linear)
+    ]
+    net.train()(x)  # batch statistics: a ReLU output channel is zero on a whole member's rows only where masked
+    for hook in hooks:
+        hook.remove()
+    masked = []
+    for name, rows in inputs.items():
+        f = rows.shape[1]
+        used = rows.unflatten(0, (m, -1)).transpose(1, 2).flatten(2).ne(0).any(dim=2)  # (M, F): channel non-zero somewhere
+        if f >= 10 and (used.sum(dim=1) <= paper_kept(f, m, scale)).all() and torch.unique(used, dim=0).shape[0] == m:
+            masked.append(name)
+    return masked
+
+
+def test_resnet18_masks_the_input_of_every_block_conv_and_the_classifier_as_the_authors():
+    """The authors' placement (their library's Masksembles ResNet: a mask before each conv of a block, the
+    shortcut conv included, and before the classifier): 20 mask layers on ResNet-18, found by what each
+    layer's input looks like, not by module names."""
+    assert resnet18_authors_mask_count() == 20
+    assert num_params(resnet18(masksembles_layers(4, 2.0), (3, 32, 32), 10)) == SINGLE_PARAMS  # masks add no parameter
+    torch.manual_seed(0)
+    m, s = 4, 2.0
+    net = resnet18(masksembles_layers(m, s, "inputs", seed=3), (3, 32, 32), 10, width=16)
+    mask_layers = [mod for mod in net.modules() if isinstance(mod, MemberMasks)]
+    assert len(mask_layers) == resnet18_authors_mask_count(16) == 20
+    for layer in mask_layers:
+        assert (layer.masks.sum(dim=1) == paper_kept(layer.num_features, m, s)).all()
+    masked = masked_input_layers(net, tile_members(torch.rand(8, 3, 32, 32), m), m, s)
+    weighted = [n for n, mod in net.named_modules() if isinstance(mod, nn.Conv2d | nn.Linear)]
+    assert masked == [n for n in weighted if n != "conv1"]  # every conv but the stem, and the linear
+    # every layer draws its own masks: no two layers of one width share them
+    for a, b in itertools.combinations(mask_layers, 2):
+        assert a.masks.shape != b.masks.shape or not torch.equal(a.masks, b.masks)
+
+
+def test_wide_resnet_and_mlp_placements():
+    """WRN as the authors' ResNet (each block conv's input, projections included, and the classifier's);
+    the MLP after each hidden activation, i.e. the input of every linear but the first, in both placements."""
+    m, s = 4, 2.0
+    torch.manual_seed(1)
+    wrn = wide_resnet(masksembles_layers(m, s), (3, 8, 8), 10, depth=10, widen_factor=1)
+    # 3 blocks of 2 convs, projections in stages 2 and 3 (16 -> 32 -> 64), then the classifier
+    assert sum(isinstance(mod, MemberMasks) for mod in wrn.modules()) == 3 * 2 + 2 + 1
+    weighted = [n for n, mod in wrn.named_modules() if isinstance(mod, nn.Conv2d | nn.Linear)]
+    masked = masked_input_layers(wrn, tile_members(torch.rand(8, 3, 16, 16), m), m, s)
+    assert masked == [n for n in weighted if n != "conv1"]
+    for placement in ("inputs", "block_outputs"):
+        net = mlp(masksembles_layers(m, s, placement), (1, 8, 8), 10, hidden_sizes=(32, 16))
+        linears = [n for n, mod in net.named_modules() if isinstance(mod, nn.Linear)]
+        assert masked_input_layers(net, tile_members(torch.randn(64, 1, 8, 8), m), m, s) == linears[1:]
+
+
+def test_block_outputs_placement_keeps_the_earlier_network():
+    """mask_placement="block_outputs": one mask layer per residual block's output (ResNet-18: 8; WRN also the
+    classifier's input), and layers of one width share their masks."""
+    layers = masksembles_layers(4, 2.0, "block_outputs", seed=5)
     resnet = resnet18(layers, (3, 8, 8), 10, width=16)
-    assert sum(isinstance(mod, MemberMasks) for mod in resnet.modules()) == 8  # one per residual block
+    masks = [mod for mod in resnet.modules() if isinstance(mod, MemberMasks)]
+    assert len(masks) == 8 and all(name.endswith("member_masks") for name, mod in resnet.named_modules() if mod in masks)
+    torch.testing.assert_close(masks[0].masks, masks[1].masks, rtol=0, atol=0)  # the two 16-channel blocks
     wrn = wide_resnet(layers, (3, 8, 8), 10, depth=10, widen_factor=1)
     assert sum(isinstance(mod, MemberMasks) for mod in wrn.modules()) == 4  # 3 blocks and the head
-    for net, hw in ((resnet, 8), (wrn, 8)):
-        y = net.eval()(tile_members(torch.randn(2, 3, hw, hw), 4)).view(4, 2, 10)
+    for net in (resnet, wrn):
+        y = net.eval()(tile_members(torch.randn(2, 3, 8, 8), 4)).view(4, 2, 10)
         assert not torch.allclose(y[0], y[1])
+
+
+def network_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: buffer.clone() for name, buffer in model.named_buffers() if name.endswith(".masks")}
+
+
+def same_masks(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("placement", ["inputs", "block_outputs"])
+def test_masks_follow_the_run_seed(placement):
+    """seed_everything (what the CLI's --seed_everything calls before building the model) decides the masks:
+    the same seed gives the same masks, another seed other masks in every layer; an explicit mask_seed wins."""
+    from lightning import seed_everything
+
+    def build(seed: int, **options) -> Masksembles:
+        seed_everything(seed, verbose=False)
+        return Masksembles(num_members=4, backbone="resnet18", width=16, input_shape=(3, 8, 8), mask_placement=placement, **options)
+
+    first = build(1)
+    one, again, two = network_masks(first), network_masks(build(1)), network_masks(build(2))
+    assert one and same_masks(one, again)
+    assert all(not torch.equal(one[k], two[k]) for k in one)
+    assert first.hparams["mask_seed"] == 1  # recorded: a checkpoint rebuilds the same masks
+    assert same_masks(network_masks(build(7, mask_seed=1)), one)
 
 
 OTHER_FACTORIES = {
@@ -148,5 +249,5 @@ def test_other_methods_keep_their_state_dict_keys(name):
     for build in (lambda: resnet18(layers, (3, 8, 8), 10, width=4), lambda: wide_resnet(layers, (3, 8, 8), 10, depth=10, widen_factor=1)):
         network = build()
         assert not any("mask" in key for key in network.state_dict())
-        masks = [mod for n, mod in network.named_modules() if n.endswith(("member_masks", "head_masks"))]
+        masks = [mod for n, mod in network.named_modules() if n.endswith("masks")]
         assert masks and all(type(mod) is nn.Identity for mod in masks)
