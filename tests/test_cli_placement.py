@@ -126,3 +126,23 @@ def test_results_record_the_options_a_test_ran_with_and_report_keeps_them_apart(
         ("data.init_args.shift_degrees=90.0", ["turned"]),
     ]
     assert [acc for *_, acc in rows] == [same["sets"]["digits_shifted"]["acc"], shifted["sets"]["digits_shifted"]["acc"]]
+
+
+def test_a_moved_run_of_a_recorded_root_is_tested_where_it_is(tmp_path):
+    """A run made with --trainer.default_root_dir R records R; moved out of R, a test from where R still is
+    writes everything into the moved run, and nothing (no version_1) under R."""
+    root = tmp_path / "root"
+    with working_directory(tmp_path):
+        main(["fit", "--model=SingleModel", "--data=DigitsDataModule", "--seed_everything=4", "--figures=false",
+              *TINY_TRAINER, f"--trainer.default_root_dir={root}"])  # fmt: skip
+    made = root / "lightning_logs" / "version_0"
+    assert yaml.safe_load((made / "config.yaml").read_text())["trainer"]["default_root_dir"] == str(root)
+    run = tmp_path / "kept" / "baseline"
+    run.parent.mkdir()
+    made.rename(run)
+    before = files_of(root)
+    with working_directory(tmp_path):
+        test(run / "config.yaml", run / "checkpoints" / "last.ckpt")
+    assert files_of(root) == before and list((root / "lightning_logs").iterdir()) == []
+    new = set(files_of(run)) - {"results.json", "results.csv"}
+    assert {"config.test-1.yaml", "results.prev-1.json"} <= new and sum(n.startswith("events.out.tfevents.") for n in new) == 3
