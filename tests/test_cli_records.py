@@ -9,7 +9,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ensemble_lab.cli.run_config import comparable, flatten
+from ensemble_lab.cli.run_config import OUTPUT, comparable, flatten
 from tests.conftest import REPO, TINY_TRAINER, read_results, run_dirs
 
 QUICK = [f"--config={REPO / 'configs' / 'digits' / 'single.yaml'}", *TINY_TRAINER, "--figures=false"]
@@ -55,11 +55,14 @@ def test_results_record_label_config_and_tested_checkpoint_and_test_logs_at_the_
     assert step == 3 and scalar_steps(run, "test/digits/acc") == [step]  # 3 = limit_train_batches
     assert "hp_metric" not in {t for e in run.glob("events*") for t in _tags(e)}
 
-    # a later test of the checkpoint logs at the checkpoint's step, not at 0, and records the training config
+    # a later test of the checkpoint logs at the checkpoint's step, not at 0, and records the options it ran
+    # with: the training's, its own output options (--overwrite, --figures) aside
     cli("test", f"--config={run / 'config.yaml'}", f"--ckpt_path={ckpt}", "--overwrite=true", "--figures=false")
     assert scalar_steps(run, "test/digits/acc") == [step, step]
     again = read_results(run)
-    assert again["checkpoint"] == "checkpoints/last.ckpt" and again["run_name"] == "my_single" and again["config"] == results["config"]
+    assert again["checkpoint"] == "checkpoints/last.ckpt" and again["run_name"] == "my_single"
+    assert comparable(again["config"], OUTPUT) == comparable(results["config"], OUTPUT) and again["config"]["overwrite"] is True
+    assert again["test_changes"] == results["test_changes"] == [] and again["fit_config"] is None
 
 
 def _tags(events) -> set[str]:

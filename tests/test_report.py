@@ -176,7 +176,7 @@ def test_runs_trained_differently_are_not_pooled_and_the_report_says_why(tmp_pat
     rows = sorted((g.variant, len(g.runs), g.stats["digits"]["acc"].mean) for g in groups)
     assert rows == [("trainer.max_epochs=3", 1, 0.40), ("trainer.max_epochs=30", 3, pytest.approx(0.82))]
     assert (
-        "DeepEnsemble (M=4, DigitsDataModule): 4 runs were trained differently and are not pooled: 2 rows, by trainer.max_epochs"
+        "DeepEnsemble (M=4, DigitsDataModule): 4 runs were trained or tested differently and are not pooled: 2 rows, by trainer.max_epochs"
         in capsys.readouterr().err
     )
     table = to_markdown(groups)
@@ -311,3 +311,28 @@ def test_a_json_file_named_results_json_that_is_not_a_run_is_skipped_with_a_line
     (line,) = [line for line in capsys.readouterr().err.splitlines() if str(other) in line]
     assert line.startswith(f"ensemble-lab report: skipping {other}: not a results document") and "missing" in line
     assert "1 run." in to_markdown([group])
+
+
+def test_runs_tested_alike_but_trained_differently_are_not_pooled_and_older_files_still_pool(tmp_path, capsys):
+    """results.json's config is what a test ran with and fit_config what training did (where a test changed
+    options): two MC Dropout runs tested at dropout 0.3, one trained at 0.1 and one at 0.3, are two rows; a run
+    written before fit_config existed (config only) pools with a new one tested as it was trained."""
+    def tested(name: str, seed: int, acc: float, trained_dropout: float | None, tested_dropout: float = 0.3) -> None:
+        run = with_config(write_run(tmp_path, name, "MCDropout", 4, seed, acc))
+        doc = json.loads((run / "results.json").read_text())
+        doc["config"]["model"]["init_args"]["dropout"] = tested_dropout
+        if trained_dropout is not None:  # written by this version: what the test changed, and the training's options
+            fit = json.loads(json.dumps(doc["config"]))
+            fit["model"]["init_args"]["dropout"] = trained_dropout
+            changed = trained_dropout != tested_dropout
+            doc["test_changes"] = [f"model.init_args.dropout: {trained_dropout} -> {tested_dropout}"] if changed else []
+            doc["fit_config"] = fit if changed else None
+        (run / "results.json").write_text(json.dumps(doc))
+
+    tested("low/seed_1", 1, 0.6, trained_dropout=0.1)
+    tested("high/seed_2", 2, 0.8, trained_dropout=0.3)
+    tested("old/seed_3", 3, 0.7, trained_dropout=None)  # an older file: no test_changes, no fit_config
+    groups = build_report([tmp_path])
+    rows = sorted((g.variant, sorted(r.parent.name for r in g.runs), g.stats["digits"]["acc"].mean) for g in groups)
+    assert rows == [("dropout (fit)=0.1", ["low"], 0.6), ("dropout (fit)=0.3", ["high", "old"], pytest.approx(0.75))]
+    assert "3 runs were trained or tested differently and are not pooled: 2 rows, by model.init_args.dropout (fit)" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -113,10 +114,32 @@ class FinalLastCheckpoint(ModelCheckpoint):
             # its caller write last.ckpt now, as it does without a monitor.
             self._last_global_step_saved = trainer.global_step
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A run that was moved or copied resumes with its checkpoints in their new folder, but its state names
+        # the old one, and Lightning then drops last / top-k (a last-v1.ckpt beside last.ckpt, a stale top-k
+        # file kept, an old best score forgotten). Where every file it names is in the new folder, it is the same run.
+        super().load_state_dict(_moved_to(state_dict, self.dirpath))
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         if self.save_last and trainer.global_step != self._last_global_step_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _moved_to(state: dict[str, Any], dirpath: str | Path | None) -> dict[str, Any]:
+    """``state`` (a ModelCheckpoint's) with the checkpoint files it names under ``dirpath`` where its run's
+    folder has moved there (every such file is in ``dirpath``); else ``state`` as it is."""
+    recorded = state.get("dirpath")
+    if not dirpath or not recorded or Path(recorded) == Path(dirpath):
+        return state
+    new = Path(dirpath)
+    moved = lambda path: str(new / Path(path).name) if path else path
+    named = [p for p in (state.get("best_model_path"), state.get("kth_best_model_path"), state.get("last_model_path"), *(state.get("best_k_models") or {})) if p]
+    if not named or not all((new / Path(p).name).is_file() for p in named):
+        return state
+    best_k = {moved(p): score for p, score in (state.get("best_k_models") or {}).items()}
+    paths = {k: moved(state.get(k)) for k in ("best_model_path", "kth_best_model_path", "last_model_path")}
+    return {**state, **paths, "best_k_models": best_k, "dirpath": dirpath}
 
 
 class OptionalEarlyStopping(EarlyStopping):

@@ -32,7 +32,7 @@ from ensemble_lab.cli.resume import (
     continue_run,
     resolve_ckpt_path,
 )
-from ensemble_lab.cli.run_config import comparable, flatten
+from ensemble_lab.cli.run_config import as_tested, comparable, flatten
 from ensemble_lab.cli.strict_yaml import load_yaml
 from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import ConfigError
@@ -223,11 +223,6 @@ class EnsembleLabCLI(LightningCLI):
     def _subcommand_config(self):
         return self.config[self.subcommand] if self.subcommand else self.config
 
-    def _default_root(self) -> bool:
-        """Neither ``--trainer.default_root_dir`` nor a logger given: runs go to ./lightning_logs of the working directory."""
-        trainer = self._subcommand_config().get("trainer") or {}
-        return trainer.get("default_root_dir") is None and trainer.get("logger") in (None, True)
-
     def _configure_outputs(self, ckpt_path: str | None) -> None:
         config = self._subcommand_config()
         self.model.save_predictions = bool(config.get("save_predictions", False))
@@ -237,14 +232,20 @@ class EnsembleLabCLI(LightningCLI):
         self.model.eval_sets_every = int(config.get("eval_sets_every") or 0) if self.subcommand == "fit" else 0
         run_dir = run_dir_of_checkpoint(ckpt_path) if ckpt_path not in (None, *SPECIAL, "last") else None
         self.model.results_dir = str(run_dir) if run_dir is not None else None
-        # what the run is, for results.json: the configuration its weights were trained with (a tested
-        # checkpoint's run: its config.yaml) and its label
+        # what the run is, for results.json: the options this command ran with and, for a test of a
+        # run's checkpoint, the ones its weights were trained with (the run's config.yaml) and what differs
+        ran_with = self.resolved_config()
         trained_with = _read_yaml(run_dir / "config.yaml") if run_dir is not None else None
-        trained_with = trained_with if trained_with is not None else self.resolved_config()
-        self.model.run_name = config.get("run_name") or trained_with.get("run_name")
+        self.model.run_name = config.get("run_name") or (trained_with or ran_with).get("run_name")
         # flat keys, without where the run lives (its directory, the checkpoint it resumed): results.json
-        # depends on what was trained, not on where
-        self.model.run_config = comparable(flatten(trained_with))
+        # depends on what was trained and tested, not on where
+        if self.subcommand == "fit":
+            trained_with = ran_with  # the test after fit runs with the options it trained with
+        tested, changes = as_tested(flatten(trained_with or ran_with), flatten(ran_with))
+        self.model.run_config = tested
+        # unknown (None) where no training config is on record: an assembled ensemble, a run without its config.yaml
+        self.model.test_changes = changes if trained_with is not None else None
+        self.model.fit_config = comparable(flatten(trained_with)) if trained_with is not None and changes else None
 
     def resolved_config(self) -> dict[str, Any]:
         """This command's configuration, every default filled in, as plain data (what config.yaml holds)."""
@@ -304,7 +305,7 @@ class EnsembleLabCLI(LightningCLI):
         new version_N; returns the checkpoint path. Only the logger's version is set here: nothing is written."""
         ckpt_path = self._resolve_ckpt_path()
         _quiet_checkpoint_callback_state()
-        run_dir = continue_run(self.trainer, ckpt_path, self._default_root()) if ckpt_path and ckpt_path not in SPECIAL else None
+        run_dir = continue_run(self.trainer, ckpt_path) if ckpt_path and ckpt_path not in SPECIAL else None
         if run_dir is not None:
             self._continue_in(run_dir, kind)
         return ckpt_path
@@ -333,7 +334,7 @@ class EnsembleLabCLI(LightningCLI):
         self._check_monitors()
         ckpt_path = self._resolve_ckpt_path()
         self._configure_outputs(None)
-        run_dir = continue_run(self.trainer, ckpt_path, self._default_root()) if ckpt_path and ckpt_path not in SPECIAL else None
+        run_dir = continue_run(self.trainer, ckpt_path) if ckpt_path and ckpt_path not in SPECIAL else None
         if run_dir is None or ckpt_path is None:  # (a run_dir comes only with a ckpt_path)
             return
         # a resumed run continues in its own directory (events, checkpoints, results.json)

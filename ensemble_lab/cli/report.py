@@ -291,17 +291,38 @@ def run_sets(doc: dict[str, Any]) -> dict[str, Any]:
     return {**sets, **{CALIBRATED.format(name): metrics for name, metrics in calibrated.items()}}
 
 
-def _trained_as(doc: dict[str, Any]) -> dict[str, Any]:
-    """What a run was trained with, seeds and placement aside (runs written before results.json kept it: {})."""
-    config = doc.get("config")
+def _compared(config: Any) -> dict[str, Any]:
     return without_defaults(comparable(flatten(config), UNCOMPARED | REPLICATE | OUTPUT)) if isinstance(config, dict) else {}
+
+
+#: a training option's key beside the tested one, where a later test ran with another value ("dropout (fit)")
+FIT_KEY = "{} (fit)"
+
+
+def _tested_and_trained(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The options a run's test ran with (``config``) and those it was trained with (``fit_config``, recorded
+    where a test changed some; else the same), seeds and placement aside. Runs written before results.json
+    kept a config: {}; before it kept fit_config: ``config`` for both (a test then recorded the training's)."""
+    tested = _compared(doc.get("config"))
+    fit = doc.get("fit_config")
+    return tested, (_compared(fit) if isinstance(fit, dict) else tested)
+
+
+def _trained_as(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a run's results come from: the options its test ran with, and "<key> (fit)" for each option
+    whose training value differs (its value in training; "(default)": the class's default)."""
+    tested, trained = _tested_and_trained(doc)
+    changed = sorted(k for k in set(tested) | set(trained) if tested.get(k, _UNSET) != trained.get(k, _UNSET))
+    return {**tested, **{FIT_KEY.format(k): trained.get(k, "(default)") for k in changed}}
 
 
 def split_by_config(runs: Sequence[tuple[Path, dict[str, Any]]]) -> dict[tuple, list[tuple[Path, dict[str, Any]]]]:
     """Runs by ((method, M, datamodule, label), variant): one variant per distinct configuration of a label.
 
-    A label with runs trained differently is split (variant = the differing options' values) and a line
-    on stderr says so; a label with one configuration has variant None.
+    Runs are pooled only where the options their tests ran with and the options they were trained with
+    both agree. A label with runs that differ is split (variant = the differing options' values, a training
+    value as "<key> (fit)" where it is not the tested one) and a line on stderr says so; a label with one
+    configuration has variant None.
     """
     by_label: dict[tuple, list[tuple[Path, dict[str, Any]]]] = {}
     for path, doc in runs:
@@ -309,19 +330,22 @@ def split_by_config(runs: Sequence[tuple[Path, dict[str, Any]]]) -> dict[tuple, 
         by_label.setdefault((doc.get("method"), doc.get("num_members"), doc.get("datamodule"), label), []).append((path, doc))
     result: dict[tuple, list[tuple[Path, dict[str, Any]]]] = {}
     for key, members in by_label.items():
-        configs = [_trained_as(doc) for _, doc in members]
+        # every training value beside its tested one: two runs tested alike but trained differently differ here
+        configs = [{**t, **{FIT_KEY.format(k): v for k, v in f.items()}} for t, f in map(_tested_and_trained, (d for _, d in members))]
         distinct = [dict(c) for c in {json.dumps(c, sort_keys=True, default=str): c for c in configs}.values()]
         if len(distinct) == 1:
             result[(key, None)] = members
             continue
         keys = sorted({k for c in distinct for k in c if any(c.get(k, _UNSET) != d.get(k, _UNSET) for d in distinct)})
+        # a training value is named only where some run's differs from its tested one (else the tested key says it)
+        keys = [k for k in keys if not any(k == FIT_KEY.format(t) and all(c.get(k, _UNSET) == c.get(t, _UNSET) for c in distinct) for t in keys)]
         for config in distinct:
             variant = ", ".join(f"{k.removeprefix('model.init_args.')}={config.get(k, '(default)')}" for k in keys[:3])
             variant += f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
             result[(key, variant)] = [m for m, c in zip(members, configs) if c == config]
         print(
-            f"ensemble-lab report: {key[3]} (M={key[1]}, {key[2]}): {len(members)} runs were trained differently and are "
-            f"not pooled: {len(distinct)} rows, by {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}",
+            f"ensemble-lab report: {key[3]} (M={key[1]}, {key[2]}): {len(members)} runs were trained or tested differently "
+            f"and are not pooled: {len(distinct)} rows, by {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}",
             file=sys.stderr,
         )
     return result

@@ -5,7 +5,8 @@ Lightning resolves ``ckpt_path="last"`` inside the *new* run's checkpoint folder
 from scratch. Here "last" means the newest ``last.ckpt`` below the logger's root
 (``lightning_logs/version_*/checkpoints``), and a resumed ``fit`` keeps writing into the run
 directory it resumes (TensorBoard events, checkpoints, results.json), and so does a ``test`` of one
-of the run's checkpoints. Its config.yaml is kept; the resume's or test's own config goes beside it
+of the run's checkpoints. The run directory is always the one the checkpoint is in
+(``<run>/checkpoints/x.ckpt``), wherever the run has been moved or copied to. Its config.yaml is kept; the resume's or test's own config goes beside it
 as ``config.resume-<N>.yaml`` or ``config.test-<N>.yaml``.
 """
 
@@ -19,6 +20,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from ensemble_lab.cli.callbacks import FinalLastCheckpoint
 from ensemble_lab.cli.checkpoint_choice import best_checkpoint_of
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.run_files import first_free_number, run_dir_of_checkpoint
@@ -97,27 +99,36 @@ def _best_checkpoint(trainer: L.Trainer, fitting: bool) -> Path:
     return best_checkpoint_of(last)
 
 
-def continue_run(trainer: L.Trainer, ckpt_path: str, default_root: bool = False) -> Path | None:
-    """Make the trainer's logger write into the run directory of ``<run>/checkpoints/x.ckpt``.
+def continue_run(trainer: L.Trainer, ckpt_path: str) -> Path | None:
+    """Make every output of this command go into the run directory of ``<run>/checkpoints/x.ckpt``.
 
-    Returns that run directory, or None where the logger or layout is not Lightning's
-    ``<root>/version_N`` (the resumed run then gets a new directory, as Lightning does), or where
-    the user chose another root. ``default_root``: neither ``trainer.default_root_dir`` nor a logger
-    was given, so the root is "./lightning_logs of wherever the command runs"; from another working
-    directory the checkpoint's own run is meant, and the logger is pointed there.
+    The run is where its checkpoint is: a run that was moved, renamed or copied (a study's run included)
+    is continued where it is now, whatever root, logger name or version its config.yaml recorded (those
+    name where the run was first made). The trainer's logger is pointed at the run (TensorBoard and CSV
+    loggers; with no logger, the trainer's root), and a ``--checkpoint.dirpath`` at its checkpoints/.
+    Returns that run directory, or None when the checkpoint is not in a ``checkpoints/`` folder (another
+    layout: Lightning's placement is kept) or the logger is of another kind.
     """
     run_dir = run_dir_of_checkpoint(Path(ckpt_path).expanduser().resolve())
-    logger = _versioned_logger(trainer)
-    if run_dir is None or logger is None or _own_dirpath(trainer):
+    if run_dir is None:
         return None
-    if Path(logger.root_dir).expanduser().resolve() != run_dir.parent:
-        if not default_root or run_dir.parent.name != logger.name:
-            return None
-        logger._root_dir = str(run_dir.parent.parent)  # root_dir = <this>/<name>: the run's own root
-    if logger._version is not None and str(logger._version) != run_dir.name:
-        return None  # the user named another version: respect it
-    # the constructor's `version` argument; nothing has been logged yet, so no directory exists for another version
-    logger._version = run_dir.name
+    logger = _versioned_logger(trainer)
+    if logger is not None:
+        # log_dir = <save_dir>/<name>/<version>: nothing has been logged yet, so no directory exists elsewhere
+        save_dir, name = str(run_dir.parent.parent), run_dir.parent.name
+        if isinstance(logger, CSVLogger):
+            logger._save_dir = save_dir
+        logger._root_dir, logger._name, logger._version = save_dir, name, run_dir.name
+        if isinstance(logger, TensorBoardLogger):
+            logger._sub_dir = None  # events beside the run's checkpoints, not in a subfolder
+    elif trainer.loggers:
+        return None  # a logger that places runs its own way (W&B, MLflow, ...)
+    else:
+        setattr(trainer, "_default_root_dir", str(run_dir))  # no logger: checkpoints/ goes below the trainer root (a private field)
+    callbacks = cast(list[Callback], getattr(trainer, "callbacks"))  # set by Lightning's callback connector, not declared on Trainer
+    for callback in callbacks:  # the --checkpoint callback; a user's own ModelCheckpoint keeps its folder
+        if isinstance(callback, FinalLastCheckpoint) and callback.dirpath:
+            callback.dirpath = str(run_dir / "checkpoints")
     return run_dir
 
 

@@ -15,7 +15,7 @@ from typing import Any
 #: keys that only place a run (its directory, checkpoint, the files it was read from); never compared
 PLACEMENT = frozenset({"config", "ckpt_path", "trainer.logger", "trainer.default_root_dir", "checkpoint.dirpath", "run_name"})
 #: what a run shows on the terminal while it runs; never compared
-DISPLAY = frozenset({"trainer.enable_progress_bar", "trainer.enable_model_summary"})
+DISPLAY = frozenset({"trainer.enable_progress_bar", "trainer.enable_model_summary", "verbose"})
 #: never compared: where a run is and what it prints
 UNCOMPARED = PLACEMENT | DISPLAY
 #: keys that make runs of one experiment differ by design; report pools over them (a distilled run's
@@ -23,6 +23,18 @@ UNCOMPARED = PLACEMENT | DISPLAY
 REPLICATE = frozenset({"seed_everything", "model.init_args.member_checkpoints", "model.init_args.teacher"})
 #: what a run writes to results.json and the report prints, not what it trains
 OUTPUT = frozenset({"save_predictions", "figures", "overwrite", "test_after_fit", "eval_sets_every", "calibration"})
+#: options only training reads: a later test's value of them changes nothing it computes, so what a run
+#: records for them is always what it was trained with
+TRAINING_ONLY = frozenset({
+    "checkpoint", "early_stopping", "nan_guard", "test_after_fit", "test_checkpoint", "eval_sets_every",
+    "model.init_args.optimizer", "model.init_args.lr_scheduler",
+    *(f"trainer.{k}" for k in (
+        "max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches", "limit_val_batches",
+        "val_check_interval", "check_val_every_n_epoch", "num_sanity_val_steps", "log_every_n_steps",
+        "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm", "overfit_batches",
+        "reload_dataloaders_every_n_epochs", "detect_anomaly",
+    )),
+})  # fmt: skip
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -40,6 +52,25 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def comparable(flat: Mapping[str, Any], ignore: frozenset[str] = UNCOMPARED) -> dict[str, Any]:
     """``flat`` without the keys in ``ignore`` (and anything below them)."""
     return {k: v for k, v in flat.items() if not any(k == i or k.startswith(f"{i}.") for i in ignore)}
+
+
+def _under(key: str, names: frozenset[str]) -> bool:
+    return any(key == n or key.startswith(f"{n}.") for n in names)
+
+
+def as_tested(trained: Mapping[str, Any], tested: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """What a test of a run really ran with, and what it changed from the run's training.
+
+    ``trained`` and ``tested``: flat resolved configurations (the run's config.yaml, the test's own).
+    Returns the tested configuration (every option the test reads at its test value, the training-only
+    ones at their training value; placement and display left out, as ``comparable`` does) and
+    ``"key: trained -> tested"`` for every option, output options aside, whose value the test changed.
+    """
+    kept = comparable(trained)
+    used = {k: v for k, v in comparable(tested).items() if not _under(k, TRAINING_ONLY)}
+    config = {k: used.get(k, v) for k, v in kept.items() if k in used or _under(k, TRAINING_ONLY)}
+    config.update({k: v for k, v in used.items() if k not in config})
+    return config, differences(comparable(kept, OUTPUT), comparable(config, OUTPUT))
 
 
 def _shown(value: Any) -> str:

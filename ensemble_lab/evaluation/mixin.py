@@ -68,6 +68,10 @@ class UncertaintyEvalMixin(_Base):
     #: the run's label (--run_name) and resolved configuration, recorded in results.json (set by the CLI)
     run_name: str | None = None
     run_config: dict[str, Any] | None = None
+    #: a test of a run: "key: trained -> tested" for every option it ran with another value than training
+    #: ([]: none; None: no training config on record), and then the training config (else None) (set by the CLI)
+    test_changes: list[str] | None = None
+    fit_config: dict[str, Any] | None = None
     #: the checkpoint whose weights a test after fit evaluates (last.ckpt); else the trainer's ckpt_path
     tested_checkpoint: str | None = None
     #: what the tested checkpoint is (set by the CLI): checkpoint_choice ("last", "best" or None), its epoch and
@@ -273,6 +277,8 @@ class UncertaintyEvalMixin(_Base):
             **weight_space_summary(self),  # weight_cosine(_stored) (M×M or None) and their off-diagonal means
             "cost": self._cost,  # parameters, FLOPs per image, test images/s, peak memory (evaluation/cost.py)
             "config": self.run_config,
+            "test_changes": self.test_changes,
+            "fit_config": self.fit_config,
             "sets": sets,
         }
 
