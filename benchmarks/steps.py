@@ -103,7 +103,8 @@ def training_step(
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with settings.autocast():
-            loss = module.training_loss(module.training_logits(x), y)
+            batch = module.training_batch(x, y)
+            loss = module.training_loss(batch.logits, batch.targets)
         loss.backward()
         optimizer.step()
 

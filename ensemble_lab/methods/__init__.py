@@ -9,5 +9,6 @@ from ensemble_lab.methods.mc_dropout import MCDropout
 from ensemble_lab.methods.mimo import MIMO
 from ensemble_lab.methods.packed import PackedEnsemble
 from ensemble_lab.methods.single import SingleModel
+from ensemble_lab.methods.training_batch import TrainingBatch
 
-__all__ = ["BatchEnsemble", "DeepEnsemble", "EnsembleModule", "LowRankEnsemble", "Masksembles", "MCDropout", "MIMO", "PackedEnsemble", "SingleModel"]
+__all__ = ["BatchEnsemble", "DeepEnsemble", "EnsembleModule", "LowRankEnsemble", "Masksembles", "MCDropout", "MIMO", "PackedEnsemble", "SingleModel", "TrainingBatch"]

@@ -20,6 +20,7 @@ from ensemble_lab.methods.distillation import (
     check_distillation_options,
 )
 from ensemble_lab.methods.repulsion import DEFAULT_BANDWIDTH, add_repulsion, check_repulsion_options
+from ensemble_lab.methods.training_batch import TrainingBatch
 from ensemble_lab.nn import LayerFactory, build_backbone, plain_layers, tile_members
 from ensemble_lab.nn.backbones import backbone_options
 from ensemble_lab.nn.dropout import check_dropout_p
@@ -41,9 +42,19 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
     """Base of every method. ``forward(x)`` returns member logits (M, B, C).
 
     A subclass says how its members are formed (``layer_factory``) and, if it differs from the
-    default, how they are trained (``training_logits``, ``training_loss``, ``logged_loss``,
+    default, how they are trained (``training_batch``, ``training_loss``, ``logged_loss``,
     ``parameter_groups``).
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The two hooks training_batch replaced: a subclass that still defines them would be silently ignored.
+        stale = [name for name in ("training_logits", "training_targets") if name in vars(cls)]
+        if stale:
+            raise TypeError(
+                f"{cls.__name__} defines {' and '.join(stale)}, which ensemble-lab no longer calls: override "
+                "training_batch(x, y) -> TrainingBatch(logits, targets, rows) instead"
+            )
 
     def __init__(
         self,
@@ -165,17 +176,16 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         return logits.view(self.num_members, batch, -1)  # (M, B, C)
 
     # ---- training --------------------------------------------------------------------------------
-    def training_logits(self, x: Tensor) -> Tensor:
-        """Member logits used for the training loss (default: all members on the whole batch, as at test time)."""
-        return self(x)
+    def training_batch(self, x: Tensor, y: Tensor) -> TrainingBatch:
+        """The members' training logits on the batch ``x`` (B, ...), their labels and which image each row is.
 
-    def training_targets(self, targets: Tensor) -> Tensor:
-        """Labels lined up with ``training_logits``: (B,) when every member sees the whole batch (the
-        default), or (M, B') when member i trains on its own B' images (row i: their labels)."""
-        return targets
+        The default trains every member on the whole batch, as at test time: logits (M, B, C), labels and
+        rows (B,). A method whose members train on their own rows returns (M, N) labels and rows.
+        """
+        return TrainingBatch(self(x), y, torch.arange(x.shape[0], device=x.device))
 
     def training_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Cross-entropy averaged over members and rows; ``targets`` as ``training_targets`` returns them."""
+        """Cross-entropy averaged over members and rows; ``targets`` (N,) or (M, N) as ``training_batch`` returns them."""
         m, b, c = logits.shape
         return F.cross_entropy(logits.reshape(m * b, c), member_targets(targets, m).reshape(m * b))  # (M*B, C) vs (M*B,)
 
@@ -188,11 +198,11 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        logits = self.training_logits(batch[0])  # (M, B, C)
-        targets = self.training_targets(batch[1])  # (B,), or (M, B) when each member has its own images
+        step = self.training_batch(batch[0], batch[1])
+        logits, targets = step.logits, step.targets  # (M, N, C); (N,), or (M, N) when each member has its own rows
         loss = self.training_loss(logits, targets)
         if self.distillation is not None:  # α · loss + (1 − α) · T² · KL(teacher_T ‖ student_T)
-            loss = self.distillation.loss(self, batch[0], logits, loss)
+            loss = self.distillation.loss(self, batch[0], step, loss)
         if self.repulsion:  # + λ · mean RBF kernel between members' probabilities
             loss, kernel = add_repulsion(type(self).__name__, logits, targets, loss, self.repulsion, self.repulsion_bandwidth)
             self.log("train/repulsion", kernel.detach(), on_step=True, on_epoch=False)

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.base import EnsembleModule
+from ensemble_lab.methods.training_batch import TrainingBatch
 from ensemble_lab.nn import BatchConv2d, EnsembleBatchNorm2d, FastWeights, LayerFactory, batch_ensemble_layers
 
 TRAIN_BATCHES = ("tile", "split")
@@ -92,19 +93,15 @@ class BatchEnsemble(EnsembleModule):
             )
         return rows
 
-    def training_logits(self, x: Tensor) -> Tensor:
+    def training_batch(self, x: Tensor, y: Tensor) -> TrainingBatch:
+        """``train_batch tile``: every member on the whole batch. ``split``: member i on its own B/M images,
+        the batch being member-major already (rows [i·B/M, (i+1)·B/M) are member i's)."""
         if self.train_batch == "tile":
-            return super().training_logits(x)
-        rows = self._split_rows(x.shape[0])
-        # the batch is already member-major: rows [i*B/M, (i+1)*B/M) are member i's own images
-        logits = self.network(x[:rows])  # (B, C)
-        return logits.view(self.num_members, rows // self.num_members, -1)  # (M, B/M, C)
-
-    def training_targets(self, targets: Tensor) -> Tensor:
-        if self.train_batch == "tile":
-            return super().training_targets(targets)
-        rows = self._split_rows(targets.shape[0])
-        return targets[:rows].view(self.num_members, -1)  # (M, B/M): member i's own images' labels
+            return super().training_batch(x, y)
+        count = self._split_rows(x.shape[0])
+        logits = self.network(x[:count]).view(self.num_members, count // self.num_members, -1)  # (B', C) -> (M, B'/M, C)
+        rows = torch.arange(count, device=x.device).view(self.num_members, -1)  # (M, B'/M): member i's own images
+        return TrainingBatch(logits, y[rows], rows)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

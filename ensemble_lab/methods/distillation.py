@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from ensemble_lab.errors import CheckpointMismatchError, ConfigError, EnsembleLabError
 from ensemble_lab.methods.checkpoint_state import load_checkpoint
+from ensemble_lab.methods.training_batch import TrainingBatch
 
 if TYPE_CHECKING:  # base.py imports this module
     from ensemble_lab.methods.base import EnsembleModule
@@ -132,7 +133,7 @@ def soft_targets(teacher_logits: Tensor, temperature: float, match: str, rows: T
         temperature: T; both sides are softened by it.
         match: "mean" (the teacher members' mean probabilities) or "member" (teacher member i for student member i).
         rows: which batch image each training row is: (B',) shared by every student member, or (M, B'),
-            row i for student member i (as ``training_targets`` lines up labels).
+            row i for student member i (``TrainingBatch.rows``).
     Returns:
         (1, B', C) for "mean" with shared rows, else (M, B', C): broadcastable to the student's training logits.
     """
@@ -219,22 +220,21 @@ class Distillation:
         with torch.no_grad():
             return teacher(images)
 
-    def loss(self, student: "EnsembleModule", images: Tensor, logits: Tensor, loss: Tensor) -> Tensor:
+    def loss(self, student: "EnsembleModule", images: Tensor, step: TrainingBatch, loss: Tensor) -> Tensor:
         """The student's training loss with the teacher's term mixed in; logs train/ce and train/distill.
 
         Args:
-            student: the model being trained; its ``training_targets`` applied to the row numbers 0..B−1
-                tells which image each training row is (a member's own split, MIMO's shuffles).
-            images: the (augmented) batch the student's ``training_logits`` saw, (B, ...).
-            logits: the student's training logits, (M, B', C).
+            student: the model being trained.
+            images: the (augmented) batch the student trained on, (B, ...).
+            step: the student's ``training_batch`` on it: logits (M, N, C), and ``rows``, which image each
+                training row is (a member's own split, MIMO's draws), so the teacher sees the same images.
             loss: the method's own training loss on them.
         """
-        batch = images.shape[0]
-        rows = student.training_targets(torch.arange(batch, device=images.device))  # (B',) or (M, B')
+        logits, rows = step.logits, step.rows
         if rows.dtype.is_floating_point or rows.shape[-1] != logits.shape[1] or (rows.dim() == 2 and rows.shape[0] != logits.shape[0]):
             raise ConfigError(
-                f"{type(student).__name__}: its training_targets do not say which image each training row is, so the "
-                "teacher cannot be shown the student's rows; distillation does not support this method"
+                f"{type(student).__name__}: its training_batch returns rows of shape {tuple(rows.shape)} for logits of shape "
+                f"{tuple(logits.shape)}; rows must say which image each training row is ((N,) or (M, N) integers)"
             )
         targets = soft_targets(self._teacher_logits(images, student), self.temperature, self.match, rows)
         if targets.shape[0] not in (1, logits.shape[0]):

@@ -1,9 +1,11 @@
 """Monte Carlo Dropout: one network, dropout kept on at test time, M samples in one batched pass."""
 
+import torch
 from torch import Tensor
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.base import EnsembleModule
+from ensemble_lab.methods.training_batch import TrainingBatch
 from ensemble_lab.nn import LayerFactory, plain_layers
 
 
@@ -22,6 +24,6 @@ class MCDropout(EnsembleModule):
     def layer_factory(self) -> LayerFactory:
         return plain_layers(mc_dropout=True)
 
-    def training_logits(self, x: Tensor) -> Tensor:
-        """One dropout sample per image in training, as for an ordinary dropout network."""
-        return self.network(x).unsqueeze(0)  # (1, B, C)
+    def training_batch(self, x: Tensor, y: Tensor) -> TrainingBatch:
+        """One dropout sample per image in training, as for an ordinary dropout network: logits (1, B, C)."""
+        return TrainingBatch(self.network(x).unsqueeze(0), y, torch.arange(x.shape[0], device=x.device))

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.base import EnsembleModule
+from ensemble_lab.methods.training_batch import TrainingBatch
 from ensemble_lab.nn import LayerFactory, build_backbone, plain_layers
 
 
@@ -101,23 +102,11 @@ class MIMO(EnsembleModule):
         return self._members_out(self.network(stacked))  # (B, M·K) -> (M, B, K)
 
     # ---- training: each member its own images ------------------------------------------------------
-    #: the (M, B·r) image indices the last training_logits drew, read by training_targets
-    _train_indices: Tensor | None = None
-    #: the batch size B of that call
-    _train_batch: int | None = None
-
-    def training_logits(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) -> member logits (M, B·r, K); member m's row j is image ``_train_indices[m, j]``."""
-        indices = mimo_indices(x.shape[0], self.num_members, self.input_repetition, self.batch_repetition, x.device)
-        self._train_indices, self._train_batch = indices, x.shape[0]  # (M, N), B
-        per_member = x[indices]  # (M, N, C, H, W)
-        rows = per_member.shape[1]
-        stacked = per_member.movedim(0, 1).reshape(rows, -1, *x.shape[2:])  # (N, M, C, H, W) -> (N, M·C, H, W)
-        return self._members_out(self.network(stacked))  # (N, M·K) -> (M, N, K)
-
-    def training_targets(self, targets: Tensor) -> Tensor:
-        """Labels (B,) -> (M, B·r): row m is the labels of the images member m saw in training_logits."""
-        indices = self._train_indices
-        if indices is None or targets.shape[0] != self._train_batch:  # shapes only: no wait for the device
-            raise RuntimeError("MIMO.training_targets needs the indices of a training_logits call on the same batch first")
-        return targets[indices]  # (M, N)
+    def training_batch(self, x: Tensor, y: Tensor) -> TrainingBatch:
+        """Images (B, C, H, W) -> member logits (M, N, K), N = B·r: member m's row j is image ``rows[m, j]``,
+        drawn with input and batch repetition; labels (M, N) of the same images."""
+        rows = mimo_indices(x.shape[0], self.num_members, self.input_repetition, self.batch_repetition, x.device)  # (M, N)
+        per_member = x[rows]  # (M, N, C, H, W)
+        count = per_member.shape[1]
+        stacked = per_member.movedim(0, 1).reshape(count, -1, *x.shape[2:])  # (N, M, C, H, W) -> (N, M·C, H, W)
+        return TrainingBatch(self._members_out(self.network(stacked)), y[rows], rows)  # (N, M·K) -> (M, N, K)

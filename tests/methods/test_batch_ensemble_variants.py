@@ -26,7 +26,7 @@ def test_gradient_blocking_trains_w_from_member_0_alone():
     free = BatchEnsemble(**MLP)
     free.load_state_dict(blocked.state_dict())
     x, y = batch()
-    blocked.training_loss(blocked.training_logits(x), y).backward()
+    blocked.training_loss(blocked.training_batch(x, y).logits, y).backward()
     member_0 = free(x)[0]  # (B, C): member 0's logits, the same forward with or without blocking
     # the tiled loss averages over M members: member 0's share of it is its own mean CE / M
     (F.cross_entropy(member_0, y) / MLP["num_members"]).backward()
@@ -36,7 +36,7 @@ def test_gradient_blocking_trains_w_from_member_0_alone():
         torch.testing.assert_close(layer.weight.grad, free_layers[name].weight.grad)
     full = BatchEnsemble(**MLP)
     full.load_state_dict(blocked.state_dict())
-    full.training_loss(full.training_logits(x), y).backward()
+    full.training_loss(full.training_batch(x, y).logits, y).backward()
     for name, layer in layers:  # r, s and biases are trained by every member, as without blocking
         other = dict(full.named_modules())[name]
         for param in ("r", "s", "bias"):
@@ -48,20 +48,22 @@ def test_split_gives_each_member_its_own_images():
     torch.manual_seed(1)
     model = BatchEnsemble(train_batch="split", **MLP).eval()  # eval: no dropout noise
     x, y = batch(8)
-    logits = model.training_logits(x)
+    step = model.training_batch(x, y)
+    logits = step.logits
     assert logits.shape == (4, 2, 10)
-    assert torch.equal(model.training_targets(y), y.view(4, 2))
+    assert torch.equal(step.targets, y.view(4, 2))
+    assert torch.equal(step.rows, torch.arange(8).view(4, 2))  # member i's own images 2i, 2i + 1
     changed = x.clone()
     changed[5] += 1.0  # image 5 belongs to member 5 // 2 = 2
-    after = model.training_logits(changed)
+    after = model.training_batch(changed, y).logits
     for member in range(4):
         assert torch.equal(after[member], logits[member]) == (member != 2)
     # member 2's logits are its own network on its own images
     torch.testing.assert_close(after[2], model(changed[4:6])[2])
     # a short last batch drops its last B mod M images; a batch smaller than M is an error
-    assert model.training_logits(x[:7]).shape == (4, 1, 10)
+    assert model.training_batch(x[:7], y[:7]).logits.shape == (4, 1, 10)
     with pytest.raises(ConfigError, match="--data.batch_size divisible by 4"):
-        model.training_targets(y[:3])
+        model.training_batch(x[:3], y[:3])
 
 
 def test_split_loss_uses_each_members_own_labels():
@@ -98,7 +100,7 @@ def test_unperturbed_member_0_through_the_method_optimizer():
     for _ in range(3):
         optimizer.zero_grad()
         x, y = batch()
-        model.training_loss(model.training_logits(x), y).backward()
+        model.training_loss(model.training_batch(x, y).logits, y).backward()
         optimizer.step()
     for layer, (r0, s0, r1) in zip(layers, before):
         assert torch.equal(layer.r[0], r0) and torch.equal(layer.s[0], s0) and not torch.equal(layer.r[1], r1)

@@ -16,6 +16,7 @@ from ensemble_lab.data import DigitsDataModule
 from ensemble_lab.errors import CheckpointMismatchError, ConfigError
 from ensemble_lab.methods import MIMO, BatchEnsemble, DeepEnsemble, MCDropout, SingleModel
 from ensemble_lab.methods.distillation import distillation_term, load_teacher, mix, soft_targets
+from ensemble_lab.methods.training_batch import TrainingBatch
 from tests.conftest import TINY_TRAINER, read_results, run_dirs
 from tests.run_helpers import working_directory
 
@@ -86,13 +87,14 @@ def test_each_member_learns_the_teacher_on_its_own_rows(method, options, match, 
     """The hook's loss against a per-member loop: student member m's rows (its split, MIMO's shuffles) shown to the teacher."""
     model, teacher = _student(method, teacher_of_2, match, **options), load_teacher(teacher_of_2)
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    logits = model.training_logits(x)  # (M, B', C)
-    loss = model.training_loss(logits, model.training_targets(y))
-    got = model.distillation.loss(model, x, logits, loss)
+    step = model.training_batch(x, y)
+    logits = step.logits  # (M, B', C)
+    loss = model.training_loss(logits, step.targets)
+    got = model.distillation.loss(model, x, step, loss)
     if method is BatchEnsemble:
         seen = [torch.arange(4) + 4 * m for m in range(2)]  # member m trains on images [4m, 4m + 4)
     elif method is MIMO:
-        seen = list(model._train_indices)  # the images it drew for member m
+        seen = list(step.rows)  # the images it drew for member m
     else:
         seen = [torch.arange(8)] * logits.shape[0]
     T, kl = 3.0, []
@@ -169,18 +171,25 @@ def test_bad_options_are_refused_when_the_student_is_built(options, message):
 
 
 class SoftLabels(SingleModel):
-    """A custom method training on smoothed labels: its training_targets say nothing of which image a row is."""
+    """A custom method training on smoothed labels whose rows do not line up with its logits."""
 
-    def training_targets(self, targets: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(targets, 10).float() * 0.9 + 0.01
+    def training_batch(self, x: torch.Tensor, y: torch.Tensor) -> TrainingBatch:
+        step = super().training_batch(x, y)
+        return TrainingBatch(step.logits, F.one_hot(y, 10).float() * 0.9 + 0.01, step.targets.float())
 
 
 def test_a_method_whose_training_rows_are_unknown_is_refused(teacher_of_2):
     student = SoftLabels(teacher=teacher_of_2, **SMALL)
     student.distillation.load(student)
-    x = torch.rand(4, 1, 8, 8)
-    with pytest.raises(ConfigError, match="SoftLabels: its training_targets do not say which image"):
-        student.distillation.loss(student, x, student.training_logits(x), torch.zeros(()))
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    with pytest.raises(ConfigError, match=r"SoftLabels: its training_batch returns rows of shape \(4,\) for logits"):
+        student.distillation.loss(student, x, student.training_batch(x, y), torch.zeros(()))
+
+
+def test_a_method_with_the_old_training_hooks_is_refused_when_defined():
+    """training_logits / training_targets are no longer called: defining them is an error, not a silent no-op."""
+    with pytest.raises(TypeError, match="OldStyle defines training_logits, which ensemble-lab no longer calls"):
+        type("OldStyle", (SingleModel,), {"training_logits": lambda self, x: self(x)})
 
 
 def test_unusable_teachers_give_one_line_errors_naming_the_path(tmp_path):

@@ -40,7 +40,7 @@ def test_mc_dropout_samples_differ_in_eval_mode():
 
 def test_mc_dropout_trains_on_one_sample():
     model = MCDropout(num_members=4, **MLP).train()
-    assert model.training_logits(torch.randn(5, 1, 8, 8)).shape == (1, 5, 10)
+    assert model.training_batch(torch.randn(5, 1, 8, 8), torch.zeros(5, dtype=torch.long)).logits.shape == (1, 5, 10)
 
 
 def test_deep_ensemble_loss_gives_each_member_its_solo_gradient():

@@ -48,9 +48,9 @@ def test_forward_is_the_network_on_hand_built_inputs(options):
         expected = model.network(torch.cat([x] * M, dim=1)).view(3, M, K).permute(1, 0, 2)  # (M, B, K)
         torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
         # training: row j stacks member m's image indices[m, j] in channels m·C..(m+1)·C − 1; head m is logits m·K..
-        logits = model.training_logits(x)
-        indices = model._train_indices
-        assert indices is not None
+        step = model.training_batch(x, torch.arange(3))
+        logits, indices = step.logits, step.rows
+        assert torch.equal(step.targets, indices)  # labels 0..B−1: each row's label is its image
         for j in range(indices.shape[1]):
             row = torch.cat([x[indices[m, j]] for m in range(M)]).unsqueeze(0)  # (1, M·C, H, W)
             heads = model.network(row).view(M, K)
@@ -67,13 +67,15 @@ def test_training_rows_depend_only_on_their_own_images():
     model = MIMO(**MLP).eval()
     x = torch.randn(8, 1, 8, 8)
     torch.manual_seed(3)
-    logits = model.training_logits(x).detach()
-    indices = model._train_indices.clone()
+    y = torch.zeros(8, dtype=torch.long)
+    step = model.training_batch(x, y)
+    logits, indices = step.logits.detach(), step.rows
     changed = x.clone()
     changed[5] += 1.0
     torch.manual_seed(3)  # the same draw: the indices do not depend on the pixels
-    after = model.training_logits(changed).detach()
-    assert torch.equal(model._train_indices, indices)
+    again = model.training_batch(changed, y)
+    after = again.logits.detach()
+    assert torch.equal(again.rows, indices)
     sees_5 = (indices == 5).any(0)  # (N,): rows in which some member sees image 5
     assert sees_5.any() and not sees_5.all()
     moved = (after != logits).any(-1)  # (M, N)
@@ -87,14 +89,14 @@ def test_targets_match_the_images_each_member_saw():
     x = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 1, 8, 8).contiguous()
     y = torch.tensor([3, 1, 4, 1, 5, 9])
     seen, handle = record_input(first_layer(model))
-    model.training_logits(x)
+    step = model.training_batch(x, y)
     handle.remove()
-    targets = model.training_targets(y)
+    targets = step.targets
     (stacked,) = seen  # (N, M·C, H, W)
     assert stacked.shape == (12, M, 8, 8) and targets.shape == (M, 12)
     source = stacked.mean(dim=(2, 3)).round().long().T  # (M, N): the image in member m's channels of row j
     assert torch.equal(targets, y[source])
-    assert torch.equal(source, model._train_indices)
+    assert torch.equal(source, step.rows)
 
 
 @pytest.mark.parametrize("rho", [0.0, 0.3, 0.9, 1 - 1e-6])
@@ -127,8 +129,8 @@ def test_batch_repetition_gives_b_times_r_rows(r):
     torch.manual_seed(7)
     model = MIMO(batch_repetition=r, **MLP)
     x, y = torch.randn(5, 1, 8, 8), torch.randint(0, K, (5,))
-    logits = model.training_logits(x)
-    targets = model.training_targets(y)
+    step = model.training_batch(x, y)
+    logits, targets = step.logits, step.targets
     assert logits.shape == (M, 5 * r, K) and targets.shape == (M, 5 * r)
     loss = model.training_loss(logits, targets)
     assert loss.shape == () and torch.isfinite(loss)
@@ -142,13 +144,13 @@ def test_seeded_draws_reproduce():
     assert torch.equal(mimo_indices(16, M, 0.25, 2), first)
 
 
-def test_targets_need_the_logits_of_the_same_batch():
-    model = MIMO(**MLP)
-    with pytest.raises(RuntimeError, match="training_logits"):
-        model.training_targets(torch.zeros(4, dtype=torch.long))
-    model.training_logits(torch.randn(4, 1, 8, 8))
-    with pytest.raises(RuntimeError, match="training_logits"):
-        model.training_targets(torch.zeros(6, dtype=torch.long))
+def test_training_batches_share_no_state():
+    """Two training batches in a row: each one's labels are drawn for its own rows, whatever came before."""
+    model = MIMO(batch_repetition=2, **MLP)
+    first = model.training_batch(torch.randn(4, 1, 8, 8), torch.arange(4))
+    second = model.training_batch(torch.randn(6, 1, 8, 8), torch.arange(6))
+    assert first.rows.shape == (M, 8) and second.rows.shape == (M, 12)
+    assert torch.equal(second.targets, second.rows) and int(second.rows.max()) <= 5
 
 
 def test_resnet18_cifar_parameter_count():
