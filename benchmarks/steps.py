@@ -4,6 +4,7 @@ Every step here is hand-written (zero_grad, forward, loss, backward, optimizer s
 two sides of a ratio differ only in the thing being measured.
 """
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from functools import partial
@@ -17,7 +18,8 @@ from benchmarks.timing import Figure, compare
 from ensemble_lab.evaluation.tensor_memory import TensorMemory
 from ensemble_lab.methods import MIMO, BatchEnsemble, DeepEnsemble, LowRankEnsemble, Masksembles, MCDropout, PackedEnsemble, SingleModel
 from ensemble_lab.methods.base import EnsembleModule
-from ensemble_lab.nn import BatchConv2d, BatchLinear, FastWeights
+from ensemble_lab.nn import BatchConv2d, BatchLinear, EnsembleConv2d, FastWeights, tile_members
+from ensemble_lab.nn.ensemble_conv import members_to_channels
 
 #: the paper's CIFAR optimizer (PAPER.md, Recipe)
 SGD = partial(torch.optim.SGD, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -291,3 +293,48 @@ def efficient_methods(settings: Settings) -> list[Figure]:
             (rows, reference), **settings.timing(),
         ))
     return figures
+
+
+class TiledStem(nn.Module):
+    """Packed-Ensembles' stem as built before 2026-12-06, on the same weights: the batch tiled M times, members
+    moved to channels, one grouped convolution (groups=M) over the M copies. Same output as the dense stem."""
+
+    def __init__(self, stem: EnsembleConv2d) -> None:
+        """``stem``: the dense stem (shared_input) whose weights this runs the old way."""
+        super().__init__()
+        self.stem = stem
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, M*Cout, H', W') channel-stacked, as the dense stem returns it."""
+        stem, m = self.stem, self.stem.num_members
+        x = members_to_channels(tile_members(x, m), m)  # (M*B, C, H, W) -> (B, M*C, H, W)
+        bias = None if stem.bias is None else stem.bias.flatten()
+        return F.conv2d(x, stem.weight.flatten(0, 1), bias, stem.stride, stem.padding, groups=m)  # (B, M*Cout, H', W')
+
+
+def packed_stem(settings: Settings) -> list[Figure]:
+    """(k) PackedEnsemble's training step with its first layer as the authors run it (one dense conv on the B
+    untiled images) against the same network and weights with the grouped stem over the tiled batch (M·B rows)."""
+    s = settings.sizes
+    x, y = batch(settings, "resnet18", s.batch)
+    dense = make_method(PackedEnsemble, settings, "resnet18", num_members=s.members, alpha=2.0, gamma=2)
+    tiled = copy.deepcopy(dense)
+    tiled.network.conv1 = TiledStem(tiled.network.conv1)
+    with torch.no_grad():  # the two are one network: same logits (up to summation order)
+        gap = (dense.eval()(x) - tiled.eval()(x)).abs().max().item()
+    if gap > 1e-3:
+        raise RuntimeError(f"(k) the tiled stem changed the logits by {gap}: the figure would compare two networks")
+    stem_dense, stem_tiled = dense.network.conv1, tiled.network.conv1  # the images need no gradient, as in a step
+    layer = compare(
+        "(k) PackedEnsemble stem layer fwd+bwd",
+        (f"dense stem on B={s.batch}", _layer_step(stem_dense, x, settings, backward=True)),
+        (f"grouped stem on M·B={s.members * s.batch}", _layer_step(stem_tiled, x, settings, backward=True)),
+        **settings.timing(),
+    )
+    return [layer, compare(
+        "(k) PackedEnsemble stem, resnet18",
+        (f"dense stem on B={s.batch}", training_step(dense, x, y, settings)),
+        (f"grouped stem on M·B={s.members * s.batch}", training_step(tiled, x, y, settings)),
+        note=f"PE-(2, {s.members}, 2) width {s.width}; < 1 means the dense stem on the untiled batch is faster; logits agree to {gap:.1e}",
+        **settings.timing(),
+    )]

@@ -39,15 +39,17 @@ class Backbone:
     resized: Callable[[Mapping[str, Any], Resize, int], dict[str, Any]]
     #: dimensions(options) -> {"depth": ..., "width": ...}: the sizes a sweep varies, those the backbone has
     dimensions: Callable[[Mapping[str, Any]], dict[str, int]]
+    #: builder keywords only ``resized`` sets (no --model option): sizes a narrower member scales besides its options
+    derived: tuple[str, ...] = ()
 
     @classmethod
     def of(
         cls, build: Callable[..., nn.Module], resized: Callable[..., dict[str, Any]],
-        dimensions: Callable[[Mapping[str, Any]], dict[str, int]], *options: str,
+        dimensions: Callable[[Mapping[str, Any]], dict[str, int]], *options: str, derived: tuple[str, ...] = (),
     ) -> "Backbone":
-        """A builder taking ``options`` as keyword arguments; their defaults are the builder's."""
+        """A builder taking ``options`` (and ``derived``) as keyword arguments; their defaults are the builder's."""
         parameters = inspect.signature(build).parameters
-        return cls(build, {name: parameters[name].default for name in options}, resized, dimensions)
+        return cls(build, {name: parameters[name].default for name in options}, resized, dimensions, derived)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -55,7 +57,8 @@ BACKBONES: dict[str, Backbone] = {
     "mlp": Backbone.of(mlp, mlp_resized, lambda o: {"depth": len(o["hidden_sizes"]), "width": o["hidden_sizes"][0]}, "hidden_sizes"),
     "resnet18": Backbone.of(resnet18, resnet18_resized, lambda o: {"width": o["width"]}, "width"),
     "wide_resnet": Backbone.of(
-        wide_resnet, wide_resnet_resized, lambda o: {"depth": o["depth"], "width": o["widen_factor"]}, "depth", "widen_factor"
+        wide_resnet, wide_resnet_resized, lambda o: {"depth": o["depth"], "width": o["widen_factor"]}, "depth", "widen_factor",
+        derived=("stem_width",),
     ),
 }
 
@@ -97,9 +100,11 @@ def backbone_options(name: str, **given: Any) -> dict[str, Any]:
 def build_backbone(
     name: str, layers: LayerFactory, input_shape: Sequence[int], num_classes: int, dropout: float = 0.0, **options: Any
 ) -> nn.Module:
-    """Build backbone ``name`` with the method's layers; options as :func:`backbone_options` resolves them."""
+    """Build backbone ``name`` with the method's layers; options as :func:`backbone_options` resolves them, plus
+    the ``derived`` sizes a resize gave (:func:`resized_options`)."""
+    derived = {key: options.pop(key) for key in getattr(BACKBONES.get(name), "derived", ()) if key in options}
     resolved = backbone_options(name, **options)
-    return BACKBONES[name].build(layers, input_shape, num_classes, dropout=dropout, **resolved)
+    return BACKBONES[name].build(layers, input_shape, num_classes, dropout=dropout, **resolved, **derived)
 
 
 def resized_options(name: str, options: Mapping[str, Any], resize: Resize, groups: int = 1) -> dict[str, Any]:

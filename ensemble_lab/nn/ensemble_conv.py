@@ -73,6 +73,7 @@ class EnsembleConv2d(nn.Module):
         bias: bool = False,
         channel_stacked: bool = False,
         groups: int = 1,
+        shared_input: bool = False,
     ) -> None:
         """
         Args:
@@ -90,6 +91,10 @@ class EnsembleConv2d(nn.Module):
                 i is ``nn.Conv2d(in_channels, out_channels, groups=groups)`` holding ``weight[i]``
                 (out_channels, in_channels / groups, kh, kw); both channel counts must divide by it.
                 1 (the default) is a dense conv per member; the grouped conv runs M * groups groups.
+            shared_input: every member reads the same untiled batch (B, in_channels, H, W), as a network's
+                first layer reads the images: one dense convolution with M * out_channels filters runs
+                once, member m's output in channels [m*out_channels, (m+1)*out_channels), instead of M
+                copies of the batch through a grouped one (same weights, same values). Needs groups 1.
         """
         super().__init__()
         check_num_members(num_members)
@@ -99,7 +104,10 @@ class EnsembleConv2d(nn.Module):
             raise ConfigError(
                 f"EnsembleConv2d({in_channels}, {out_channels}, groups={groups}): both channel counts must divide by groups"
             )
+        if shared_input and groups != 1:
+            raise ConfigError(f"EnsembleConv2d(shared_input=True) reads the whole input in every member: groups must be 1, got {groups}")
         kh, kw = as_pair(kernel_size)
+        self.shared_input = shared_input
         self.in_channels, self.out_channels, self.num_members = in_channels, out_channels, num_members
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
         self.channel_stacked, self.groups = channel_stacked, groups
@@ -117,10 +125,14 @@ class EnsembleConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(M*B, in_channels, H, W) member-major rows -> (M*B, out_channels, H', W');
-        channel-stacked: (B, M*in_channels, H, W) -> (B, M*out_channels, H', W')."""
+        channel-stacked: (B, M*in_channels, H, W) -> (B, M*out_channels, H', W');
+        shared_input: (B, in_channels, H, W) -> either of those outputs."""
         m = self.num_members
         weight = self.weight.flatten(0, 1)  # (M*Cout, Cin/groups, kh, kw)
         bias = None if self.bias is None else self.bias.flatten()  # (M*Cout,)
+        if self.shared_input:  # every filter of every member reads all of the one batch
+            y = F.conv2d(x, weight, bias, self.stride, self.padding)  # (B, M*Cout, H', W')
+            return y if self.channel_stacked else channels_to_members(y, m)
         if not self.channel_stacked:
             x = members_to_channels(x, m)  # (B, M*Cin, H, W)
         # groups=M: output channels [m*Cout, (m+1)*Cout) see only input channels [m*Cin, (m+1)*Cin);
@@ -149,6 +161,7 @@ class EnsembleConv2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"num_members={self.num_members}, stride={self.stride}, padding={self.padding}, "
             f"bias={self.bias is not None}" + (f", groups={self.groups}" if self.groups != 1 else "")
+            + (", shared_input=True" if self.shared_input else "")
         )
 
 

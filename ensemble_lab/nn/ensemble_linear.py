@@ -4,6 +4,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.members import check_num_members, gram_of_rows, rows_per_member
@@ -12,7 +13,9 @@ from ensemble_lab.nn.members import check_num_members, gram_of_rows, rows_per_me
 class EnsembleLinear(nn.Module):
     """M independent linear layers over member-major rows; member i uses ``weight[i]``, ``bias[i]``."""
 
-    def __init__(self, in_features: int, out_features: int, num_members: int, bias: bool = True, groups: int = 1) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, num_members: int, bias: bool = True, groups: int = 1, shared_input: bool = False
+    ) -> None:
         """
         Args:
             in_features: size of each input row.
@@ -23,6 +26,10 @@ class EnsembleLinear(nn.Module):
                 output block j (``out_features / groups`` units) reading only input block j, as a 1x1
                 nn.Conv1d(in_features, out_features, groups=groups); ``weight[i]`` is
                 (out_features, in_features / groups), rows of block j stacked in order. 1: dense.
+            shared_input: every member reads the same untiled rows (B, in_features), as a network's first
+                layer reads the inputs: one matmul with M * out_features outputs instead of M copies of the
+                rows through a batched one (same weights, same values); the output is member-major
+                (M*B, out_features) as usual. Needs groups 1.
         """
         super().__init__()
         check_num_members(num_members)
@@ -32,8 +39,10 @@ class EnsembleLinear(nn.Module):
             raise ConfigError(
                 f"EnsembleLinear({in_features}, {out_features}, groups={groups}): both feature counts must divide by groups"
             )
+        if shared_input and groups != 1:
+            raise ConfigError(f"EnsembleLinear(shared_input=True) reads the whole input in every member: groups must be 1, got {groups}")
         self.in_features, self.out_features, self.num_members = in_features, out_features, num_members
-        self.groups = groups
+        self.groups, self.shared_input = groups, shared_input
         self.weight = nn.Parameter(torch.empty(num_members, out_features, in_features // groups))
         self.bias = nn.Parameter(torch.empty(num_members, out_features)) if bias else None
         self.reset_parameters()
@@ -47,7 +56,9 @@ class EnsembleLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(M*B, in_features) member-major rows -> (M*B, out_features)."""
+        """(M*B, in_features) member-major rows -> (M*B, out_features); shared_input: (B, in_features) -> the same."""
+        if self.shared_input:
+            return self._shared_forward(x)
         m, b = self.num_members, rows_per_member(x.shape[0], self.num_members)
         if self.groups != 1:
             return self._grouped_forward(x, m, b)
@@ -57,6 +68,13 @@ class EnsembleLinear(nn.Module):
         else:
             y = torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))  # (M, B, out)
         return y.reshape(m * b, self.out_features)
+
+    def _shared_forward(self, x: Tensor) -> Tensor:
+        """One (B, in) x (in, M*out) matmul for every member at once, then member-major rows."""
+        m, b, out = self.num_members, x.shape[0], self.out_features
+        bias = None if self.bias is None else self.bias.flatten()  # (M*out,)
+        y = F.linear(x, self.weight.flatten(0, 1), bias)  # (B, M*out): member i in columns [i*out, (i+1)*out)
+        return y.view(b, m, out).transpose(0, 1).reshape(m * b, out)  # (M*B, out)
 
     def _grouped_forward(self, x: Tensor, m: int, b: int) -> Tensor:
         """Block-diagonal members: one bmm over the M * groups blocks."""
@@ -90,4 +108,5 @@ class EnsembleLinear(nn.Module):
 
     def extra_repr(self) -> str:
         groups = f", groups={self.groups}" if self.groups != 1 else ""
-        return f"{self.in_features}, {self.out_features}, num_members={self.num_members}, bias={self.bias is not None}{groups}"
+        shared = ", shared_input=True" if self.shared_input else ""
+        return f"{self.in_features}, {self.out_features}, num_members={self.num_members}, bias={self.bias is not None}{groups}{shared}"

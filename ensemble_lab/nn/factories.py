@@ -51,6 +51,18 @@ class LayerFactory:
     #: on member-major rows, at one of the places a backbone offers (nn.masks.SITES); identity by default
     #: (backbones add no module for it: state_dict keys unchanged)
     member_masks: Callable[[int, str], nn.Module] = nn.Identity
+    #: the layer that reads the network's input (a conv backbone's stem, right after enter_maps; the MLP's
+    #: first linear), as conv2d / linear take them; left out: conv2d / linear. Packed-Ensembles' runs once on
+    #: the untiled batch (B, ...), so its network takes the images as they come.
+    input_conv2d: Callable[..., nn.Module] = None  # type: ignore[assignment]  # None: set in __post_init__
+    input_linear: Callable[..., nn.Module] = None  # type: ignore[assignment]
+    #: the first conv of a ResNet-18 basic block; left out: conv2d (Packed-Ensembles keeps its members dense there)
+    block_entry_conv2d: Callable[..., nn.Module] = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        for role, default in (("input_conv2d", self.conv2d), ("input_linear", self.linear), ("block_entry_conv2d", self.conv2d)):
+            if getattr(self, role) is None:
+                object.__setattr__(self, role, default)  # frozen: the roles a method leaves out are its plain layers
 
 
 def plain_layers(num_members: int = 1, mc_dropout: bool = False) -> LayerFactory:
@@ -137,58 +149,75 @@ def low_rank_layers(num_members: int, rank: int = 1, factor_init: str = "zero", 
     )
 
 
-def _conv_groups(in_channels: int, gamma: int, input_channels: int | None) -> int:
-    """Packed-Ensembles' groups per member of a conv: γ, but one for the stem (it reads the image's channels)."""
-    return 1 if in_channels == input_channels else gamma
+#: the authors' floor on the channels a group of a Packed-Ensembles conv reads (γ is lowered below it)
+MIN_CHANNELS_PER_GROUP = 64
 
 
-def _linear_groups(in_features: int, out_features: int, gamma: int, input_features: int | None, num_classes: int | None) -> int:
-    """Packed-Ensembles' groups per member of a linear: γ, but one for the first (reads the input) and the classifier."""
-    return 1 if in_features == input_features or out_features == num_classes else gamma
+def packed_conv_groups(in_channels: int, out_channels: int, gamma: int, min_channels_per_group: int) -> int:
+    """Groups inside a member of a Packed-Ensembles conv: γ, lowered one at a time (as the authors' layers do)
+    while the member's channels do not split into that many groups or a group would read fewer than
+    ``min_channels_per_group`` of them; 1 at least."""
+    groups = gamma
+    while groups > 1 and (in_channels % groups or out_channels % groups or in_channels // groups < min_channels_per_group):
+        groups -= 1
+    return groups
+
+
+def _linear_groups(out_features: int, gamma: int, num_classes: int | None) -> int:
+    """Packed-Ensembles' groups per member of a hidden linear: γ, but one for the classifier (it writes num_classes)."""
+    return 1 if out_features == num_classes else gamma
 
 
 def _packed_conv2d(
-    in_channels: int, out_channels: int, kernel_size: Any, *, num_members: int, gamma: int, input_channels: int | None, **options: Any
+    in_channels: int, out_channels: int, kernel_size: Any, *, num_members: int, gamma: int, min_channels: int, **options: Any
 ) -> EnsembleConv2d:
-    groups = _conv_groups(in_channels, gamma, input_channels)
+    groups = packed_conv_groups(in_channels, out_channels, gamma, min_channels)
     return EnsembleConv2d(in_channels, out_channels, kernel_size, num_members, channel_stacked=True, groups=groups, **options)
 
 
 def _packed_linear(
-    in_features: int,
-    out_features: int,
-    bias: bool = True,
-    *,
-    num_members: int,
-    gamma: int,
-    input_features: int | None,
-    num_classes: int | None,
+    in_features: int, out_features: int, bias: bool = True, *, num_members: int, gamma: int, num_classes: int | None
 ) -> EnsembleLinear:
-    groups = _linear_groups(in_features, out_features, gamma, input_features, num_classes)
+    groups = _linear_groups(out_features, gamma, num_classes)
     return EnsembleLinear(in_features, out_features, num_members, bias=bias, groups=groups)
 
 
-def _member_conv2d(in_channels: int, out_channels: int, kernel_size: Any, *, gamma: int, input_channels: int | None, **options: Any) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size, groups=_conv_groups(in_channels, gamma, input_channels), **options)
+def _member_conv2d(in_channels: int, out_channels: int, kernel_size: Any, *, gamma: int, min_channels: int, **options: Any) -> nn.Conv2d:
+    groups = packed_conv_groups(in_channels, out_channels, gamma, min_channels)
+    return nn.Conv2d(in_channels, out_channels, kernel_size, groups=groups, **options)
 
 
-def _member_linear(
-    in_features: int, out_features: int, bias: bool = True, *, gamma: int, input_features: int | None, num_classes: int | None
-) -> nn.Module:
-    groups = _linear_groups(in_features, out_features, gamma, input_features, num_classes)
+def _member_linear(in_features: int, out_features: int, bias: bool = True, *, gamma: int, num_classes: int | None) -> nn.Module:
+    groups = _linear_groups(out_features, gamma, num_classes)
     return nn.Linear(in_features, out_features, bias=bias) if groups == 1 else GroupedLinear(in_features, out_features, groups, bias=bias)
 
 
+def _check_packed_options(gamma: int, min_channels_per_group: int) -> None:
+    if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
+        raise ConfigError(f"gamma must be an integer >= 1, got {gamma!r}")
+    if not isinstance(min_channels_per_group, int) or isinstance(min_channels_per_group, bool) or min_channels_per_group < 0:
+        raise ConfigError(f"min_channels_per_group must be an integer >= 0, got {min_channels_per_group!r}")
+
+
 def packed_member_layers(
-    gamma: int, *, input_channels: int | None = None, input_features: int | None = None, num_classes: int | None = None
+    gamma: int,
+    *,
+    num_classes: int | None = None,
+    min_channels_per_group: int = MIN_CHANNELS_PER_GROUP,
+    group_block_entry: bool = False,
 ) -> LayerFactory:
-    """One member of ``packed_layers(M, gamma, ...)`` as plain layers: nn.Conv2d(groups=γ) and a block-diagonal
-    GroupedLinear where the ensemble's layers have γ groups per member, nn.Linear / nn.Conv2d where they have one."""
+    """One member of ``packed_layers(M, gamma, ...)`` as plain layers: nn.Conv2d(groups=...) and a block-diagonal
+    GroupedLinear where the ensemble's layers group a member, nn.Linear / nn.Conv2d where they keep it dense."""
+    _check_packed_options(gamma, min_channels_per_group)
+    conv2d = partial(_member_conv2d, gamma=gamma, min_channels=min_channels_per_group)
     return LayerFactory(
         num_members=1,
-        linear=partial(_member_linear, gamma=gamma, input_features=input_features, num_classes=num_classes),
-        conv2d=partial(_member_conv2d, gamma=gamma, input_channels=input_channels),
+        linear=partial(_member_linear, gamma=gamma, num_classes=num_classes),
+        conv2d=conv2d,
         norm2d=nn.BatchNorm2d,
+        input_conv2d=nn.Conv2d,
+        input_linear=nn.Linear,
+        block_entry_conv2d=conv2d if group_block_entry else nn.Conv2d,
     )
 
 
@@ -196,33 +225,37 @@ def packed_layers(
     num_members: int,
     gamma: int = 1,
     *,
-    input_channels: int | None = None,
-    input_features: int | None = None,
     num_classes: int | None = None,
+    min_channels_per_group: int = MIN_CHANNELS_PER_GROUP,
+    group_block_entry: bool = False,
 ) -> LayerFactory:
-    """Packed-Ensembles layers (Laurent et al., 2023): deep_ensemble_layers with γ groups inside each member.
+    """Packed-Ensembles layers (Laurent et al., 2023) as the authors build them: the Deep Ensemble's grouped
+    layers (M members, channel-stacked maps) with γ groups inside each member.
 
-    Member i of every layer is an nn.Conv2d / block-diagonal linear with ``groups=gamma``, all M
-    members in one grouped op (M·γ groups); members stay independent. The layers that see the full
-    input (a conv reading ``input_channels`` channels, a linear reading ``input_features``) and the
-    classifier (a linear writing ``num_classes`` logits) keep one group per member. The member width
-    α·w/M is the backbone's (PackedEnsemble scales its options); with ``gamma`` 1 this is
-    deep_ensemble_layers itself.
+    * The layer reading the input (a conv stem, the MLP's first linear) is one dense layer on the untiled
+      batch: M·w filters over the same images, member m's w in their own slice of the output.
+    * Every other conv splits each member into :func:`packed_conv_groups` groups: γ, lowered where a group
+      would read fewer than ``min_channels_per_group`` channels (64: the authors' floor; 0: never
+      lowered); ResNet-18's block-entry convs keep their members dense unless ``group_block_entry``.
+    * Hidden linears split each member into γ blocks; the classifier (writing ``num_classes``) keeps one.
+
+    The member width α·w/M is the backbone's (PackedEnsemble scales its options). Members stay
+    independent: with γ = 1 every layer is the Deep Ensemble's, the first one run on the shared batch.
     """
-    if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
-        raise ConfigError(f"gamma must be an integer >= 1, got {gamma!r}")
-    if gamma == 1:
-        return deep_ensemble_layers(num_members)
+    _check_packed_options(gamma, min_channels_per_group)
     check_num_members(num_members)
+    conv2d = partial(_packed_conv2d, num_members=num_members, gamma=gamma, min_channels=min_channels_per_group)
+    dense = partial(EnsembleConv2d, num_members=num_members, channel_stacked=True)
     return LayerFactory(
         num_members=num_members,
-        linear=partial(
-            _packed_linear, num_members=num_members, gamma=gamma, input_features=input_features, num_classes=num_classes
-        ),
-        conv2d=partial(_packed_conv2d, num_members=num_members, gamma=gamma, input_channels=input_channels),
+        linear=partial(_packed_linear, num_members=num_members, gamma=gamma, num_classes=num_classes),
+        conv2d=conv2d,
         norm2d=partial(EnsembleBatchNorm2d, num_members=num_members, channel_stacked=True),
-        enter_maps=partial(MembersToChannels, num_members),
+        enter_maps=nn.Identity,  # the stem reads the untiled batch and writes channel-stacked maps itself
         leave_maps=partial(ChannelsToMembers, num_members),
+        input_conv2d=partial(dense, shared_input=True),
+        input_linear=partial(EnsembleLinear, num_members=num_members, shared_input=True),
+        block_entry_conv2d=conv2d if group_block_entry else dense,
     )
 
 

@@ -40,15 +40,16 @@ def mlp(
         warnings.warn("hidden_sizes=[] builds a linear model (no hidden layer)", stacklevel=2)
     blocks: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
-    for hidden in sizes:
-        blocks += [layers.linear(width, hidden), nn.ReLU()]
+    for i, hidden in enumerate(sizes):
+        linear = layers.linear if i else layers.input_linear  # the first reads the (flattened) input
+        blocks += [linear(width, hidden), nn.ReLU()]
         masks = layers.member_masks(hidden, "hidden")
         if not isinstance(masks, nn.Identity):
             blocks.append(masks)
         if dropout > 0:
             blocks.append(layers.dropout(dropout))
         width = hidden
-    blocks.append(layers.linear(width, num_classes))
+    blocks.append((layers.linear if sizes else layers.input_linear)(width, num_classes))
     return nn.Sequential(*blocks)
 
 

@@ -33,7 +33,7 @@ class BasicBlock(nn.Module):
         """
         super().__init__()
         self.conv1_masks = layers.member_masks(in_channels, "conv_input")
-        self.conv1 = layers.conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = layers.block_entry_conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = layers.norm2d(out_channels)
         self.dropout = layers.dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.conv2_masks = layers.member_masks(out_channels, "conv_input")
@@ -75,7 +75,7 @@ class ResNet18(nn.Module):
         """
         super().__init__()
         self.enter_maps = layers.enter_maps()  # the factory's feature-map layout (Deep Ensemble: channel-stacked)
-        self.conv1 = layers.conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.conv1 = layers.input_conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
         self.bn1 = layers.norm2d(width)
         blocks, channels = [], width
         for stage, mult in enumerate((1, 2, 4, 8)):

@@ -15,7 +15,8 @@ from torch.nn import functional as F
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.factories import LayerFactory
 
-#: channels of the stem convolution, whatever the widening factor (the stages have 16k, 32k, 64k)
+#: channels of the stem convolution, whatever the widening factor (the stages have 16k, 32k, 64k); a
+#: narrower member (Packed-Ensembles) scales it with the stages (``stem_width``)
 STEM = 16
 
 
@@ -61,7 +62,7 @@ class WideBasicBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """Stem conv3x3 (16 channels) -> 3 stages of n WideBasicBlocks -> norm -> ReLU -> global avg pool -> linear.
+    """Stem conv3x3 (16 channels unless resized) -> 3 stages of n WideBasicBlocks -> norm -> ReLU -> global avg pool -> linear.
 
     Masksembles (``layers.member_masks``) masks channels inside the blocks (see WideBasicBlock) and
     the pooled features before the linear (site "classifier_input"), where MC Dropout's last layer
@@ -70,7 +71,14 @@ class WideResNet(nn.Module):
     """
 
     def __init__(
-        self, layers: LayerFactory, in_channels: int, num_classes: int, depth: int, widen_factor: int, dropout: float
+        self,
+        layers: LayerFactory,
+        in_channels: int,
+        num_classes: int,
+        depth: int,
+        widen_factor: int,
+        dropout: float,
+        stem_width: int = STEM,
     ) -> None:
         """
         Args:
@@ -80,12 +88,13 @@ class WideResNet(nn.Module):
             depth: total number of weighted layers; each stage holds n = (depth - 4) / 6 blocks.
             widen_factor: k; the stages use 16k, 32k and 64k channels.
             dropout: MC Dropout probability inside every block and before the linear; 0 builds none.
+            stem_width: channels of the stem convolution (16).
         """
         super().__init__()
         blocks_per_stage = (depth - 4) // 6
         self.enter_maps = layers.enter_maps()  # the factory's feature-map layout (Deep Ensemble: channel-stacked)
-        self.conv1 = layers.conv2d(in_channels, STEM, 3, stride=1, padding=1, bias=False)
-        blocks, channels = [], STEM
+        self.conv1 = layers.input_conv2d(in_channels, stem_width, 3, stride=1, padding=1, bias=False)
+        blocks, channels = [], stem_width
         for width, stride in zip((STEM * widen_factor, 2 * STEM * widen_factor, 4 * STEM * widen_factor), (1, 2, 2)):
             for i in range(blocks_per_stage):
                 blocks.append(WideBasicBlock(layers, channels, width, stride if i == 0 else 1, dropout))
@@ -116,6 +125,7 @@ def wide_resnet(
     depth: int = 28,
     widen_factor: int = 10,
     dropout: float = 0.0,
+    stem_width: int = STEM,
 ) -> WideResNet:
     """CIFAR-style WRN-depth-k; WRN-28-10 has 36,479,194 parameters with plain layers and 10 classes.
 
@@ -128,6 +138,8 @@ def wide_resnet(
         widen_factor: k, a positive integer: the stages use 16k, 32k and 64k channels (10: WRN-28-10).
         dropout: MC Dropout probability (Dropout2d between the convs of every block, Dropout before the
             linear); 0 builds none.
+        stem_width: channels of the stem convolution: 16, the backbone's; no command-line option, only a
+            narrower member's resize (``wide_resnet_resized``) sets it.
     """
     if len(input_shape) != 3:
         raise ConfigError(f"wide_resnet needs input_shape (C, H, W), got {tuple(input_shape)}")
@@ -137,13 +149,14 @@ def wide_resnet(
         raise ConfigError(f"widen_factor={widen_factor}: wide_resnet needs a positive integer widening factor, e.g. 10")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-    return WideResNet(layers, input_shape[0], num_classes, depth, widen_factor, dropout)
+    if not _is_int(stem_width) or stem_width < 1:
+        raise ConfigError(f"stem_width={stem_width}: wide_resnet's stem needs a positive integer number of channels")
+    return WideResNet(layers, input_shape[0], num_classes, depth, widen_factor, dropout, stem_width)
 
 
 def wide_resnet_resized(options: Mapping[str, Any], resize: Callable[[int, int], int], groups: int) -> dict[str, Any]:
     """``options`` with the widening factor k replaced by resize(k, multiple), every stage's channels
-    (16k, 32k, 64k) then dividing by ``groups``; the 16-channel stem is fixed, so ``groups`` must divide 16."""
-    if STEM % groups:
-        divisors = ", ".join(str(d) for d in range(1, STEM + 1) if STEM % d == 0)
-        raise ConfigError(f"wide_resnet's {STEM}-channel stem cannot be split into {groups} groups; use one of {divisors}")
-    return {**options, "widen_factor": resize(options["widen_factor"], groups // math.gcd(STEM, groups))}
+    (16k, 32k, 64k) then dividing by ``groups``, and the stem's 16 channels by resize(16, groups): a member
+    of α/M the width has α/M of every layer, the stem included."""
+    multiple = groups // math.gcd(STEM, groups)  # 16k divides by groups once k divides by this
+    return {**options, "widen_factor": resize(options["widen_factor"], multiple), "stem_width": resize(STEM, groups)}

@@ -82,7 +82,11 @@ CASES = {
     "packed_half_width_mlp": lambda: PackedEnsemble(num_members=4, alpha=2.0, **MLP),  # the shipped PE-(2, 4, 1)
     "packed_resnet_alpha_3": lambda: PackedEnsemble(num_members=2, alpha=3.0, **RESNET),  # members 1.5x as wide
     "packed_gamma_2_mlp": lambda: PackedEnsemble(num_members=2, alpha=2.0, gamma=2, **MLP),  # block-diagonal hidden layer
-    "packed_gamma_2_resnet": lambda: PackedEnsemble(num_members=2, alpha=2.0, gamma=2, **RESNET),  # grouped convs
+    # grouped convs (no 64-channel floor at this width), the blocks' first convs dense as the authors', or grouped too
+    "packed_gamma_2_resnet": lambda: PackedEnsemble(num_members=2, alpha=2.0, gamma=2, min_channels_per_group=0, **RESNET),
+    "packed_gamma_2_everywhere": lambda: PackedEnsemble(
+        num_members=2, alpha=2.0, gamma=2, min_channels_per_group=0, group_block_entry=True, **RESNET
+    ),
 }
 
 
@@ -192,9 +196,12 @@ def test_member_networks_of_packed_are_the_backbone_at_alpha_w_over_m():
 
 
 def test_grouped_packed_members_are_grouped_plain_networks():
-    model = PackedEnsemble(num_members=2, alpha=2.0, gamma=2, **RESNET)
-    convs = [m for m in model.member_network().modules() if isinstance(m, nn.Conv2d)]
-    assert convs[0].groups == 1 and {m.groups for m in convs[1:]} == {2}  # the stem reads the whole image
+    model = PackedEnsemble(num_members=2, alpha=2.0, gamma=2, min_channels_per_group=0, **RESNET)
+    member = model.member_network()
+    entries = {id(block.conv1) for block in member.blocks}  # each block's first conv: one group, as the authors'
+    convs = [m for m in member.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].groups == 1 and {m.groups for m in convs[1:] if id(m) in entries} == {1}  # the stem reads the whole image
+    assert {m.groups for m in convs[1:] if id(m) not in entries} == {2}
     linears = [m for m in PackedEnsemble(num_members=2, alpha=2.0, gamma=2, **MLP).member_network().modules() if isinstance(m, nn.Module)]
     assert [type(m).__name__ for m in linears if type(m).__name__ in ("Linear", "GroupedLinear")] == ["Linear", "GroupedLinear", "Linear"]
 
