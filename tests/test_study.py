@@ -408,3 +408,31 @@ def test_rerun_changed_reruns_the_students_of_a_changed_teacher(tmp_path, capsys
     assert json.loads((out / "s" / "seed_1" / "study_run.json").read_text())["teacher_checkpoint"] == teacher
     main([*command, "--dry_run"])
     assert states(capsys.readouterr().out) == ["done", "done"]
+
+
+def test_a_changed_student_of_a_teacher_that_fails_again_keeps_its_old_run_apart(tmp_path, capsys, monkeypatch):
+    """--rerun_changed, and the changed teacher fails: the student's old run is moved aside before "teacher failed" is
+    recorded, so no record of today's arguments sits beside the old results (it would later pass for done)."""
+    from ensemble_lab.cli import launchers
+    from ensemble_lab.cli.interrupts import InterruptWatch
+    from ensemble_lab.cli.study_job import run_from_json, run_to_json, write_record
+
+    single = str(DIGITS / "single.yaml")
+    methods = {"t": {"config": single}, "s": {"config": single, "teacher": "t"}}
+    study, out = write_study(tmp_path / "s.yaml", methods), tmp_path / "out"
+    for run in load_study(study, out):
+        (run.run_dir / "checkpoints").mkdir(parents=True)
+        (run.run_dir / "checkpoints" / "last.ckpt").write_bytes(f"{run.name} weights".encode())
+        (run.run_dir / "results.json").write_text(json.dumps({"made": "before"}))
+        write_record(run, "done")
+    write_study(study, {**methods, "t": {"config": single, "args": ["--model.dropout=0.3"]}})
+    runs = load_study(study, out)
+    copy = run_from_json(run_to_json(runs[1]))  # a local run's process gets the student with its teacher's chain
+    assert copy.lineage() == runs[1].lineage() and copy.upstream == runs[0]
+    monkeypatch.setattr(launchers, "run_job", lambda run: "boom")  # the teacher's fit fails
+    with InterruptWatch() as watch:
+        failed = launchers.run_sequential(runs, watch)
+    assert failed == ["t seed 1 (boom)", "s seed 1 (teacher failed: t seed 1 did not finish)"]
+    student = out / "s" / "seed_1"
+    assert json.loads((student.with_name("seed_1.prev-1") / "results.json").read_text()) == {"made": "before"}
+    assert not (student / "results.json").exists() and json.loads((student / "study_run.json").read_text())["state"] == "failed"

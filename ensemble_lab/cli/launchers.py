@@ -29,13 +29,13 @@ def _prepare(run: Run, label: str, done: dict[Path, bool]) -> str | None:
     if state == "done":
         print(f"study: {label}: done before, skipped ({run.run_dir / 'results.json'})", flush=True)
         return "skip"
+    if state == "changed":  # refuse_changed() stops the study otherwise; first, so a failure below is not recorded in the old run
+        print(f"study: {label}: arguments changed ({run.change()}); old run moved to {move_aside(run.run_dir)}", flush=True)
     if run.teacher_dir is not None and done.get(run.teacher_dir) is False:
         failure = f"teacher failed: {run.teacher} seed {run.seed} did not finish"
         write_record(run, "failed", error=failure)
         print(f"study: {label}: FAILED: {failure}", flush=True)
         return failure
-    if state == "changed":  # refuse_changed() stops the study otherwise
-        print(f"study: {label}: arguments changed ({run.change()}); old run moved to {move_aside(run.run_dir)}", flush=True)
     what = {"resume": f"resuming from {run.last_ckpt}", "connectivity": "running its connectivity step"}.get(run.status(), "running")
     print(f"study: {label}: {what}", flush=True)
     return None
