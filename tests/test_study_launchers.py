@@ -299,3 +299,61 @@ def test_a_run_stopped_by_ctrl_c_or_sigterm_stops_the_study(monkeypatch, status,
             study_job._call(["fit"], in_lightning=True)
     else:
         assert study_job._call(["fit"], in_lightning=True) == (None if status is None else f"exit status {status}")
+
+
+def test_slurm_launcher_without_slurm_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: -1))  # what submitit sees without srun
+    study, out = write_study(tmp_path / "s.yaml", {"single": {"config": str(DIGITS / "single.yaml")}}), tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--config", str(study), "--out", str(out), "--launcher", "slurm"])
+    [line] = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and "SLURM is not available here" in line and "--launcher local" in line
+    assert not out.exists()
+    main(["study", "--config", str(study), "--out", str(out), "--launcher", "slurm", "--dry_run"])  # needs no SLURM
+    assert "slurm array 1 (1 jobs, wave 0)" in capsys.readouterr().out and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        # photo_patches is the digits datamodule's OOD set: no labels of the training classes to walk on
+        ({"connectivity": {"set": "photo_patches"}}, "connectivity: --set 'photo_patches' is not a labelled set of DigitsDataModule; "),
+        ({"report": ["--preset", "nope"]}, "the study's 'report' arguments ['--preset', 'nope']: argument --preset: invalid choice: 'nope'"),
+        ({"report": ["--digits", "20"]}, "the study's 'report' arguments ['--digits', '20']: --digits must be between 0 and 12"),
+        ({"report": ["--bogus"]}, "the study's 'report' arguments ['--bogus']: unrecognized arguments: --bogus"),
+    ],
+)
+def test_a_bad_step_option_stops_the_study_before_any_run(tmp_path, capsys, keys, message):
+    study = write_study(tmp_path / "s.yaml", {"single": {"config": str(DIGITS / "single.yaml")}}, **keys)
+    out = tmp_path / "out"
+    for extra in ([], ["--dry_run"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["study", "--config", str(study), "--out", str(out), *extra])
+        captured = capsys.readouterr()
+        [line] = captured.err.splitlines()
+        assert exit_info.value.code == 2 and message in line and "running" not in captured.out
+        assert not out.exists()  # nothing trained, nothing written
+
+
+def test_a_failed_step_records_its_reason_for_status(tmp_path, capsys, monkeypatch):
+    """The connectivity step's one-line error is what study_run.json and --status say, not "exit status 2"."""
+    from ensemble_lab.cli import study_job
+    from ensemble_lab.cli.study_status import run_state
+
+    def fitted(run, resume):  # stands in for fit + test: a finished run
+        (run.run_dir / "results.json").write_text("{}")
+        (run.run_dir / "checkpoints").mkdir()
+        (run.run_dir / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+
+    def connectivity(argv: list[str]) -> None:  # stands in for `ensemble-lab connectivity` refusing the run
+        raise ConfigError("--points 3: the walk is too short")
+
+    monkeypatch.setattr(study_job, "execute", fitted)
+    monkeypatch.setitem(app.EXTRA_SUBCOMMANDS, "connectivity", (connectivity, "fake"))
+    study = write_study(tmp_path / "s.yaml", {"single": {"config": str(DIGITS / "single.yaml")}}, connectivity={"points": 3})
+    [run] = load_spec(study, tmp_path / "out").runs
+    assert study_job.run_job(run) == "connectivity: --points 3: the walk is too short"
+    assert json.loads(run.record.read_text())["error"] == "connectivity: --points 3: the walk is too short"
+    assert run_state(run) == ("failed", "connectivity: --points 3: the walk is too short")
+    main(["study", "--config", str(study), "--out", str(tmp_path / "out"), "--status"])
+    assert "failed  single seed 1" in capsys.readouterr().out

@@ -50,6 +50,14 @@ def evaluation_sets(datamodule: EnsembleDataModule) -> list[str]:
     return [VALIDATION, *(name for name, role in datamodule.test_set_roles.items() if role != "ood")]
 
 
+def check_set(set_name: str | None, datamodule: EnsembleDataModule) -> str:
+    """The set ``--set set_name`` walks on (None: the validation split); a ConfigError for a set the datamodule lacks."""
+    name = set_name or VALIDATION
+    if name not in (available := evaluation_sets(datamodule)):
+        raise ConfigError(f"--set {name!r} is not a labelled set of {type(datamodule).__name__}; choose one of: {', '.join(available)}")
+    return name
+
+
 def _set_data(datamodule: EnsembleDataModule, name: str) -> LabeledImages:
     if name == VALIDATION:
         datamodule.setup("fit")
@@ -189,9 +197,7 @@ def run_connectivity(
         raise ConfigError(f"--norm_batches must be an integer >= 1, got {norm_batches!r}")
     resolve_device(device)  # before the run is read: a bad --device fails first
     model, datamodule = load_run(config_path)
-    name = set_name or VALIDATION
-    if name not in (available := evaluation_sets(datamodule)):
-        raise ConfigError(f"--set {name!r} is not a labelled set of {type(datamodule).__name__}; choose one of: {', '.join(available)}")
+    name = check_set(set_name, datamodule)
     step = 0
     own = Path(config_path).parent / "checkpoints" / "last.ckpt"  # the run's final weights, beside its config.yaml
     if ckpt_path is None and not getattr(model, "member_checkpoints", None) and own.is_file():

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ensemble_lab.cli.interrupts import INTERRUPTED, InterruptWatch
-from ensemble_lab.cli.study import Run, Study, forget_resolved, load_spec, move_aside, refuse_changed, validate
+from ensemble_lab.cli.study import Run, Study, forget_resolved, load_spec, move_aside, refuse_changed
 from ensemble_lab.cli.study_args import parse_study_args
+from ensemble_lab.cli.study_checks import validate
 from ensemble_lab.cli.study_job import LOG, read_record, run_job, run_to_json, write_record
 from ensemble_lab.cli.study_status import print_runs, print_status
 from ensemble_lab.errors import EnsembleLabError
@@ -28,13 +29,13 @@ def _prepare(run: Run, label: str, done: dict[Path, bool]) -> str | None:
     if state == "done":
         print(f"study: {label}: done before, skipped ({run.run_dir / 'results.json'})", flush=True)
         return "skip"
+    if state == "changed":  # refuse_changed() stops the study otherwise; first, so a failure below is not recorded in the old run
+        print(f"study: {label}: arguments changed ({run.change()}); old run moved to {move_aside(run.run_dir)}", flush=True)
     if run.teacher_dir is not None and done.get(run.teacher_dir) is False:
         failure = f"teacher failed: {run.teacher} seed {run.seed} did not finish"
         write_record(run, "failed", error=failure)
         print(f"study: {label}: FAILED: {failure}", flush=True)
         return failure
-    if state == "changed":  # refuse_changed() stops the study otherwise
-        print(f"study: {label}: arguments changed ({run.change()}); old run moved to {move_aside(run.run_dir)}", flush=True)
     what = {"resume": f"resuming from {run.last_ckpt}", "connectivity": "running its connectivity step"}.get(run.status(), "running")
     print(f"study: {label}: {what}", flush=True)
     return None
@@ -183,7 +184,7 @@ def launch(argv: Sequence[str]) -> None:
         print_status(study.runs)
         return
     if options.dry_run:
-        validate(study.runs)
+        validate(study)
         if options.launcher == "slurm":
             slurm_launcher.print_arrays(study, slurm_cli)
         elif options.launcher == "local":
@@ -194,7 +195,9 @@ def launch(argv: Sequence[str]) -> None:
     start = time.perf_counter()
     with InterruptWatch() as watch:
         try:
-            validate(study.runs)  # a typo in the args: one error now, not one failed run after another
+            if options.launcher == "slurm":  # before the seconds of parsing every run
+                slurm_launcher.require_slurm()
+            validate(study)  # a typo in the args: one error now, not one failed run after another
             if not options.rerun_changed:
                 refuse_changed(study.runs)
             if options.launcher == "slurm":

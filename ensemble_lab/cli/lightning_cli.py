@@ -394,10 +394,16 @@ def check_arguments(argv: Sequence[str]) -> dict[str, Any]:
     """Parse ``ensemble-lab <argv>`` and build its model and datamodule (so their option checks run), writing
     and running nothing. Returns the resolved configuration (what config.yaml would hold); raises the
     one-line ConfigError a run of ``argv`` would stop with."""
+    return check_run(argv)[0]
+
+
+def check_run(argv: Sequence[str]) -> tuple[dict[str, Any], Any]:
+    """``check_arguments(argv)`` and the datamodule it built (nothing loaded yet): (configuration, datamodule)."""
     quiet_known_warnings()
     check_config_files(argv)
     try:
-        return _ArgumentCheck(args=list(argv)).resolved_config()
+        checked = _ArgumentCheck(args=list(argv))
+        return checked.resolved_config(), checked.datamodule
     except SystemExit:  # --help and the like
         raise
     except Exception as error:

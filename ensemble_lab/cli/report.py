@@ -446,12 +446,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def report_main(argv: Sequence[str]) -> None:
-    """``ensemble-lab report PATH... [--out DIR] [--format markdown|latex|csv] [--metrics M... | --preset P] [--baseline LABEL] [--correction holm|none] ...``."""
-    from ensemble_lab.cli.report_significance import add_significance, choose_baselines
-    from ensemble_lab.cli.report_tables import render, table_layout, write_report
-
-    cli = parser()
+def read_options(argv: Sequence[str], cli: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """``argv`` parsed by ``cli`` (default: ``parser()``) and checked, reading no results; argparse's errors go
+    through ``cli.error``, the others are a ConfigError."""
+    cli = cli or parser()
     options = cli.parse_args(list(argv))
     if not 0 <= options.digits <= 12:
         cli.error(f"--digits must be between 0 and 12, got {options.digits}")
@@ -467,6 +465,15 @@ def report_main(argv: Sequence[str]) -> None:
         raise ConfigError("--figures needs --out DIR (the figures go to DIR/figures/)")
     if options.out is not None and options.out.exists() and not options.out.is_dir():
         raise ConfigError(f"--out {options.out} is a file; give a directory (it is created if missing)")
+    return options
+
+
+def report_main(argv: Sequence[str]) -> None:
+    """``ensemble-lab report PATH... [--out DIR] [--format markdown|latex|csv] [--metrics M... | --preset P] [--baseline LABEL] [--correction holm|none] ...``."""
+    from ensemble_lab.cli.report_significance import add_significance, choose_baselines
+    from ensemble_lab.cli.report_tables import render, table_layout, write_report
+
+    options = read_options(argv)
     columns = preset_columns(options.preset, options.ood_score) if options.preset else options.metrics
     groups = build_report(options.paths, options.sets, columns)
     baselines = choose_baselines(groups, options.baseline)

@@ -17,7 +17,7 @@ from ensemble_lab.cli.interrupts import InterruptWatch
 from ensemble_lab.cli.study import Run, Study, move_aside
 from ensemble_lab.cli.study_job import LOG, StudyJob, read_record, write_record
 from ensemble_lab.cli.study_status import commands
-from ensemble_lab.errors import ConfigError
+from ensemble_lab.errors import ConfigError, EnsembleLabError
 
 #: study-level SLURM settings that are submitit parameters of the same name; others go to sbatch as they are
 SUBMITIT_KEYS = ("partition", "cpus_per_task", "mem", "account", "qos", "constraint", "exclude", "array_parallelism", "setup")
@@ -98,6 +98,19 @@ def print_arrays(study: Study, cli: Mapping[str, Any]) -> None:
             for line in commands(run):
                 print(f"    {line}")
     print(f"slurm: {len(todo)} of {len(study.runs)} runs to submit (max_requeues {settings.get('max_requeues', 3)}); the runs:")
+
+
+def require_slurm() -> None:
+    """Raise a one-line EnsembleLabError unless submitit is installed and SLURM's ``srun`` answers here."""
+    try:
+        import submitit
+    except ImportError:
+        raise EnsembleLabError("--launcher slurm needs submitit: pip install submitit (or use --launcher local)") from None
+    if not submitit.SlurmExecutor.affinity() > 0:  # what submitit checks before it submits: srun on PATH
+        raise EnsembleLabError(
+            "--launcher slurm: SLURM is not available here (no `srun` on PATH); run the study on the cluster's login "
+            "node, or use --launcher local or sequential (--dry_run shows the job arrays without SLURM)"
+        )
 
 
 def _queued(run: Run, folder: Any) -> Any:

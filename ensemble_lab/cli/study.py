@@ -22,18 +22,22 @@ A study file (YAML) names the grid::
 Run ``<method>`` with seed ``s`` lives in ``<out>/<method>/seed_<s>/`` (TensorBoard logs,
 config.yaml, checkpoints/last.ckpt, results.json, figures/, study.log for a run in its own process,
 and study_run.json: the fit arguments the study used and the run's state: running, failed and why).
-Every run's arguments are first checked with the CLI's parser. The launcher (``--launcher``) runs
+Every step's options are first checked (``study_checks``): each run's fit arguments with the CLI's
+parser, its connectivity step's and the closing report's with theirs. The launcher (``--launcher``) runs
 them in this process one after the other, in N local processes at a time, or as SLURM job arrays
 (``ensemble_lab.cli.launchers``); whichever it is, a run with results.json (and connectivity.json,
 if asked for) is skipped; one with checkpoints/last.ckpt but no results.json was interrupted and is
 resumed from that checkpoint (config.yaml is kept, the resume's config goes to config.resume-N.yaml).
 A finished or interrupted run recorded with other arguments stops the study before anything runs,
-unless --rerun_changed moves it to ``<run>.prev-N`` and runs it afresh. Teachers run before their
+unless --rerun_changed moves it to ``<run>.prev-N`` and runs it afresh; a student's record also
+keeps what its teachers were made with and the teacher checkpoint it learnt from, so a teacher
+changed or trained again changes its students too. Teachers run before their
 students; a failed run (and the students of a failed teacher) is reported with its log and the
 others still run; Ctrl-C stops the study (status 130). The study ends by printing (and writing
 ``<out>/report.*``) the report of its runs.
 """
 
+import hashlib
 import json
 import re
 import sys
@@ -70,6 +74,8 @@ class Run:
     run_dir: Path  # <out>/<name>/seed_<seed>
     teacher: str | None = None  # another method of the study: this run trains against its run of the same seed
     connectivity: Connectivity | None = None  # the connectivity step after the test, if asked for
+    #: the teacher's run of the same seed (it has its own upstream): its inputs are part of this run's inputs
+    upstream: "Run | None" = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -128,14 +134,53 @@ class Run:
         """The run's resolved configuration today (config files read, defaults filled in), as flat comparable keys."""
         return _resolved(tuple(self.fit_args(resume=False)))
 
+    def teacher_checkpoint(self) -> str | None:
+        """The sha256 of the teacher's last.ckpt (what this run learns from); None without a teacher or checkpoint."""
+        return None if self.teacher_dir is None else checkpoint_digest(self.teacher_dir / "checkpoints" / "last.ckpt")
+
+    def _teacher_change(self, record: dict[str, Any]) -> list[str]:
+        """Whether the teacher was (or is to be) made again since this run learnt from it."""
+        if self.teacher_dir is None:
+            return []
+        if not (self.teacher_dir / "results.json").exists():  # it trains (again) before this run: other weights
+            return [f"teacher {self.teacher} seed {self.seed} has no finished run ({self.teacher_dir}), so it is trained again first"]
+        recorded = record.get("teacher_checkpoint")
+        if recorded is not None and recorded != self.teacher_checkpoint():
+            return [f"teacher {self.teacher} seed {self.seed} was trained again since (its last.ckpt is not the one this run learnt from)"]
+        return []
+
+    def lineage(self) -> list[dict[str, Any]]:
+        """The inputs this run learns from beyond its own: its teacher's {"name", "config"} (the teacher's
+        resolved configuration, as compared), then the teacher's teacher's, and so on; [] without a teacher."""
+        chain, teacher = [], self.upstream
+        while teacher is not None:
+            chain.append({"name": teacher.name, "config": teacher._within_study(teacher.resolved())})
+            teacher = teacher.upstream
+        return chain
+
+    def _lineage_change(self, recorded: Any) -> list[str]:
+        """How the recorded teachers' configurations differ from today's, each line naming the teacher."""
+        today = self.lineage()
+        if not isinstance(recorded, list) or not all(isinstance(t, dict) and isinstance(t.get("config"), dict) for t in recorded):
+            return [f"{RECORD}: 'teachers' unreadable"]
+        parts = []
+        for depth, (before, now) in enumerate(zip(recorded, today)):
+            whose = "teacher " * (depth + 1)  # "teacher teacher t": the teacher of its teacher
+            parts += [f"{whose}{now['name']}: {change}" for change in differences(before["config"], now["config"])]
+        if len(recorded) != len(today):  # the chain grew or shrank above the first teacher
+            parts.append(f"teachers: {' <- '.join(t.get('name', '?') for t in recorded) or 'none'} -> {' <- '.join(t['name'] for t in today) or 'none'}")
+        return parts
+
     def change(self) -> str | None:
         """What differs between the recorded run and today's; None if they match or nothing is recorded.
 
-        The resolved configurations are compared, so an edit inside a method's config file counts; a record
-        from before the study kept them is compared by its arguments.
+        The resolved configurations are compared, so an edit inside a method's config file counts; so are
+        its teachers' (a student trained against a teacher made with other arguments is changed with it).
+        A record from before the study kept configurations is compared by its arguments, one from before it
+        kept the teachers' by its own configuration only.
         """
-        if not self.record.exists():
-            return None  # a run made before the study recorded its arguments: taken as matching
+        if not self.record.exists():  # a run made before the study recorded its arguments: taken as matching
+            return None
         try:
             record = json.loads(self.record.read_text())
             recorded, config = record["argv"], record.get("config")
@@ -144,11 +189,15 @@ class Run:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             return f"{RECORD} unreadable ({error})"
         if config is None:
-            return describe_change(recorded, self.fit_args(resume=False))
-        before, today = comparable(config), self.resolved()
-        if new_keys := set(today) - set(before):  # options added since the run: what its arguments give today
-            before = {**_resolved_or_empty(recorded, new_keys), **before}
-        return "; ".join(differences(self._within_study(before), self._within_study(today))) or None
+            own = describe_change(recorded, self.fit_args(resume=False))
+            parts = [own] if own else []
+        else:
+            before, today = comparable(config), self.resolved()
+            if new_keys := set(today) - set(before):  # options added since the run: what its arguments give today
+                before = {**_resolved_or_empty(recorded, new_keys), **before}
+            parts = differences(self._within_study(before), self._within_study(today))
+        parts += self._lineage_change(record["teachers"]) if "teachers" in record else []
+        return "; ".join(parts + self._teacher_change(record)) or None
 
     def _within_study(self, flat: dict[str, Any]) -> dict[str, Any]:
         """``flat`` with the study's own teacher checkpoint as a path inside the study (<teacher>/seed_<s>/...),
@@ -184,6 +233,22 @@ def _resolved(argv: tuple[str, ...]) -> dict[str, Any]:
     return _RESOLVED[argv]
 
 
+_DIGESTS: dict[tuple[Path, int, int], str] = {}  # (checkpoint, size, mtime) -> sha256, per study command
+
+
+def checkpoint_digest(path: Path) -> str | None:
+    """The sha256 of the file at ``path`` (None if there is none); read once per version of the file in a command."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        with open(path, "rb") as stream:
+            _DIGESTS[key] = hashlib.file_digest(stream, "sha256").hexdigest()
+    return _DIGESTS[key]
+
+
 def _resolved_or_empty(recorded: list[str], keys: set[str]) -> dict[str, Any]:
     """The values of ``keys`` that a run's recorded fit arguments resolve to today; {} if they no longer parse."""
     try:
@@ -194,8 +259,9 @@ def _resolved_or_empty(recorded: list[str], keys: set[str]) -> dict[str, Any]:
 
 
 def forget_resolved() -> None:
-    """Parse runs afresh from now on: config files may have changed since an earlier study in this process."""
+    """Parse runs (and read checkpoints) afresh from now on: files may have changed since an earlier study in this process."""
     _RESOLVED.clear()
+    _DIGESTS.clear()
 
 
 def remember_resolved(run: Run, config: dict[str, Any]) -> None:
@@ -269,13 +335,15 @@ def load_spec(study_file: Path, out: Path | None = None) -> Study:
             raise ConfigError(f"{where}.teacher must be the name of another method of this study, got {method['teacher']!r}")
         methods[name] = method
     study_connectivity = connectivity_step(spec.get("connectivity"), f"{study_file}: 'connectivity'")
-    runs = []
+    runs: list[Run] = []
     for name in teachers_first(list(methods), {n: m.get("teacher") for n, m in methods.items()}, study_file):
         method, where = methods[name], f"{study_file}: methods.{name}"
         configs = _resolve_configs(method.get("config"), study_file, f"{where}.config")
         overrides = common + _string_list(method.get("args"), f"{where}.args")
         step = connectivity_step(method["connectivity"], f"{where}.connectivity") if "connectivity" in method else study_connectivity
-        runs += [Run(name, seed, configs, overrides, out / name / f"seed_{seed}", method.get("teacher"), step) for seed in seeds]
+        teacher = method.get("teacher")
+        upstream = {run.seed: run for run in runs if run.name == teacher}  # teachers come first
+        runs += [Run(name, seed, configs, overrides, out / name / f"seed_{seed}", teacher, step, upstream.get(seed)) for seed in seeds]
     report_args = _string_list(spec.get("report"), f"{study_file}: 'report'")
     return Study(tuple(runs), out, report_args, dict(spec.get("slurm") or {}))
 
@@ -283,23 +351,6 @@ def load_spec(study_file: Path, out: Path | None = None) -> Study:
 def load_study(study_file: Path, out: Path | None = None) -> list[Run]:
     """The runs of a study file (``load_spec(...).runs``), teachers before their students."""
     return list(load_spec(study_file, out).runs)
-
-
-def validate(runs: Sequence[Run]) -> None:
-    """Raise ConfigError naming the first run whose fit arguments the CLI refuses (before any training).
-
-    One run per method is parsed: its seeds differ only in ``--seed_everything`` and where they write,
-    which no check depends on (parsing builds the model and datamodule: seconds for a ResNet grid).
-    """
-    checked: set[str] = set()
-    for run in runs:
-        if run.name in checked:
-            continue
-        checked.add(run.name)
-        try:
-            check_arguments(run.fit_args(resume=False))
-        except ConfigError as error:
-            raise ConfigError(f"study run {run.label} ({run.run_dir}): {error}") from None
 
 
 def refuse_changed(runs: Sequence[Run]) -> None:

@@ -39,16 +39,21 @@ def read_record(run: Run) -> dict[str, Any]:
 def write_record(run: Run, state: str, resume: bool = False, **details: Any) -> None:
     """Record (atomically) what ``run`` is made with and its ``state``, with ``details`` (log, error, job, ...)."""
     record = {"argv": run.fit_args(resume), "config": run.resolved(), "state": state, "host": socket.gethostname(), "pid": os.getpid()}
+    if run.upstream is not None:  # what its teacher (and theirs) was made with: a teacher made again changes it
+        record["teachers"] = run.lineage()
+    if run.teacher_dir is not None:  # the weights it learns from: a teacher trained again changes it too
+        record["teacher_checkpoint"] = run.teacher_checkpoint()
     record.update(updated=time.strftime("%Y-%m-%d %H:%M:%S"), **{k: v for k, v in details.items() if v is not None})
     atomic_write_bytes(run.record, json.dumps(record, indent=2).encode())
 
 
 def _call(argv: list[str], in_lightning: bool) -> str | None:
-    """Run ``ensemble-lab argv`` in this process; None on success, else why it failed (Ctrl-C goes on up)."""
+    """Run ``ensemble-lab argv`` in this process; None on success, else why it failed: the one-line error
+    a user mistake stops it with (recorded, so --status shows it), else the exception (Ctrl-C goes on up)."""
     from ensemble_lab.cli import app  # the connectivity subcommand is registered there (looked up on use)
 
-    try:
-        run_lightning_cli(argv) if in_lightning else app.main(argv)
+    try:  # the subcommand itself, not app.main: that would turn its error into a bare exit status 2
+        run_lightning_cli(argv) if in_lightning else app.EXTRA_SUBCOMMANDS[argv[0]][0](argv[1:])
     except SystemExit as error:
         if error.code in (INTERRUPTED, TERMINATED):  # the run noticed Ctrl-C or SIGTERM: the study stops too
             raise KeyboardInterrupt from None
@@ -97,19 +102,30 @@ def run_job(run: Run, log: Path | None = None, job: str | None = None) -> str | 
     return failure
 
 
+def _as_dict(run: Run) -> dict[str, Any]:
+    """``run`` as JSON-ready data, its teacher's run (and theirs) nested under "upstream"."""
+    own = {k: v for k, v in asdict(run).items() if k != "upstream"}
+    own.update(configs=[str(p) for p in run.configs], run_dir=str(run.run_dir), resolved=run.resolved())
+    return {**own, "upstream": None if run.upstream is None else _as_dict(run.upstream)}
+
+
+def _from_dict(raw: dict[str, Any]) -> Run:
+    step = Connectivity(**raw["connectivity"]) if raw.get("connectivity") else None
+    configs, overrides = tuple(Path(p) for p in raw["configs"]), tuple(raw["overrides"])
+    upstream = _from_dict(raw["upstream"]) if raw.get("upstream") else None
+    run = Run(raw["name"], raw["seed"], configs, overrides, Path(raw["run_dir"]), raw.get("teacher"), step, upstream)
+    remember_resolved(run, raw["resolved"])
+    return run
+
+
 def run_to_json(run: Run) -> str:
     """``run`` as one JSON string (the argument of ``python -m ensemble_lab.cli.study_job``)."""
-    return json.dumps({**asdict(run), "configs": [str(p) for p in run.configs], "run_dir": str(run.run_dir), "resolved": run.resolved()})
+    return json.dumps(_as_dict(run))
 
 
 def run_from_json(text: str) -> Run:
-    """The Run that ``run_to_json`` wrote (its resolved configuration remembered: not parsed again)."""
-    raw = json.loads(text)
-    step = Connectivity(**raw["connectivity"]) if raw.get("connectivity") else None
-    configs, overrides = tuple(Path(p) for p in raw["configs"]), tuple(raw["overrides"])
-    run = Run(raw["name"], raw["seed"], configs, overrides, Path(raw["run_dir"]), raw.get("teacher"), step)
-    remember_resolved(run, raw["resolved"])
-    return run
+    """The Run that ``run_to_json`` wrote (its and its teachers' resolved configurations remembered: not parsed again)."""
+    return _from_dict(json.loads(text))
 
 
 class StudyJob:
