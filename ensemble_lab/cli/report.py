@@ -330,16 +330,19 @@ def format_stat(stat: Stat | None, runs: int, digits: int = 3) -> str:
     return text if stat.n == runs else f"{text} (n={stat.n})"
 
 
-#: what a preset shows, per role (``{score}``: --ood_score); single_basin: one table per id set, see report_tables.py
+#: what a preset shows, per role (``{score}``: --ood_score; ``{positive}``: "_in" for --ood_positive id); single_basin: one
+#: table per id set, see report_tables.py
 PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "paper": {"id": ("acc", "nll", "ece"), "shift": ("acc", "nll", "ece"), "ood": ("aupr_{score}", "auroc_{score}", "fpr95_{score}", "mi")},
+    "paper": {"id": ("acc", "nll", "ece"), "shift": ("acc", "nll", "ece"), "ood": ("aupr{positive}_{score}", "auroc_{score}", "fpr95{positive}_{score}", "mi")},
     "single_basin": {"id": ("acc", "nll", "ece", "mi", "disagreement")},
 }
 
 
-def preset_columns(preset: str, score: str = "msp") -> dict[str, tuple[str, ...]]:
-    """The role -> metrics mapping of ``preset`` with the OOD score filled in."""
-    return {role: tuple(c.format(score=score) for c in columns) for role, columns in PRESETS[preset].items()}
+def preset_columns(preset: str, score: str = "msp", positive: str = "ood") -> dict[str, tuple[str, ...]]:
+    """The role -> metrics mapping of ``preset`` with the OOD score filled in; ``positive`` "id" takes
+    aupr and fpr95 with ID as the positive class (``aupr_in_<score>``, ``fpr95_in_<score>``)."""
+    suffix = "_in" if positive == "id" else ""
+    return {role: tuple(c.format(score=score, positive=suffix) for c in columns) for role, columns in PRESETS[preset].items()}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -374,6 +377,13 @@ def parser() -> argparse.ArgumentParser:
         choices=("msp", "entropy", "mi"),
         default="msp",
         help="the OOD score of --preset paper's aupr / auroc / fpr95 (default msp)",
+    )
+    p.add_argument(
+        "--ood_positive",
+        choices=("ood", "id"),
+        default="ood",
+        help="the positive class of --preset paper's aupr and fpr95: ood (the paper's, default) or id (most OOD tables': "
+        "aupr_in, and fpr95_in = the fraction of OOD images accepted when 95%% of ID images are)",
     )
     p.add_argument("--digits", type=int, default=3, help="decimals in the tables (default 3)")
     p.add_argument(
@@ -420,7 +430,7 @@ def report_main(argv: Sequence[str]) -> None:
         raise ConfigError("--figures needs --out DIR (the figures go to DIR/figures/)")
     if options.out is not None and options.out.exists() and not options.out.is_dir():
         raise ConfigError(f"--out {options.out} is a file; give a directory (it is created if missing)")
-    columns = preset_columns(options.preset, options.ood_score) if options.preset else options.metrics
+    columns = preset_columns(options.preset, options.ood_score, options.ood_positive) if options.preset else options.metrics
     groups = build_report(options.paths, options.sets, columns)
     baselines = choose_baselines(groups, options.baseline)
     if not baselines:
