@@ -43,8 +43,9 @@ ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement")
 OOD_COLUMNS = tuple(f"{m}_{s}" for s in ("msp", "entropy", "mi") for m in ("auroc", "aupr", "fpr95")) + ("mi", "disagreement")
 #: label-based metrics, left out of ood sets
 LABEL_METRICS = frozenset({"acc", "nll", "brier", "ece"})
-#: the loss / error barriers between members, read from <run>/connectivity.json when present (``ensemble-lab connectivity``)
-BARRIER_COLUMNS = ("barrier_loss_mean", "barrier_error_mean")
+#: the loss / error barriers between members, read from <run>/connectivity.json when present (``ensemble-lab connectivity``):
+#: the chord barrier (Entezari et al.), then Frankle et al.'s (above the mean of the ends); docs/connectivity.md
+BARRIER_COLUMNS = ("barrier_loss_mean", "barrier_error_mean", "frankle_barrier_loss_mean", "frankle_barrier_error_mean")
 #: top-level (per run, not per set) metrics, shown in the "weight space" table
 RUN_COLUMNS = ("weight_cosine_mean", "weight_cosine_stored_mean", *BARRIER_COLUMNS)
 WEIGHTS = "weight space"
@@ -208,9 +209,10 @@ def build_report(
         costs: list[dict[str, Any]] = [c for d in docs[key] if isinstance(c := d.get("cost"), dict)]
         if costs and cost_columns:  # runs tested before costs were measured have none
             group.stats[COST] = {c: summarize([v for d in costs if (v := _number(d.get(c))) is not None]) for c in cost_columns}
-    if columns is None and not any(g.stats[WEIGHTS][c].n for g in groups.values() for c in BARRIER_COLUMNS):
-        for group in groups.values():  # no run has a connectivity.json: no blank barrier columns
-            group.stats[WEIGHTS] = {c: s for c, s in group.stats[WEIGHTS].items() if c not in BARRIER_COLUMNS}
+    absent = {c for c in BARRIER_COLUMNS if not any(g.stats[WEIGHTS][c].n for g in groups.values())}
+    if columns is None and absent:
+        for group in groups.values():  # no run's connectivity.json has it (or no run has one): no blank barrier column
+            group.stats[WEIGHTS] = {c: s for c, s in group.stats[WEIGHTS].items() if c not in absent}
     for group in groups.values():
         if not group.stats[WEIGHTS]:
             del group.stats[WEIGHTS]
@@ -249,7 +251,7 @@ def _chosen_columns(
 
 
 def read_connectivity(run: Path) -> dict[str, float | None]:
-    """``barrier_loss_mean`` and ``barrier_error_mean`` of <run>/connectivity.json ({} without one, or an unreadable one)."""
+    """The BARRIER_COLUMNS of <run>/connectivity.json ({} without one, or an unreadable one)."""
     path = run / "connectivity.json"
     if not path.exists():
         return {}
