@@ -209,8 +209,8 @@ def build_report(
         costs: list[dict[str, Any]] = [c for d in docs[key] if isinstance(c := d.get("cost"), dict)]
         if costs and cost_columns:  # runs tested before costs were measured have none
             group.stats[COST] = {c: summarize([v for d in costs if (v := _number(d.get(c))) is not None]) for c in cost_columns}
-    absent = {c for c in BARRIER_COLUMNS if not any(g.stats[WEIGHTS][c].n for g in groups.values())}
-    if columns is None and absent:
+    absent = {c for c in BARRIER_COLUMNS if columns is None and not any(g.stats[WEIGHTS][c].n for g in groups.values())}
+    if absent:
         for group in groups.values():  # no run's connectivity.json has it (or no run has one): no blank barrier column
             group.stats[WEIGHTS] = {c: s for c, s in group.stats[WEIGHTS].items() if c not in absent}
     for group in groups.values():
