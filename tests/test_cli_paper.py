@@ -10,8 +10,10 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
+from ensemble_lab.cli.connectivity import load_run
 from tests.conftest import REPO, TINY_TRAINER, read_results, run_dirs
 from tests.data import paper_fixtures as fx
 
@@ -130,3 +132,35 @@ def test_user_errors_are_one_line_before_any_training(cli, capsys, config, args,
     assert message in err and "Traceback" not in err, err[-2000:]
     if "data_dir" in args[0]:
         assert "--data.download true" in err
+
+
+def _fast_weights(model) -> set[int]:
+    """ids of every BatchEnsemble layer's r and s, found on the layers themselves (not by the optimizer's name rule)."""
+    return {id(p) for m in model.modules() if isinstance(getattr(m, "r", None), torch.nn.Parameter) for p in (m.r, m.s)}
+
+
+@pytest.mark.parametrize("config,decay,lr", [("batch_ensemble.yaml", 0.0, 0.025), ("batch_ensemble_peer.yaml", 5e-4, 0.05)])
+def test_batch_ensemble_configs_decay_fast_weights_as_documented(config, decay, lr):
+    model, _ = load_run(REPO / "configs" / "cifar10" / config)
+    optimizer = model.configure_optimizers()["optimizer"]
+    fast = _fast_weights(model)
+    assert len(fast) == 2 * 21  # 20 convolutions and the final linear layer, each with r and s
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) in fast:  # ours: no decay, half the rate (the original recipe); the peer's: like every weight
+                assert (group["weight_decay"], group["lr"]) == pytest.approx((decay, lr))
+            else:
+                assert (group["weight_decay"], group["lr"]) == pytest.approx((5e-4, 0.05))
+    assert sum(id(p) in fast for g in optimizer.param_groups for p in g["params"]) == len(fast)
+
+
+@pytest.mark.parametrize("config,rho", [("mimo.yaml", 0.0), ("mimo_peer.yaml", 1.0)])
+def test_mimo_configs_set_input_and_batch_repetition(config, rho):
+    model, _ = load_run(REPO / "configs" / "cifar10" / config)
+    assert (model.input_repetition, model.batch_repetition) == (rho, 1)
+    model.network = torch.nn.Flatten()  # the rows' images are what is checked, not the ResNet: skip its cost
+    torch.manual_seed(0)
+    images = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 32, 32)  # image k is the constant k
+    model.training_logits(images)
+    seen = model._train_indices  # (M, 8): the image each member saw in each row
+    assert torch.equal(seen, seen[0].expand_as(seen)) == (rho == 1.0)  # ρ = 1: every member the same images

@@ -61,6 +61,10 @@ def test_batch_ensemble_end_to_end(runs, capsys):
     barriers = [p["barrier_loss"] for p in document["pairs"]]
     assert document["barrier_loss_mean"] == pytest.approx(sum(barriers) / 3)
     assert document["barrier_loss_std"] == pytest.approx(float(torch.tensor(barriers).std()))
+    for pair in document["pairs"]:  # Frankle et al.: the highest point above the mean of the ends
+        assert pair["frankle_barrier_loss"] == pytest.approx(max(pair["loss"]) - (pair["loss"][0] + pair["loss"][-1]) / 2)
+        assert pair["frankle_barrier_error"] == pytest.approx(max(pair["error"]) - (pair["error"][0] + pair["error"][-1]) / 2)
+    assert document["frankle_barrier_loss_mean"] == pytest.approx(sum(p["frankle_barrier_loss"] for p in document["pairs"]) / 3)
     assert (run / "figures" / "connectivity.png").stat().st_size > 0
     assert "0-1" in out and "mean" in out and "connectivity.json" in out
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from ensemble_lab.cli.lightning_cli import EnsembleLabCLI, quiet_known_warnings
 from ensemble_lab.data.base import EnsembleDataModule, LabeledImages
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.evaluation.connectivity import all_pairs, connectivity_figure, format_barriers, grid, norm_layers
+from ensemble_lab.evaluation.connectivity import BARRIERS, all_pairs, connectivity_figure, format_barriers, grid, norm_layers
 from ensemble_lab.evaluation.figures import save_png
 from ensemble_lab.evaluation.member_networks import has_member_layers, member_states
 from ensemble_lab.evaluation.results import _json_ready
@@ -82,8 +82,7 @@ def training_batches(datamodule: EnsembleDataModule, count: int, seed: int) -> l
 def _document(model: EnsembleModule, set_name: str, t: list[float], reset_norm: bool, checkpoint: str | None) -> dict[str, Any]:
     return {"method": type(model).__name__, "num_members": int(model.num_members), "set": set_name, "points": len(t), "t": t,
             "reset_norm": reset_norm, "checkpoint": checkpoint, "applicable": True, "reason": None, "pairs": [],
-            "barrier_loss_mean": None, "barrier_loss_std": None, "barrier_error_mean": None, "barrier_error_std": None,
-            "norm_batches": 0}  # fmt: skip
+            **{f"{key}_{stat}": None for key in BARRIERS for stat in ("mean", "std")}, "norm_batches": 0}  # fmt: skip
 
 
 def _not_applicable(model: EnsembleModule) -> str | None:
@@ -104,7 +103,7 @@ def _write_tensorboard(log_dir: Path, document: dict[str, Any], figure: Figure, 
         return
     with SummaryWriter(log_dir=str(log_dir)) as writer:
         writer.add_figure(f"connectivity/{document['set']}", figure, global_step=step, close=False)
-        for key in ("barrier_loss_mean", "barrier_error_mean"):
+        for key in (f"{barrier}_mean" for barrier in BARRIERS):
             if document[key] is not None:
                 writer.add_scalar(f"connectivity/{document['set']}/{key}", document[key], global_step=step)
 

@@ -43,8 +43,9 @@ ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement")
 OOD_COLUMNS = tuple(f"{m}_{s}" for s in ("msp", "entropy", "mi") for m in ("auroc", "aupr", "fpr95")) + ("mi", "disagreement")
 #: label-based metrics, left out of ood sets
 LABEL_METRICS = frozenset({"acc", "nll", "brier", "ece"})
-#: the loss / error barriers between members, read from <run>/connectivity.json when present (``ensemble-lab connectivity``)
-BARRIER_COLUMNS = ("barrier_loss_mean", "barrier_error_mean")
+#: the loss / error barriers between members, read from <run>/connectivity.json when present (``ensemble-lab connectivity``):
+#: the chord barrier (Entezari et al.), then Frankle et al.'s (above the mean of the ends); docs/connectivity.md
+BARRIER_COLUMNS = ("barrier_loss_mean", "barrier_error_mean", "frankle_barrier_loss_mean", "frankle_barrier_error_mean")
 #: top-level (per run, not per set) metrics, shown in the "weight space" table
 RUN_COLUMNS = ("weight_cosine_mean", "weight_cosine_stored_mean", *BARRIER_COLUMNS)
 WEIGHTS = "weight space"
@@ -223,9 +224,10 @@ def build_report(
         costs: list[dict[str, Any]] = [c for d in docs[key] if isinstance(c := d.get("cost"), dict)]
         if costs and cost_columns:  # runs tested before costs were measured have none
             group.stats[COST] = {c: summarize([v for d in costs if (v := _number(d.get(c))) is not None]) for c in cost_columns}
-    if columns is None and not any(g.stats[WEIGHTS][c].n for g in groups.values() for c in BARRIER_COLUMNS):
-        for group in groups.values():  # no run has a connectivity.json: no blank barrier columns
-            group.stats[WEIGHTS] = {c: s for c, s in group.stats[WEIGHTS].items() if c not in BARRIER_COLUMNS}
+    absent = {c for c in BARRIER_COLUMNS if columns is None and not any(g.stats[WEIGHTS][c].n for g in groups.values())}
+    if absent:
+        for group in groups.values():  # no run's connectivity.json has it (or no run has one): no blank barrier column
+            group.stats[WEIGHTS] = {c: s for c, s in group.stats[WEIGHTS].items() if c not in absent}
     for group in groups.values():
         if not group.stats[WEIGHTS]:
             del group.stats[WEIGHTS]
@@ -264,7 +266,7 @@ def _chosen_columns(
 
 
 def read_connectivity(run: Path) -> dict[str, float | None]:
-    """``barrier_loss_mean`` and ``barrier_error_mean`` of <run>/connectivity.json ({} without one, or an unreadable one)."""
+    """The BARRIER_COLUMNS of <run>/connectivity.json ({} without one, or an unreadable one)."""
     path = run / "connectivity.json"
     if not path.exists():
         return {}
@@ -369,16 +371,19 @@ def format_stat(stat: Stat | None, runs: int, digits: int = 3) -> str:
     return text if stat.n == runs else f"{text} (n={stat.n})"
 
 
-#: what a preset shows, per role (``{score}``: --ood_score); single_basin: one table per id set, see report_tables.py
+#: what a preset shows, per role (``{score}``: --ood_score; ``{positive}``: "_in" for --ood_positive id); single_basin: one
+#: table per id set, see report_tables.py
 PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "paper": {"id": ("acc", "nll", "ece"), "shift": ("acc", "nll", "ece"), "ood": ("aupr_{score}", "auroc_{score}", "fpr95_{score}", "mi")},
+    "paper": {"id": ("acc", "nll", "ece"), "shift": ("acc", "nll", "ece"), "ood": ("aupr{positive}_{score}", "auroc_{score}", "fpr95{positive}_{score}", "mi")},
     "single_basin": {"id": ("acc", "nll", "ece", "mi", "disagreement")},
 }
 
 
-def preset_columns(preset: str, score: str = "msp") -> dict[str, tuple[str, ...]]:
-    """The role -> metrics mapping of ``preset`` with the OOD score filled in."""
-    return {role: tuple(c.format(score=score) for c in columns) for role, columns in PRESETS[preset].items()}
+def preset_columns(preset: str, score: str = "msp", positive: str = "ood") -> dict[str, tuple[str, ...]]:
+    """The role -> metrics mapping of ``preset`` with the OOD score filled in; ``positive`` "id" takes
+    aupr and fpr95 with ID as the positive class (``aupr_in_<score>``, ``fpr95_in_<score>``)."""
+    suffix = "_in" if positive == "id" else ""
+    return {role: tuple(c.format(score=score, positive=suffix) for c in columns) for role, columns in PRESETS[preset].items()}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -413,6 +418,13 @@ def parser() -> argparse.ArgumentParser:
         choices=("msp", "entropy", "mi"),
         default="msp",
         help="the OOD score of --preset paper's aupr / auroc / fpr95 (default msp)",
+    )
+    p.add_argument(
+        "--ood_positive",
+        choices=("ood", "id"),
+        default="ood",
+        help="the positive class of --preset paper's aupr and fpr95: ood (the paper's, default) or id (most OOD tables': "
+        "aupr_in, and fpr95_in = the fraction of OOD images accepted when 95%% of ID images are)",
     )
     p.add_argument("--digits", type=int, default=3, help="decimals in the tables (default 3)")
     p.add_argument(
@@ -474,7 +486,7 @@ def report_main(argv: Sequence[str]) -> None:
     from ensemble_lab.cli.report_tables import render, table_layout, write_report
 
     options = read_options(argv)
-    columns = preset_columns(options.preset, options.ood_score) if options.preset else options.metrics
+    columns = preset_columns(options.preset, options.ood_score, options.ood_positive) if options.preset else options.metrics
     groups = build_report(options.paths, options.sets, columns)
     baselines = choose_baselines(groups, options.baseline)
     if not baselines:

@@ -3,9 +3,13 @@
 For members i < j and t on a grid in [0, 1], the plain network with weights (1 − t)·θ_i + t·θ_j
 (``member_networks``) is evaluated on one set: its mean NLL and its error (1 − accuracy). With
 BatchNorm, the interpolated network's running statistics belong to neither member, so they are
-re-estimated at every point from the same fixed training batches. The barrier of a curve L is
-max_t [L(t) − ((1 − t)·L(0) + t·L(1))]: how far the path rises above the chord between its ends
-(0 for a path no worse than the chord; the ends count, so it is never negative).
+re-estimated at every point from the same fixed training batches. Two barriers of a curve L are
+reported (both never negative, since the ends count):
+
+- ``barrier_*``, the chord barrier (Entezari et al. 2022): max_t [L(t) − ((1 − t)·L(0) + t·L(1))], how far
+  the path rises above the straight chord between its ends;
+- ``frankle_barrier_*`` (Frankle et al. 2020): max_t L(t) − ½(L(0) + L(1)), how far it rises above the
+  mean of its ends. The two agree when L(0) = L(1); otherwise the chord barrier is the smaller.
 """
 
 import math
@@ -26,7 +30,10 @@ from ensemble_lab.evaluation.member_networks import State, interpolate
 DOCUMENT_KEYS = (
     "method", "num_members", "set", "points", "t", "reset_norm", "checkpoint", "applicable", "reason", "pairs",
     "barrier_loss_mean", "barrier_loss_std", "barrier_error_mean", "barrier_error_std",
+    "frankle_barrier_loss_mean", "frankle_barrier_loss_std", "frankle_barrier_error_mean", "frankle_barrier_error_std",
 )  # fmt: skip
+#: per pair, and as ``<key>_mean`` / ``<key>_std`` over pairs: the chord barriers, then Frankle et al.'s
+BARRIERS = ("barrier_loss", "barrier_error", "frankle_barrier_loss", "frankle_barrier_error")
 
 
 def grid(points: int) -> list[float]:
@@ -76,10 +83,16 @@ def evaluate(network: nn.Module, images: Tensor, labels: Tensor, batch_size: int
 
 
 def barrier(curve: Sequence[float], t: Sequence[float]) -> float:
-    """max_t [L(t) − ((1 − t)·L(0) + t·L(1))] of a curve sampled at ``t`` (t[0] = 0, t[-1] = 1)."""
+    """The chord barrier (Entezari et al. 2022), max_t [L(t) − ((1 − t)·L(0) + t·L(1))], of a curve sampled at ``t`` (t[0] = 0, t[-1] = 1)."""
     values, ts = np.asarray(curve, dtype=np.float64), np.asarray(t, dtype=np.float64)
     chord = (1 - ts) * values[0] + ts * values[-1]  # (N,)
     return float(np.max(values - chord))
+
+
+def frankle_barrier(curve: Sequence[float]) -> float:
+    """Frankle et al. 2020's barrier, max_t L(t) − ½(L(0) + L(1)), of a curve whose first and last values are its ends."""
+    values = np.asarray(curve, dtype=np.float64)
+    return float(np.max(values) - 0.5 * (values[0] + values[-1]))
 
 
 def path_curves(
@@ -139,12 +152,13 @@ def all_pairs(
         for i, j in pairs:
             loss, error = path_curves(plain, states[i], states[j], t, data, batch_size, norm_batches, bar)
             records.append(
-                {"i": i, "j": j, "loss": loss, "error": error, "barrier_loss": barrier(loss, t), "barrier_error": barrier(error, t)}
+                {"i": i, "j": j, "loss": loss, "error": error, "barrier_loss": barrier(loss, t), "barrier_error": barrier(error, t),
+                 "frankle_barrier_loss": frankle_barrier(loss), "frankle_barrier_error": frankle_barrier(error)}  # fmt: skip
             )
-    loss_mean, loss_std = _mean_std([r["barrier_loss"] for r in records])
-    error_mean, error_std = _mean_std([r["barrier_error"] for r in records])
-    return {"pairs": records, "barrier_loss_mean": loss_mean, "barrier_loss_std": loss_std,
-            "barrier_error_mean": error_mean, "barrier_error_std": error_std}  # fmt: skip
+    summary: dict[str, Any] = {"pairs": records}
+    for key in BARRIERS:
+        summary[f"{key}_mean"], summary[f"{key}_std"] = _mean_std([r[key] for r in records])
+    return summary
 
 
 def _fmt(value: float | None) -> str:
@@ -152,14 +166,13 @@ def _fmt(value: float | None) -> str:
 
 
 def format_barriers(document: dict[str, Any]) -> str:
-    """The printed table: one row per pair (loss barrier, error barrier), then the mean ± std over pairs."""
-    lines = [f"{'pair':<8} {'loss barrier':>16} {'error barrier':>16}"]
-    lines += [
-        f"{str(r['i']) + '-' + str(r['j']):<8} {_fmt(r['barrier_loss']):>16} {_fmt(r['barrier_error']):>16}" for r in document["pairs"]
-    ]
-    loss = f"{_fmt(document['barrier_loss_mean'])} ± {_fmt(document['barrier_loss_std'])}"
-    error = f"{_fmt(document['barrier_error_mean'])} ± {_fmt(document['barrier_error_std'])}"
-    lines.append(f"{'mean':<8} {loss:>16} {error:>16}")
+    """The printed table: one row per pair (chord and Frankle loss / error barriers), then the mean ± std over pairs."""
+    headers = ("loss barrier", "error barrier", "Frankle loss", "Frankle error")
+    lines = [f"{'pair':<8}" + "".join(f" {h:>18}" for h in headers)]
+    lines += [f"{str(r['i']) + '-' + str(r['j']):<8}" + "".join(f" {_fmt(r.get(k)):>18}" for k in BARRIERS) for r in document["pairs"]]
+    means = [f"{_fmt(document.get(f'{k}_mean'))} ± {_fmt(document.get(f'{k}_std'))}" for k in BARRIERS]
+    lines.append(f"{'mean':<8}" + "".join(f" {m:>18}" for m in means))
+    lines.append("barrier: above the chord (1 − t)·L(0) + t·L(1); Frankle: above ½(L(0) + L(1))")
     return "\n".join(lines)
 
 
@@ -178,9 +191,9 @@ def connectivity_figure(document: dict[str, Any]) -> Figure:
             std = curves.std(0, ddof=1)  # (N,)
             ax.fill_between(t, mean - std, mean + std, color="grey", alpha=0.25, label="mean ± std")
         ax.plot(t, mean, color="black", linewidth=2, label="mean")
-        barrier_mean = document[f"barrier_{key}_mean"]
+        chord, frankle = document[f"barrier_{key}_mean"], document.get(f"frankle_barrier_{key}_mean")
         ax.set(xlabel="t  (0: member i, 1: member j)", ylabel=label, xlim=(0, 1),
-               title=f"{key}: mean barrier {_fmt(barrier_mean)}")  # fmt: skip
+               title=f"{key}: mean barrier {_fmt(chord)} (Frankle {_fmt(frankle)})")  # fmt: skip
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize="small", title="pair i–j", title_fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     where = "the validation split" if document["set"] == "val" else f"test set {document['set']}"

@@ -8,6 +8,7 @@ member probabilities, and prints a table.
 """
 
 import os
+import sys
 import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -19,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.evaluation.calibration import apply_temperature, ensemble_nll, fit_temperature, log_probs
+from ensemble_lab.evaluation.calibration import apply_temperature, ensemble_nll, fit_temperature, log_probs, temperature_warnings
 from ensemble_lab.evaluation.cost import format_cost, measure_cost
 from ensemble_lab.evaluation.metrics import predictive_metrics
 from ensemble_lab.evaluation.results import (
@@ -211,12 +212,17 @@ class UncertaintyEvalMixin(_Base):
         lp, y = torch.cat(member_log_probs, dim=1), torch.cat(targets)  # (M, N, C), (N,)
         temperature = fit_temperature(lp, y, per_member=self.calibration == "temperature_per_member")
         one = torch.ones((), dtype=torch.float64, device=device)
+        warned = temperature_warnings(temperature.cpu(), int(y.shape[0]))
+        if self.trainer.is_global_zero:  # every rank fits the same T: say it once
+            for line in warned:
+                print(f"ensemble-lab test: warning: --calibration {self.calibration}: {line}", file=sys.stderr)
         return {
             "method": self.calibration,
             "temperature": temperature.cpu().tolist(),  # a number, or one per member
             "val_images": int(y.shape[0]),
             "val_nll": float(ensemble_nll(lp, y, one)),
             "val_nll_calibrated": float(ensemble_nll(lp, y, temperature)),
+            "warnings": warned,  # why the fitted T may not be trusted (evaluation/calibration.py)
         }
 
     def on_test_end(self) -> None:

@@ -37,10 +37,10 @@ from ensemble_lab.evaluation.metrics import (
     sample_terms,
     uncertainty_scores,
 )
-from ensemble_lab.evaluation.ood_detection import ood_detection_weighted, ood_metrics
+from ensemble_lab.evaluation.ood_detection import OOD_DETECTION, ood_detection_weighted, ood_metrics
 
-#: metric families measured against an in-distribution set (OOD = positive class): ``<family>_<score>``
-OOD_FAMILIES = ("auroc", "aupr", "fpr95")
+#: metric families measured against an in-distribution set (OOD positive; ``_in``: ID positive): ``<family>_<score>``
+OOD_FAMILIES = OOD_DETECTION
 #: the uncertainty scores an OOD-detection metric names: ``<family>_<score>``
 OOD_SCORES = ("msp", "entropy", "mi")
 #: the per-set metrics recomputed from member probabilities by ``predictive_metrics``
@@ -79,7 +79,7 @@ class Comparison:
 
 
 def is_ood_detection(metric: str) -> bool:
-    """True for ``auroc_<score>``, ``aupr_<score>`` and ``fpr95_<score>``: metrics of an OOD set against an id set."""
+    """True for ``auroc_<score>``, ``aupr_<score>``, ``fpr95_<score>`` and the ``_in`` ones: metrics of an OOD set against an id set."""
     return metric.split("_", 1)[0] in OOD_FAMILIES and "_" in metric
 
 

@@ -53,8 +53,10 @@ class BatchEnsemble(EnsembleModule):
                 must divide by M, and a short last batch drops its last B mod M images). Test: always tiled.
             norm: "shared" (one BatchNorm for all members' rows, the paper's) or "per_member" (each member its
                 own BatchNorm statistics and affine); "per_member" needs a backbone with norm layers.
-            fast_weight_lr_scale: learning rate of r and s relative to the optimizer's (0.5 in the authors' code).
-            fast_weight_decay: apply the optimizer's weight decay to r and s too (off in the authors' code).
+            fast_weight_lr_scale: learning rate of r and s relative to the optimizer's (0.5 in the original BatchEnsemble
+                recipe; 1.0 in the peer library's config, configs/cifar10/batch_ensemble_peer.yaml).
+            fast_weight_decay: apply the optimizer's weight decay to r and s too (off in the original BatchEnsemble
+                recipe; on in the peer library's config).
         """
         if train_batch not in TRAIN_BATCHES:
             raise ConfigError(f"--model.train_batch {train_batch!r} is not known; allowed: {', '.join(TRAIN_BATCHES)}")

@@ -13,9 +13,9 @@ from ensemble_lab.nn import LayerFactory, build_backbone, plain_layers
 
 
 def check_input_repetition(value: float) -> None:
-    """Raise a ConfigError unless ``value`` is a number in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"--model.input_repetition must be a number in [0, 1), got {value!r}")
+    """Raise a ConfigError unless ``value`` is a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"--model.input_repetition must be a number in [0, 1], got {value!r}")
 
 
 def check_batch_repetition(value: int) -> None:
@@ -37,7 +37,8 @@ def mimo_indices(batch: int, num_members: int, input_repetition: float = 0.0, ba
 
     Every member therefore sees each image exactly r times (a permutation of the repeated batch),
     and each row is shared by all members with probability (N − K) / N ≈ ρ. ρ = 0: every member's
-    rows are an independent shuffle (a row may still match member 0's by chance, about r/N of them).
+    rows are an independent shuffle (a row may still match member 0's by chance, about r/N of them);
+    ρ = 1: every row is shared, all members train on the same images in the same order.
     """
     rows = batch * batch_repetition
     member_0 = torch.arange(batch, device=device).repeat(batch_repetition)[torch.randperm(rows, device=device)]  # (N,)
@@ -67,9 +68,10 @@ class MIMO(EnsembleModule):
         """The other options are EnsembleModule's; ``num_members`` is M, the number of subnetworks.
 
         Args:
-            input_repetition: ρ in [0, 1): the fraction of training rows in which every member sees
-                member 0's image instead of its own; 0: independent inputs (the authors' CIFAR code;
-                their ImageNet code uses 0.6). Test rows always share the image.
+            input_repetition: ρ in [0, 1]: the fraction of training rows in which every member sees
+                member 0's image instead of its own; 0: independent inputs (the MIMO authors' CIFAR code;
+                their ImageNet code uses 0.6); 1: every member sees the same images, so the members are
+                the heads of one network (the peer library's shipped configs). Test rows always share the image.
             batch_repetition: r >= 1: each training batch of B images is repeated r times before the
                 members' shuffles, so every member trains on B·r rows, each image r times; 1: none
                 (the authors' code: 4 on CIFAR, 2 on ImageNet). Lower-variance gradients, r× the compute.

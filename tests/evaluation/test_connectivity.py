@@ -1,14 +1,17 @@
 """Linear mode connectivity: barriers against hand computations, member networks against the ensemble's own logits."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ensemble_lab.cli.report import WEIGHTS, build_report
 from ensemble_lab.errors import EnsembleLabError
-from ensemble_lab.evaluation.connectivity import all_pairs, barrier, grid, path_curves, reestimate_norms
+from ensemble_lab.evaluation.connectivity import all_pairs, barrier, format_barriers, frankle_barrier, grid, path_curves, reestimate_norms
 from ensemble_lab.evaluation.member_networks import has_member_layers, interpolate, member_states
 from ensemble_lab.methods import MIMO, BatchEnsemble, DeepEnsemble, LowRankEnsemble, MCDropout, PackedEnsemble
 from ensemble_lab.nn import GroupedLinear
@@ -37,6 +40,46 @@ def test_barrier_of_hand_worked_curves():
     assert barrier([1.0, 3.0, 2.0], [0.0, 0.5, 1.0]) == pytest.approx(1.5)  # chord at t = 0.5 is 1.5
     assert barrier([0.0, 0.25, 1.0], [0.0, 0.5, 1.0]) == 0.0  # below the chord: only the ends touch it
     assert grid(5) == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_both_barriers_against_numpy_on_a_hand_made_curve():
+    # ends 0.2 and 1.0, a bump of 0.9 at t = 0.25: the chord there is 0.4, the mean of the ends 0.6
+    t = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    curve = np.array([0.2, 0.9, 0.7, 0.8, 1.0])
+    chord = curve - ((1 - t) * curve[0] + t * curve[-1])  # Entezari et al.: above the chord
+    frankle = curve.max() - (curve[0] + curve[-1]) / 2  # Frankle et al.: above the mean of the ends
+    assert barrier(curve.tolist(), t.tolist()) == pytest.approx(chord.max()) == pytest.approx(0.5)
+    assert frankle_barrier(curve.tolist()) == pytest.approx(frankle) == pytest.approx(0.4)
+    # equal ends: the two definitions agree
+    flat = [0.3, 0.8, 0.3]
+    assert frankle_barrier(flat) == pytest.approx(barrier(flat, [0.0, 0.5, 1.0])) == pytest.approx(0.5)
+
+
+def test_all_pairs_reports_both_barriers_per_pair_and_over_pairs():
+    # three "members" on a line: the network's one weight w = θ, logits (w·x, 0) on one input x = 1 of class 0
+    net = nn.Linear(1, 2, bias=False)
+    states = [{"weight": torch.tensor([[w], [0.0]])} for w in (3.0, -1.0, 0.5)]
+    t = grid(5)
+    data = (torch.ones(1, 1), torch.tensor([0]))
+    summary = all_pairs(net, states, t, data, batch_size=1)
+    chords, frankles = [], []
+    for record in summary["pairs"]:
+        w = (1 - np.array(t)) * states[record["i"]]["weight"][0, 0].item() + np.array(t) * states[record["j"]]["weight"][0, 0].item()
+        loss = np.log1p(np.exp(-w))  # NLL of class 0 with logits (w, 0)
+        chord = (loss - ((1 - np.array(t)) * loss[0] + np.array(t) * loss[-1])).max()
+        frankle = loss.max() - (loss[0] + loss[-1]) / 2
+        assert record["barrier_loss"] == pytest.approx(chord) and record["frankle_barrier_loss"] == pytest.approx(frankle)
+        error = (w < 0).astype(float)  # argmax of (w, 0) is class 1 only for w < 0 (a tie goes to class 0)
+        assert record["barrier_error"] == pytest.approx((error - ((1 - np.array(t)) * error[0] + np.array(t) * error[-1])).max())
+        assert record["frankle_barrier_error"] == pytest.approx(error.max() - (error[0] + error[-1]) / 2)
+        chords.append(chord)
+        frankles.append(frankle)
+    assert summary["barrier_loss_mean"] == pytest.approx(np.mean(chords))
+    assert summary["frankle_barrier_loss_mean"] == pytest.approx(np.mean(frankles))
+    assert summary["frankle_barrier_loss_std"] == pytest.approx(np.std(frankles, ddof=1))
+    # pair 0-1 (w from 3 to −1) turns wrong only at its end: no chord barrier, but ½ above the mean of its ends
+    assert summary["pairs"][0]["barrier_error"] == 0.0 and summary["pairs"][0]["frankle_barrier_error"] == 0.5
+    assert "Frankle" in format_barriers({**summary, "pairs": summary["pairs"]})
 
 
 def test_two_parameter_toy_path_equals_the_hand_computation():
@@ -214,3 +257,24 @@ def test_grouped_linear_is_a_block_diagonal_matrix():
     torch.testing.assert_close(layer(x), x @ dense.T + layer.bias, rtol=0, atol=1e-12)
     with pytest.raises(EnsembleLabError, match="divide by groups"):
         GroupedLinear(5, 4, groups=2)
+
+
+def test_report_shows_both_barriers_and_no_blank_column_for_older_files(tmp_path):
+    sets = {"digits": {"role": "id", "acc": 0.9, "nll": 0.3, "ece": 0.02, "mi": 0.01, "disagreement": 0.02}}
+    walks = {1: (0.1, 0.3), 2: (0.2, 0.6)}  # per seed: (chord, Frankle) mean loss barrier
+    for seed, (chord, frankle) in walks.items():
+        run = tmp_path / f"be/seed_{seed}"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"method": "BatchEnsemble", "num_members": 4, "seed": seed,
+                                                      "datamodule": "DigitsDataModule", "sets": sets}))  # fmt: skip
+        (run / "connectivity.json").write_text(json.dumps({"barrier_loss_mean": chord, "barrier_error_mean": 0.0,
+                                                           "frankle_barrier_loss_mean": frankle, "frankle_barrier_error_mean": 0.05}))  # fmt: skip
+    (group,) = build_report([tmp_path])
+    stats = group.stats[WEIGHTS]
+    assert stats["barrier_loss_mean"].mean == pytest.approx(np.mean([0.1, 0.2]))
+    assert stats["frankle_barrier_loss_mean"].mean == pytest.approx(np.mean([0.3, 0.6]))
+    assert stats["frankle_barrier_loss_mean"].std == pytest.approx(np.std([0.3, 0.6], ddof=1))
+    for seed in walks:  # connectivity.json written before the Frankle barrier: its column is left out, not blank
+        (tmp_path / f"be/seed_{seed}" / "connectivity.json").write_text(json.dumps({"barrier_loss_mean": 0.1, "barrier_error_mean": 0.0}))
+    (group,) = build_report([tmp_path])
+    assert "barrier_loss_mean" in group.stats[WEIGHTS] and "frankle_barrier_loss_mean" not in group.stats[WEIGHTS]

@@ -312,32 +312,54 @@ def test_float32_random_matches_float64() -> None:
 # --------------------------------------------------------------------------------------------
 # OOD detection against scikit-learn
 # --------------------------------------------------------------------------------------------
+OOD_FAMILIES = ("auroc", "aupr", "fpr95", "aupr_in", "fpr95_in")
+OOD_KEYS = {f"{m}_{s}" for m in OOD_FAMILIES for s in ("msp", "entropy", "mi")}
+
+
 def sklearn_ood(id_scores: np.ndarray, ood_scores: np.ndarray, drop_intermediate: bool = False) -> dict:
+    """Both conventions from scikit-learn: OOD positive on the scores, ID positive on the negated scores."""
     labels = np.r_[np.zeros(len(id_scores)), np.ones(len(ood_scores))]
     scores = np.r_[id_scores, ood_scores]
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=drop_intermediate)
+    fpr_in, tpr_in, _ = roc_curve(1 - labels, -scores, drop_intermediate=drop_intermediate)
     return {
         "auroc": roc_auc_score(labels, scores),
         "aupr": average_precision_score(labels, scores),
         "fpr95": fpr[np.argmax(tpr >= 0.95)],
+        "aupr_in": average_precision_score(1 - labels, -scores),
+        "fpr95_in": fpr_in[np.argmax(tpr_in >= 0.95)],
     }
 
 
 def test_ood_detection_hand_worked() -> None:
     # perfectly separated
     out = ood_detection(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.4, 0.5]))
-    assert out == pytest.approx({"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0})
-    # reversed: every ID above every OOD. AP: precision at the OOD points is 1/4 and 2/5 -> (1/4 + 2/5)/2
+    assert out == pytest.approx({"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0, "aupr_in": 1.0, "fpr95_in": 0.0})
+    # reversed: every ID above every OOD. AP: precision at the OOD points is 1/4 and 2/5 -> (1/4 + 2/5)/2;
+    # ID positive (low scores first): precision at the ID points is 1/3, 2/4, 3/5
     out = ood_detection(torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.1, 0.2]))
-    assert out == pytest.approx({"auroc": 0.0, "aupr": 0.325, "fpr95": 1.0})
+    assert out == pytest.approx({"auroc": 0.0, "aupr": 0.325, "fpr95": 1.0, "aupr_in": (1 / 3 + 2 / 4 + 3 / 5) / 3, "fpr95_in": 1.0})
     # all tied: one threshold with everything positive; one tied ID/OOD pair counts 1/2
     out = ood_detection(torch.tensor([0.5, 0.5]), torch.tensor([0.5]))
-    assert out == pytest.approx({"auroc": 0.5, "aupr": 1 / 3, "fpr95": 1.0})
+    assert out == pytest.approx({"auroc": 0.5, "aupr": 1 / 3, "fpr95": 1.0, "aupr_in": 2 / 3, "fpr95_in": 1.0})
     # tpr reaches exactly 0.95 (19 of 20 OOD above every ID) before the first ID sample: fpr95 = 0.
     # AUROC: 19 OOD beat both IDs, OOD score 1 beats ID 0.5 only -> (19·2 + 1)/40.
     ood = torch.arange(1.0, 21.0)  # 1, 2, ..., 20
     out = ood_detection(torch.tensor([1.5, 0.5]), ood)
     assert out["fpr95"] == 0.0
+
+
+def test_id_positive_aupr_and_fpr95_by_hand() -> None:
+    # ID 0.1, 0.2, 0.6; OOD 0.4, 0.5 (higher = more OOD). ID positive ranks by −score: 0.1, 0.2 (ID), 0.4, 0.5
+    # (OOD), 0.6 (ID). Precision at the ID points: 1, 1, 3/5 -> AP = (1 + 1 + 3/5)/3. Accepting 95% of ID
+    # needs every ID image, i.e. everything up to 0.6: both OOD images accepted, fpr95_in = 1.
+    out = ood_detection(torch.tensor([0.1, 0.2, 0.6]), torch.tensor([0.4, 0.5]))
+    assert out["aupr_in"] == pytest.approx((1 + 1 + 3 / 5) / 3) and out["fpr95_in"] == 1.0
+    # 19 ID images below both OOD images (2, 3) and one between them (2.5): 95% of ID (19 of 20) are
+    # accepted at 0.95 with no OOD image; OOD positive, reaching both OOD images lets the 2.5 through.
+    ids = torch.cat([torch.arange(1.0, 20.0) / 20, torch.tensor([2.5])])  # 0.05 ... 0.95, and 2.5
+    out = ood_detection(ids, torch.tensor([2.0, 3.0]))
+    assert out["fpr95_in"] == 0.0 and out["fpr95"] == pytest.approx(1 / 20)
     assert out["auroc"] == pytest.approx(39 / 40)
 
 
@@ -356,7 +378,7 @@ def test_ood_detection_matches_sklearn(sizes: tuple[int, int], ties: bool, seed:
         ood_scores = rng.normal(0.8, 1.0, n_ood)
     out = ood_detection(torch.from_numpy(id_scores), torch.from_numpy(ood_scores))
     ref = sklearn_ood(id_scores, ood_scores)
-    assert set(out) == {"auroc", "aupr", "fpr95"}
+    assert set(out) == set(OOD_FAMILIES)
     for key in ref:
         assert isinstance(out[key], float)
         assert out[key] == pytest.approx(ref[key], abs=1e-12), key
@@ -384,7 +406,7 @@ def test_ood_metrics_against_sklearn_on_independent_scores() -> None:
     # OOD: flatter members (logits scaled down) that still disagree
     ood_probs = (torch.log(random_member_probs(3, 40, 4, seed=22)) * 0.3).softmax(-1)
     out = ood_metrics(id_probs.float(), ood_probs.float())
-    assert set(out) == {f"{m}_{s}" for m in ("auroc", "aupr", "fpr95") for s in ("msp", "entropy", "mi")}
+    assert set(out) == OOD_KEYS
 
     def scores_np(p: np.ndarray) -> dict[str, np.ndarray]:
         mean = p.mean(0)
@@ -399,7 +421,7 @@ def test_ood_metrics_against_sklearn_on_independent_scores() -> None:
     ood_s = scores_np(ood_probs.float().double().numpy())
     for name in ("msp", "entropy", "mi"):
         ref = sklearn_ood(id_s[name], ood_s[name])
-        for metric in ("auroc", "aupr", "fpr95"):
+        for metric in OOD_FAMILIES:
             assert out[f"{metric}_{name}"] == pytest.approx(ref[metric], abs=1e-9), f"{metric}_{name}"
     assert out["auroc_entropy"] > 0.5
 
@@ -496,8 +518,8 @@ def test_single_model_mi_detection_is_undefined() -> None:
     id_probs, ood_probs = random_member_probs(1, 60, 4, seed=60), random_member_probs(1, 30, 4, seed=61) ** 0.2
     ood_probs = ood_probs / ood_probs.sum(-1, keepdim=True)
     out = ood_metrics(id_probs, ood_probs)
-    assert set(out) == {f"{m}_{s}" for m in ("auroc", "aupr", "fpr95") for s in ("msp", "entropy", "mi")}
-    assert out["auroc_mi"] is None and out["aupr_mi"] is None and out["fpr95_mi"] is None
+    assert set(out) == OOD_KEYS
+    assert all(out[f"{m}_mi"] is None for m in OOD_FAMILIES)
     # msp and entropy stay defined for one model
     id_total, ood_total = scipy_entropy(id_probs[0].numpy(), axis=-1), scipy_entropy(ood_probs[0].numpy(), axis=-1)
     labels = np.r_[np.zeros(60), np.ones(30)]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from ensemble_lab.evaluation.metrics import predictive_metrics
 from ensemble_lab.evaluation.ood_detection import ood_detection_weighted, ood_metrics
@@ -122,7 +122,7 @@ def test_ood_replicates_are_ood_metrics_on_each_resample_with_ties_and_a_single_
     id_probs, _ = predictions(0.9, num=60, seed=1)
     ood_probs, ood_targets = predictions(0.3, num=40, seed=2)
     id_probs, ood_probs = (p.mul(4).round().div(4).softmax(-1) for p in (id_probs, ood_probs))  # coarse: many tied scores
-    names = [f"{family}_{score}" for family in ("auroc", "aupr", "fpr95") for score in ("msp", "entropy", "mi")]
+    names = [f"{family}_{score}" for family in ("auroc", "aupr", "fpr95", "aupr_in", "fpr95_in") for score in ("msp", "entropy", "mi")]
     for members in (3, 1):  # M = 1: no mi score, NaN on every resample
         runs = [ood_probs[:members]], [id_probs[:members]]
         replicates = bootstrap_replicates(runs[0], ood_targets, names, 4, 5, "svhn", runs[1])
@@ -149,6 +149,9 @@ def test_weighted_ood_detection_is_sklearn_on_the_repeated_samples():
         thresholds = np.unique(scores)[::-1]  # high to low: the first one where 95% of the OOD samples score at least it
         first = next(t for t in thresholds if (oods >= t).mean() >= 0.95)
         assert float(found["fpr95"][r]) == pytest.approx((ids >= first).mean(), abs=1e-15)
+        assert float(found["aupr_in"][r]) == pytest.approx(average_precision_score(1 - labels, -scores), rel=1e-12)
+        fpr_in, tpr_in, _ = roc_curve(1 - labels, -scores, drop_intermediate=False)  # ID positive: OOD accepted at 95% ID
+        assert float(found["fpr95_in"][r]) == pytest.approx(fpr_in[np.argmax(tpr_in >= 0.95)], abs=1e-15)
 
 
 def test_holm_on_a_hand_worked_family():

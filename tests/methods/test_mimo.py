@@ -116,6 +116,15 @@ def test_input_repetition_shares_a_fraction_rho_of_rows(rho):
         assert fraction == 1.0
 
 
+def test_input_repetition_one_gives_every_member_the_same_images():
+    # the peer library's MIMO configs (ρ = 1, r = 1): every member trains on member 0's image order
+    torch.manual_seed(7)
+    model = MIMO(input_repetition=1.0, batch_repetition=1, **MLP)
+    indices = mimo_indices(64, M, model.input_repetition, model.batch_repetition)
+    assert torch.equal(indices, indices[0].expand(M, -1))
+    assert sorted(indices[0].tolist()) == list(range(64))  # still each image once
+
+
 def test_input_repetition_zero_gives_independent_members():
     torch.manual_seed(6)
     indices = mimo_indices(64, M, 0.0, 1)
@@ -171,9 +180,9 @@ def test_weight_cosine_is_null():
 @pytest.mark.parametrize(
     "options, match",
     [
-        (dict(input_repetition=1.0), "--model.input_repetition must be a number in \\[0, 1\\), got 1.0"),
-        (dict(input_repetition=-0.1), "--model.input_repetition must be a number in \\[0, 1\\)"),
-        (dict(input_repetition=True), "--model.input_repetition must be a number in \\[0, 1\\)"),
+        (dict(input_repetition=1.5), "--model.input_repetition must be a number in \\[0, 1\\], got 1.5"),
+        (dict(input_repetition=-0.1), "--model.input_repetition must be a number in \\[0, 1\\]"),
+        (dict(input_repetition=True), "--model.input_repetition must be a number in \\[0, 1\\]"),
         (dict(batch_repetition=0), "--model.batch_repetition must be an integer >= 1, got 0"),
         (dict(batch_repetition=2.0), "--model.batch_repetition must be an integer >= 1"),
     ],
