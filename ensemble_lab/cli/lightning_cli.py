@@ -270,7 +270,7 @@ class EnsembleLabCLI(LightningCLI):
         ckpt_path = resolve_ckpt_path(self.trainer, config.get("ckpt_path"), fitting=self.subcommand == "fit")
         config["ckpt_path"] = ckpt_path
         if ckpt_path and ckpt_path not in SPECIAL:
-            checkpoint = load_checkpoint(ckpt_path)
+            checkpoint = load_checkpoint(ckpt_path, "--ckpt_path")
             self.model.check_checkpoint(checkpoint, ckpt_path)
             if self.subcommand != "fit":  # test scalars and figures go to TensorBoard at the step the weights are from
                 self._log_at_step(int(checkpoint.get("global_step", 0)))
