@@ -290,8 +290,15 @@ def test_a_root_under_a_file_is_one_line(tmp_path, capsys):
     assert "cannot write" in line and "Not a directory" in line and "afile" in line
 
 
-def test_a_key_written_twice_in_a_config_file_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("command,kind", [(["fit", "--data=DigitsDataModule"], "config"), (["study"], "study")])
+def test_a_key_written_twice_is_one_line_naming_the_file_the_key_and_both_lines(tmp_path, capsys, command, kind):
     """YAML keeps the last of two equal keys: a second model: block would silently replace the first."""
-    (tmp_path / "twice.yaml").write_text("model:\n  class_path: BatchEnsemble\nmodel:\n  class_path: SingleModel\n")
-    line = error_line(capsys, "fit", f"--config={tmp_path / 'twice.yaml'}", "--data=DigitsDataModule")
-    assert "'model' is given twice in one mapping (line 3)" in line and "twice.yaml" in line
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("seeds: [1]\nmodel:\n  class_path: BatchEnsemble\nmodel:\n  class_path: SingleModel\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, f"--config={twice}"] if kind == "config" else [*command, "--config", str(twice)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err, err  # PyYAML's own message adds the text and a caret
+    # by hand: the second "model:" is on line 4 of the text above, the first on line 2
+    assert err.startswith(f"ensemble-lab: error: {kind} file {twice}: ")
+    assert "'model' is given twice in one mapping (line 4); the first is on line 2" in err

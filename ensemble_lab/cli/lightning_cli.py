@@ -33,7 +33,7 @@ from ensemble_lab.cli.resume import (
     resolve_ckpt_path,
 )
 from ensemble_lab.cli.run_config import comparable, flatten
-from ensemble_lab.cli.strict_yaml import load_yaml
+from ensemble_lab.cli.strict_yaml import load_yaml_file
 from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.results import check_can_write
@@ -438,19 +438,12 @@ def quiet_known_warnings() -> None:
 def check_config_files(argv: Sequence[str]) -> None:
     """ConfigError naming the file for a --config that is not a YAML mapping (jsonargparse would name
     "<unicode string>" or print "Unexpected config"); a missing file is left to the parser's message."""
-    import yaml
-
     paths = [argv[k + 1] for k, a in enumerate(argv[:-1]) if a == "--config"] + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.is_file():
             continue
-        try:
-            content = load_yaml(path.read_text())
-        except yaml.YAMLError as error:
-            where = getattr(error, "problem_mark", None)
-            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-            raise ConfigError(f"config file {raw} is not valid YAML{at}: {getattr(error, 'problem', None) or error}") from None
+        content = load_yaml_file(raw, "config file")  # not YAML, a key given twice: one line naming file and line
         if not isinstance(content, dict):
             got = "nothing (the file is empty)" if content is None else f"a {type(content).__name__}"
             raise ConfigError(f"config file {raw} must be a mapping of options (model:, data:, trainer:, ...); it holds {got}")
