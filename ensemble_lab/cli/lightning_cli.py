@@ -34,6 +34,7 @@ from ensemble_lab.cli.resume import (
 )
 from ensemble_lab.cli.run_config import comparable, flatten
 from ensemble_lab.cli.strict_yaml import load_yaml_file
+from ensemble_lab.cli.training_length import bound_training
 from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.results import check_can_write
@@ -166,6 +167,7 @@ class EnsembleLabCLI(LightningCLI):
                 )
         if self.subcommand == "fit":  # before anything is built: the checkpoint follows early stopping's metric
             settle_monitors(config)
+            bound_training(config, announce=not self.checking_only)  # no limit given: ours, not Lightning's 1000 epochs
         if (config.get("eval_sets_every") or 0) < 0:
             raise ConfigError(f"--eval_sets_every must be >= 0 (0: never), got {config.get('eval_sets_every')}")
 
