@@ -17,6 +17,10 @@ class CheckpointMismatchError(EnsembleLabError):
     """A checkpoint does not match the model it is loaded into."""
 
 
+class CheckpointFileError(CheckpointMismatchError):
+    """A checkpoint path that cannot be used at all: missing, a directory, empty, truncated or not a checkpoint."""
+
+
 class NonFiniteLossError(EnsembleLabError, ArithmeticError):
     """Training produced a NaN or infinite loss; it was stopped and the last good checkpoint kept."""
 

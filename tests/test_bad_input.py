@@ -164,18 +164,71 @@ def test_other_architecture_is_named_and_refused_before_anything_is_written(fitt
     assert sorted(p.name for p in fitted.iterdir()) == before and run_dirs(fitted.parent.parent) == [fitted]
 
 
-@pytest.mark.parametrize("damage", ["text", "empty", "truncated", "plain_dict"])
-def test_unreadable_checkpoint_is_one_line(fitted, tmp_path, capsys, damage):
-    bad = tmp_path / "bad.ckpt"
-    good = (fitted / "checkpoints" / "last.ckpt").read_bytes()
+def damaged_checkpoint(damage: str, good: Path, where: Path) -> Path:
+    """A path under ``where`` that is no usable checkpoint in the way ``damage`` names (``good``: a real one)."""
+    bad = where / f"{damage}.ckpt"
+    if damage == "directory":  # a run directory given in place of its checkpoint
+        return good.parent.parent
+    if damage == "missing":
+        return bad
     if damage == "plain_dict":
         torch.save({"weights": torch.zeros(2)}, bad)
     else:
-        bad.write_bytes({"text": b"not a checkpoint\n", "empty": b"", "truncated": good[: len(good) // 2]}[damage])
+        data = good.read_bytes()
+        bad.write_bytes({"text": b"not a checkpoint\n", "empty": b"", "truncated": data[: len(data) // 2]}[damage])
+    return bad
+
+
+#: what the one line says for each damage (the truncated file keeps half of its bytes)
+SAYS = {
+    "missing": "does not exist; give a .ckpt file that ensemble-lab fit wrote",
+    "directory": "is a directory; give a checkpoint file, e.g. {good}",
+    "empty": "is empty (0 bytes)",
+    "text": "is not a checkpoint (not a file torch.save wrote)",
+    "truncated": "is truncated (only its first {half:,} bytes are there)",
+    "plain_dict": "holds no 'state_dict', so it is not a Lightning checkpoint",
+}
+
+
+@pytest.mark.parametrize("damage", list(SAYS))
+def test_load_checkpoint_names_the_file_and_what_is_wrong_with_it(fitted, tmp_path, damage):
+    from ensemble_lab.errors import CheckpointFileError
+    from ensemble_lab.methods.checkpoint_state import load_checkpoint
+
+    good = fitted / "checkpoints" / "last.ckpt"
+    bad = damaged_checkpoint(damage, good, tmp_path)
+    with pytest.raises(CheckpointFileError) as error:
+        load_checkpoint(bad, "member checkpoint")
+    message = str(error.value)
+    assert message.startswith(f"member checkpoint {bad} ") and "\n" not in message
+    assert SAYS[damage].format(good=good, half=good.stat().st_size // 2) in message
+    assert "mmap" not in message and "Errno" not in message  # torch's words, not ours
+
+
+def _reader_command(reader: str, fitted: Path, bad: Path) -> tuple[list[str], str]:
+    """The command line that reads ``bad`` as a checkpoint in the way ``reader`` names, and how its error names it."""
+    config = f"--config={fitted / 'config.yaml'}"
+    return {
+        "test": (["test", config, f"--ckpt_path={bad}"], "--ckpt_path"),
+        "fit resume": (["fit", config, f"--ckpt_path={bad}"], "--ckpt_path"),
+        "teacher": ([*FIT, *QUICK, f"--model.teacher={bad}"], "teacher checkpoint"),
+        "members": (["test", "--model=DeepEnsemble", "--data=DigitsDataModule", *QUICK,
+                     f"--model.member_checkpoints=[{bad},{fitted / 'checkpoints' / 'last.ckpt'}]"], "member checkpoint"),
+        "connectivity": (["connectivity", "--config", str(fitted / "config.yaml"), "--ckpt_path", str(bad)], "--ckpt_path"),
+    }[reader]
+
+
+@pytest.mark.parametrize("damage", ["directory", "empty", "truncated"])
+@pytest.mark.parametrize("reader", ["test", "fit resume", "teacher", "members", "connectivity"])
+def test_every_reader_of_a_checkpoint_names_the_file_and_what_is_wrong_in_one_line(fitted, tmp_path, capsys, reader, damage):
+    good = fitted / "checkpoints" / "last.ckpt"
+    bad = damaged_checkpoint(damage, good, tmp_path)
+    args, named = _reader_command(reader, fitted, bad)
+    before = sorted(p.relative_to(fitted.parent) for p in fitted.parent.rglob("*"))
     with working_directory(fitted.parent.parent):
-        line = error_line(capsys, "test", f"--config={fitted / 'config.yaml'}", f"--ckpt_path={bad}")
-    expected = "holds no 'state_dict'" if damage == "plain_dict" else "cannot be read as a checkpoint"
-    assert f"checkpoint {bad} " in line and expected in line
+        line = error_line(capsys, *args)
+    assert f"ensemble-lab: error: {named} {bad} {SAYS[damage].format(good=good, half=good.stat().st_size // 2)}" in line
+    assert sorted(p.relative_to(fitted.parent) for p in fitted.parent.rglob("*")) == before  # nothing written
 
 
 def test_mc_dropout_checkpoint_tests_with_any_number_of_samples(cli, tmp_path):
@@ -189,7 +242,7 @@ def test_mc_dropout_checkpoint_tests_with_any_number_of_samples(cli, tmp_path):
 def test_missing_checkpoint_file(fitted, capsys):
     with working_directory(fitted.parent.parent):
         line = error_line(capsys, "test", f"--config={fitted / 'config.yaml'}", "--ckpt_path=nowhere.ckpt")
-    assert "checkpoint not found: nowhere.ckpt" in line
+    assert "--ckpt_path nowhere.ckpt does not exist" in line
 
 
 def test_ckpt_path_last_with_no_run_to_test(cli, tmp_path, capsys):
@@ -237,8 +290,15 @@ def test_a_root_under_a_file_is_one_line(tmp_path, capsys):
     assert "cannot write" in line and "Not a directory" in line and "afile" in line
 
 
-def test_a_key_written_twice_in_a_config_file_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("command,kind", [(["fit", "--data=DigitsDataModule"], "config"), (["study"], "study")])
+def test_a_key_written_twice_is_one_line_naming_the_file_the_key_and_both_lines(tmp_path, capsys, command, kind):
     """YAML keeps the last of two equal keys: a second model: block would silently replace the first."""
-    (tmp_path / "twice.yaml").write_text("model:\n  class_path: BatchEnsemble\nmodel:\n  class_path: SingleModel\n")
-    line = error_line(capsys, "fit", f"--config={tmp_path / 'twice.yaml'}", "--data=DigitsDataModule")
-    assert "'model' is given twice in one mapping (line 3)" in line and "twice.yaml" in line
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("seeds: [1]\nmodel:\n  class_path: BatchEnsemble\nmodel:\n  class_path: SingleModel\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, f"--config={twice}"] if kind == "config" else [*command, "--config", str(twice)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err, err  # PyYAML's own message adds the text and a caret
+    # by hand: the second "model:" is on line 4 of the text above, the first on line 2
+    assert err.startswith(f"ensemble-lab: error: {kind} file {twice}: ")
+    assert "'model' is given twice in one mapping (line 4); the first is on line 2" in err

@@ -209,3 +209,19 @@ def test_checkpoint_choice_options_are_fit_only_in_help(cli, capsys):
         out = capsys.readouterr().out
         for option in ("--early_stopping.enabled", "--early_stopping.patience", "--test_checkpoint"):
             assert (option in out) is shown, (command, option)
+
+
+
+def test_checkpoint_epoch_of_step_checkpoints_is_the_0_based_epoch_of_the_weights(cli, tmp_path):
+    # step checkpoints at step 4; the final weights (step 6, the end of epoch 1) are saved once more when training
+    # ends, where Lightning's epoch counter has already moved past the last epoch
+    cli("fit", *QUICK, "--trainer.max_epochs=2", "--checkpoint.every_n_train_steps=4")
+    (run,) = run_dirs(tmp_path)
+    last = load(run / "checkpoints" / "last.ckpt")
+    steps = 2 * STEPS_PER_EPOCH
+    assert last["global_step"] == steps
+    # by hand: optimizer step number `steps` (1-based) falls in 0-based epoch (steps - 1) // STEPS_PER_EPOCH = 1,
+    # what a fit of the same 2 epochs without step checkpoints records
+    epoch = (steps - 1) // STEPS_PER_EPOCH
+    assert last["epoch"] == epoch
+    assert checkpoint_keys(read_results(run))["checkpoint_epoch"] == epoch

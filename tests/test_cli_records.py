@@ -135,3 +135,43 @@ def test_test_help_lists_no_fit_only_options(cli, capsys):
         out = capsys.readouterr().out
         assert ("--test_after_fit" in out) is shown and ("--checkpoint.save_top_k" in out) is shown
         assert "--run_name" in out and "--save_predictions" in out
+
+
+#: the README's short-name fit, which sets no training length
+SHORT_NAME_FIT = ["fit", "--model=BatchEnsemble", "--data=DigitsDataModule", "--model.num_members=2"]
+
+
+@pytest.mark.parametrize(
+    "given,max_epochs",
+    [
+        (["--trainer.max_epochs=3"], 3),
+        (["--trainer.max_epochs=-1"], -1),  # asked for: no limit
+        (["--trainer.max_steps=7"], None),  # a step limit alone: no epoch limit added beside it
+        (["--trainer.max_time=00:00:01:00"], None),
+    ],
+)
+def test_a_given_training_length_is_left_as_given(given, max_epochs):
+    from ensemble_lab.cli.lightning_cli import check_arguments
+
+    assert check_arguments([*SHORT_NAME_FIT, *given])["trainer"]["max_epochs"] == max_epochs
+
+
+def test_a_fit_without_a_training_length_gets_a_bounded_default_and_says_so(cli, tmp_path, caplog, monkeypatch):
+    from ensemble_lab.cli import training_length
+    from ensemble_lab.cli.lightning_cli import check_arguments
+
+    # Lightning alone trains such a fit for 1000 epochs: the default is far below that, and recorded in the config
+    default = check_arguments(SHORT_NAME_FIT)["trainer"]["max_epochs"]
+    assert isinstance(default, int) and 1 <= default <= 100
+    # the real run, with a default small enough for a test: it trains that many epochs, records and says it
+    monkeypatch.setattr(training_length, "DEFAULT_MAX_EPOCHS", 2)
+    caplog.set_level(logging.INFO)
+    batches = 2
+    cli(*SHORT_NAME_FIT, f"--trainer.limit_train_batches={batches}", "--trainer.limit_val_batches=1", "--test_after_fit=false",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.accelerator=cpu")
+    (run,) = run_dirs(tmp_path)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 2 * batches  # 2 epochs of 2 batches
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
+    said = [line for line in caplog.text.splitlines() if "no --trainer.max_epochs, max_steps or max_time given" in line]
+    assert len(said) == 1 and "training for 2 epochs" in said[0]

@@ -101,7 +101,8 @@ class FinalLastCheckpoint(ModelCheckpoint):
 
     With ``every_n_train_steps`` Lightning saves only every N steps (it refuses epoch-end saves as
     well), so a fit ending between two saves would leave last.ckpt behind the weights that were
-    evaluated. This writes last.ckpt once more at the end of training when needed.
+    evaluated. This writes last.ckpt once more at the end of training when needed, with the 0-based epoch
+    of its weights (Lightning would record the epoch after them there).
     With ``monitor`` set, last.ckpt is still written at every save point (every epoch, or every N
     steps), not only when the monitored value improved.
     """
@@ -114,6 +115,9 @@ class FinalLastCheckpoint(ModelCheckpoint):
             # its caller write last.ckpt now, as it does without a monitor.
             self._last_global_step_saved = trainer.global_step
 
+    #: True while the saves at the end of training are written (see on_save_checkpoint)
+    _saving_at_train_end = False
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # A run that was moved or copied resumes with its checkpoints in their new folder, but its state names
         # the old one, and Lightning then drops last / top-k (a last-v1.ckpt beside last.ckpt, a stale top-k
@@ -121,9 +125,21 @@ class FinalLastCheckpoint(ModelCheckpoint):
         super().load_state_dict(_moved_to(state_dict, self.dirpath))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
-        if self.save_last and trainer.global_step != self._last_global_step_saved:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._saving_at_train_end = True
+        try:
+            super().on_train_end(trainer, pl_module)
+            if self.save_last and trainer.global_step != self._last_global_step_saved:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            self._saving_at_train_end = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._saving_at_train_end:
+            # By now the fit loop has counted its last epoch as done, so trainer.current_epoch is one past the
+            # epoch these weights were trained in; the checkpoint's 0-based "epoch" must match the one an
+            # epoch-end or step save of the same weights records. The loops' own state is left as it is.
+            checkpoint["epoch"] = max(trainer.current_epoch - 1, 0)
 
 
 def _moved_to(state: dict[str, Any], dirpath: str | Path | None) -> dict[str, Any]:

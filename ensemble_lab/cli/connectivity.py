@@ -204,7 +204,7 @@ def run_connectivity(
         if not quiet:
             print(f"connectivity of {own} (the run's last checkpoint; --ckpt_path picks another)", file=sys.stderr)
     if ckpt_path is not None:
-        checkpoint = load_checkpoint(ckpt_path)
+        checkpoint = load_checkpoint(ckpt_path, "checkpoint" if ckpt_path is own else "--ckpt_path")
         model.check_checkpoint(checkpoint, str(ckpt_path))
         model.load_state_dict(checkpoint["state_dict"])
         step = int(checkpoint.get("global_step", 0))

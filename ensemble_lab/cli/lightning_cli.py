@@ -33,7 +33,8 @@ from ensemble_lab.cli.resume import (
     resolve_ckpt_path,
 )
 from ensemble_lab.cli.run_config import as_tested, comparable, flatten
-from ensemble_lab.cli.strict_yaml import load_yaml
+from ensemble_lab.cli.strict_yaml import load_yaml_file
+from ensemble_lab.cli.training_length import bound_training
 from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.results import check_can_write
@@ -166,6 +167,7 @@ class EnsembleLabCLI(LightningCLI):
                 )
         if self.subcommand == "fit":  # before anything is built: the checkpoint follows early stopping's metric
             settle_monitors(config)
+            bound_training(config, announce=not self.checking_only)  # no limit given: ours, not Lightning's 1000 epochs
         if (config.get("eval_sets_every") or 0) < 0:
             raise ConfigError(f"--eval_sets_every must be >= 0 (0: never), got {config.get('eval_sets_every')}")
 
@@ -271,7 +273,7 @@ class EnsembleLabCLI(LightningCLI):
         ckpt_path = resolve_ckpt_path(self.trainer, config.get("ckpt_path"), fitting=self.subcommand == "fit")
         config["ckpt_path"] = ckpt_path
         if ckpt_path and ckpt_path not in SPECIAL:
-            checkpoint = load_checkpoint(ckpt_path)
+            checkpoint = load_checkpoint(ckpt_path, "--ckpt_path")
             self.model.check_checkpoint(checkpoint, ckpt_path)
             if self.subcommand != "fit":  # test scalars and figures go to TensorBoard at the step the weights are from
                 self._log_at_step(int(checkpoint.get("global_step", 0)))
@@ -445,19 +447,12 @@ def quiet_known_warnings() -> None:
 def check_config_files(argv: Sequence[str]) -> None:
     """ConfigError naming the file for a --config that is not a YAML mapping (jsonargparse would name
     "<unicode string>" or print "Unexpected config"); a missing file is left to the parser's message."""
-    import yaml
-
     paths = [argv[k + 1] for k, a in enumerate(argv[:-1]) if a == "--config"] + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.is_file():
             continue
-        try:
-            content = load_yaml(path.read_text())
-        except yaml.YAMLError as error:
-            where = getattr(error, "problem_mark", None)
-            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-            raise ConfigError(f"config file {raw} is not valid YAML{at}: {getattr(error, 'problem', None) or error}") from None
+        content = load_yaml_file(raw, "config file")  # not YAML, a key given twice: one line naming file and line
         if not isinstance(content, dict):
             got = "nothing (the file is empty)" if content is None else f"a {type(content).__name__}"
             raise ConfigError(f"config file {raw} must be a mapping of options (model:, data:, trainer:, ...); it holds {got}")

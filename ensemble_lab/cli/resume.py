@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from ensemble_lab.cli.callbacks import FinalLastCheckpoint
 from ensemble_lab.cli.checkpoint_choice import best_checkpoint_of
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.methods.checkpoint_state import check_checkpoint_file
 from ensemble_lab.run_files import first_free_number, run_dir_of_checkpoint
 
 SPECIAL = ("best", "hpc", "registry")  # Lightning's other ckpt_path keywords ("best" is made a file first: _best_checkpoint)
@@ -49,7 +50,7 @@ def find_last_checkpoint(root: Path) -> Path | None:
 def resolve_ckpt_path(trainer: L.Trainer, ckpt_path: str | None, fitting: bool) -> str | None:
     """A concrete checkpoint file for ``ckpt_path`` ("last" and "best" included), or None to start fresh.
 
-    Raises ConfigError for a file that does not exist, and for "last" with nothing to resume
+    Raises CheckpointFileError for a path that is no usable file, ConfigError for "last" with nothing to resume
     outside ``fit`` (``fit`` then starts a new run, so one command both starts and resumes).
     "best" is the best-validation checkpoint of the newest run (the one "last" would pick).
     """
@@ -58,8 +59,7 @@ def resolve_ckpt_path(trainer: L.Trainer, ckpt_path: str | None, fitting: bool) 
     if not ckpt_path or ckpt_path in SPECIAL:
         return ckpt_path
     if ckpt_path != "last":
-        if not Path(ckpt_path).expanduser().is_file():
-            raise ConfigError(f"checkpoint not found: {ckpt_path} (runs keep theirs in <run>/checkpoints/, e.g. last.ckpt)")
+        check_checkpoint_file(ckpt_path, "--ckpt_path")  # missing, a directory, empty: one line naming it
         return ckpt_path
     logger = _versioned_logger(trainer)
     if logger is None or _own_dirpath(trainer):

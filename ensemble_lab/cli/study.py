@@ -46,11 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ensemble_lab.cli.lightning_cli import check_arguments
 from ensemble_lab.cli.run_config import comparable, differences, flatten
-from ensemble_lab.cli.strict_yaml import load_yaml
+from ensemble_lab.cli.strict_yaml import load_yaml_file
 from ensemble_lab.cli.study_args import Connectivity, connectivity_step, describe_change, teachers_first
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.run_files import first_free_number
@@ -305,10 +303,7 @@ def load_spec(study_file: Path, out: Path | None = None) -> Study:
     study_file = Path(study_file)
     if not study_file.is_file():
         raise ConfigError(f"study file {study_file} not found")
-    try:
-        spec = load_yaml(study_file.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{study_file} is not valid YAML: {error}") from None
+    spec = load_yaml_file(study_file, "study file")  # not YAML, a key given twice: one line naming file and line
     if not isinstance(spec, dict) or not isinstance(spec.get("methods"), dict) or not spec["methods"]:
         raise ConfigError(f"{study_file} needs a 'methods' mapping: name -> {{config: path, args: [...]}}")
     if unknown := set(spec) - STUDY_KEYS:

@@ -84,9 +84,7 @@ def _method_class(path: Path, checkpoint: dict[str, Any]) -> type:
 
 def _checkpoint_teacher(path: Path) -> "EnsembleModule":
     """Any method's checkpoint: the class rebuilt from its hyper-parameters, its state_dict loaded strictly."""
-    if path.is_dir():
-        raise CheckpointMismatchError(f"teacher {path} is a directory; give a checkpoint file, e.g. {path / 'checkpoints' / 'last.ckpt'}")
-    checkpoint = load_checkpoint(path, "teacher checkpoint")
+    checkpoint = load_checkpoint(path, "teacher checkpoint")  # a directory, empty or truncated file: one line naming it
     cls = _method_class(path, checkpoint)
     options = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
     try:

@@ -102,7 +102,7 @@ def test_other_methods_and_missing_files_are_refused(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="nope.ckpt does not exist"):
         DeepEnsemble(member_checkpoints=[good, str(tmp_path / "nope.ckpt")], **MLP)
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointMismatchError, match="cannot be read"):
+    with pytest.raises(CheckpointMismatchError, match="junk.ckpt is not a checkpoint"):
         DeepEnsemble(member_checkpoints=[str(tmp_path / "junk.ckpt")], **MLP)
     with pytest.raises(ConfigError, match="empty"):
         DeepEnsemble(member_checkpoints=[], **MLP)

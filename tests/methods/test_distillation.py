@@ -200,7 +200,7 @@ def test_unusable_teachers_give_one_line_errors_naming_the_path(tmp_path):
     cases = {
         str(tmp_path / "missing.ckpt"): "does not exist",
         str(tmp_path): "is a directory; give a checkpoint file",
-        str(tmp_path / "notes.ckpt"): "cannot be read as a checkpoint",
+        str(tmp_path / "notes.ckpt"): "is not a checkpoint",
         str(tmp_path / "anonymous.ckpt"): "does not say which method",
         str(tmp_path / "linear.ckpt"): "holds a Linear, not an ensemble-lab method",
         five: r"predicts 5 classes from inputs of shape \[1, 8, 8\]; this student 10 classes",
