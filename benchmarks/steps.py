@@ -15,9 +15,9 @@ from torch.nn import functional as F
 
 from benchmarks.settings import Settings
 from benchmarks.timing import Figure, compare
-from ensemble_lab.evaluation.tensor_memory import TensorMemory
 from ensemble_lab.methods import MIMO, BatchEnsemble, DeepEnsemble, LowRankEnsemble, Masksembles, MCDropout, PackedEnsemble, SingleModel
 from ensemble_lab.methods.base import EnsembleModule
+from ensemble_lab.metrics.tensor_memory import TensorMemory
 from ensemble_lab.nn import BatchConv2d, BatchLinear, EnsembleConv2d, FastWeights, tile_members
 from ensemble_lab.nn.ensemble_conv import members_to_channels
 

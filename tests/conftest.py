@@ -31,7 +31,7 @@ def read_results(run_dir: Path) -> dict:
 
 def reproducible(results: dict) -> dict:
     """``results`` without the cost keys that measure the machine (throughput, memory), which no rerun repeats."""
-    from ensemble_lab.evaluation.cost import MEASURED
+    from ensemble_lab.metrics.cost import MEASURED
 
     cost = {k: v for k, v in (results.get("cost") or {}).items() if k not in MEASURED}
     return {**results, "cost": cost} if "cost" in results else results

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from ensemble_lab.cli import main
-from ensemble_lab.cli.study import load_study
+from ensemble_lab.study.spec import load_study
 from tests.conftest import REPO, TINY_TRAINER
 
 STUDIES = REPO / "configs" / "study"

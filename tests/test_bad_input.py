@@ -193,7 +193,7 @@ SAYS = {
 @pytest.mark.parametrize("damage", list(SAYS))
 def test_load_checkpoint_names_the_file_and_what_is_wrong_with_it(fitted, tmp_path, damage):
     from ensemble_lab.errors import CheckpointFileError
-    from ensemble_lab.methods.checkpoint_state import load_checkpoint
+    from ensemble_lab.runs.checkpoint_files import load_checkpoint
 
     good = fitted / "checkpoints" / "last.ckpt"
     bad = damaged_checkpoint(damage, good, tmp_path)
@@ -273,7 +273,7 @@ def test_huge_learning_rate_stops_at_the_first_nan(cli, tmp_path, capsys):
 
 
 def test_nan_guard_reads_every_step_on_cpu_and_rarely_on_a_gpu():
-    from ensemble_lab.cli.callbacks import NonFiniteLossGuard
+    from ensemble_lab.runs.callbacks import NonFiniteLossGuard
 
     default = NonFiniteLossGuard()
     assert default.steps_between_checks(torch.device("cpu")) == 1

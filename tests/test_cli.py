@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from ensemble_lab.evaluation.metrics import predictive_metrics
-from ensemble_lab.evaluation.ood_detection import ood_metrics
+from ensemble_lab.metrics.classification import predictive_metrics
+from ensemble_lab.metrics.ood import ood_metrics
 from tests.conftest import REPO, TINY_TRAINER, read_results, run_dirs
 
 SET_KEYS = {"role", "acc", "nll", "brier", "ece", "entropy", "expected_entropy", "mi", "disagreement", "member_acc"}

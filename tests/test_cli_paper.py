@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from ensemble_lab.cli.connectivity import load_run
+from ensemble_lab.connectivity.command import load_run
 from tests.conftest import REPO, TINY_TRAINER, read_results, run_dirs
 from tests.data import paper_fixtures as fx
 

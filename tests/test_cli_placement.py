@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from ensemble_lab.cli import main
-from ensemble_lab.cli.report import build_report
-from ensemble_lab.cli.run_config import OUTPUT, comparable
+from ensemble_lab.config.run_config import OUTPUT, comparable
+from ensemble_lab.report.groups import build_report
 from tests.conftest import TINY_TRAINER
 from tests.run_helpers import working_directory
 

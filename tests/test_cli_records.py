@@ -9,7 +9,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ensemble_lab.cli.run_config import OUTPUT, comparable, flatten
+from ensemble_lab.config.run_config import OUTPUT, comparable, flatten
 from tests.conftest import REPO, TINY_TRAINER, read_results, run_dirs
 
 QUICK = [f"--config={REPO / 'configs' / 'digits' / 'single.yaml'}", *TINY_TRAINER, "--figures=false"]
@@ -151,14 +151,14 @@ SHORT_NAME_FIT = ["fit", "--model=BatchEnsemble", "--data=DigitsDataModule", "--
     ],
 )
 def test_a_given_training_length_is_left_as_given(given, max_epochs):
-    from ensemble_lab.cli.lightning_cli import check_arguments
+    from ensemble_lab.config.lightning_cli import check_arguments
 
     assert check_arguments([*SHORT_NAME_FIT, *given])["trainer"]["max_epochs"] == max_epochs
 
 
 def test_a_fit_without_a_training_length_gets_a_bounded_default_and_says_so(cli, tmp_path, caplog, monkeypatch):
-    from ensemble_lab.cli import training_length
-    from ensemble_lab.cli.lightning_cli import check_arguments
+    from ensemble_lab.config import training_length
+    from ensemble_lab.config.lightning_cli import check_arguments
 
     # Lightning alone trains such a fit for 1000 epochs: the default is far below that, and recorded in the config
     default = check_arguments(SHORT_NAME_FIT)["trainer"]["max_epochs"]

@@ -33,7 +33,7 @@ def test_lightning_product_tips_are_dropped_and_other_info_kept(caplog):
 
     from lightning.pytorch.utilities import rank_zero_info
 
-    from ensemble_lab.cli.lightning_cli import quiet_known_warnings
+    from ensemble_lab.config.lightning_cli import quiet_known_warnings
 
     quiet_known_warnings()
     quiet_known_warnings()  # idempotent: one filter, however often main() runs
@@ -86,8 +86,8 @@ def test_config_file_that_is_not_a_mapping(tmp_path, capsys, content, expected):
 def test_a_directory_that_cannot_be_written_is_one_line(cli, tmp_path, capsys, monkeypatch):
     import errno
 
-    from ensemble_lab.cli.failures import unwritable
-    from ensemble_lab.evaluation import results
+    from ensemble_lab.config.failures import unwritable
+    from ensemble_lab.runs import results
 
     wrapped = RuntimeError("while saving")
     wrapped.__cause__ = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "lightning_logs"))

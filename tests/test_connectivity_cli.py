@@ -10,8 +10,8 @@ import yaml
 from torch.nn import functional as F
 
 from ensemble_lab.cli import main
-from ensemble_lab.cli.connectivity import load_run, run_connectivity, training_batches
-from ensemble_lab.evaluation.connectivity import DOCUMENT_KEYS
+from ensemble_lab.connectivity.barriers import DOCUMENT_KEYS
+from ensemble_lab.connectivity.command import load_run, run_connectivity, training_batches
 from ensemble_lab.methods import DeepEnsemble, MCDropout
 from tests.conftest import TINY_TRAINER
 

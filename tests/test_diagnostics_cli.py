@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ensemble_lab.evaluation.weight_space import weight_cosine
 from ensemble_lab.methods import BatchEnsemble
+from ensemble_lab.metrics.weight_space import weight_cosine
 from tests.conftest import TINY_TRAINER, read_results, run_dirs
 
 FIGURES = {

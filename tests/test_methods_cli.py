@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from ensemble_lab.evaluation.cost import COST_KEYS
+from ensemble_lab.metrics.cost import COST_KEYS
 from tests.conftest import REPO, TINY_TRAINER, read_results, run_dirs
 
 CONFIGS = sorted((REPO / "configs" / "digits").glob("*.yaml"))

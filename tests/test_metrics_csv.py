@@ -11,11 +11,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ensemble_lab.cli import main
-from ensemble_lab.cli.metrics_csv import read_metrics_csv
 from ensemble_lab.data.digits import DigitsDataModule
-from ensemble_lab.evaluation.metrics import predictive_metrics
-from ensemble_lab.evaluation.ood_detection import ood_metrics
 from ensemble_lab.methods import BatchEnsemble
+from ensemble_lab.metrics.classification import predictive_metrics
+from ensemble_lab.metrics.ood import ood_metrics
+from ensemble_lab.runs.metrics_csv import read_metrics_csv
 from tests.conftest import TINY_TRAINER, read_results, run_dirs
 from tests.run_helpers import sigint_once, working_directory
 

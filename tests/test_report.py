@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from ensemble_lab.cli import main
-from ensemble_lab.cli.report import Stat, build_report, format_stat, summarize, to_markdown
+from ensemble_lab.report.groups import Stat, build_report, format_stat, summarize
+from ensemble_lab.report.main import to_markdown
 
 OOD = {f"{m}_{s}": 0.5 for m in ("auroc", "aupr", "fpr95") for s in ("msp", "entropy", "mi")}
 
@@ -146,7 +147,7 @@ def test_help(capsys):
 
 
 def test_runs_set_aside_by_a_study_are_not_found(tmp_path):
-    from ensemble_lab.cli.report import find_results
+    from ensemble_lab.report.groups import find_results
 
     write_run(tmp_path, "be/seed_1", "BatchEnsemble", 4, 1, 0.5)
     write_run(tmp_path, "be/seed_1.prev-1", "BatchEnsemble", 4, 1, 0.1)  # moved aside by --rerun_changed
@@ -231,7 +232,7 @@ def test_cost_table_and_quality_against_cost_figure(tmp_path):
     assert "| DeepEnsemble | 4 | DigitsDataModule | 2 | 40,000 ± 0 | 10,000 ± 0 | 80,000 ± 0 | 13,500 ± 707 | 160,000 ± 0 |" in cost_table
     assert "peak_tensor_bytes" in cost_table and "peak_memory_bytes" not in cost_table  # CUDA's: blank on every CPU run
     assert "MCDropout" not in cost_table.split("###")[1]
-    from ensemble_lab.cli.report_tables import quality_cost
+    from ensemble_lab.report.tables import quality_cost
 
     figure = quality_cost(groups)
     assert [a.get_xlabel() for a in figure.axes[:3]] == ["images per s", "parameters", "peak tensor MiB"]
@@ -257,9 +258,9 @@ def test_an_option_added_since_a_run_pools_with_runs_holding_its_default(tmp_pat
 def test_the_cost_figure_gives_each_method_the_colour_it_has_in_every_comparison_figure(tmp_path):
     from matplotlib.colors import to_hex
 
-    from ensemble_lab.cli.report import run_groups
-    from ensemble_lab.cli.report_tables import quality_cost
-    from ensemble_lab.evaluation.report_figures import draw_figures
+    from ensemble_lab.report.figures import draw_figures
+    from ensemble_lab.report.groups import run_groups
+    from ensemble_lab.report.tables import quality_cost
 
     for k, method in enumerate(["SingleModel", "MCDropout", "DeepEnsemble", "BatchEnsemble"]):
         for seed in (1, 2):

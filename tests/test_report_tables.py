@@ -12,9 +12,9 @@ import torch
 from scipy import stats
 
 from ensemble_lab.cli import main
-from ensemble_lab.cli.report import report_main
-from ensemble_lab.evaluation.metrics import predictive_metrics
-from ensemble_lab.evaluation.ood_detection import ood_metrics
+from ensemble_lab.metrics.classification import predictive_metrics
+from ensemble_lab.metrics.ood import ood_metrics
+from ensemble_lab.report.main import report_main
 
 #: per row: (method, run_name, M, per-seed id acc, nll, ece, mi); shift and ood metrics derive from them
 ROWS = {
@@ -318,7 +318,7 @@ def test_the_baseline_default_and_errors(study, capsys, tmp_path):
 
 
 def test_figures_wiring(study, capsys, tmp_path, monkeypatch):
-    from ensemble_lab.evaluation import report_figures
+    from ensemble_lab.report import figures as report_figures
 
     calls = []
     monkeypatch.setattr(

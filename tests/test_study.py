@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from ensemble_lab.cli import main
-from ensemble_lab.cli.study import describe_change, load_study
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.study.spec import describe_change, load_study
 from tests.conftest import REPO, TINY_TRAINER
 from tests.run_helpers import sigint_once
 
@@ -336,7 +336,7 @@ def test_students_of_a_changed_or_retrained_teacher_are_changed(tmp_path, capsys
     its students, and theirs, in --dry_run and --status alike."""
     import hashlib
 
-    from ensemble_lab.cli.study_job import write_record
+    from ensemble_lab.study.job import write_record
 
     single = str(DIGITS / "single.yaml")
     methods = {"t": {"config": single}, "s": {"config": single, "teacher": "t"}, "s2": {"config": single, "teacher": "s"}}
@@ -413,9 +413,9 @@ def test_rerun_changed_reruns_the_students_of_a_changed_teacher(tmp_path, capsys
 def test_a_changed_student_of_a_teacher_that_fails_again_keeps_its_old_run_apart(tmp_path, capsys, monkeypatch):
     """--rerun_changed, and the changed teacher fails: the student's old run is moved aside before "teacher failed" is
     recorded, so no record of today's arguments sits beside the old results (it would later pass for done)."""
-    from ensemble_lab.cli import launchers
-    from ensemble_lab.cli.interrupts import InterruptWatch
-    from ensemble_lab.cli.study_job import run_from_json, run_to_json, write_record
+    from ensemble_lab.runs.interrupts import InterruptWatch
+    from ensemble_lab.study.job import run_from_json, run_to_json, write_record
+    from ensemble_lab.study.launchers import sequential as launchers
 
     single = str(DIGITS / "single.yaml")
     methods = {"t": {"config": single}, "s": {"config": single, "teacher": "t"}}

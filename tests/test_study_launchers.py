@@ -16,11 +16,11 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from ensemble_lab.cli import app, main
-from ensemble_lab.cli.launchers import local_env
-from ensemble_lab.cli.slurm_launcher import minutes
-from ensemble_lab.cli.study import load_spec
-from ensemble_lab.cli.study_job import StudyJob
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.study.job import StudyJob
+from ensemble_lab.study.launchers.local import local_env
+from ensemble_lab.study.launchers.slurm import minutes
+from ensemble_lab.study.spec import load_spec
 from tests.conftest import REPO, TINY_TRAINER, reproducible
 
 DIGITS = REPO / "configs" / "digits"
@@ -140,7 +140,7 @@ def quick_check(argv) -> dict:
 
 
 def test_slurm_job_arrays_with_a_fake_sbatch(tmp_path, capsys, fake_sbatch, monkeypatch):
-    monkeypatch.setattr("ensemble_lab.cli.study.check_arguments", quick_check)
+    monkeypatch.setattr("ensemble_lab.study.spec.check_arguments", quick_check)
     study, out = slurm_study(tmp_path), tmp_path / "out"
     command = [
         "study",
@@ -241,7 +241,7 @@ def test_connectivity_step_failed_teacher_and_report_args(tmp_path, capsys, monk
 
     reports: list[list[str]] = []
     monkeypatch.setitem(app.EXTRA_SUBCOMMANDS, "connectivity", (connectivity, "fake"))
-    monkeypatch.setattr("ensemble_lab.cli.report.report_main", lambda argv: reports.append(list(argv)))
+    monkeypatch.setattr("ensemble_lab.study.main.report_main", lambda argv: reports.append(list(argv)))
     methods = {
         "ok": {"config": str(DIGITS / "single.yaml")},
         "student": {"config": str(DIGITS / "single.yaml"), "teacher": "teacher", "connectivity": False},
@@ -288,7 +288,7 @@ def test_a_moved_study_directory_still_matches_its_students_records(tmp_path):
 @pytest.mark.parametrize("status, stops", [(130, True), (143, True), (1, False), (None, False)])
 def test_a_run_stopped_by_ctrl_c_or_sigterm_stops_the_study(monkeypatch, status, stops):
     """A fit that exits 143 (SIGTERM) was stopped, not failed: the sequential study must not go on to the next run."""
-    from ensemble_lab.cli import study_job
+    from ensemble_lab.study import job as study_job
 
     def stopped(argv):
         raise SystemExit(status)
@@ -337,8 +337,8 @@ def test_a_bad_step_option_stops_the_study_before_any_run(tmp_path, capsys, keys
 
 def test_a_failed_step_records_its_reason_for_status(tmp_path, capsys, monkeypatch):
     """The connectivity step's one-line error is what study_run.json and --status say, not "exit status 2"."""
-    from ensemble_lab.cli import study_job
-    from ensemble_lab.cli.study_status import run_state
+    from ensemble_lab.study import job as study_job
+    from ensemble_lab.study.status import run_state
 
     def fitted(run, resume):  # stands in for fit + test: a finished run
         (run.run_dir / "results.json").write_text("{}")

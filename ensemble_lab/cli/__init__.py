@@ -1,9 +1,6 @@
-"""The command-line face: ``ensemble-lab`` (LightningCLI subcommands plus study and report).
-
-Modules: ``app`` (the entry point ``main``), ``lightning_cli`` (the LightningCLI subclass),
-``parser_errors`` (one-line messages for bad options), ``failures`` (which errors are the user's),
-``resume``, ``callbacks``, ``interrupts``, ``study`` / ``study_args``, ``report``.
-"""
+"""The command-line face: ``app`` holds the console entry point ``main`` of ``ensemble-lab`` and
+``python -m ensemble_lab``, which dispatches to LightningCLI's subcommands (``ensemble_lab.config``) and to
+``study``, ``report`` and ``connectivity`` (their own packages). Nothing imports this package."""
 
 from ensemble_lab.cli.app import main
 

@@ -1,5 +1,5 @@
 """``ensemble-lab``: dispatches to LightningCLI's fit / validate / test / predict and to the extra
-subcommands (study, report), and turns user errors into one line with exit status 2."""
+subcommands (study, report, connectivity), and turns user errors into one line with exit status 2."""
 
 import difflib
 import os
@@ -7,33 +7,27 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ensemble_lab import __version__
-from ensemble_lab.cli.failures import user_message
-from ensemble_lab.cli.lightning_cli import run_lightning_cli
+from ensemble_lab.config.failures import user_message
+from ensemble_lab.config.lightning_cli import run_lightning_cli
 
 #: subcommands that are not LightningCLI's: name -> (handler(argv), one-line help)
 EXTRA_SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], object], str]] = {}
 
 
 def _report_main(argv: list[str]) -> None:
-    from ensemble_lab.cli.report import (
-        report_main,  # imported on use: keeps `fit` startup lean
-    )
+    from ensemble_lab.report.main import report_main  # imported on use: keeps `fit` startup lean
 
     report_main(argv)
 
 
 def _study_main(argv: list[str]) -> None:
-    from ensemble_lab.cli.study import (
-        study_main,  # imported on use: keeps `fit` startup lean
-    )
+    from ensemble_lab.study.main import study_main  # imported on use: keeps `fit` startup lean
 
     study_main(argv)
 
 
 def _connectivity_main(argv: list[str]) -> None:
-    from ensemble_lab.cli.connectivity import (
-        connectivity_main,  # imported on use: keeps `fit` startup lean
-    )
+    from ensemble_lab.connectivity.command import connectivity_main  # imported on use: keeps `fit` startup lean
 
     connectivity_main(argv)
 

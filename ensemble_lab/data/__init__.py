@@ -1,4 +1,7 @@
-"""Datasets as in-memory uint8 tensors, and the datamodules that serve them."""
+"""Datasets as in-memory uint8 tensors, and the datamodules that serve them with named test sets and roles
+(``id``, ``shift``, ``ood``): ``base`` (EnsembleDataModule), ``digits`` / ``mnist`` / ``cifar10``, ``readers``
+and ``native`` (native file formats to arrays), ``download``, ``augment`` (on the batch), ``sampler``
+(a resumable training order), ``options`` (argument checks)."""
 
 from ensemble_lab.data.base import EnsembleDataModule, IndexedImages, LabeledImages
 from ensemble_lab.data.cifar10 import CIFAR10DataModule

@@ -16,7 +16,7 @@ TEST_SIZE = round(TEST_FRACTION * DIGITS)  # 359
 
 
 def _load_digits() -> LabeledImages:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn only when the digits are read
 
     digits = load_digits()
     # values are 0..16 ink counts; stretch them to the 0..255 range of every other dataset
@@ -35,7 +35,7 @@ def _rotate_and_noise(images: Tensor, max_degrees: float, noise_std: float, seed
 
 def _photo_patches(count: int, size: int, seed: int) -> Tensor:
     """Grey size×size patches cut at random from scikit-learn's two bundled photographs, shrunk 8×."""
-    from sklearn.datasets import load_sample_images
+    from sklearn.datasets import load_sample_images  # scikit-learn only when the patches are made
 
     g = torch.Generator().manual_seed(seed)
     patches = []

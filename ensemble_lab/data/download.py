@@ -109,21 +109,21 @@ def check_npy_files(expected: dict[Path, tuple[int, ...]], dataset: str) -> None
 # --------------------------------------------------------------------------- fetching
 def _download_archive(url: str, root: Path, filename: str, md5: str) -> None:
     """Download, check the MD5, extract into ``root``, then delete the archive (not needed again)."""
-    from torchvision.datasets.utils import download_and_extract_archive
+    from torchvision.datasets.utils import download_and_extract_archive  # torchvision only when downloading
 
     download_and_extract_archive(url, root, filename=filename, md5=md5, remove_finished=True)
 
 
 def _download_file(url: str, folder: Path, filename: str, md5: str) -> None:
     """Download one file into ``folder`` and check its MD5."""
-    from torchvision.datasets.utils import download_url
+    from torchvision.datasets.utils import download_url  # torchvision only when downloading
 
     download_url(url, folder, filename, md5)
 
 
 def _torchvision_dataset(name: str) -> type:
     """torchvision's MNIST or FashionMNIST class; its constructor downloads into root/<name>/raw."""
-    import torchvision.datasets
+    import torchvision.datasets  # torchvision only when downloading
 
     return getattr(torchvision.datasets, name)
 

@@ -20,10 +20,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.evaluation.calibration import apply_temperature, ensemble_nll, fit_temperature, log_probs, temperature_warnings
-from ensemble_lab.evaluation.cost import format_cost, measure_cost
-from ensemble_lab.evaluation.metrics import predictive_metrics
-from ensemble_lab.evaluation.results import (
+from ensemble_lab.evaluation.sets import eval_due, predict_test_sets, scalars, set_metrics
+from ensemble_lab.evaluation.store import PredictionStore
+from ensemble_lab.metrics.calibration import apply_temperature, ensemble_nll, fit_temperature, log_probs, temperature_warnings
+from ensemble_lab.metrics.classification import predictive_metrics
+from ensemble_lab.metrics.cost import format_cost, measure_cost
+from ensemble_lab.metrics.weight_space import off_diagonal_mean, weight_cosine, weight_space_summary
+from ensemble_lab.runs.results import (
     CHECKPOINT_RECORD,
     check_can_write,
     format_table,
@@ -31,9 +34,6 @@ from ensemble_lab.evaluation.results import (
     write_predictions,
     write_results,
 )
-from ensemble_lab.evaluation.sets import eval_due, predict_test_sets, scalars, set_metrics
-from ensemble_lab.evaluation.store import PredictionStore
-from ensemble_lab.evaluation.weight_space import off_diagonal_mean, weight_cosine, weight_space_summary
 
 VAL_CURVES = ("acc", "nll", "ece", "mi", "disagreement")
 
@@ -300,7 +300,7 @@ class UncertaintyEvalMixin(_Base):
             for name, (member_probs, targets) in collected.items():
                 write_predictions(results_dir, name, member_probs.cpu().numpy(), targets.cpu().numpy())
         if self.save_figures:
-            from ensemble_lab.evaluation.figures import write_figures  # matplotlib only when drawing
+            from ensemble_lab.figures.per_run import write_figures  # matplotlib only when drawing
 
             step = self.global_step if self.logging_step is None else self.logging_step
             write_figures(results_dir, collected, self.test_set_roles(), self.test_results, self.loggers, step)

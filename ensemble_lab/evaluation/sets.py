@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
-from ensemble_lab.evaluation.metrics import predictive_metrics
-from ensemble_lab.evaluation.ood_detection import ood_metrics
+from ensemble_lab.metrics.classification import predictive_metrics
+from ensemble_lab.metrics.ood import ood_metrics
 
 if TYPE_CHECKING:
     import lightning as L

@@ -1,4 +1,8 @@
-"""The methods: the paper's four and the other efficient ensembles. Each is a LightningModule with ``num_members`` and ``forward(x) -> (M, B, C)``."""
+"""The methods: the paper's four and the other efficient ensembles. Each is a LightningModule with
+``num_members`` and ``forward(x) -> (M, B, C)``. ``base`` holds EnsembleModule (training, options, the
+evaluation mixin), one file per method, ``assemble`` (a Deep Ensemble from SingleModel checkpoints),
+``checkpoint_state`` (what a checkpoint carries besides the weights), ``distillation`` and ``repulsion``
+(optional training objectives), ``training_batch`` (what a method trains on)."""
 
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.methods.batch_ensemble import BatchEnsemble

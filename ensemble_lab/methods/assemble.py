@@ -16,34 +16,13 @@ import yaml
 from torch import Tensor, nn
 
 from ensemble_lab.errors import CheckpointMismatchError, ConfigError
-from ensemble_lab.methods.checkpoint_state import load_checkpoint
+from ensemble_lab.methods.checkpoint_state import architecture, read_checkpoint
 from ensemble_lab.methods.single import SingleModel
 from ensemble_lab.nn import EnsembleBatchNorm2d, EnsembleConv2d, EnsembleLinear
-from ensemble_lab.nn.backbones import BACKBONES
-from ensemble_lab.run_files import run_dir_of_checkpoint
+from ensemble_lab.runs.layout import run_dir_of_checkpoint
 
 #: ensemble layer -> the plain layer whose tensors fill one member slice
 MEMBER_OF = {EnsembleLinear: nn.Linear, EnsembleConv2d: nn.Conv2d, EnsembleBatchNorm2d: nn.BatchNorm2d}
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """(hyper_parameters, state_dict) of a Lightning checkpoint; CheckpointMismatchError if unusable."""
-    checkpoint = load_checkpoint(path, "member checkpoint")
-    return dict(checkpoint.get("hyper_parameters") or {}), checkpoint["state_dict"]
-
-
-def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
-    """The options that fix a network's tensors, as comparable plain values."""
-    arch = {
-        "backbone": hparams.get("backbone", "mlp"),
-        "num_classes": int(hparams.get("num_classes", 10)),
-        "input_shape": [int(v) for v in hparams.get("input_shape", (1, 8, 8))],
-    }
-    backbone = BACKBONES.get(arch["backbone"])
-    for option, default in (backbone.options if backbone else {}).items():  # only this backbone's own options
-        value = default if hparams.get(option) is None else hparams[option]
-        arch[option] = [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
-    return arch
 
 
 def check_single(path: Path, hparams: dict[str, Any], expected: dict[str, Any]) -> None:

@@ -21,11 +21,16 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ensemble_lab.errors import CheckpointMismatchError, ConfigError, EnsembleLabError
-from ensemble_lab.methods.checkpoint_state import load_checkpoint
+from ensemble_lab.methods.checkpoint_state import CheckpointStateMixin, architecture, read_checkpoint
 from ensemble_lab.methods.training_batch import TrainingBatch
+from ensemble_lab.runs.checkpoint_files import load_checkpoint
 
-if TYPE_CHECKING:  # base.py imports this module
+if TYPE_CHECKING:  # for annotations only: base.py imports this module
     from ensemble_lab.methods.base import EnsembleModule
+
+#: the class of a teacher given as a list of SingleModel checkpoints, resolved by name like a checkpoint's
+#: recorded ``_class_path`` (the methods are defined above this module: base.py builds a Distillation)
+ASSEMBLED_TEACHER = "ensemble_lab.methods.deep_ensemble.DeepEnsemble"
 
 MATCHES = ("mean", "member")
 #: the options' defaults (EnsembleModule's signature uses them; without a teacher the options must keep them)
@@ -62,22 +67,26 @@ def check_distillation_options(teacher: Any, temperature: Any, alpha: Any, match
 def _method_class(path: Path, checkpoint: dict[str, Any]) -> type:
     """The LightningModule class a checkpoint was trained as: its ``_class_path`` (written by the CLI), else
     the method name ensemble-lab stores with it."""
-    from ensemble_lab.methods.base import EnsembleModule
-
     class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
     method = (checkpoint.get("ensemble_lab") or {}).get("method")
     if class_path is None and method is None:
         raise CheckpointMismatchError(
             f"teacher checkpoint {path} does not say which method it was trained as; give a checkpoint ensemble-lab fit wrote"
         )
-    module_name, _, name = (class_path or f"ensemble_lab.methods.{method}").rpartition(".")
+    return _class_at(path, class_path or f"ensemble_lab.methods.{method}")
+
+
+def _class_at(path: Path, class_path: str) -> type:
+    """The ensemble-lab method class named ``class_path`` (module.Class), imported by name."""
+    module_name, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as e:
         raise CheckpointMismatchError(
             f"teacher checkpoint {path} was trained as {module_name}.{name}, which cannot be imported here ({e})"
         ) from e
-    if not (isinstance(cls, type) and issubclass(cls, EnsembleModule)):
+    # every ensemble-lab method (EnsembleModule) and only they carry ensemble-lab's checkpoint state
+    if not (isinstance(cls, type) and issubclass(cls, CheckpointStateMixin)):
         raise CheckpointMismatchError(f"teacher checkpoint {path} holds a {name}, not an ensemble-lab method")
     return cls
 
@@ -100,12 +109,10 @@ def _checkpoint_teacher(path: Path) -> "EnsembleModule":
 
 def _assembled_teacher(paths: list[str]) -> "EnsembleModule":
     """A Deep Ensemble of SingleModel checkpoints (member i: ``paths[i]``), assembled as ``test`` does."""
-    from ensemble_lab.methods.assemble import architecture, read_checkpoint
-    from ensemble_lab.methods.deep_ensemble import DeepEnsemble
-
     try:
         hparams, _ = read_checkpoint(Path(paths[0]).expanduser())
-        return DeepEnsemble(member_checkpoints=paths, dropout=float(hparams.get("dropout", 0.0)), **architecture(hparams))
+        deep_ensemble = _class_at(Path(paths[0]), ASSEMBLED_TEACHER)
+        return deep_ensemble(member_checkpoints=paths, dropout=float(hparams.get("dropout", 0.0)), **architecture(hparams))
     except EnsembleLabError as e:
         raise type(e)(f"--model.teacher: {e}") from e
 

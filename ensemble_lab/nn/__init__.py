@@ -1,4 +1,8 @@
-"""Layers and backbones. Every layer consumes member-major rows (M*B, ...)."""
+"""Layers and backbones. Every layer consumes member-major rows (M*B, ...): BatchEnsemble (``batch_linear``,
+``batch_conv``, ``fast_weights``), Deep / Packed ensemble (``ensemble_linear``, ``ensemble_conv``,
+``grouped_linear``), ``low_rank``, Masksembles ``masks``, MC ``dropout``; backbones (``mlp``, ``resnet``,
+``wide_resnet``, ``backbones``) are built once from the layer ``factories``, so one definition serves every
+method; ``members`` holds the member-row helpers."""
 
 from ensemble_lab.nn.backbones import BACKBONES, build_backbone, resized_options
 from ensemble_lab.nn.batch_conv import BatchConv2d

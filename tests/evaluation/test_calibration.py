@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ensemble_lab.evaluation.calibration import apply_temperature, ensemble_nll, fit_temperature, log_probs, temperature_warnings
-from ensemble_lab.evaluation.metrics import predictive_metrics
+from ensemble_lab.metrics.calibration import apply_temperature, ensemble_nll, fit_temperature, log_probs, temperature_warnings
+from ensemble_lab.metrics.classification import predictive_metrics
 from tests.conftest import TINY_TRAINER, read_results, run_dirs
 
 

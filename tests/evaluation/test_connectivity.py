@@ -9,12 +9,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ensemble_lab.cli.report import WEIGHTS, build_report
+from ensemble_lab.connectivity.barriers import all_pairs, barrier, format_barriers, frankle_barrier, grid, path_curves, reestimate_norms
 from ensemble_lab.errors import EnsembleLabError
-from ensemble_lab.evaluation.connectivity import all_pairs, barrier, format_barriers, frankle_barrier, grid, path_curves, reestimate_norms
 from ensemble_lab.evaluation.member_networks import has_member_layers, interpolate, member_states
 from ensemble_lab.methods import MIMO, BatchEnsemble, DeepEnsemble, LowRankEnsemble, MCDropout, PackedEnsemble
 from ensemble_lab.nn import GroupedLinear
+from ensemble_lab.report.groups import WEIGHTS, build_report
 
 RESNET = {"backbone": "resnet18", "width": 4}
 MLP = {"backbone": "mlp", "hidden_sizes": [12, 8]}

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ensemble_lab.evaluation.cost import COST_KEYS, format_cost, measure_cost, parameter_counts
 from ensemble_lab.methods import BatchEnsemble, DeepEnsemble, MCDropout, SingleModel
+from ensemble_lab.metrics.cost import COST_KEYS, format_cost, measure_cost, parameter_counts
 
 MLP = dict(input_shape=(1, 8, 8), num_classes=10, hidden_sizes=(16, 8))
 LAYERS = [(64, 16), (16, 8), (8, 10)]  # (in, out) of the MLP's three linear layers

@@ -5,8 +5,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ensemble_lab.evaluation.figures import build_figures, write_figures
-from ensemble_lab.evaluation.metrics import predictive_metrics, uncertainty_scores
+from ensemble_lab.figures.per_run import build_figures, write_figures
+from ensemble_lab.metrics.classification import predictive_metrics, uncertainty_scores
 
 ROLES = {"clean": "id", "noisy": "shift", "other": "ood"}
 
@@ -81,7 +81,7 @@ def test_png_files_and_tensorboard_images(tmp_path):
 def test_every_palette_colour_stands_out_on_white():
     from matplotlib.colors import to_rgb
 
-    from ensemble_lab.evaluation.figure_style import PALETTE
+    from ensemble_lab.figures.style import PALETTE
 
     def luminance(colour: str) -> float:  # WCAG 2 relative luminance
         linear = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in to_rgb(colour)]

@@ -1,4 +1,4 @@
-"""Tests of ensemble_lab.evaluation.metrics against hand-worked numbers and independent references.
+"""Tests of ensemble_lab.metrics.classification against hand-worked numbers and independent references.
 
 References: numbers worked out by hand (derivations in comments), scikit-learn for AUROC / AUPR /
 FPR95, scipy for entropies and the Jensen-Shannon divergence, and plain Python loops for ECE and
@@ -15,7 +15,7 @@ from scipy.stats import entropy as scipy_entropy
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from ensemble_lab.errors import EnsembleLabError
-from ensemble_lab.evaluation.metrics import (
+from ensemble_lab.metrics.classification import (
     NLL_EPS,
     entropy,
     expected_calibration_error,
@@ -25,7 +25,7 @@ from ensemble_lab.evaluation.metrics import (
     reliability_bins,
     uncertainty_scores,
 )
-from ensemble_lab.evaluation.ood_detection import ood_detection, ood_metrics
+from ensemble_lab.metrics.ood import ood_detection, ood_metrics
 
 PREDICTIVE_KEYS = {
     "acc", "nll", "brier", "ece", "entropy", "expected_entropy", "mi", "disagreement",
@@ -216,7 +216,7 @@ def test_pairwise_matrices_match_references(shape: tuple[int, int, int]) -> None
 
 
 def test_pairwise_jsd_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ensemble_lab.evaluation.metrics as metrics
+    import ensemble_lab.metrics.classification as metrics
 
     probs = random_member_probs(4, 37, 5, seed=3)
     full = pairwise_jsd(probs)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ensemble_lab.errors import NonFiniteOutputError
-from ensemble_lab.evaluation.metrics import (
+from ensemble_lab.metrics.classification import (
     pairwise_disagreement,
     pairwise_jsd,
     predictive_metrics,

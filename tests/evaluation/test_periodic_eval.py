@@ -10,10 +10,10 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from ensemble_lab.cli import main
-from ensemble_lab.cli.metrics_csv import read_metrics_csv
-from ensemble_lab.evaluation.metrics import predictive_metrics
-from ensemble_lab.evaluation.ood_detection import ood_metrics
 from ensemble_lab.evaluation.sets import eval_due, scalars, set_metrics
+from ensemble_lab.metrics.classification import predictive_metrics
+from ensemble_lab.metrics.ood import ood_metrics
+from ensemble_lab.runs.metrics_csv import read_metrics_csv
 from tests.conftest import TINY_TRAINER, run_dirs
 from tests.run_helpers import working_directory
 

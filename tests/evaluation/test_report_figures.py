@@ -11,13 +11,13 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.tensorboard import SummaryWriter
 
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.evaluation.figure_style import PALETTE, label_colours
-from ensemble_lab.evaluation.metrics import predictive_metrics
-from ensemble_lab.evaluation.ood_detection import ood_metrics
-from ensemble_lab.evaluation.report_figures import RunGroup, backbone_dims, draw_figures, draw_report_figures, looks, sweeps
-from ensemble_lab.evaluation.results import write_predictions
-from ensemble_lab.evaluation.training_curves import read_scalars
+from ensemble_lab.figures.style import PALETTE, label_colours
 from ensemble_lab.methods import BatchEnsemble
+from ensemble_lab.metrics.classification import predictive_metrics
+from ensemble_lab.metrics.ood import ood_metrics
+from ensemble_lab.report.figures import RunGroup, backbone_dims, draw_figures, draw_report_figures, looks, sweeps
+from ensemble_lab.report.training_curves import read_scalars
+from ensemble_lab.runs.results import write_predictions
 
 ROLES = {"digits": "id", "noisy": "shift", "photos": "ood"}
 TAGS = ("val/acc", "val/nll", "val/mi", "val/disagreement", "val/weight_cosine")
@@ -309,7 +309,7 @@ def write_m_study(root, rows):
 
 
 def report_figures_of(root):
-    from ensemble_lab.cli.report import build_report, run_groups
+    from ensemble_lab.report.groups import build_report, run_groups
 
     return draw_figures(run_groups(build_report([root])))
 

@@ -1,6 +1,6 @@
 """The printed results table: one row per set, '-' where a metric does not apply."""
 
-from ensemble_lab.evaluation.results import format_table
+from ensemble_lab.runs.results import format_table
 
 
 def test_table_rows_values_and_blanks() -> None:
@@ -20,7 +20,7 @@ def test_table_rows_values_and_blanks() -> None:
 def test_atomic_writes_replace_whole_files_readable_by_others(tmp_path):
     import os
 
-    from ensemble_lab.run_files import atomic_write_bytes
+    from ensemble_lab.io import atomic_write_bytes
 
     old_mask = os.umask(0o022)
     try:
@@ -37,7 +37,7 @@ def test_atomic_writes_replace_whole_files_readable_by_others(tmp_path):
 def test_results_json_is_written_last_and_earlier_outputs_are_set_aside(tmp_path, monkeypatch):
     import json
 
-    from ensemble_lab.evaluation import results as results_module
+    from ensemble_lab.runs import results as results_module
 
     run = tmp_path / "run"
     (run / "figures").mkdir(parents=True)

@@ -8,9 +8,9 @@ import torch
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from ensemble_lab.evaluation.metrics import predictive_metrics
-from ensemble_lab.evaluation.ood_detection import ood_detection_weighted, ood_metrics
-from ensemble_lab.evaluation.significance import (
+from ensemble_lab.metrics.classification import predictive_metrics
+from ensemble_lab.metrics.ood import ood_detection_weighted, ood_metrics
+from ensemble_lab.metrics.significance import (
     RECOMPUTABLE,
     Comparison,
     bootstrap,

@@ -6,7 +6,7 @@ import weakref
 import torch
 from torch import nn
 
-from ensemble_lab.evaluation.tensor_memory import TensorMemory
+from ensemble_lab.metrics.tensor_memory import TensorMemory
 
 FLOAT = 4  # bytes
 

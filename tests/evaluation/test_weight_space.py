@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from ensemble_lab.evaluation.weight_space import member_gram, off_diagonal_mean, weight_cosine, weight_space_summary
 from ensemble_lab.methods import BatchEnsemble, DeepEnsemble, MCDropout, SingleModel
+from ensemble_lab.metrics.weight_space import member_gram, off_diagonal_mean, weight_cosine, weight_space_summary
 from ensemble_lab.nn import BatchConv2d, BatchLinear, EnsembleBatchNorm2d, EnsembleConv2d, EnsembleLinear
 
 MLP = dict(input_shape=(1, 8, 8), num_classes=10, hidden_sizes=(16, 8))

@@ -5,9 +5,9 @@ import torch
 from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.evaluation.metrics import predictive_metrics
-from ensemble_lab.evaluation.weight_space import weight_cosine
 from ensemble_lab.methods import BatchEnsemble
+from ensemble_lab.metrics.classification import predictive_metrics
+from ensemble_lab.metrics.weight_space import weight_cosine
 from ensemble_lab.nn import BatchLinear
 
 MLP = dict(input_shape=(1, 8, 8), num_classes=10, hidden_sizes=(16, 8), num_members=4)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.evaluation.weight_space import weight_cosine
 from ensemble_lab.methods import MIMO, SingleModel
 from ensemble_lab.methods.mimo import mimo_indices
+from ensemble_lab.metrics.weight_space import weight_cosine
 
 M, K = 4, 10
 MLP = dict(input_shape=(1, 8, 8), num_classes=K, hidden_sizes=(16, 8), num_members=M)

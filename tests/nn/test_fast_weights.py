@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.evaluation.weight_space import member_gram, weight_cosine, weight_cosine_stored
+from ensemble_lab.metrics.weight_space import member_gram, weight_cosine, weight_cosine_stored
 from ensemble_lab.nn import BatchConv2d, BatchLinear, EnsembleBatchNorm2d, FastWeights, batch_ensemble_layers, plain_layers
 from ensemble_lab.nn.resnet import resnet18
 

@@ -13,8 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.evaluation.weight_space import member_gram, weight_cosine
 from ensemble_lab.methods import LowRankEnsemble, SingleModel
+from ensemble_lab.metrics.weight_space import member_gram, weight_cosine
 from ensemble_lab.nn import LowRankConv2d, LowRankLinear, low_rank_layers
 from ensemble_lab.nn.mlp import mlp
 from ensemble_lab.nn.resnet import resnet18

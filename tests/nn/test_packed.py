@@ -9,8 +9,8 @@ import yaml
 from torch import nn
 
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.evaluation.weight_space import weight_cosine
 from ensemble_lab.methods import PackedEnsemble
+from ensemble_lab.metrics.weight_space import weight_cosine
 from ensemble_lab.nn import build_backbone
 from ensemble_lab.nn.ensemble_conv import EnsembleConv2d
 from ensemble_lab.nn.ensemble_linear import EnsembleLinear

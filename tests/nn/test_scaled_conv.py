@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ensemble_lab.evaluation.tensor_memory import TensorMemory
+from ensemble_lab.metrics.tensor_memory import TensorMemory
 from ensemble_lab.nn.scaled_conv import scaled_input_conv2d
 
 N, B, CIN, COUT, SIZE = 3, 2, 4, 5, 7

@@ -1,0 +1,208 @@
+"""Figures that compare methods (one series per report row), drawn from numbers already gathered.
+
+Each function returns a ``matplotlib.figure.Figure`` (no pyplot) and takes plain data, one
+:class:`~ensemble_lab.figures.style.Look` per row: ``report_figures`` reads the runs, these draw.
+"""
+
+import math
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from ensemble_lab.figures.per_run import draw_reliability, log_count_axis, reliability_axes
+from ensemble_lab.figures.style import COLUMN_WIDTH, TEXT_WIDTH, Look, paper_style
+from ensemble_lab.metrics.ood import ood_detection
+
+#: most reliability panels in one row of the comparison
+PANELS_PER_ROW = 4
+#: axis labels of per-set metrics and per-epoch tags
+AXIS_LABELS = {
+    "acc": "accuracy", "nll": "NLL", "ece": "ECE", "mi": "mi (epistemic)", "disagreement": "disagreement",
+    "auroc_msp": "AUROC (msp)", "auroc_entropy": "AUROC (entropy)", "auroc_mi": "AUROC (mi)",
+    "weight_cosine": "weight cosine (effective)", "weight_cosine_mean": "weight cosine (effective)",
+}  # fmt: skip
+
+
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def _legend_beside(ax: Axes, looks: Sequence[Look], markers: bool = True) -> None:
+    """A legend of every look in the spare axes ``ax`` (its frame hidden); lines only when not ``markers``."""
+    ax.set_axis_off()
+    handles = [ax.plot([], [], color=k.colour, marker=k.marker if markers else "", linestyle=k.linestyle)[0] for k in looks]
+    ax.legend(handles, [_wrap(k.name, 30) for k in looks], loc="center", borderaxespad=0)
+
+
+@paper_style
+def reliability_comparison(panels: Sequence[tuple[Look, Tensor, Tensor, int]], set_name: str, num_bins: int = 15) -> Figure:
+    """One reliability diagram (with its samples per bin below) per report row, side by side.
+
+    Args:
+        panels: (look, p̄ (N, C), targets (N,), runs pooled) per row; the ECE in each title is of those pooled samples.
+        set_name: the test set, for the title.
+        num_bins: confidence bins of the diagrams and the ECE.
+    """
+    columns = min(len(panels), PANELS_PER_ROW)
+    rows = math.ceil(len(panels) / columns)
+    width = COLUMN_WIDTH if columns == 1 else TEXT_WIDTH * min(1.0, 0.3 + 0.175 * columns)
+    fig = Figure(figsize=(width, rows * width / columns * 1.45 + 0.3), layout="constrained")
+    grid = fig.add_gridspec(rows, columns)
+    names = [_wrap(look.name, 26) for look, _, _, _ in panels]
+    lines = max(name.count("\n") for name in names)
+    for k, ((look, probs, targets, runs), name) in enumerate(zip(panels, names)):
+        ax, ax_count = reliability_axes(fig, grid[k // columns, k % columns])
+        ece = draw_reliability(ax, ax_count, probs, targets, num_bins, colour=look.colour)
+        pooled = f"{runs} runs pooled" if runs > 1 else "1 run"
+        padding = "\n" * (lines - name.count("\n"))  # titles of equal height keep the panels aligned
+        ax.set_title(f"{padding}{name}\nECE {ece:.3f} ({pooled})")
+        if k % columns:
+            ax.set_ylabel("")
+            ax_count.set_ylabel("")
+    fig.suptitle(_wrap(f"reliability on {set_name} (grey: gap to the bin's confidence; below: samples per bin)", int(width * 15)))
+    return fig
+
+
+@paper_style
+def ood_curve_figure(curves: Sequence[tuple[Look, Tensor, Tensor]], kind: str, ood_set: str, id_set: str, score: str) -> Figure:
+    """ROC (``kind="roc"``) or precision-recall (``"pr"``) curves of separating ``ood_set`` from ``id_set``, one per row.
+
+    Args:
+        curves: (look, id scores (N_id,), ood scores (N_ood,)) per row; OOD is the positive class, higher = more OOD.
+        kind: "roc" or "pr".
+        ood_set: the OOD set, for the title.
+        id_set: the in-distribution set, for the title.
+        score: the uncertainty score's name (msp, entropy, mi), for the title.
+    """
+    from sklearn.metrics import precision_recall_curve, roc_curve  # heavy: only when drawing
+
+    names = [_wrap(look.name, 44) for look, _, _ in curves]
+    legend_lines = sum(name.count("\n") + 1 for name in names) + 1
+    fig = Figure(figsize=(COLUMN_WIDTH, 2.6 + 0.13 * legend_lines), layout="constrained")
+    ax = fig.add_subplot()
+    positives = 0.0
+    for (look, id_scores, ood_scores), name in zip(curves, names):
+        labels = np.concatenate([np.zeros(id_scores.numel()), np.ones(ood_scores.numel())])  # (N_id + N_ood,)
+        scores = np.concatenate([id_scores.cpu().numpy(), ood_scores.cpu().numpy()])  # (N_id + N_ood,)
+        quality = ood_detection(id_scores, ood_scores)
+        positives = labels.mean()
+        if kind == "roc":
+            x, y, _ = roc_curve(labels, scores)
+            value = quality["auroc"]
+        else:
+            y, x, _ = precision_recall_curve(labels, scores)
+            value = quality["aupr"]
+        ax.plot(x, y, color=look.colour, linestyle=look.linestyle, label=f"{name}: {value:.3f}")
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
+        ax.set(xlabel="false-positive rate (id)", ylabel="true-positive rate (ood)")
+        heading = "AUROC"
+    else:
+        ax.axhline(positives, color="grey", linestyle=":", linewidth=0.8)  # a random score's precision
+        ax.set(xlabel="recall (ood)", ylabel="precision")
+        heading = "AUPR"
+    ax.set(xlim=(0, 1), ylim=(0, 1.02))
+    fig.legend(loc="outside lower center", title=f"{heading} (runs pooled)", title_fontsize=7)
+    ax.set_title(f"{ood_set} vs {id_set}, score: {score}")
+    return fig
+
+
+@paper_style
+def diversity_figure(points: Sequence[tuple[Look, Sequence[dict[str, Any]]]], set_name: str, axes: Sequence[tuple[str, str]]) -> Figure:
+    """Diversity (x) against quality (y), one marker per run, one colour per label; a panel per (x, y) pair.
+
+    Args:
+        points: (look, the runs' metrics of this set, as in results.json) per row.
+        set_name: the test set, for the title.
+        axes: (x metric, y metric) per panel, e.g. (("disagreement", "acc"), ("mi", "nll")).
+    """
+    fig = Figure(figsize=(TEXT_WIDTH, 2.5), layout="constrained")
+    grid = fig.add_gridspec(1, len(axes) + 1, width_ratios=[1.0] * len(axes) + [0.85])
+    for k, (x_key, y_key) in enumerate(axes):
+        ax = fig.add_subplot(grid[0, k])
+        for look, runs in points:
+            pairs = [(m.get(x_key), m.get(y_key)) for m in runs]
+            xy = np.array([p for p in pairs if all(isinstance(v, (int, float)) for v in p)], dtype=float).reshape(-1, 2)  # (runs, 2)
+            ax.scatter(xy[:, 0], xy[:, 1], color=look.colour, marker=look.marker, s=18, alpha=0.85, edgecolors="none")
+        ax.set(xlabel=AXIS_LABELS.get(x_key, x_key), ylabel=AXIS_LABELS.get(y_key, y_key))
+    _legend_beside(fig.add_subplot(grid[0, -1]), [Look(look.name, look.colour, look.marker, "none") for look, _ in points])
+    fig.suptitle(f"diversity against quality on {set_name} (one marker per run)")
+    return fig
+
+
+@paper_style
+def training_curves_figure(series: Sequence[tuple[Look, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]],
+                           tags: Sequence[str], x_label: str = "epoch") -> Figure:  # fmt: skip
+    """Per-epoch curves, mean line and ± std band over each row's runs; a panel per tag.
+
+    Args:
+        series: (look, {tag: (x, mean, std, runs) from training_curves.mean_std}) per row.
+        tags: the tags, one panel each, e.g. "val/acc".
+        x_label: the x axis ("epoch", or "step" for runs without an epoch scalar).
+    """
+    columns = 3
+    rows = math.ceil((len(tags) + 1) / columns)
+    fig = Figure(figsize=(TEXT_WIDTH, 2.0 * rows + 0.3), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax, tag in zip(axes, tags):
+        for look, curves in series:
+            if tag not in curves or not len(curves[tag][0]):
+                continue
+            x, mean, std, _ = curves[tag]
+            ax.plot(x, mean, color=look.colour, linestyle=look.linestyle)
+            ax.fill_between(x, mean - std, mean + std, color=look.colour, alpha=0.2, linewidth=0)
+        key = tag.removeprefix("val/")
+        ax.set(xlabel=x_label, ylabel=AXIS_LABELS.get(key, key), title=tag)
+    for ax in axes[len(tags) + 1 :]:
+        ax.set_axis_off()
+    _legend_beside(axes[len(tags)], [look for look, _ in series], markers=False)
+    fig.suptitle("validation curves during training (mean ± std over seeds)")
+    return fig
+
+
+@paper_style
+def sweep_figure(
+    lines: Sequence[tuple[Look, Sequence[tuple[float, Sequence[Sequence[float]]]]]],
+    panels: Sequence[tuple[str, str]],
+    xlabel: str,
+    title: str,
+) -> Figure:
+    """Metrics against a size (members M, parameters per member, ...), one line per label, mean ± std bars over runs.
+
+    Args:
+        lines: (look, [(size, [per panel: the runs' values])]) per label; panel values line up with ``panels``.
+        panels: (set name or "", metric) per panel, e.g. ("digits", "acc").
+        xlabel: what the size is; "members M" gets base-2 ticks at every M, anything else 1-2-5 ticks per decade.
+        title: the figure's title, before "(mean ± std over seeds)".
+    """
+    columns = 3
+    rows = math.ceil((len(panels) + 1) / columns)
+    fig = Figure(figsize=(TEXT_WIDTH, 2.0 * rows + 0.3), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    sizes = sorted({x for _, points in lines for x, _ in points})
+    for p, (set_name, metric) in enumerate(panels):
+        ax = axes[p]
+        for look, points in lines:
+            stats = [(x, np.mean(v[p]), np.std(v[p], ddof=1) if len(v[p]) > 1 else 0.0) for x, v in sorted(points) if v[p]]
+            if stats:
+                x, mean, std = (np.array(c, dtype=float) for c in zip(*stats))
+                ax.errorbar(x, mean, yerr=std, color=look.colour, marker=look.marker, linestyle=look.linestyle, capsize=2)
+        if xlabel == "members M":
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sizes, [str(int(m)) for m in sizes])
+            ax.minorticks_off()
+        else:
+            ax.set_xscale("log")
+            log_count_axis(ax.xaxis, sizes[-1] / sizes[0] if sizes and sizes[0] > 0 else None)
+        label = AXIS_LABELS.get(metric, metric)
+        ax.set(xlabel=xlabel, ylabel=label, title=f"{set_name} {metric}" if set_name else label)
+    for ax in axes[len(panels) + 1 :]:
+        ax.set_axis_off()
+    _legend_beside(axes[len(panels)], [look for look, _ in lines])
+    fig.suptitle(f"{title} (mean ± std over seeds)")
+    return fig

@@ -1,0 +1,5 @@
+"""Pure math on member outputs and weights, no Lightning: ``classification`` (accuracy, NLL, Brier, ECE,
+reliability bins, entropy / mutual information, disagreement), ``ood`` (AUROC, AUPR, FPR95 of an uncertainty
+score), ``calibration`` (temperature scaling), ``weight_space`` (members' weight cosine), ``cost`` and
+``tensor_memory`` (parameters, FLOPs, images per second, peak tensor memory), ``significance`` (Welch's test
+over seeds, paired bootstrap over test samples, Holm's correction)."""
