@@ -81,7 +81,7 @@ class UncertaintyEvalMixin(_Base):
     #: the training step the tested weights are from (set by the CLI for a checkpoint); else global_step
     logging_step: int | None = None
     #: calibration after training at test (set by the CLI's --calibration): "none", "temperature" or
-    #: "temperature_per_member", fitted on the validation split (evaluation/calibration.py)
+    #: "temperature_per_member", fitted on the validation split (metrics/calibration.py)
     calibration: str = "none"
     #: evaluate every test set at the end of the validation of every K-th epoch of a fit, and of the last
     #: one, logging val/<set>/<metric> (set by the CLI's --eval_sets_every; 0: never; evaluation/sets.py)
@@ -222,7 +222,7 @@ class UncertaintyEvalMixin(_Base):
             "val_images": int(y.shape[0]),
             "val_nll": float(ensemble_nll(lp, y, one)),
             "val_nll_calibrated": float(ensemble_nll(lp, y, temperature)),
-            "warnings": warned,  # why the fitted T may not be trusted (evaluation/calibration.py)
+            "warnings": warned,  # why the fitted T may not be trusted (metrics/calibration.py)
         }
 
     def on_test_end(self) -> None:
@@ -281,7 +281,7 @@ class UncertaintyEvalMixin(_Base):
             **{key: (self.tested_checkpoint_record or {}).get(key) for key in CHECKPOINT_RECORD},
             **self.members_description(),  # e.g. the checkpoints an assembled ensemble's members came from
             **weight_space_summary(self),  # weight_cosine(_stored) (M×M or None) and their off-diagonal means
-            "cost": self._cost,  # parameters, FLOPs per image, test images/s, peak memory (evaluation/cost.py)
+            "cost": self._cost,  # parameters, FLOPs per image, test images/s, peak memory (metrics/cost.py)
             "config": self.run_config,
             "test_changes": self.test_changes,
             "fit_config": self.fit_config,

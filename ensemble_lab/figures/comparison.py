@@ -1,7 +1,7 @@
 """Figures that compare methods (one series per report row), drawn from numbers already gathered.
 
 Each function returns a ``matplotlib.figure.Figure`` (no pyplot) and takes plain data, one
-:class:`~ensemble_lab.figures.style.Look` per row: ``report_figures`` reads the runs, these draw.
+:class:`~ensemble_lab.figures.style.Look` per row: ``ensemble_lab.report.figures`` reads the runs, these draw.
 """
 
 import math

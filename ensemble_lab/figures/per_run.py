@@ -3,7 +3,7 @@
 Figures are ``matplotlib.figure.Figure`` objects drawn with the Agg canvas, never through pyplot,
 so nothing needs a display and no global figure list grows. ``write_figures`` saves them as PNG
 under ``<results_dir>/figures/`` and adds them to every TensorBoard logger as ``test/figures/<name>``.
-Titles name the run (label, method, M); sizes, fonts and colours come from ``figure_style``, and
+Titles name the run (label, method, M); sizes, fonts and colours come from ``style``, and
 ``draw_reliability`` also draws each panel of the report's side-by-side comparison (docs/figures.md).
 """
 

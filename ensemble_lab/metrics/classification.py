@@ -1,4 +1,4 @@
-"""Metric functions on member probabilities: accuracy, calibration, uncertainty, diversity (OOD detection: ood_detection.py).
+"""Metric functions on member probabilities: accuracy, calibration, uncertainty, diversity (OOD detection: ood.py).
 
 Definitions: docs/metrics.md. Conventions for every function:
 

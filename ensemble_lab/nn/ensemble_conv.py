@@ -263,7 +263,7 @@ class EnsembleBatchNorm2d(nn.Module):
 
     def member_parameters(self) -> list[Tensor]:
         """The stored tensors whose row i is member i's own: the affine scale and shift (no ``member_gram``:
-        norm layers are left out of the effective weight cosine, see evaluation/weight_space.py)."""
+        norm layers are left out of the effective weight cosine, see metrics/weight_space.py)."""
         return [p for p in (self.weight, self.bias) if p is not None]
 
     def extra_repr(self) -> str:

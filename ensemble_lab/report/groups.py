@@ -48,7 +48,7 @@ BARRIER_COLUMNS = ("barrier_loss_mean", "barrier_error_mean", "frankle_barrier_l
 #: top-level (per run, not per set) metrics, shown in the "weight space" table
 RUN_COLUMNS = ("weight_cosine_mean", "weight_cosine_stored_mean", *BARRIER_COLUMNS)
 WEIGHTS = "weight space"
-#: the per-run cost table (evaluation/cost.py): parameters, FLOPs per test image, test images/s, peak memory
+#: the per-run cost table (metrics/cost.py): parameters, FLOPs per test image, test images/s, peak memory
 COST = "cost"
 #: the default reference of the significance tests: the single model
 DEFAULT_BASELINE = "SingleModel"
@@ -371,7 +371,7 @@ def format_stat(stat: Stat | None, runs: int, digits: int = 3) -> str:
 
 
 #: what a preset shows, per role (``{score}``: --ood_score; ``{positive}``: "_in" for --ood_positive id); single_basin: one
-#: table per id set, see report_tables.py
+#: table per id set, see report/tables.py
 PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
     "paper": {"id": ("acc", "nll", "ece"), "shift": ("acc", "nll", "ece"), "ood": ("aupr{positive}_{score}", "auroc_{score}", "fpr95{positive}_{score}", "mi")},
     "single_basin": {"id": ("acc", "nll", "ece", "mi", "disagreement")},

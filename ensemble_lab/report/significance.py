@@ -1,4 +1,4 @@
-"""The report's significance marks: each row against its datamodule's baseline row (statistics: evaluation/significance.py).
+"""The report's significance marks: each row against its datamodule's baseline row (statistics: metrics/significance.py).
 
 Welch's t-test over seeds when both rows have two or more values of a metric; otherwise a paired bootstrap over
 the test samples of the runs' predictions/<set>.npz (``test --save_predictions true``). A row's tests on one set
@@ -58,7 +58,7 @@ def add_significance(
     groups: Sequence[Group], baselines: Mapping[str | None, Group], alpha: float = 0.05, resamples: int = 1000, seed: int = 0,
     correction: str = "holm",
 ) -> list[str]:  # fmt: skip
-    """Compare every metric of every row with its datamodule's baseline (evaluation/significance.py), into ``group.significance``.
+    """Compare every metric of every row with its datamodule's baseline (metrics/significance.py), into ``group.significance``.
 
     Welch's t-test over seeds when both rows have two or more values; otherwise a paired bootstrap over the
     test samples of the runs' predictions/<set>.npz. ``correction`` ("holm" or "none") is applied over each

@@ -1,4 +1,4 @@
-"""Pairwise diversity matrices on a hand-worked three-member case (M = 2 is in test_metrics.py)."""
+"""Pairwise diversity matrices on a hand-worked three-member case (M = 2 is in test_classification.py)."""
 
 import math
 

@@ -94,7 +94,7 @@ def test_early_stopping_stops_a_run_whose_metric_cannot_improve(cli, tmp_path, c
 def test_test_checkpoint_best_tests_the_best_validation_checkpoint_and_test_finds_it_again(cli, tmp_path):
     # mode min on val/acc keeps the *worst* epoch (the first, from scratch), so best and last differ for sure
     record = tmp_path / "last_steps.jsonl"
-    callback = {"class_path": "tests.test_checkpoint_choice.RecordLastStep", "init_args": {"log_file": str(record)}}
+    callback = {"class_path": "tests.runs.test_checkpoints.RecordLastStep", "init_args": {"log_file": str(record)}}
     epochs = 4
     cli("fit", *QUICK, f"--trainer.max_epochs={epochs}", "--checkpoint.monitor=val/acc", "--checkpoint.mode=min",
         "--test_checkpoint=best", f"--trainer.callbacks={json.dumps([callback])}")

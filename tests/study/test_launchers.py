@@ -15,7 +15,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from ensemble_lab.cli import app, main
+from ensemble_lab.cli import main
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.study.job import StudyJob
 from ensemble_lab.study.launchers.local import local_env
@@ -62,7 +62,7 @@ def test_local_parallel_matches_sequential_and_resumes_a_killed_run(tmp_path, ca
         main(["study", "--config", str(write_study(tmp_path / "seq.yaml", methods)), "--out", str(tmp_path / "seq")])
     finally:
         torch.set_num_threads(threads)
-    kill = {"class_path": "tests.test_study_launchers.KillOnce", "init_args": {"flag_file": str(tmp_path / "killed")}}
+    kill = {"class_path": "tests.study.test_launchers.KillOnce", "init_args": {"flag_file": str(tmp_path / "killed")}}
     methods["killed"] = {"config": str(DIGITS / "single.yaml"), "args": [f"--trainer.callbacks={json.dumps([kill])}"]}
     out = tmp_path / "par"
     command = [
@@ -240,7 +240,7 @@ def test_connectivity_step_failed_teacher_and_report_args(tmp_path, capsys, monk
         (Path(argv[argv.index("--ckpt_path") + 1]).parent.parent / "connectivity.json").write_text("{}")
 
     reports: list[list[str]] = []
-    monkeypatch.setitem(app.EXTRA_SUBCOMMANDS, "connectivity", (connectivity, "fake"))
+    monkeypatch.setattr("ensemble_lab.connectivity.command.connectivity_main", connectivity)
     monkeypatch.setattr("ensemble_lab.study.main.report_main", lambda argv: reports.append(list(argv)))
     methods = {
         "ok": {"config": str(DIGITS / "single.yaml")},
@@ -349,7 +349,7 @@ def test_a_failed_step_records_its_reason_for_status(tmp_path, capsys, monkeypat
         raise ConfigError("--points 3: the walk is too short")
 
     monkeypatch.setattr(study_job, "execute", fitted)
-    monkeypatch.setitem(app.EXTRA_SUBCOMMANDS, "connectivity", (connectivity, "fake"))
+    monkeypatch.setattr("ensemble_lab.connectivity.command.connectivity_main", connectivity)
     study = write_study(tmp_path / "s.yaml", {"single": {"config": str(DIGITS / "single.yaml")}}, connectivity={"points": 3})
     [run] = load_spec(study, tmp_path / "out").runs
     assert study_job.run_job(run) == "connectivity: --points 3: the walk is too short"
