@@ -8,7 +8,7 @@ row per group and a column per metric, ``mean ± std`` over the group's runs. st
 deviation (ddof = 1); with a single run it is left out (printed as the mean alone, null in CSV / JSON). A
 metric some runs lack is averaged over the runs that have it and marked ``(n=k)``; one no run has is a blank cell.
 
-This module reads and groups the runs; the comparison against a baseline row is report/significance.py,
+This module groups the runs (report/reading.py finds and reads their results.json); the comparison against a baseline row is report/significance.py,
 the tables (Markdown, LaTeX, CSV) and their files report/tables.py, the command report/main.py.
 """
 
@@ -33,6 +33,7 @@ from ensemble_lab.config.run_config import (
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.figures.style import METHOD_ORDER
 from ensemble_lab.metrics.cost import COST_KEYS
+from ensemble_lab.report.reading import find_results, load_results, read_document
 
 if TYPE_CHECKING:  # torch only when comparing (report/significance.py)
     from ensemble_lab.metrics.significance import Comparison
@@ -86,22 +87,6 @@ class Group:
     baseline: "Group | None" = field(default=None, repr=False)  # the row it was compared with (None: none, or it is the baseline)
 
 
-def find_results(paths: Sequence[str | Path]) -> list[Path]:
-    """Every results.json at or below ``paths``, sorted, without duplicates."""
-    found: set[Path] = set()
-    for raw in paths:
-        path = Path(raw)
-        if not path.exists():
-            raise EnsembleLabError(f"{path} does not exist; give run or study directories (or results.json files)")
-        # below a directory, runs set aside by `study --rerun_changed` (<run>.prev-N/) are not today's
-        found.update([path] if path.is_file() else (p for p in path.rglob("results.json") if not _set_aside(p.relative_to(path))))
-    return sorted(p.resolve() for p in found if p.name == "results.json")
-
-
-def _set_aside(relative: Path) -> bool:
-    return any(re.search(r"\.prev-\d+$", part) for part in relative.parts[:-1])
-
-
 def _number(value: Any) -> float | None:
     """A finite float, or None for missing, null, NaN and non-numbers."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -114,56 +99,6 @@ def summarize(values: Sequence[float]) -> Stat:
     if not values:
         return Stat(None, None, 0)
     return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values), tuple(values))
-
-
-def _load(path: Path) -> dict[str, Any] | None:
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        print(f"ensemble-lab report: skipping {path}: {error}", file=sys.stderr)
-        return None
-    if not isinstance(document, dict):
-        print(f"ensemble-lab report: skipping {path}: not a results document", file=sys.stderr)
-        return None
-    if (why := _malformed(document)) is not None:
-        print(f"ensemble-lab report: skipping {path}: {why}", file=sys.stderr)
-        return None
-    return document
-
-
-def _load_results(path: Path) -> dict[str, Any] | None:
-    """A run's results.json, or None (with a line on stderr) for one that is unreadable or not what `test` writes."""
-    document = _load(path)
-    if document is None:
-        return None
-    absent = [key for key in ("method", "sets") if document.get(key) is None]
-    if absent:  # another tool's results.json (or a hand-made one) would be a row of blanks
-        print(
-            f"ensemble-lab report: skipping {path}: not a results document of `ensemble-lab test` ({' and '.join(map(repr, absent))} missing)",
-            file=sys.stderr,
-        )
-        return None
-    return document
-
-
-#: the keys a row is built from, and the type each must have where present (null is allowed)
-_SHAPE: dict[str, type] = {
-    "method": str, "run_name": str, "datamodule": str, "num_members": int, "seed": int,
-    "sets": dict, "sets_calibrated": dict, "cost": dict, "config": dict,
-}  # fmt: skip
-
-
-def _malformed(document: dict[str, Any]) -> str | None:
-    """Why a JSON document is not a results.json the report can read (a key of the wrong type), else None."""
-    for key, kind in _SHAPE.items():
-        value = document.get(key)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            return f"its {key!r} is {type(value).__name__} {json.dumps(value, default=str)[:40]}, not a {kind.__name__}"
-    for group in ("sets", "sets_calibrated"):
-        for name, metrics in (document.get(group) or {}).items():
-            if not isinstance(metrics, dict):
-                return f"its {group}.{name} is {type(metrics).__name__}, not a mapping of metrics"
-    return None
 
 
 def build_report(
@@ -183,7 +118,7 @@ def build_report(
         Groups in the paper's row order (per datamodule: single, MC Dropout, Deep Ensemble, BatchEnsemble, others).
     """
     files = find_results(paths)
-    runs = [(f, d) for f in files if (d := _load_results(f)) is not None]
+    runs = [(f, d) for f in files if (d := load_results(f)) is not None]
     if not runs:
         where = ", ".join(str(p) for p in paths)
         raise EnsembleLabError(f"no readable results.json found below {where}; run `ensemble-lab fit` or `ensemble-lab test` first")
@@ -269,7 +204,7 @@ def read_connectivity(run: Path) -> dict[str, float | None]:
     path = run / "connectivity.json"
     if not path.exists():
         return {}
-    document = _load(path)
+    document = read_document(path)
     return {} if document is None else {k: _number(document.get(k)) for k in BARRIER_COLUMNS}
 
 

@@ -147,7 +147,7 @@ def test_help(capsys):
 
 
 def test_runs_set_aside_by_a_study_are_not_found(tmp_path):
-    from ensemble_lab.report.groups import find_results
+    from ensemble_lab.report.reading import find_results
 
     write_run(tmp_path, "be/seed_1", "BatchEnsemble", 4, 1, 0.5)
     write_run(tmp_path, "be/seed_1.prev-1", "BatchEnsemble", 4, 1, 0.1)  # moved aside by --rerun_changed
