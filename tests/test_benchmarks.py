@@ -28,7 +28,9 @@ def test_micro_suite_with_gpu_options_on_cpu(tmp_path):
 
 
 def test_training_epochs_cover_every_shipped_cifar10_method():
-    assert set(METHODS) == {path.stem for path in CONFIGS.glob("*.yaml")}
+    # *_peer.yaml are the same methods under the peer library's settings (docs/paper.md), not methods of their own
+    methods = {path.stem for path in CONFIGS.glob("*.yaml") if not path.stem.endswith("_peer")}
+    assert set(METHODS) == methods and len(methods) == 8
 
 
 def test_test_time_figure_reports_memory_on_every_device(tmp_path):

@@ -161,6 +161,5 @@ def test_mimo_configs_set_input_and_batch_repetition(config, rho):
     model.network = torch.nn.Flatten()  # the rows' images are what is checked, not the ResNet: skip its cost
     torch.manual_seed(0)
     images = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 32, 32)  # image k is the constant k
-    model.training_logits(images)
-    seen = model._train_indices  # (M, 8): the image each member saw in each row
+    seen = model.training_batch(images, torch.arange(8)).rows  # (M, 8): the image each member saw in each row
     assert torch.equal(seen, seen[0].expand_as(seen)) == (rho == 1.0)  # ρ = 1: every member the same images

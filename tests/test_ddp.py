@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from ensemble_lab.cli.run_config import flatten
 from tests.conftest import REPO, read_results, reproducible, run_dirs
 
 COMMON = [
@@ -87,6 +88,12 @@ def test_ddp_fit_and_test_match_a_single_process(cli, tmp_path):
     cli("test", "--config", str(run / "config.yaml"), f"--ckpt_path={ckpt}", "--overwrite=true", *single)
     single_results = read_results(run)
     ddp_results["checkpoint"] = single_results["checkpoint"]  # the post-fit test names no file
+    # the single-process test records that it ran on one device where training used two, and nothing else changed
+    assert ddp_results["test_changes"] == [] and ddp_results["fit_config"] is None
+    assert sorted(single_results.pop("test_changes")) == ["trainer.devices: 2 -> 1", "trainer.strategy: ddp -> auto"]
+    assert flatten(single_results.pop("fit_config"))["trainer.strategy"] == "ddp"
+    for results in (ddp_results, single_results):
+        results.pop("test_changes", None), results.pop("fit_config", None), results.pop("config")
     assert_same_numbers(reproducible(ddp_results), reproducible(single_results))  # cost timings measure the machine
     assert ddp_results["sets"]["digits"]["acc"] > 0.5  # it trained (10 % is chance)
     # each rank saw half of the 1,237 training digits: ceil(619 / 64) = 10 steps, not 20
