@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from ensemble_lab.cli.run_config import flatten
+from ensemble_lab.config.run_config import flatten
 from tests.conftest import REPO, read_results, reproducible, run_dirs
 
 COMMON = [
