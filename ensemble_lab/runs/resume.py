@@ -20,11 +20,11 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from ensemble_lab.runs.callbacks import FinalLastCheckpoint
-from ensemble_lab.runs.checkpoints import best_checkpoint_of
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.runs.checkpoint_files import check_checkpoint_file
 from ensemble_lab.io import first_free_number
+from ensemble_lab.runs.callbacks import FinalLastCheckpoint
+from ensemble_lab.runs.checkpoint_files import check_checkpoint_file
+from ensemble_lab.runs.checkpoints import best_checkpoint_of
 from ensemble_lab.runs.layout import run_dir_of_checkpoint
 
 SPECIAL = ("best", "hpc", "registry")  # Lightning's other ckpt_path keywords ("best" is made a file first: _best_checkpoint)
