@@ -30,6 +30,10 @@ MIN_VARIANCE = 1e-6
 MAX_LOG_VARIANCE = 30.0
 #: the search range of variance scaling: s in [1 / VARIANCE_SCALE_RANGE, VARIANCE_SCALE_RANGE]
 VARIANCE_SCALE_RANGE = 1e4
+#: the number of grid points of log s that variance scaling evaluates before its golden-section search
+VARIANCE_SCALE_GRID = 41
+# Upper bound on the elements of one (grid points, M, N) tensor of variance scaling (2**24 float64 = 128 MiB).
+_CHUNK_ELEMENTS = 2**24
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -127,13 +131,13 @@ def _nll_parts(mean: Tensor, var: Tensor, targets: Tensor) -> tuple[Tensor, Tens
     return (_LOG_2PI + var.log()).sum(-1), ((targets - mean) ** 2 / var).sum(-1), mean.shape[-1]
 
 
-def fit_variance_scale(mean: Tensor, var: Tensor, targets: Tensor, steps: int = 60) -> Tensor:
+def fit_variance_scale(mean: Tensor, var: Tensor, targets: Tensor, steps: int = 50) -> Tensor:
     """The scale s > 0 of every member's variance that minimises the mixture NLL on a validation set, float64 ().
 
-    The NLL is evaluated on a grid of 161 values of log s, evenly spaced over [−log 10⁴, log 10⁴], and the
-    best point is refined by a golden-section search between its two neighbours. A result at either end of
-    the range means the best s lies beyond it. For M = 1 the optimum has the closed form s = mean(r² / σ²) over
-    rows and targets, with r = y − μ.
+    The NLL is evaluated at ``VARIANCE_SCALE_GRID`` values of log s evenly spaced over [−log 10⁴, log 10⁴], and
+    the best point is refined by a golden-section search between its two neighbours (so s is found to about
+    √(float64 eps) ≈ 1e-8 relative). A result at either end of the range means the best s lies beyond it.
+    For M = 1 the optimum has the closed form s = mean(r² / σ²) over rows and targets, with r = y − μ.
 
     Args:
         mean: validation member means (M, N, D).
@@ -144,15 +148,26 @@ def fit_variance_scale(mean: Tensor, var: Tensor, targets: Tensor, steps: int = 
     with torch.inference_mode(False), torch.no_grad():
         parts = _nll_parts(mean, var, targets)
         bound = math.log(VARIANCE_SCALE_RANGE)
-        grid = torch.linspace(-bound, bound, 161, dtype=parts[0].dtype, device=parts[0].device)  # (161,)
-        best = int(_scaled_nll(parts, grid).argmin())
-        low, high = grid[max(best - 1, 0)], grid[min(best + 1, grid.numel() - 1)]
+        grid = torch.linspace(-bound, bound, VARIANCE_SCALE_GRID, dtype=parts[0].dtype, device=parts[0].device)  # (S,)
+        # a few grid points at a time: each takes an (M, N) tensor
+        per_point = max(1, _CHUNK_ELEMENTS // parts[0].numel())
+        nll = torch.cat([_scaled_nll(parts, points) for points in grid.split(per_point)])  # (S,)
+        best = int(nll.argmin())
+        low, high = float(grid[max(best - 1, 0)]), float(grid[min(best + 1, grid.numel() - 1)])
+        at = lambda log_s: float(_scaled_nll(parts, torch.tensor([log_s], dtype=grid.dtype, device=grid.device))[0])
         ratio = (math.sqrt(5) - 1) / 2
-        for _ in range(steps):
-            inner = torch.stack([high - ratio * (high - low), low + ratio * (high - low)])  # (2,)
-            left, right = _scaled_nll(parts, inner)
-            low, high = (low, inner[1]) if left <= right else (inner[0], high)
-        return (0.5 * (low + high)).exp().to(torch.float64)
+        left, right = high - ratio * (high - low), low + ratio * (high - low)
+        at_left, at_right = at(left), at(right)
+        for _ in range(steps):  # golden section: one new NLL per step, the other inner point is kept
+            if at_left <= at_right:
+                high, right, at_right = right, left, at_left
+                left = high - ratio * (high - low)
+                at_left = at(left)
+            else:
+                low, left, at_left = left, right, at_right
+                right = low + ratio * (high - low)
+                at_right = at(right)
+        return torch.tensor(math.exp(0.5 * (low + high)), dtype=torch.float64)
 
 
 def scale_variance(var: Tensor, scale: Tensor | float) -> Tensor:

@@ -101,12 +101,12 @@ def test_variance_scaling_of_one_gaussian_is_the_closed_form():
 
 def test_variance_scaling_recovers_a_known_factor():
     gen = torch.Generator().manual_seed(7)
-    num_members, num_rows = 3, 20000
+    num_members, num_rows = 3, 5000
     centre = torch.randn(num_rows, 1, generator=gen, dtype=torch.float64)
     mean = centre.expand(num_members, -1, -1).clone()
     var = (torch.rand(num_rows, 1, generator=gen, dtype=torch.float64) + 0.5).expand(num_members, -1, -1).clone()
     targets = centre + (4 * var[0]).sqrt() * torch.randn(num_rows, 1, generator=gen, dtype=torch.float64)  # 4× the variance
-    assert float(losses.fit_variance_scale(mean, var, targets)) == pytest.approx(4.0, rel=0.05)
+    assert float(losses.fit_variance_scale(mean, var, targets)) == pytest.approx(4.0, rel=0.1)  # the estimate's sd: 4 · √(2 / N) = 2%
 
 
 def test_variance_scaling_of_a_mixture_matches_scipy_minimisation():
