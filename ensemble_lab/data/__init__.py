@@ -1,6 +1,7 @@
 """Datasets as in-memory uint8 tensors, and the datamodules that serve them with named test sets and roles
-(``id``, ``shift``, ``ood``): ``base`` (EnsembleDataModule), ``digits`` / ``mnist`` / ``cifar10``, ``readers``
-and ``native`` (native file formats to arrays), ``download``, ``augment`` (on the batch), ``sampler``
+(``id``, ``shift``, ``ood``): ``base`` (EnsembleDataModule), ``digits`` / ``mnist`` / ``cifar10``, ``readers``,
+``corruptions`` and ``native`` (native file formats to arrays; ``files``: their missing / damaged file errors),
+``download``, ``augment`` (on the batch), ``sampler``
 (a resumable training order), ``options`` (argument checks)."""
 
 from ensemble_lab.data.base import EnsembleDataModule, IndexedImages, LabeledImages
