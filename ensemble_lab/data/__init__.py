@@ -1,5 +1,6 @@
 """Datasets as in-memory uint8 tensors, and the datamodules that serve them with named test sets and roles
-(``id``, ``shift``, ``ood``): ``base`` (EnsembleDataModule), ``digits`` / ``mnist`` / ``cifar10``, ``readers``,
+(``id``, ``shift``, ``ood``): ``base`` (EnsembleDataModule), ``digits`` / ``mnist`` / ``cifar10`` / ``tabular``
+(with ``tabular_readers``, ``tabular_prep`` and ``xlsx``), ``readers``,
 ``corruptions`` and ``native`` (native file formats to arrays; ``files``: their missing / damaged file errors),
 ``download``, ``augment`` (on the batch), ``sampler``
 (a resumable training order), ``options`` (argument checks)."""
@@ -8,6 +9,7 @@ from ensemble_lab.data.base import EnsembleDataModule, IndexedImages, LabeledIma
 from ensemble_lab.data.cifar10 import CIFAR10DataModule
 from ensemble_lab.data.digits import DigitsDataModule
 from ensemble_lab.data.mnist import MNISTDataModule
+from ensemble_lab.data.tabular import TabularDataModule
 
 __all__ = [
     "CIFAR10DataModule",
@@ -16,4 +18,5 @@ __all__ = [
     "IndexedImages",
     "LabeledImages",
     "MNISTDataModule",
+    "TabularDataModule",
 ]
