@@ -43,6 +43,11 @@ class TabularDataModule(EnsembleDataModule):
     standard deviations per feature), ``<dataset>_gap`` (ood: the non-test rows in the top
     ``ood_fraction`` along the first principal direction of the non-test features; held out of training
     and validation; they keep their targets or labels).
+
+    Attributes set from the table when the datamodule is built: ``task`` ("regression" or
+    "classification"), ``input_shape`` (F,), ``num_classes`` (classification) or ``num_targets`` (D),
+    ``feature_mean`` / ``feature_std`` (F,) and, for regression, ``target_mean`` / ``target_std`` (D,),
+    all of the training rows; ``rows``: the table positions of the train, val, test and gap rows.
     """
 
     crop_padding = None  # no image augmentation: the features are served as they are
