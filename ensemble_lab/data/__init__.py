@@ -1,4 +1,4 @@
-"""Datasets as in-memory uint8 tensors, and the datamodules that serve them with named test sets and roles
+"""Datasets as in-memory tensors (images uint8, tables float32), and the datamodules that serve them with named test sets and roles
 (``id``, ``shift``, ``ood``): ``base`` (EnsembleDataModule), ``digits`` / ``mnist`` / ``cifar10`` / ``tabular``
 (with ``tabular_readers``, ``tabular_prep`` and ``xlsx``), ``readers``,
 ``corruptions`` and ``native`` (native file formats to arrays; ``files``: their missing / damaged file errors),
