@@ -60,7 +60,7 @@ class EnsembleDataModule(ResumableTrainOrder, L.LightningDataModule):
     """
 
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]  # (C, H, W) images, (F,) tabular features
     mean: tuple[float, ...]
     std: tuple[float, ...]
     #: images in the training split (validation included) where that is known without reading a file,

@@ -13,6 +13,9 @@ downloaders can fill it; for SVHN give torchvision ``root=<data root>/svhn``)::
     FashionMNIST/raw/...                                 same names as MNIST
     CIFAR-10-C/<corruption>.npy, labels.npy              Zenodo record 2535967
     mnist_c/<corruption>/test_images.npy, test_labels.npy   Zenodo record 3239543
+
+The shared file errors live in :mod:`ensemble_lab.data.files` and the .npy corruption readers in
+:mod:`ensemble_lab.data.corruptions`; their names stay importable from here.
 """
 
 from __future__ import annotations
@@ -22,69 +25,44 @@ import pickle
 import struct
 import zlib
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import scipy.io
 
-from ensemble_lab.errors import ConfigError, DatasetError
-
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-SVHN_URL = "http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"
-CIFAR10C_URL = "https://zenodo.org/records/2535967/files/CIFAR-10-C.tar?download=1"
-MNIST_C_URL = "https://zenodo.org/records/3239543/files/mnist_c.zip?download=1"
-
-CIFAR10_TEST_SIZE = 10_000  # CIFAR-10's test split; CIFAR-10-C renders it once per corruption and severity
-CIFAR10C_SEVERITIES = (1, 2, 3, 4, 5)
-CIFAR10C_IMAGE_SHAPE = (32, 32, 3)  # one CIFAR-10-C image as stored: height, width, channels last
-MNIST_C_IMAGE_SHAPE = (28, 28, 1)  # one MNIST-C image as stored
-CIFAR10C_CORRUPTIONS = (
-    "brightness", "contrast", "defocus_blur", "elastic_transform", "fog", "frost",
-    "gaussian_blur", "gaussian_noise", "glass_blur", "impulse_noise", "jpeg_compression",
-    "motion_blur", "pixelate", "saturate", "shot_noise", "snow", "spatter",
-    "speckle_noise", "zoom_blur",
+from ensemble_lab.data.corruptions import (
+    CIFAR10_TEST_SIZE,
+    CIFAR10C_CORRUPTIONS,
+    CIFAR10C_IMAGE_SHAPE,
+    CIFAR10C_SEVERITIES,
+    MNIST_C_CORRUPTIONS,
+    MNIST_C_IMAGE_SHAPE,
+    cifar10c_shapes,
+    mnist_c_shapes,
+    read_cifar10c,
+    read_mnist_c,
 )
-MNIST_C_CORRUPTIONS = (
-    "brightness", "canny_edges", "dotted_line", "fog", "glass_blur", "impulse_noise",
-    "motion_blur", "rotate", "scale", "shear", "shot_noise", "spatter", "stripe",
-    "translate", "zigzag",
+from ensemble_lab.data.files import (
+    CIFAR10_URL,
+    CIFAR10C_URL,
+    MNIST_C_URL,
+    NUM_CLASSES,
+    SVHN_URL,
+    check_label_range,
+    damaged_file_error,
+    missing_file_error,
+    require_file,
 )
+from ensemble_lab.errors import ConfigError
+
+__all__ = [
+    "CIFAR10C_CORRUPTIONS", "CIFAR10C_IMAGE_SHAPE", "CIFAR10C_SEVERITIES", "CIFAR10C_URL", "CIFAR10_TEST_SIZE",
+    "CIFAR10_URL", "MNIST_C_CORRUPTIONS", "MNIST_C_IMAGE_SHAPE", "MNIST_C_URL", "NUM_CLASSES", "SVHN_SPLITS",
+    "SVHN_URL", "cifar10c_shapes", "damaged_file_error", "idx_split_size", "missing_file_error", "mnist_c_shapes",
+    "read_cifar10", "read_cifar10c", "read_fashion_mnist", "read_idx_images", "read_idx_labels", "read_mnist",
+    "read_mnist_c", "read_svhn",
+]
+
 SVHN_SPLITS = ("train", "test", "extra")
-
-_DOWNLOAD_FLAG = "set `download: true` in the datamodule config (`--data.download true`)"
-_HOW_TO_GET = {
-    "CIFAR-10": f"{_DOWNLOAD_FLAG}, or extract {CIFAR10_URL} into the data root",
-    "SVHN": f"{_DOWNLOAD_FLAG}, or save {SVHN_URL.format(split='test')} into <root>/svhn/",
-    "MNIST": f"{_DOWNLOAD_FLAG} (torchvision's MNIST downloader fills <root>/MNIST/raw/)",
-    "FashionMNIST": f"{_DOWNLOAD_FLAG} (torchvision's FashionMNIST downloader fills "
-    "<root>/FashionMNIST/raw/)",
-    "CIFAR-10-C": f"{_DOWNLOAD_FLAG} (2.9 GB), or download CIFAR-10-C.tar from Zenodo "
-    f"({CIFAR10C_URL}) and extract it into the data root",
-    "MNIST-C": f"{_DOWNLOAD_FLAG}, or download mnist_c.zip from Zenodo ({MNIST_C_URL}) "
-    "and extract it into the data root",
-}
-
-
-def missing_file_error(path: Path, dataset: str) -> DatasetError:
-    """The error for a dataset file that is not where a reader looks for it."""
-    return DatasetError(
-        f"{dataset} file '{path.name}' not found: expected it at {path}. "
-        f"To get it: {_HOW_TO_GET.get(dataset, _DOWNLOAD_FLAG)}."
-    )
-
-
-def damaged_file_error(path: Path, dataset: str, why: str) -> DatasetError:
-    """The error for a dataset file that exists but cannot be what the reader expects."""
-    return DatasetError(
-        f"{dataset} file '{path.name}' at {path} is damaged ({why}). Delete it and get it "
-        f"again: {_HOW_TO_GET.get(dataset, _DOWNLOAD_FLAG)}."
-    )
-
-
-def _require_file(path: Path, dataset: str) -> Path:
-    if not path.is_file():
-        raise missing_file_error(path, dataset)
-    return path
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -104,18 +82,10 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-#: every dataset here has 10 classes, labelled 0..9 (SVHN's file stores 1..10, mapped on reading)
-NUM_CLASSES = 10
-
-
-def _check_label_range(path: Path, dataset: str, labels: np.ndarray, low: int = 0, high: int = NUM_CLASSES - 1) -> None:
-    """A damaged label file names itself here, not as an index error in the loss after training starts."""
-    if len(labels) and (labels.min() < low or labels.max() > high):
-        raise damaged_file_error(path, dataset, f"labels range over {labels.min()}..{labels.max()}, expected {low}..{high}")
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    _require_file(path, "CIFAR-10")
+    require_file(path, "CIFAR-10")
     try:
         with open(path, "rb") as f:
             # encoding="bytes": the batches were pickled by Python 2, keys come back as bytes
@@ -139,7 +109,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise damaged_file_error(
             path, "CIFAR-10", f"{len(data)} images but labels shaped {labels.shape}"
         )
-    _check_label_range(path, "CIFAR-10", labels)
+    check_label_range(path, "CIFAR-10", labels)
     # each row is three 32x32 planes, R then G then B, each row-major: exactly (3, 32, 32)
     return data.reshape(-1, 3, 32, 32), labels
 
@@ -164,7 +134,7 @@ def read_svhn(root: Path | str, split: str = "test") -> tuple[np.ndarray, np.nda
     """
     if split not in SVHN_SPLITS:
         raise ConfigError(f"SVHN split '{split}' unknown; choose one of {', '.join(SVHN_SPLITS)}")
-    path = _require_file(Path(root).expanduser() / "svhn" / f"{split}_32x32.mat", "SVHN")
+    path = require_file(Path(root).expanduser() / "svhn" / f"{split}_32x32.mat", "SVHN")
     try:
         mat = scipy.io.loadmat(path, variable_names=["X", "y"])
     except Exception as e:  # scipy raises several types for a damaged .mat
@@ -178,7 +148,7 @@ def read_svhn(root: Path | str, split: str = "test") -> tuple[np.ndarray, np.nda
     labels = y.reshape(-1).astype(np.int64)
     if len(labels) != x.shape[3]:
         raise damaged_file_error(path, "SVHN", f"{x.shape[3]} images but {len(labels)} labels")
-    _check_label_range(path, "SVHN", labels, 1, 10)
+    check_label_range(path, "SVHN", labels, 1, 10)
     labels[labels == 10] = 0
     # MATLAB stores (H, W, C, N); we want (N, C, H, W)
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), labels
@@ -191,7 +161,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _read_idx(path: Path, magic: int, dataset: str) -> np.ndarray:
-    _require_file(path, dataset)
+    require_file(path, dataset)
     try:
         with open(path, "rb") as f:
             gzipped = f.read(2) == _GZIP_MAGIC  # decide by content, whatever the suffix says
@@ -251,7 +221,7 @@ def _read_idx_pair(root: Path | str, dataset: str, train: bool) -> tuple[np.ndar
         raise damaged_file_error(
             label_path, dataset, f"{len(labels)} labels for {len(images)} images in {image_path.name}"
         )
-    _check_label_range(label_path, dataset, labels)
+    check_label_range(label_path, dataset, labels)
     return images, labels
 
 
@@ -281,108 +251,3 @@ def read_fashion_mnist(root: Path | str, train: bool) -> tuple[np.ndarray, np.nd
     return _read_idx_pair(root, "FashionMNIST", train)
 
 
-# --------------------------------------------------------------------------- .npy corruptions
-def cifar10c_shapes(
-    root: Path | str, corruptions: Sequence[str] = CIFAR10C_CORRUPTIONS, block_size: int | None = None
-) -> dict[Path, tuple[int, ...]]:
-    """CIFAR-10-C's files under ``root/CIFAR-10-C`` and the shape each has: the one statement of its layout.
-
-    Each ``<corruption>.npy`` stacks 5 severity blocks (severity 1 first) of ``block_size`` images,
-    uint8 (5 * block_size, 32, 32, 3); ``labels.npy`` holds the 5 * block_size labels. A block is
-    CIFAR-10's test set rendered with that corruption, so ``block_size`` is the test set's length
-    (default ``CIFAR10_TEST_SIZE``, 10,000; tiny test fixtures have smaller test sets).
-    """
-    block = CIFAR10_TEST_SIZE if block_size is None else block_size
-    if block < 1:
-        raise ConfigError(f"block_size must be positive, got {block}")
-    folder = Path(root).expanduser() / "CIFAR-10-C"
-    rows = len(CIFAR10C_SEVERITIES) * block
-    shapes: dict[Path, tuple[int, ...]] = {folder / f"{c}.npy": (rows, *CIFAR10C_IMAGE_SHAPE) for c in corruptions}
-    shapes[folder / "labels.npy"] = (rows,)
-    return shapes
-
-
-def mnist_c_shapes(root: Path | str, corruptions: Sequence[str] = MNIST_C_CORRUPTIONS) -> dict[Path, tuple[int, ...]]:
-    """MNIST-C's test files under ``root/mnist_c/<corruption>/`` and their shapes, -1 for any length:
-    images uint8 (N, 28, 28, 1), labels (N,)."""
-    folder = Path(root).expanduser() / "mnist_c"
-    shapes: dict[Path, tuple[int, ...]] = {}
-    for c in corruptions:
-        shapes[folder / c / "test_images.npy"] = (-1, *MNIST_C_IMAGE_SHAPE)
-        shapes[folder / c / "test_labels.npy"] = (-1,)
-    return shapes
-
-
-def _load_npy(path: Path, dataset: str) -> np.ndarray:
-    _require_file(path, dataset)
-    try:
-        # mmap: only the rows sliced later are read from disk (a CIFAR-10-C file is 150 MB)
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:  # bad header, or shorter than the header says
-        raise damaged_file_error(path, dataset, f"not a readable .npy array: {e}") from e
-
-
-def _check_images(path: Path, dataset: str, images: np.ndarray, hwc: tuple[int, int, int]) -> None:
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != hwc:
-        why = f"array is {images.dtype} {images.shape}, expected uint8 (N, {', '.join(map(str, hwc))})"
-        raise damaged_file_error(path, dataset, why)
-
-
-def _check_labels(path: Path, dataset: str, labels: np.ndarray, n: int) -> None:
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise damaged_file_error(
-            path, dataset, f"labels are {labels.dtype} {labels.shape}, expected {n} integers"
-        )
-    _check_label_range(path, dataset, labels)
-
-
-def read_cifar10c(
-    root: Path | str,
-    corruption: str,
-    severities: Sequence[int] = (5,),
-    block_size: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10-C corruption from ``root/CIFAR-10-C/<corruption>.npy`` and ``labels.npy``.
-
-    The file stacks the 5 severities in blocks of ``block_size`` rows, severity 1 first (see
-    :func:`cifar10c_shapes`; the block is the CIFAR-10 test set's length, 10,000 by default).
-    Returns the blocks of ``severities`` concatenated in the order given: images uint8
-    (len(severities) * block_size, 3, 32, 32) and labels int64. Unknown corruption or severity
-    raises ConfigError.
-    """
-    if corruption not in CIFAR10C_CORRUPTIONS:
-        allowed = ", ".join(CIFAR10C_CORRUPTIONS)
-        raise ConfigError(f"unknown CIFAR-10-C corruption '{corruption}'; choose from {allowed}")
-    severities = list(severities)
-    if not severities or any(s not in CIFAR10C_SEVERITIES for s in severities):
-        raise ConfigError(f"CIFAR-10-C severities must be a non-empty list of 1..5, got {severities}")
-    (image_path, (rows, *_)), (label_path, _) = cifar10c_shapes(root, [corruption], block_size).items()
-    block = rows // len(CIFAR10C_SEVERITIES)
-    images, labels = _load_npy(image_path, "CIFAR-10-C"), _load_npy(label_path, "CIFAR-10-C")
-    _check_images(image_path, "CIFAR-10-C", images, CIFAR10C_IMAGE_SHAPE)
-    if len(images) != rows:
-        raise damaged_file_error(
-            image_path, "CIFAR-10-C",
-            f"{len(images)} rows, expected 5 severity blocks of {block} = {rows} (one block per severity, "
-            "each the CIFAR-10 test set)",
-        )
-    _check_labels(label_path, "CIFAR-10-C", labels, rows)
-    blocks = [slice((s - 1) * block, s * block) for s in severities]
-    x = np.concatenate([images[b] for b in blocks])  # (S * block, 32, 32, 3), read from disk here
-    y = np.concatenate([labels[b] for b in blocks]).astype(np.int64)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y  # (N, 3, 32, 32)
-
-
-def read_mnist_c(root: Path | str, corruption: str) -> tuple[np.ndarray, np.ndarray]:
-    """One MNIST-C corruption's test split from ``root/mnist_c/<corruption>/test_*.npy``.
-
-    Returns images uint8 (N, 1, 28, 28) and labels int64 (N,). Unknown corruption raises ConfigError.
-    """
-    if corruption not in MNIST_C_CORRUPTIONS:
-        allowed = ", ".join(MNIST_C_CORRUPTIONS)
-        raise ConfigError(f"unknown MNIST-C corruption '{corruption}'; choose from {allowed}")
-    image_path, label_path = mnist_c_shapes(root, [corruption])
-    images, labels = _load_npy(image_path, "MNIST-C"), _load_npy(label_path, "MNIST-C")
-    _check_images(image_path, "MNIST-C", images, MNIST_C_IMAGE_SHAPE)
-    _check_labels(label_path, "MNIST-C", labels, len(images))
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels.astype(np.int64)

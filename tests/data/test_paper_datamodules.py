@@ -155,11 +155,12 @@ def test_rotate_takes_one_angle_per_image_and_keeps_float_images_float():
 
 
 def test_one_home_for_rotation_and_cifar10c_shapes():
-    """Rotation is written once (augment.rotate) and CIFAR-10-C's file shapes are stated once (readers)."""
+    """Rotation is written once (augment.rotate) and CIFAR-10-C's file shapes are stated once (corruptions;
+    readers.py checks SVHN's (32, 32, 3, N) array)."""
     package = Path(__file__).resolve().parents[2] / "ensemble_lab" / "data"
     sources = {p.name: p.read_text() for p in package.glob("*.py")}
     assert [name for name, text in sources.items() if "affine_grid" in text] == ["augment.py"]
-    assert sorted(name for name, text in sources.items() if "32, 32, 3)" in text) == ["readers.py"]
+    assert sorted(name for name, text in sources.items() if "32, 32, 3)" in text) == ["corruptions.py", "readers.py"]
 
 
 # --------------------------------------------------------------------------- missing files, download
