@@ -61,7 +61,7 @@ class TabularDataModule(EnsembleDataModule):
     def __init__(
         self,
         dataset: TabularDataset = "breast_cancer",
-        root: str = "data",
+        data_dir: str = "data",
         split: int = 0,
         test_fraction: float | None = None,
         val_fraction: float = 0.1,
@@ -76,8 +76,8 @@ class TabularDataModule(EnsembleDataModule):
         """
         Args:
             dataset: the table: bundled with scikit-learn (diabetes, breast_cancer, wine) or read from
-                ``<root>/<dataset>/`` (the UCI regression benchmark and california; docs/tabular.md).
-            root: the data root holding one folder per downloaded dataset.
+                ``<data_dir>/<dataset>/`` (the UCI regression benchmark and california; docs/tabular.md).
+            data_dir: the data root holding one folder per downloaded dataset.
             split: which seeded train / test split (0 to 19; 0 to 4 for protein), as in the UCI benchmark's 20 splits.
             test_fraction: share of the rows in the test split; null: the dataset's (0.1 for the downloaded
                 sets, the benchmark's 90 / 10; 0.2 for the bundled ones).
@@ -106,14 +106,14 @@ class TabularDataModule(EnsembleDataModule):
         _check_fraction("ood_fraction", ood_fraction, low_open=False)
         if shift_noise < 0:
             raise ConfigError(f"--data.shift_noise is a number of standard deviations: it must be >= 0, got {shift_noise}")
-        self.dataset, self.root, self.split = dataset, Path(root).expanduser(), split
+        self.dataset, self.data_dir, self.split = dataset, Path(data_dir).expanduser(), split
         self.val_fraction, self.ood_fraction, self.shift_noise = val_fraction, ood_fraction, shift_noise
         self.task: Literal["regression", "classification"] = spec.task
         self._prepare(categorical_columns(dataset, categorical))  # reads the file now: a missing one fails before training
 
     # ---- the splits, computed once from the table -------------------------------------------------
     def _prepare(self, categorical: Sequence[int]) -> None:
-        table = read_table(self.dataset, self.root)
+        table = read_table(self.dataset, self.data_dir)
         width = table.features.shape[1]
         bad = [c for c in categorical if not -width <= c < width]
         if bad:

@@ -180,7 +180,7 @@ def dataset_path(dataset: str, root: Path | str) -> Path:
     for name in spec.files:
         if (folder / name).is_file():
             return folder / name
-    return require_file(folder / spec.files[0], dataset, f"{spec.source}, into {folder}/ (the folder {dataset}/ under --data.root)")
+    return require_file(folder / spec.files[0], dataset, f"{spec.source}, into {folder}/ (the folder {dataset}/ under --data.data_dir)")
 
 
 def _bundled(dataset: str) -> Table:

@@ -122,7 +122,7 @@ def test_one_hot_by_hand_and_in_the_datamodule(tmp_path: Path) -> None:
     values = np.random.default_rng(0).uniform(1, 2, (60, 7))
     values[:, 0] = np.tile([-5.0, -2.3, 0.0], 20)
     write_native(tmp_path, "yacht", values)
-    dm = TabularDataModule("yacht", root=str(tmp_path), categorical=[0])
+    dm = TabularDataModule("yacht", data_dir=str(tmp_path), categorical=[0])
     dm.setup()
     assert dm.input_shape == (8,)
     raw = exact(values)
@@ -147,7 +147,7 @@ def test_one_hot_by_hand_and_in_the_datamodule(tmp_path: Path) -> None:
 def test_bad_options_are_config_errors(tmp_path: Path, kwargs: dict, message: str) -> None:
     kwargs = {"dataset": "wine", **kwargs}
     with pytest.raises((ConfigError, DatasetError), match=message):
-        TabularDataModule(**kwargs, root=str(tmp_path))
+        TabularDataModule(**kwargs, data_dir=str(tmp_path))
 
 
 def test_without_a_gap_there_is_no_ood_set() -> None:
@@ -160,10 +160,10 @@ def test_without_a_gap_there_is_no_ood_set() -> None:
 def test_missing_download_is_one_line_before_training(cli, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli("fit", "--model=SingleModel", "--model.backbone=mlp", "--data=TabularDataModule",
-            "--data.dataset=kin8nm", "--data.root=empty", *TINY_TRAINER)
+            "--data.dataset=kin8nm", "--data.data_dir=empty", *TINY_TRAINER)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "kin8nm file 'kin8nm.csv' not found" in err and "--data.root" in err and "Traceback" not in err
+    assert "kin8nm file 'kin8nm.csv' not found" in err and "--data.data_dir" in err and "Traceback" not in err
 
 
 def test_regression_fit_is_refused_in_one_line(cli, capsys) -> None:

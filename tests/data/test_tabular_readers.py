@@ -71,7 +71,7 @@ def test_missing_file_is_one_line_naming_file_root_and_source(tmp_path: Path, da
     message = str(err.value)
     assert "\n" not in message
     assert str(tmp_path / dataset / SPECS[dataset].files[0]) in message
-    assert "--data.root" in message and "http" in message
+    assert "--data.data_dir" in message and "http" in message
 
 
 def test_xlsx_reads_the_first_sheet_in_workbook_order(tmp_path: Path) -> None:
