@@ -173,8 +173,13 @@ def ece_classwise(probs: Tensor, targets: Tensor, num_bins: int = 15) -> float:
         num_bins: number of equal-width bins on [0, 1].
     """
     _check(probs, targets, num_bins)
-    forecast, frequency, count, _ = _classwise_bins(probs, targets, num_bins)
-    per_class = (count / probs.shape[0] * (frequency - forecast).abs()).sum(1)  # (C,)
+    return _classwise_ece(_classwise_bins(probs, targets, num_bins))
+
+
+def _classwise_ece(bins: tuple[Tensor, Tensor, Tensor, Tensor]) -> float:
+    """Classwise ECE from the per-class bins of :func:`_classwise_bins`."""
+    forecast, frequency, count, _ = bins
+    per_class = (count / count[0].sum() * (frequency - forecast).abs()).sum(1)  # (C,); each class's bins hold all N
     return float(per_class.mean())
 
 
@@ -206,7 +211,12 @@ def brier_decomposition(probs: Tensor, targets: Tensor, num_bins: int = 15) -> d
         ``{"brier_reliability", "brier_resolution", "brier_uncertainty", "brier_within_bin"}`` as floats.
     """
     _check(probs, targets, num_bins)
-    forecast, frequency, count, climate = _classwise_bins(probs, targets, num_bins)  # (C, B) x3, (C,)
+    return _brier_parts(probs, targets, _classwise_bins(probs, targets, num_bins))
+
+
+def _brier_parts(probs: Tensor, targets: Tensor, bins: tuple[Tensor, Tensor, Tensor, Tensor]) -> dict[str, float]:
+    """The decomposition of :func:`brier_decomposition` from the per-class bins of :func:`_classwise_bins`."""
+    forecast, frequency, count, climate = bins  # (C, B) x3, (C,)
     weight = count / probs.shape[0]  # (C, B)
     reliability = float((weight * (forecast - frequency) ** 2).sum())
     resolution = float((weight * (frequency - climate.unsqueeze(1)) ** 2).sum())
@@ -233,10 +243,12 @@ def calibration_error_metrics(member_probs: Tensor, targets: Tensor, num_bins: i
     if member_probs.dim() != 3 or member_probs.shape[0] == 0:
         raise ValueError(f"member_probs must have shape (M, N, C) with M >= 1, got {tuple(member_probs.shape)}")
     probs = member_mean(member_probs.to(reduce_dtype(member_probs)))  # (N, C)
-    decomposition = brier_decomposition(probs, targets, num_bins)
+    _check(probs, targets, num_bins)
+    bins = _classwise_bins(probs, targets, num_bins)  # shared by classwise ECE and the Brier decomposition
+    decomposition = _brier_parts(probs, targets, bins)
     return {
         "mce": mce(probs, targets, num_bins),
         "ece_adaptive": ece_adaptive(probs, targets, num_bins),
-        "ece_classwise": ece_classwise(probs, targets, num_bins),
+        "ece_classwise": _classwise_ece(bins),
         **{name: decomposition[name] for name in ("brier_reliability", "brier_resolution", "brier_uncertainty")},
     }

@@ -112,6 +112,32 @@ def selective_summary(confidence: Tensor, errors: Tensor) -> dict[str, float]:
     }
 
 
+def risk_coverage_curves(member_probs: Tensor, targets: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """The risk–coverage curve (coverage, risk), each (N,), of each confidence score, for a figure.
+
+    Args:
+        member_probs: per-member probabilities (M, N, C).
+        targets: true classes (N,), int64.
+
+    Returns:
+        ``{"msp": (coverage, risk), "entropy": ..., "mi": ...}`` (``mi`` left out when M = 1).
+    """
+    scores, errors = _scores_and_errors(member_probs, targets)
+    names = [name for name in SELECTIVE_SCORES if not (name == "mi" and member_probs.shape[0] == 1)]
+    return {name: risk_coverage_curve(-scores[name], errors) for name in names}
+
+
+def _scores_and_errors(member_probs: Tensor, targets: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """The uncertainty scores of the ensemble and its per-sample errors 1[argmax p̄ ≠ y] (N,)."""
+    if member_probs.dim() != 3:
+        raise ValueError(f"member_probs must have shape (M, N, C), got {tuple(member_probs.shape)}")
+    if targets.dim() != 1 or targets.shape[0] != member_probs.shape[1]:
+        raise ValueError(f"targets must have shape ({member_probs.shape[1]},), got {tuple(targets.shape)}")
+    scores = uncertainty_scores(member_probs)
+    errors = (member_mean(member_probs.to(reduce_dtype(member_probs))).argmax(-1) != targets).to(scores["msp"].dtype)
+    return scores, errors
+
+
 def selective_metrics(member_probs: Tensor, targets: Tensor) -> dict[str, float | None]:
     """Selective-prediction metrics of an ensemble for each confidence score (msp, −entropy, −mi).
 
@@ -124,12 +150,7 @@ def selective_metrics(member_probs: Tensor, targets: Tensor) -> dict[str, float 
         single model (M = 1) the ``*_mi`` values are None, as in ``ood_metrics``: its mi is 0 on every sample,
         and the random-order numbers of a constant score are not a result of the method.
     """
-    if member_probs.dim() != 3:
-        raise ValueError(f"member_probs must have shape (M, N, C), got {tuple(member_probs.shape)}")
-    if targets.dim() != 1 or targets.shape[0] != member_probs.shape[1]:
-        raise ValueError(f"targets must have shape ({member_probs.shape[1]},), got {tuple(targets.shape)}")
-    scores = uncertainty_scores(member_probs)
-    errors = (member_mean(member_probs.to(reduce_dtype(member_probs))).argmax(-1) != targets).to(scores["msp"].dtype)
+    scores, errors = _scores_and_errors(member_probs, targets)
     result: dict[str, float | None] = {}
     for name in SELECTIVE_SCORES:
         if name == "mi" and member_probs.shape[0] == 1:

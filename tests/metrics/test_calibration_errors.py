@@ -143,7 +143,12 @@ def test_calibration_error_metrics_has_the_facts_keys_and_uses_the_member_mean()
     targets = random_targets(120, 4, 8)
     result = calibration_error_metrics(member_probs, targets)
     assert set(result) == {name for name, *_ in FACTS}
-    assert result["ece_adaptive"] == pytest.approx(ece_adaptive(member_probs.mean(0), targets), abs=1e-12)
+    mean = member_probs.mean(0)
+    assert result["ece_adaptive"] == pytest.approx(ece_adaptive(mean, targets), abs=1e-12)
+    assert result["ece_classwise"] == pytest.approx(np_classwise_ece(mean.numpy(), targets.numpy(), 15), abs=1e-12)
+    assert result["mce"] == pytest.approx(np_mce(mean.numpy(), targets.numpy(), 15), abs=1e-12)
+    parts = brier_decomposition(mean, targets)
+    assert all(result[key] == pytest.approx(parts[key], abs=1e-12) for key in ("brier_reliability", "brier_resolution", "brier_uncertainty"))
 
 
 def test_bad_input_is_a_one_line_error() -> None:

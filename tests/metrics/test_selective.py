@@ -12,6 +12,7 @@ from ensemble_lab.metrics.selective import (
     FACTS,
     expected_errors,
     risk_coverage_curve,
+    risk_coverage_curves,
     selective_metrics,
     selective_summary,
 )
@@ -103,6 +104,10 @@ def test_selective_metrics_ranks_by_negated_uncertainty_scores_and_drops_mi_for_
         assert result[f"augrc_{name}"] == pytest.approx(expected["augrc"], abs=1e-12)
     single = selective_metrics(member_probs[:1], targets)
     assert single["aurc_mi"] is None and single["aurc_msp"] is not None
+    curves = risk_coverage_curves(member_probs, targets)
+    coverage, risk = curves["entropy"]
+    assert float(risk.mean()) == pytest.approx(result["aurc_entropy"], abs=1e-12)
+    assert coverage[-1].item() == 1.0 and set(risk_coverage_curves(member_probs[:1], targets)) == {"msp", "entropy"}
 
 
 def test_bad_shapes_are_one_line_errors() -> None:
