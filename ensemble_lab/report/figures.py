@@ -36,10 +36,11 @@ from ensemble_lab.errors import ConfigError
 from ensemble_lab.figures import comparison as draw
 from ensemble_lab.figures.style import LINESTYLES, MARKERS, Look, check_formats, label_colours, save_figure, who
 from ensemble_lab.metrics.classification import member_mean, uncertainty_scores
+from ensemble_lab.metrics.registry import OOD_SCORES
 from ensemble_lab.nn.backbones import backbone_dimensions
 from ensemble_lab.report.training_curves import CURVE_TAGS, has_epochs, mean_std, per_epoch, read_scalars
 
-SCORES = ("msp", "entropy", "mi")
+SCORES = OOD_SCORES
 #: (x, y) panels of the diversity figure: label metrics on id / shift sets, detection on ood sets
 DIVERSITY_AXES = {"ood": (("disagreement", "auroc_msp"), ("mi", "auroc_mi")), "id": (("disagreement", "acc"), ("mi", "nll"))}
 #: the ensemble-size panels: metrics of the first id set, then AUROC (msp) on the first ood set

@@ -19,11 +19,9 @@ from typing import Any
 
 from ensemble_lab.config.run_config import MISSING, option_default
 from ensemble_lab.io import atomic_write_bytes
+from ensemble_lab.metrics.registry import direction
 from ensemble_lab.report.groups import CALIBRATED, COST, RUN_COLUMNS, WEIGHTS, Group, Stat, format_stat, row_name, run_groups
 
-#: which way is better, per metric family (the part before "_"): +1 higher, -1 lower; others (mi,
-#: disagreement, entropy, expected_entropy, weight cosines, barriers, cost) are not ranked and get no bold
-DIRECTION = {"acc": 1, "auroc": 1, "aupr": 1, "nll": -1, "ece": -1, "brier": -1, "fpr95": -1}
 #: the mark of a significant cell, per test: two tests of different things (seeds, test samples) get two marks
 MARKS = {"welch": "†", "bootstrap": "‡"}
 
@@ -44,11 +42,6 @@ class Table:
     title: str
     columns: tuple[Column, ...]
     role: str | None = None
-
-
-def direction(metric: str) -> int:
-    """+1 when higher is better, -1 when lower is, 0 when the metric is not ranked (diversity, cost)."""
-    return DIRECTION.get(metric, DIRECTION.get(metric.split("_", 1)[0], 0)) if not metric.startswith("member_") else 0
 
 
 def table_layout(groups: Sequence[Group], preset: str | None = None, metrics: Sequence[str] | None = None) -> list[Table]:
