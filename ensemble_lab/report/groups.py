@@ -321,8 +321,8 @@ def preset_columns(preset: str, score: str = "msp", positive: str = "ood") -> di
 
 
 def run_groups(groups: Sequence[Group]) -> list[Any]:
-    """The rows as the figures take them (report/figures.RunGroup), in table order."""
-    from ensemble_lab.report.figures import RunGroup  # matplotlib only when drawing
+    """The rows as the figures take them (report/figure_rows.RunGroup), in table order."""
+    from ensemble_lab.report.figure_rows import RunGroup  # matplotlib only when drawing
 
     return [
         RunGroup(
