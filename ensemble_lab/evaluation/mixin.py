@@ -25,6 +25,7 @@ from ensemble_lab.evaluation.store import PredictionStore
 from ensemble_lab.metrics.calibration import apply_temperature, ensemble_nll, fit_temperature, log_probs, temperature_warnings
 from ensemble_lab.metrics.classification import predictive_metrics
 from ensemble_lab.metrics.cost import format_cost, measure_cost
+from ensemble_lab.metrics.registry import VAL_CURVES
 from ensemble_lab.metrics.weight_space import off_diagonal_mean, weight_cosine, weight_space_summary
 from ensemble_lab.runs.results import (
     CHECKPOINT_RECORD,
@@ -34,8 +35,6 @@ from ensemble_lab.runs.results import (
     write_predictions,
     write_results,
 )
-
-VAL_CURVES = ("acc", "nll", "ece", "mi", "disagreement")
 
 # Under DDP, Lightning advises sync_dist for epoch-level values and warns that DistributedSampler
 # repeats samples at test. Neither applies here: the PredictionStore gathers the complete set and

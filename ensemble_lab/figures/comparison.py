@@ -17,15 +17,10 @@ from torch import Tensor
 from ensemble_lab.figures.per_run import draw_reliability, log_count_axis, reliability_axes
 from ensemble_lab.figures.style import COLUMN_WIDTH, TEXT_WIDTH, Look, paper_style
 from ensemble_lab.metrics.ood import ood_detection
+from ensemble_lab.metrics.registry import label as axis_label
 
 #: most reliability panels in one row of the comparison
 PANELS_PER_ROW = 4
-#: axis labels of per-set metrics and per-epoch tags
-AXIS_LABELS = {
-    "acc": "accuracy", "nll": "NLL", "ece": "ECE", "mi": "mi (epistemic)", "disagreement": "disagreement",
-    "auroc_msp": "AUROC (msp)", "auroc_entropy": "AUROC (entropy)", "auroc_mi": "AUROC (mi)",
-    "weight_cosine": "weight cosine (effective)", "weight_cosine_mean": "weight cosine (effective)",
-}  # fmt: skip
 
 
 def _wrap(text: str, width: int) -> str:
@@ -129,7 +124,7 @@ def diversity_figure(points: Sequence[tuple[Look, Sequence[dict[str, Any]]]], se
             pairs = [(m.get(x_key), m.get(y_key)) for m in runs]
             xy = np.array([p for p in pairs if all(isinstance(v, (int, float)) for v in p)], dtype=float).reshape(-1, 2)  # (runs, 2)
             ax.scatter(xy[:, 0], xy[:, 1], color=look.colour, marker=look.marker, s=18, alpha=0.85, edgecolors="none")
-        ax.set(xlabel=AXIS_LABELS.get(x_key, x_key), ylabel=AXIS_LABELS.get(y_key, y_key))
+        ax.set(xlabel=axis_label(x_key), ylabel=axis_label(y_key))
     _legend_beside(fig.add_subplot(grid[0, -1]), [Look(look.name, look.colour, look.marker, "none") for look, _ in points])
     fig.suptitle(f"diversity against quality on {set_name} (one marker per run)")
     return fig
@@ -157,7 +152,7 @@ def training_curves_figure(series: Sequence[tuple[Look, dict[str, tuple[np.ndarr
             ax.plot(x, mean, color=look.colour, linestyle=look.linestyle)
             ax.fill_between(x, mean - std, mean + std, color=look.colour, alpha=0.2, linewidth=0)
         key = tag.removeprefix("val/")
-        ax.set(xlabel=x_label, ylabel=AXIS_LABELS.get(key, key), title=tag)
+        ax.set(xlabel=x_label, ylabel=axis_label(key), title=tag)
     for ax in axes[len(tags) + 1 :]:
         ax.set_axis_off()
     _legend_beside(axes[len(tags)], [look for look, _ in series], markers=False)
@@ -199,7 +194,7 @@ def sweep_figure(
         else:
             ax.set_xscale("log")
             log_count_axis(ax.xaxis, sizes[-1] / sizes[0] if sizes and sizes[0] > 0 else None)
-        label = AXIS_LABELS.get(metric, metric)
+        label = axis_label(metric)
         ax.set(xlabel=xlabel, ylabel=label, title=f"{set_name} {metric}" if set_name else label)
     for ax in axes[len(panels) + 1 :]:
         ax.set_axis_off()

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ensemble_lab.figures.style import COLUMN_WIDTH, TEXT_WIDTH, Look, paper_style, save_figure, who
 from ensemble_lab.metrics.classification import expected_calibration_error, reliability_bins, uncertainty_scores
+from ensemble_lab.metrics.registry import label as metric_label
 
 #: resolution of the per-run PNGs and TensorBoard images (figures are sized in inches at print size)
 DPI = 150
@@ -105,7 +106,7 @@ def uncertainty_histograms(scores: dict[str, dict[str, Tensor]], roles: dict[str
         for name, s in scores.items():
             ax.hist(s[key].cpu().numpy(), bins=30, range=value_range, density=True, histtype="step",
                     linewidth=1.2, label=f"{name} ({roles.get(name, '?')})")  # fmt: skip
-        ax.set(xlabel="mi (epistemic)" if key == "mi" else "entropy H[p̄] (total)", ylabel="density")
+        ax.set(xlabel=metric_label("mi") if key == "mi" else "entropy H[p̄] (total)", ylabel="density")
         ax.legend()
     fig.suptitle(f"{title}: uncertainty per test set" if title else "uncertainty per test set")
     return fig

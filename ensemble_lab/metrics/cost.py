@@ -21,13 +21,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ensemble_lab.metrics.registry import names
 from ensemble_lab.metrics.tensor_memory import TensorMemory
 from ensemble_lab.nn.members import member_owned_parameters
 
-COST_KEYS = ("parameters", "parameters_per_member", "flops_per_image", "images_per_s", "peak_memory_bytes", "peak_tensor_bytes")
+#: results.json's "cost" keys (the registry's rows placed there)
+COST_KEYS = names(place="cost")
 #: measurements of the machine, not results of the run: the only keys of results.json that differ
 #: between two runs of the same configuration and seed
-MEASURED = ("images_per_s", "peak_memory_bytes")
+MEASURED = names(measured=True)
 
 
 def parameter_counts(model: nn.Module, num_members: int) -> tuple[int, int]:

@@ -13,9 +13,10 @@ import torch
 from torch import Tensor
 
 from ensemble_lab.metrics.classification import check_finite, reduce_dtype, uncertainty_scores
+from ensemble_lab.metrics.registry import OOD_FAMILIES, OOD_SCORES, ood_name
 
 #: the detection metrics of one score, ``<family>_<score>`` in results: OOD positive, then ID positive (``_in``)
-OOD_DETECTION = ("auroc", "aupr", "fpr95", "aupr_in", "fpr95_in")
+OOD_DETECTION = OOD_FAMILIES
 
 
 def ood_detection(id_scores: Tensor, ood_scores: Tensor) -> dict[str, float]:
@@ -125,10 +126,10 @@ def ood_metrics(id_member_probs: Tensor, ood_member_probs: Tensor) -> dict[str, 
     ood_scores = uncertainty_scores(ood_member_probs)
     single = id_member_probs.shape[0] == 1 and ood_member_probs.shape[0] == 1
     result: dict[str, float | None] = {}
-    for name in ("msp", "entropy", "mi"):
+    for name in OOD_SCORES:
         if name == "mi" and single:
-            result.update({f"{metric}_mi": None for metric in OOD_DETECTION})
+            result.update({ood_name(metric, name): None for metric in OOD_DETECTION})
             continue
         for metric, value in ood_detection(id_scores[name], ood_scores[name]).items():
-            result[f"{metric}_{name}"] = value
+            result[ood_name(metric, name)] = value
     return result

@@ -37,14 +37,11 @@ from ensemble_lab.metrics.classification import (
     sample_terms,
     uncertainty_scores,
 )
-from ensemble_lab.metrics.ood import OOD_DETECTION, ood_detection_weighted, ood_metrics
+from ensemble_lab.metrics.ood import ood_detection_weighted, ood_metrics
+from ensemble_lab.metrics.registry import OOD_FAMILIES, OOD_SCORES, lookup, names, ood_name
 
-#: metric families measured against an in-distribution set (OOD positive; ``_in``: ID positive): ``<family>_<score>``
-OOD_FAMILIES = OOD_DETECTION
-#: the uncertainty scores an OOD-detection metric names: ``<family>_<score>``
-OOD_SCORES = ("msp", "entropy", "mi")
-#: the per-set metrics recomputed from member probabilities by ``predictive_metrics``
-RECOMPUTABLE = ("acc", "nll", "brier", "ece", "entropy", "expected_entropy", "mi", "disagreement")
+#: the per-set metrics recomputed from member probabilities by ``predictive_metrics`` (OOD detection aside)
+RECOMPUTABLE = names(recomputable=True, needs_ood=False)
 #: bootstrap counts held at once (resamples × samples), about 128 MB of float64
 _COUNTS_PER_CHUNK = 2**24
 
@@ -80,7 +77,7 @@ class Comparison:
 
 def is_ood_detection(metric: str) -> bool:
     """True for ``auroc_<score>``, ``aupr_<score>``, ``fpr95_<score>`` and the ``_in`` ones: metrics of an OOD set against an id set."""
-    return metric.split("_", 1)[0] in OOD_FAMILIES and "_" in metric
+    return lookup(metric).needs_ood
 
 
 def welch(values: Sequence[float], baseline: Sequence[float], alpha: float = 0.05) -> Comparison:
@@ -140,8 +137,7 @@ def metric_values(member_probs: Tensor, targets: Tensor, metrics: Sequence[str],
 
 def _checked_metrics(metrics: Sequence[str]) -> None:
     """Raise a ValueError naming the metrics that cannot be recomputed from member probabilities."""
-    known = {*SAMPLE_MEANS, "ece", *(f"{family}_{score}" for family in OOD_FAMILIES for score in OOD_SCORES)}
-    unknown = [m for m in metrics if m not in known]
+    unknown = [m for m in metrics if not lookup(m).recomputable]
     if unknown:
         raise ValueError(f"cannot recompute {', '.join(unknown)} from member probabilities")
 
@@ -213,14 +209,14 @@ def bootstrap_replicates(
             id_counts = _counts([next(id_samples) for _ in range(rows.stop - rows.start)], id_size)  # (r, N_id)
             for values, (id_scores, ood_scores, single) in zip(per_run, scores):
                 for score in OOD_SCORES:
-                    names = [f"{family}_{score}" for family in OOD_FAMILIES]
-                    if not any(n in metrics for n in names):
+                    keys = [ood_name(family, score) for family in OOD_FAMILIES]
+                    if not any(n in metrics for n in keys):
                         continue
                     if score == "mi" and single:  # a single model's mi is 0 everywhere: no detection result
-                        values.update({n: torch.full((counts.shape[0],), math.nan, dtype=torch.float64) for n in names})
+                        values.update({n: torch.full((counts.shape[0],), math.nan, dtype=torch.float64) for n in keys})
                         continue
                     found = ood_detection_weighted(id_scores[score], ood_scores[score], id_counts, counts)
-                    values.update({f"{family}_{score}": found[family] for family in OOD_FAMILIES})
+                    values.update({ood_name(family, score): found[family] for family in OOD_FAMILIES})
         for m in metrics:  # the row's value: the mean over its runs
             result[m][rows] = torch.stack([values[m].double() for values in per_run]).mean(0).numpy()
     return result

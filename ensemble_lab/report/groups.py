@@ -32,7 +32,7 @@ from ensemble_lab.config.run_config import (
 )
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.figures.style import METHOD_ORDER
-from ensemble_lab.metrics.cost import COST_KEYS
+from ensemble_lab.metrics.registry import OOD_SCORES, lookup, names, ood_name
 from ensemble_lab.report.reading import find_results, load_results, read_document
 
 if TYPE_CHECKING:  # torch only when comparing (report/significance.py)
@@ -40,14 +40,14 @@ if TYPE_CHECKING:  # torch only when comparing (report/significance.py)
 
 #: columns of id and shift sets, and of ood sets (class-based metrics mean nothing on OOD data)
 ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement")
-OOD_COLUMNS = tuple(f"{m}_{s}" for s in ("msp", "entropy", "mi") for m in ("auroc", "aupr", "fpr95")) + ("mi", "disagreement")
-#: label-based metrics, left out of ood sets
-LABEL_METRICS = frozenset({"acc", "nll", "brier", "ece"})
+OOD_COLUMNS = tuple(ood_name(m, s) for s in OOD_SCORES for m in ("auroc", "aupr", "fpr95")) + ("mi", "disagreement")
 #: the loss / error barriers between members, read from <run>/connectivity.json when present (``ensemble-lab connectivity``):
 #: the chord barrier (Entezari et al.), then Frankle et al.'s (above the mean of the ends); docs/connectivity.md
-BARRIER_COLUMNS = ("barrier_loss_mean", "barrier_error_mean", "frankle_barrier_loss_mean", "frankle_barrier_error_mean")
-#: top-level (per run, not per set) metrics, shown in the "weight space" table
-RUN_COLUMNS = ("weight_cosine_mean", "weight_cosine_stored_mean", *BARRIER_COLUMNS)
+BARRIER_COLUMNS = names(group="connectivity")
+#: top-level (per run, not per set) metrics, shown in the "weight space" table: the weight cosines' means, the barriers
+RUN_COLUMNS = names(place="run", per_member=False)
+#: results.json's "cost" keys (metrics/cost.py)
+COST_KEYS = names(place="cost")
 WEIGHTS = "weight space"
 #: the per-run cost table (metrics/cost.py): parameters, FLOPs per test image, test images/s, peak memory
 COST = "cost"
@@ -195,7 +195,7 @@ def _chosen_columns(
             f"(per set), {', '.join(RUN_COLUMNS)} (per run), {', '.join(COST_KEYS)} (cost)"
         )
     chosen = [c for c in columns if c in in_sets]
-    per_role: dict[str, Sequence[str]] = {"id": chosen, "shift": chosen, "ood": [c for c in chosen if c not in LABEL_METRICS]}
+    per_role: dict[str, Sequence[str]] = {"id": chosen, "shift": chosen, "ood": [c for c in chosen if not lookup(c).needs_labels]}
     return per_role, [c for c in columns if c in RUN_COLUMNS], [c for c in columns if c in COST_KEYS]
 
 
@@ -321,8 +321,8 @@ def preset_columns(preset: str, score: str = "msp", positive: str = "ood") -> di
 
 
 def run_groups(groups: Sequence[Group]) -> list[Any]:
-    """The rows as the figures take them (report/figures.RunGroup), in table order."""
-    from ensemble_lab.report.figures import RunGroup  # matplotlib only when drawing
+    """The rows as the figures take them (report/figure_rows.RunGroup), in table order."""
+    from ensemble_lab.report.figure_rows import RunGroup  # matplotlib only when drawing
 
     return [
         RunGroup(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.metrics.registry import OOD_SCORES
 from ensemble_lab.report import tables as report_tables
 from ensemble_lab.report.groups import DEFAULT_BASELINE, PRESETS, Group, build_report, preset_columns, run_groups
 from ensemble_lab.report.significance import add_significance, choose_baselines
@@ -43,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ood_score",
-        choices=("msp", "entropy", "mi"),
+        choices=OOD_SCORES,
         default="msp",
         help="the OOD score of --preset paper's aupr / auroc / fpr95 (default msp)",
     )

@@ -1,11 +1,7 @@
-"""The report's tables as Markdown, LaTeX (booktabs) and CSV, and its files (report.md / .tex / .csv / .json).
+"""The report's tables as Markdown and CSV, report.json, and the report's files (report.md / .tex / .csv / .json).
 
-A :class:`Table` is a list of columns, each a (set, metric) pair, with one row per group that has any of them.
-The default layout is one table per test set, a weight-space and a cost table; ``--metrics`` keeps the
-chosen columns; ``--preset paper`` the paper's columns per role; ``--preset single_basin`` one table per id set.
-A cell is ``mean ± std`` over the row's runs, with † when Welch's t-test over seeds finds it different from the
-baseline row's, ‡ when a paired bootstrap over test samples does (a row or its baseline has a single run); a
-table's footnotes explain only the marks its cells can carry.
+Which tables and columns, and the marks of a cell: report/layout.py; LaTeX: report/latex.py. Besides the
+tables, the Markdown report lists the options in which rows of one method differ, and an overview of every set.
 """
 
 import csv
@@ -13,126 +9,14 @@ import io
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ensemble_lab.config.run_config import MISSING, option_default
 from ensemble_lab.io import atomic_write_bytes
-from ensemble_lab.report.groups import CALIBRATED, COST, RUN_COLUMNS, WEIGHTS, Group, Stat, format_stat, row_name, run_groups
-
-#: which way is better, per metric family (the part before "_"): +1 higher, -1 lower; others (mi,
-#: disagreement, entropy, expected_entropy, weight cosines, barriers, cost) are not ranked and get no bold
-DIRECTION = {"acc": 1, "auroc": 1, "aupr": 1, "nll": -1, "ece": -1, "brier": -1, "fpr95": -1}
-#: the mark of a significant cell, per test: two tests of different things (seeds, test samples) get two marks
-MARKS = {"welch": "†", "bootstrap": "‡"}
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column: ``metric`` of the set (or WEIGHTS / COST) ``source``, headed ``header``."""
-
-    source: str
-    metric: str
-    header: str
-
-
-@dataclass(frozen=True)
-class Table:
-    """A titled table: its columns, and the role of its set (None for weight space, cost and mixed tables)."""
-
-    title: str
-    columns: tuple[Column, ...]
-    role: str | None = None
-
-
-def direction(metric: str) -> int:
-    """+1 when higher is better, -1 when lower is, 0 when the metric is not ranked (diversity, cost)."""
-    return DIRECTION.get(metric, DIRECTION.get(metric.split("_", 1)[0], 0)) if not metric.startswith("member_") else 0
-
-
-def table_layout(groups: Sequence[Group], preset: str | None = None, metrics: Sequence[str] | None = None) -> list[Table]:
-    """The tables of the report: the default layout, the columns ``metrics`` chose (build_report kept only those), or a preset's."""
-    names = list(dict.fromkeys(n for g in groups for n in g.stats if n not in (WEIGHTS, COST)))
-    if preset == "single_basin":
-        return [_single_basin(groups, name) for name in names if _role(groups, name) == "id" and not name.endswith(CALIBRATED.format(""))]
-    tables = []
-    for name in names + ([WEIGHTS, COST] if preset is None else []):
-        members = [g for g in groups if name in g.stats]
-        if not members:
-            continue
-        # no all-blank columns (e.g. CUDA's peak memory in a CPU study)
-        keys = [k for k in members[0].stats[name] if any(g.stats[name].get(k, Stat(None, None, 0)).n for g in members)]
-        role = None if name in (WEIGHTS, COST) else _role(groups, name)
-        if keys:
-            tables.append(Table(name + (f" ({role})" if role else ""), tuple(Column(name, k, k) for k in keys), role))
-    return tables
-
-
-def _role(groups: Sequence[Group], name: str) -> str | None:
-    return next((g.roles[name] for g in groups if name in g.roles), None)
-
-
-def _single_basin(groups: Sequence[Group], name: str) -> Table:
-    """id acc, nll, ece, ece after temperature scaling, mi, disagreement and the mean loss barrier of set ``name``."""
-    calibrated = CALIBRATED.format(name)
-    wanted = [Column(name, m, m) for m in ("acc", "nll", "ece")] + [Column(calibrated, "ece", "ece +T")]
-    wanted += [Column(name, m, m) for m in ("mi", "disagreement")] + [Column(WEIGHTS, "barrier_loss_mean", "barrier_loss_mean")]
-    present = [c for c in wanted if any(_stat(g, c).n for g in groups)]
-    return Table(f"{name}: single basin", tuple(present), "id")
-
-
-def _stat(group: Group, column: Column) -> Stat:
-    return group.stats.get(column.source, {}).get(column.metric) or Stat(None, None, 0)
-
-
-def _rows(groups: Sequence[Group], table: Table) -> list[Group]:
-    return [g for g in groups if any(column.source in g.stats for column in table.columns)]
-
-
-def _mark(group: Group, column: Column) -> str:
-    """The cell's mark: † or ‡ when it differs significantly from the baseline (by the test that mark stands for), else ""."""
-    comparison = group.significance.get(column.source, {}).get(column.metric)
-    return MARKS.get(comparison.test or "", "") if comparison is not None and comparison.significant else ""
-
-
-def _best(rows: Sequence[Group], column: Column, digits: int) -> set[int]:
-    """Indices of the rows with the best shown mean of ``column`` (ties all bold); none for unranked metrics."""
-    sign = direction(column.metric)
-    means = [(k, round(s.mean, digits)) for k, g in enumerate(rows) if (s := _stat(g, column)).mean is not None]
-    if not sign or len(means) < 2:
-        return set()
-    best = max(sign * v for _, v in means)
-    return {k for k, v in means if sign * v == best}
-
-
-def footnotes(rows: Sequence[Group], table: Table) -> list[str]:
-    """One line per mark the cells of ``table`` can carry (a test was made for them): what it means, which test
-    made it and how it was corrected; none for a table whose cells were not tested (cost, a set the baseline lacks)."""
-    tested = [(g, c) for g in rows for column in table.columns
-              if (c := g.significance.get(column.source, {}).get(column.metric)) is not None and c.test in MARKS]  # fmt: skip
-    sources = {column.source for column in table.columns}
-    family = (
-        "each row's tests of run-level metrics" if sources == {WEIGHTS} else "each row's tests on this set" if len(sources) == 1 else
-        "each row's tests per set (run-level metrics apart)"
-    )  # fmt: skip
-    lines = []
-    for test, mark in MARKS.items():
-        used = [(g, c) for g, c in tested if c.test == test]
-        if not used:
-            continue
-        bases = " / ".join(dict.fromkeys(row_name(g.baseline) for g, _ in used if g.baseline is not None))
-        first = used[0][1]
-        alpha = first.alpha if first.alpha is not None else 0.05
-        corrected = f"after Holm's correction over {family}" if first.correction == "holm" else "uncorrected for multiple comparisons"
-        how = (
-            "Welch's t-test over seeds (two-sided, unequal variances)"
-            if test == "welch"
-            else f"a paired bootstrap over test samples ({first.resamples} resamples; a single-run row or baseline, so no "
-            f"seed-to-seed variation; {100 * (1 - alpha):g}% percentile intervals in the CSV's ci_low, ci_high)"
-        )
-        lines.append(f"{mark} differs from {bases}: {how}, p < {alpha:g} {corrected}.")
-    return lines
+from ensemble_lab.report.groups import COST, RUN_COLUMNS, WEIGHTS, Group, format_stat, row_name, run_groups
+from ensemble_lab.report.latex import to_latex
+from ensemble_lab.report.layout import Table, cell_mark, cell_stat, footnotes, table_layout, table_rows
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -147,10 +31,10 @@ def to_markdown(groups: list[Group], tables: Sequence[Table] | None = None, digi
     total = sum(len(g.runs) for g in groups)
     parts = [f"Mean ± sample std over runs (n = runs per row); {total} run{'s' if total != 1 else ''}."]
     for table in tables:
-        rows = _rows(groups, table)
+        rows = table_rows(groups, table)
         cells = [
             [row_name(g), str(g.num_members), str(g.datamodule), str(len(g.runs))]
-            + [format_stat(_stat(g, c), len(g.runs), digits) + (f" {mark}" if (mark := _mark(g, c)) else "") for c in table.columns]
+            + [format_stat(cell_stat(g, c), len(g.runs), digits) + (f" {mark}" if (mark := cell_mark(g, c)) else "") for c in table.columns]
             for g in rows
         ]
         notes = footnotes(rows, table)
@@ -166,56 +50,6 @@ def to_markdown(groups: list[Group], tables: Sequence[Table] | None = None, digi
     return "\n\n".join(parts) + "\n"
 
 
-#: LaTeX's special characters, and the symbols of the notes, as LaTeX
-LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$"}  # fmt: skip
-LATEX_SPECIAL.update({"α": r"$\alpha$", "≥": r"$\geq$", "<": r"$<$", ">": r"$>$"})  # < and > in text mode print as ¡ and ¿
-
-
-def latex_escape(text: str) -> str:
-    r"""``text`` with LaTeX's special characters escaped (``_`` -> ``\_``, ``&`` -> ``\&``, ...)."""
-    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
-
-
-def latex_stat(stat: Stat, runs: int, digits: int = 3, bold: bool = False, mark: str = "") -> str:
-    r"""``$0.961 \pm 0.004$`` (bold: ``\mathbf``; mark: † or ‡ as a superscript), ``(n=k)`` after it when k < runs; blank without a value."""
-    text = format_stat(Stat(stat.mean, stat.std, runs), runs, digits)
-    if not text:
-        return ""
-    body = text.replace(",", "{,}").replace(" ± ", r" \pm ")
-    body = (rf"\mathbf{{{body}}}" if bold else body) + {"†": r"^{\dagger}", "‡": r"^{\ddagger}"}.get(mark, "")
-    return f"${body}$" + (f" (n={stat.n})" if stat.n != runs else "")
-
-
-def to_latex(groups: list[Group], tables: Sequence[Table] | None = None, digits: int = 3, alpha: float = 0.05) -> str:
-    r"""One booktabs table (``\toprule \midrule \bottomrule``) per entry of ``tables``; best value per ranked column in bold."""
-    tables = table_layout(groups) if tables is None else tables
-    several_data = len({g.datamodule for g in groups}) > 1
-    arrows = {1: r" $\uparrow$", -1: r" $\downarrow$", 0: ""}
-    parts = [r"% ensemble-lab report: needs \usepackage{booktabs}. Mean $\pm$ sample std over runs; best per column in bold."]
-    for table in tables:
-        rows = _rows(groups, table)
-        table = Table(table.title, tuple(c for c in table.columns if any(_stat(g, c).n for g in rows)), table.role)  # no blank columns
-        best = [_best(rows, c, digits) for c in table.columns]
-        lead = ["run", "$M$"] + (["data"] if several_data else []) + ["$n$"]
-        header = lead + [latex_escape(c.header) + arrows[direction(c.metric)] for c in table.columns]
-        lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{latex_escape(table.title)}}}",
-                 rf"\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]  # fmt: skip
-        for k, g in enumerate(rows):
-            cells = (
-                [latex_escape(row_name(g)), str(g.num_members)]
-                + ([latex_escape(str(g.datamodule))] if several_data else [])
-                + [str(len(g.runs))]
-            )
-            cells += [latex_stat(_stat(g, c), len(g.runs), digits, k in best[i], _mark(g, c)) for i, c in enumerate(table.columns)]
-            lines.append(" & ".join(cells) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        for note in footnotes(rows, table):
-            lines.append(r"\par\smallskip{\footnotesize " + latex_escape(note) + "}")
-        parts.append("\n".join(lines + [r"\end{table}"]))
-    return "\n\n".join(parts) + "\n"
-
-
 #: the long format's columns: what the row is, the cell, and the test against the baseline
 CSV_FIELDS = ("method", "label", "run", "num_members", "datamodule", "set", "role", "metric", "mean", "std", "n",
               "baseline", "test", "difference", "p", "correction", "p_adjusted", "ci_low", "ci_high", "significant")  # fmt: skip
@@ -226,11 +60,11 @@ def to_rows(groups: list[Group], tables: Sequence[Table] | None = None) -> list[
     rows, seen = [], set()
     for table in table_layout(groups) if tables is None else tables:
         for column in table.columns:
-            for g in _rows(groups, table):
+            for g in table_rows(groups, table):
                 if column.metric not in g.stats.get(column.source, {}) or (id(g), column.source, column.metric) in seen:
                     continue
                 seen.add((id(g), column.source, column.metric))
-                s, c = _stat(g, column), g.significance.get(column.source, {}).get(column.metric)
+                s, c = cell_stat(g, column), g.significance.get(column.source, {}).get(column.metric)
                 low, high = c.ci if c is not None and c.ci is not None else (None, None)
                 rows.append({"method": g.method, "label": g.label, "run": row_name(g), "num_members": g.num_members,
                              "datamodule": g.datamodule, "set": "" if column.source in (WEIGHTS, COST) else column.source,
@@ -361,7 +195,7 @@ def quality_cost(groups: list[Group]) -> Any:
         return None
     # matplotlib only when drawing; looks: each row's colour and marker, as in every comparison figure
     from ensemble_lab.figures.per_run import quality_cost_figure
-    from ensemble_lab.report.figures import looks
+    from ensemble_lab.report.figure_rows import looks
 
     id_set = next((n for g in measured for n, role in g.roles.items() if role == "id"), None)
     ood_set = next((n for g in measured for n, role in g.roles.items() if role == "ood"), None)

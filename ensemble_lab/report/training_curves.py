@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble_lab.evaluation.mixin import VAL_CURVES
+from ensemble_lab.metrics.registry import VAL_CURVES
 
 #: the curves of the comparison figure: what the mixin logs each validation epoch, and the weight cosine
 CURVE_TAGS = tuple(f"val/{k}" for k in VAL_CURVES if k != "ece") + ("val/weight_cosine",)

@@ -13,11 +13,10 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.metrics.registry import lookup
 from ensemble_lab.runs.checkpoint_files import load_checkpoint
 
 _LAST = re.compile(r"^last(-v\d+)?\.ckpt$")  # Lightning names a second last checkpoint last-v1.ckpt
-#: the direction in which a validation metric gets better, where it has one
-_BETTER = {"acc": "max", "nll": "min", "ece": "min", "brier": "min"}
 
 
 def model_checkpoint_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
@@ -99,7 +98,7 @@ def check_monitors(config: Any, valid: list[str], method: str) -> None:
             continue
         if name not in valid:
             raise ConfigError(f"{option}.monitor {name}: {method} logs no such metric; choose one of {', '.join(valid)}")
-        better = _BETTER.get(str(name).rsplit("/", 1)[-1])
+        better = lookup(str(name).rsplit("/", 1)[-1]).mode  # "val/acc": acc's direction, from the metric registry
         if better is not None and mode != better:
             direction = "higher" if better == "max" else "lower"
             rank_zero_warn(f"{option}.monitor {name} with {option}.mode {mode}: a {direction} {name} is better; {option}.mode {better}?")

@@ -12,10 +12,9 @@ import numpy as np
 
 from ensemble_lab.errors import EnsembleLabError
 from ensemble_lab.io import atomic_write_bytes, first_free_number
+from ensemble_lab.metrics.registry import lookup
 
 TABLE_COLUMNS = ("acc", "nll", "brier", "ece", "entropy", "mi", "disagreement", "auroc_msp", "auroc_mi", "fpr95_msp")
-#: metrics scored against the labels: on an ood set those are not the model's classes, so the table shows '-'
-LABEL_METRICS = frozenset({"acc", "nll", "brier", "ece", "member_acc", "member_nll", "member_ece"})
 #: results.json keys beside "checkpoint" that say which checkpoint was tested: checkpoint_choice ("last": the
 #: final weights, last.ckpt; "best": the checkpoint ModelCheckpoint kept for the best --checkpoint.monitor value;
 #: null: another file, or no checkpoint), the checkpoint's epoch (0-based) and global step, and for "best" the
@@ -101,14 +100,15 @@ def write_predictions(results_dir: Path, set_name: str, member_probs: np.ndarray
 def format_table(sets: dict[str, dict[str, Any]], columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
     """A fixed-width text table, one row per test set; '-' where a metric does not apply.
 
-    results.json keeps every key for every set; the table leaves out label-based metrics of ood sets.
+    results.json keeps every key for every set; the table leaves out label-based metrics of ood sets (their
+    labels are not the model's classes; the registry's ``needs_labels``).
     """
     header = ["set", "role", *columns]
     rows = []
     for name, metrics in sets.items():
         cells = [name, str(metrics.get("role", ""))]
         for col in columns:
-            value = None if metrics.get("role") == "ood" and col in LABEL_METRICS else metrics.get(col)
+            value = None if metrics.get("role") == "ood" and lookup(col).needs_labels else metrics.get(col)
             cells.append("-" if value is None else f"{value:.4f}")
         rows.append(cells)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
