@@ -95,7 +95,7 @@ def weight_matching(
         max_sweeps: the most sweeps over all groups (each visits every group once).
         seed: seed of the order the groups are visited in each sweep.
     """
-    a, b = ({k: v.detach().to(torch.float64) for k, v in s.items() if k in spec.axes} for s in (a, b))  # once, not per step
+    a, b = ({k: v.detach().to(torch.float64) for k, v in s.items() if k in spec.axes or k in keys} for s in (a, b))  # once
     perms = {g: torch.arange(n) for g, n in spec.sizes.items()}
     names = list(spec.groups)
     result = Alignment(perms, [objective(a, b, keys)])

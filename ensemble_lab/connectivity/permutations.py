@@ -134,13 +134,21 @@ def _spatial_mean(node: fx.Node) -> bool:
     return isinstance(dims, (tuple, list)) and all(isinstance(d, int) and d >= 2 for d in dims)
 
 
+class _LayersAsLeaves(fx.Tracer):
+    """Traces through containers and blocks, stopping at torch's modules and at any module with tensors of its own."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        owns = any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
+        return owns or super().is_leaf_module(m, module_qualified_name)
+
+
 def permutation_spec(network: nn.Module) -> PermutationSpec:
     """The permutation groups of ``network`` (a plain member network), derived from its traced dataflow.
 
     Raises NotPermutable naming the first layer or operation the rules do not cover.
     """
-    try:
-        graph = fx.symbolic_trace(network).graph
+    try:  # a module holding tensors of its own is a leaf: the rules judge it whole, never its internals
+        graph = _LayersAsLeaves().trace(network)
     except Exception as error:  # fx raises many kinds; any means the dataflow cannot be read
         raise NotPermutable(f"{type(network).__name__} cannot be traced ({error})") from None
     modules = dict(network.named_modules())
