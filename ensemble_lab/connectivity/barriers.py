@@ -195,7 +195,8 @@ def format_barriers(document: dict[str, Any]) -> str:
 def connectivity_figure(document: dict[str, Any]) -> Figure:
     """Loss and error against t for every pair (thin lines), their mean (black) and mean ± std band."""
     t = np.asarray(document["t"])
-    fig = Figure(figsize=(10.5, 3.8), dpi=80)
+    aligned_any = any("aligned_loss" in r for r in document["pairs"])
+    fig = Figure(figsize=(10.5, 4.2 if aligned_any else 3.8), dpi=80)  # room for the aligned barrier under each title
     axes = fig.subplots(1, 2)
     for ax, key, label in zip(axes, ("loss", "error"), ("NLL", "error (1 − accuracy)")):
         curves = np.asarray([r[key] for r in document["pairs"]], dtype=np.float64)  # (P, N)
@@ -214,7 +215,7 @@ def connectivity_figure(document: dict[str, Any]) -> Figure:
         title = f"{key}: mean barrier {_fmt(chord)} (Frankle {_fmt(frankle)})"
         if len(aligned):
             ax.plot(t, aligned.mean(0), color="black", linewidth=2, linestyle="--", label="mean after alignment\n(dashed: each pair aligned)")
-            title += f"\naligned by weight matching: mean barrier {_fmt(document.get(f'aligned_barrier_{key}_mean'))}"
+            title += f"\naligned (weight matching): {_fmt(document.get(f'aligned_barrier_{key}_mean'))}"
         ax.set(xlabel="t  (0: member i, 1: member j)", ylabel=label, xlim=(0, 1), title=title)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize="small", title="pair i–j", title_fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
