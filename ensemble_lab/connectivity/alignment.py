@@ -106,9 +106,9 @@ def weight_matching(
         for index in torch.randperm(len(names), generator=generator).tolist():
             group = names[index]
             cost = _cost(spec, group, a, b, perms, keys)
-            before = float(cost[torch.arange(len(perms[group])), perms[group]].sum())
+            before = float(cost[torch.arange(len(perms[group]), device=cost.device), perms[group].to(cost.device)].sum())
             _, columns = linear_sum_assignment(cost.cpu().numpy(), maximize=True)  # rows come back in order 0..n-1
-            after = float(cost[torch.arange(len(columns)), torch.as_tensor(columns, device=cost.device)].sum())
+            after = float(cost[torch.arange(len(columns), device=cost.device), torch.as_tensor(columns, device=cost.device)].sum())
             if after > before + tolerance:  # else keep the current one: a tie must not undo the last sweep's choice
                 perms[group] = torch.as_tensor(columns, dtype=torch.long)
                 improved = True
