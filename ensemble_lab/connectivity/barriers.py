@@ -14,7 +14,7 @@ reported (both never negative, since the ends count):
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,8 @@ DOCUMENT_KEYS = (
 )  # fmt: skip
 #: per pair, and as ``<key>_mean`` / ``<key>_std`` over pairs: the chord barriers, then Frankle et al.'s
 BARRIERS = ("barrier_loss", "barrier_error", "frankle_barrier_loss", "frankle_barrier_error")
+#: the chord barriers after aligning member j to member i (``--align``), per pair and as ``<key>_mean`` / ``<key>_std``
+ALIGNED_BARRIERS = ("aligned_barrier_loss", "aligned_barrier_error")
 
 
 def grid(points: int) -> list[float]:
@@ -144,19 +146,30 @@ def all_pairs(
     batch_size: int,
     norm_batches: Sequence[Tensor] = (),
     show_progress: bool = False,
+    aligner: Callable[[State, State], State] | None = None,
 ) -> dict[str, Any]:
-    """Curves and barriers of every pair i < j of members ``states``: the ``pairs`` and barrier summary of connectivity.json."""
+    """Curves and barriers of every pair i < j of members ``states``: the ``pairs`` and barrier summary of connectivity.json.
+
+    With an ``aligner`` (member i's state, member j's state -> member j's state permuted to match i's), every pair
+    is walked a second time, from member i to member j aligned: ``aligned_loss`` / ``aligned_error`` and their
+    chord barriers ``aligned_barrier_loss`` / ``aligned_barrier_error``, and those barriers' mean and std over pairs.
+    """
     pairs = [(i, j) for i in range(len(states)) for j in range(i + 1, len(states))]
     records: list[dict[str, Any]] = []
-    with tqdm(total=len(pairs) * len(t), desc="connectivity", unit="point", disable=not show_progress, leave=False) as bar:
+    walks = 1 if aligner is None else 2
+    with tqdm(total=walks * len(pairs) * len(t), desc="connectivity", unit="point", disable=not show_progress, leave=False) as bar:
         for i, j in pairs:
             loss, error = path_curves(plain, states[i], states[j], t, data, batch_size, norm_batches, bar)
             records.append(
                 {"i": i, "j": j, "loss": loss, "error": error, "barrier_loss": barrier(loss, t), "barrier_error": barrier(error, t),
                  "frankle_barrier_loss": frankle_barrier(loss), "frankle_barrier_error": frankle_barrier(error)}  # fmt: skip
             )
+            if aligner is not None:
+                loss, error = path_curves(plain, states[i], aligner(states[i], states[j]), t, data, batch_size, norm_batches, bar)
+                records[-1].update(aligned_loss=loss, aligned_error=error, aligned_barrier_loss=barrier(loss, t),
+                                   aligned_barrier_error=barrier(error, t))  # fmt: skip
     summary: dict[str, Any] = {"pairs": records}
-    for key in BARRIERS:
+    for key in BARRIERS + (ALIGNED_BARRIERS if aligner is not None else ()):
         summary[f"{key}_mean"], summary[f"{key}_std"] = _mean_std([r[key] for r in records])
     return summary
 
@@ -167,33 +180,43 @@ def _fmt(value: float | None) -> str:
 
 def format_barriers(document: dict[str, Any]) -> str:
     """The printed table: one row per pair (chord and Frankle loss / error barriers), then the mean ± std over pairs."""
-    headers = ("loss barrier", "error barrier", "Frankle loss", "Frankle error")
+    aligned = any("aligned_barrier_loss" in r for r in document["pairs"])
+    keys = BARRIERS + (ALIGNED_BARRIERS if aligned else ())
+    headers = ("loss barrier", "error barrier", "Frankle loss", "Frankle error") + (("aligned loss", "aligned error") if aligned else ())
     lines = [f"{'pair':<8}" + "".join(f" {h:>18}" for h in headers)]
-    lines += [f"{str(r['i']) + '-' + str(r['j']):<8}" + "".join(f" {_fmt(r.get(k)):>18}" for k in BARRIERS) for r in document["pairs"]]
-    means = [f"{_fmt(document.get(f'{k}_mean'))} ± {_fmt(document.get(f'{k}_std'))}" for k in BARRIERS]
+    lines += [f"{str(r['i']) + '-' + str(r['j']):<8}" + "".join(f" {_fmt(r.get(k)):>18}" for k in keys) for r in document["pairs"]]
+    means = [f"{_fmt(document.get(f'{k}_mean'))} ± {_fmt(document.get(f'{k}_std'))}" for k in keys]
     lines.append(f"{'mean':<8}" + "".join(f" {m:>18}" for m in means))
-    lines.append("barrier: above the chord (1 − t)·L(0) + t·L(1); Frankle: above ½(L(0) + L(1))")
+    lines.append("barrier: above the chord (1 − t)·L(0) + t·L(1); Frankle: above ½(L(0) + L(1))"
+                 + ("; aligned: the chord barrier after weight matching member j to member i" if aligned else ""))  # fmt: skip
     return "\n".join(lines)
 
 
 def connectivity_figure(document: dict[str, Any]) -> Figure:
     """Loss and error against t for every pair (thin lines), their mean (black) and mean ± std band."""
     t = np.asarray(document["t"])
-    fig = Figure(figsize=(10.5, 3.8), dpi=80)
+    aligned_any = any("aligned_loss" in r for r in document["pairs"])
+    fig = Figure(figsize=(10.5, 4.2 if aligned_any else 3.8), dpi=80)  # room for the aligned barrier under each title
     axes = fig.subplots(1, 2)
     for ax, key, label in zip(axes, ("loss", "error"), ("NLL", "error (1 − accuracy)")):
         curves = np.asarray([r[key] for r in document["pairs"]], dtype=np.float64)  # (P, N)
+        aligned = np.asarray([r[f"aligned_{key}"] for r in document["pairs"] if f"aligned_{key}" in r], dtype=np.float64)  # (P, N) or empty
         labelled = len(curves) <= 10
-        for r, curve in zip(document["pairs"], curves):
-            ax.plot(t, curve, linewidth=1, alpha=0.6, label=f"{r['i']}–{r['j']}" if labelled else None)
+        for p, (r, curve) in enumerate(zip(document["pairs"], curves)):
+            (line,) = ax.plot(t, curve, linewidth=1, alpha=0.6, label=f"{r['i']}–{r['j']}" if labelled else None)
+            if len(aligned):  # the same pair after alignment: its colour, dashed
+                ax.plot(t, aligned[p], linewidth=1, alpha=0.8, linestyle="--", color=line.get_color())
         mean = curves.mean(0)  # (N,)
         if len(curves) > 1:
             std = curves.std(0, ddof=1)  # (N,)
             ax.fill_between(t, mean - std, mean + std, color="grey", alpha=0.25, label="mean ± std")
         ax.plot(t, mean, color="black", linewidth=2, label="mean")
         chord, frankle = document[f"barrier_{key}_mean"], document.get(f"frankle_barrier_{key}_mean")
-        ax.set(xlabel="t  (0: member i, 1: member j)", ylabel=label, xlim=(0, 1),
-               title=f"{key}: mean barrier {_fmt(chord)} (Frankle {_fmt(frankle)})")  # fmt: skip
+        title = f"{key}: mean barrier {_fmt(chord)} (Frankle {_fmt(frankle)})"
+        if len(aligned):
+            ax.plot(t, aligned.mean(0), color="black", linewidth=2, linestyle="--", label="mean after alignment\n(dashed: each pair aligned)")
+            title += f"\naligned (weight matching): {_fmt(document.get(f'aligned_barrier_{key}_mean'))}"
+        ax.set(xlabel="t  (0: member i, 1: member j)", ylabel=label, xlim=(0, 1), title=title)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize="small", title="pair i–j", title_fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     where = "the validation split" if document["set"] == "val" else f"test set {document['set']}"

@@ -1,8 +1,10 @@
 """``ensemble-lab connectivity``: linear mode connectivity between the members of a trained run.
 
 Loads the run the way ``test`` does (its config.yaml and a checkpoint checked against it), walks
-the straight line between every pair of members in weight space and writes connectivity.json, a
-figure (PNG and TensorBoard) and a table of barriers; see docs/connectivity.md.
+the straight line between every pair of members in weight space (optionally a second time with each
+member's units aligned to the other's, ``alignment``), optionally evaluates the plane through three
+members (``plane``) and writes connectivity.json, the figures (PNG and TensorBoard) and a table of
+barriers; see docs/connectivity.md.
 """
 
 import argparse
@@ -13,77 +15,40 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from matplotlib.figure import Figure
-from torch import Tensor
 
-from ensemble_lab.config.lightning_cli import EnsembleLabCLI, quiet_known_warnings
-from ensemble_lab.connectivity.barriers import BARRIERS, all_pairs, connectivity_figure, format_barriers, grid, norm_layers
-from ensemble_lab.data.base import EnsembleDataModule, LabeledImages
+from ensemble_lab.connectivity.alignment import ALIGNMENTS, align, check_alignable
+from ensemble_lab.connectivity.barriers import (
+    ALIGNED_BARRIERS,
+    BARRIERS,
+    all_pairs,
+    connectivity_figure,
+    format_barriers,
+    grid,
+    norm_layers,
+)
+from ensemble_lab.connectivity.loading import VALIDATION, check_set, load_run, load_weights, resolve_device, set_data, training_batches
+from ensemble_lab.connectivity.permutations import PermutationSpec
+from ensemble_lab.connectivity.plane import check_grid, evaluate_plane, parse_plane, plane_figure, plane_summary
+from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.evaluation.member_networks import has_member_layers, member_states
+from ensemble_lab.evaluation.member_networks import State, has_member_layers, member_states
 from ensemble_lab.figures.per_run import save_png
 from ensemble_lab.io import atomic_write_bytes, first_free_number
 from ensemble_lab.methods.base import EnsembleModule
-from ensemble_lab.runs.checkpoint_files import load_checkpoint
 from ensemble_lab.runs.layout import run_dir_of_checkpoint
 from ensemble_lab.runs.results import _json_ready
 
-#: the name --set gives the validation split (held out of the training set)
-VALIDATION = "val"
+__all__ = ["check_set", "connectivity_main", "load_run", "parser", "run_connectivity", "training_batches"]
+#: the figures beside connectivity.json, under figures/: the pairwise curves and the plane
+FIGURES = ("connectivity.png", "connectivity_plane.png")
 
 
-class _LoadRun(EnsembleLabCLI):
-    """Parse a run's config as ``test`` would and build its model and datamodule; no trainer, nothing run."""
-
-    checking_only = True
-
-
-def load_run(config_path: str | Path) -> tuple[EnsembleModule, EnsembleDataModule]:
-    """(model, datamodule) built from ``config_path`` exactly as ``ensemble-lab test --config`` builds them."""
-    quiet_known_warnings()
-    loaded = _LoadRun(args=["test", "--config", str(config_path)])
-    return loaded.model, loaded.datamodule
-
-
-def evaluation_sets(datamodule: EnsembleDataModule) -> list[str]:
-    """The sets --set accepts: the validation split, then every labelled (id or shift) test set."""
-    return [VALIDATION, *(name for name, role in datamodule.test_set_roles.items() if role != "ood")]
-
-
-def check_set(set_name: str | None, datamodule: EnsembleDataModule) -> str:
-    """The set ``--set set_name`` walks on (None: the validation split); a ConfigError for a set the datamodule lacks."""
-    name = set_name or VALIDATION
-    if name not in (available := evaluation_sets(datamodule)):
-        raise ConfigError(f"--set {name!r} is not a labelled set of {type(datamodule).__name__}; choose one of: {', '.join(available)}")
-    return name
-
-
-def _set_data(datamodule: EnsembleDataModule, name: str) -> LabeledImages:
-    if name == VALIDATION:
-        datamodule.setup("fit")
-        assert datamodule.val_set is not None, "setup('fit') cuts the validation split"
-        return datamodule.val_set
-    datamodule.setup("test")
-    return datamodule.test_sets[name]
-
-
-def training_batches(datamodule: EnsembleDataModule, count: int, seed: int) -> list[Tensor]:
-    """``count`` batches of ``batch_size`` training images (fewer if the split is short), drawn without
-    replacement in a seeded order and preprocessed without augmentation: the same batches every call."""
-    datamodule.setup("fit")
-    train = datamodule.train_set
-    assert train is not None, "setup('fit') loads the training split"
-    order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(seed))
-    size = datamodule.batch_size
-    chosen = order[: count * size]
-    return [datamodule.preprocess(train.images[chosen[k : k + size]], train=False) for k in range(0, len(chosen), size)]
-
-
-def _document(model: EnsembleModule, set_name: str, t: list[float], reset_norm: bool, checkpoint: str | None) -> dict[str, Any]:
+def _document(model: EnsembleModule, set_name: str, t: list[float], reset_norm: bool, checkpoint: str | None, align: str) -> dict[str, Any]:
     return {"method": type(model).__name__, "num_members": int(model.num_members), "set": set_name, "points": len(t), "t": t,
-            "reset_norm": reset_norm, "checkpoint": checkpoint, "applicable": True, "reason": None, "pairs": [],
-            **{f"{key}_{stat}": None for key in BARRIERS for stat in ("mean", "std")}, "norm_batches": 0}  # fmt: skip
+            "reset_norm": reset_norm, "checkpoint": checkpoint, "applicable": True, "reason": None, "align": align, "pairs": [],
+            **{f"{key}_{stat}": None for key in BARRIERS + ALIGNED_BARRIERS for stat in ("mean", "std")}, "norm_batches": 0,
+            "plane": None}  # fmt: skip
 
 
 def _not_applicable(model: EnsembleModule) -> str | None:
@@ -96,20 +61,21 @@ def _not_applicable(model: EnsembleModule) -> str | None:
     return None
 
 
-def _write_tensorboard(log_dir: Path, document: dict[str, Any], figure: Figure, step: int) -> None:
-    """``figure`` and the mean barriers into the TensorBoard events of ``log_dir`` (skipped without tensorboard)."""
+def _write_tensorboard(log_dir: Path, document: dict[str, Any], figures: dict[str, Figure], step: int) -> None:
+    """``figures`` (tag suffix -> figure) and the mean barriers into the TensorBoard events of ``log_dir`` (skipped without tensorboard)."""
     try:
         from torch.utils.tensorboard import SummaryWriter  # an optional dependency
     except ImportError:  # TensorBoard is optional for Lightning; the PNG and the JSON are written regardless
         return
     with SummaryWriter(log_dir=str(log_dir)) as writer:
-        writer.add_figure(f"connectivity/{document['set']}", figure, global_step=step, close=False)
-        for key in (f"{barrier}_mean" for barrier in BARRIERS):
+        for suffix, figure in figures.items():
+            writer.add_figure(f"connectivity/{document['set']}{suffix}", figure, global_step=step, close=False)
+        for key in (f"{barrier}_mean" for barrier in BARRIERS + ALIGNED_BARRIERS):
             if document[key] is not None:
                 writer.add_scalar(f"connectivity/{document['set']}/{key}", document[key], global_step=step)
 
 
-def _walk(
+def _measure(
     model: EnsembleModule,
     datamodule: EnsembleDataModule,
     set_name: str,
@@ -118,43 +84,41 @@ def _walk(
     norm_seed: int,
     device: str,
     show_progress: bool | None,
+    spec: PermutationSpec | None,
+    plane: tuple[int, int, int] | None,
+    plane_grid: int,
 ) -> dict[str, Any]:
-    """The curves and barriers of every pair of members (``norm_batches`` 0: statistics interpolated, not re-estimated)."""
+    """The curves and barriers of every pair of members, aligned too with a ``spec``, and the plane through the
+    members ``plane`` (``norm_batches`` 0: statistics interpolated, not re-estimated)."""
     run_on = resolve_device(device)
     plain = model.member_network().to(run_on)
     states = member_states(model.network, plain, model.num_members, type(model).__name__)
     states = [{k: v.to(run_on) for k, v in state.items()} for state in states]
-    data = _set_data(datamodule, set_name)
+    data = set_data(datamodule, set_name)
     evaluated = (datamodule.preprocess(data.images.to(run_on), train=False), data.labels.to(run_on))
     batches = [b.to(run_on) for b in training_batches(datamodule, norm_batches, norm_seed)] if norm_batches and norm_layers(plain) else []
     progress = show_progress if show_progress is not None else sys.stderr.isatty()
-    return {"norm_batches": len(batches), **all_pairs(plain, states, t, evaluated, datamodule.eval_batch_size, batches, progress)}
-
-
-def resolve_device(device: str) -> torch.device:
-    """``--device`` as a torch device; a ConfigError for a name torch does not know or a CUDA device this machine lacks."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device {device!r} is not a device; give auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and (not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()):
-        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); give auto or cpu")
-    if resolved.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {device!r}: connectivity runs on cpu or cuda")
-    return resolved
+    aligned = None if spec is None else (lambda a, b: align(plain, spec, a, b)[0])
+    size = datamodule.eval_batch_size
+    measured = {"norm_batches": len(batches), **all_pairs(plain, states, t, evaluated, size, batches, progress, aligned)}
+    if plane is not None:
+        i, j, k = plane
+        chosen: list[State] = [states[i], *(states[m] if aligned is None else aligned(states[i], states[m]) for m in (j, k))]
+        values = evaluate_plane(plain, chosen, plane_grid, evaluated, size, batches, progress)
+        measured["plane"] = {"members": [i, j, k], "aligned": aligned is not None, **values}
+    return measured
 
 
 def keep_previous(out_dir: Path) -> Path | None:
-    """An earlier connectivity.json and figure of ``out_dir`` renamed to connectivity.prev-N.* (N = 1, 2, ...), so a
+    """An earlier connectivity.json and its figures in ``out_dir`` renamed to connectivity.prev-N.* (N = 1, 2, ...), so a
     second walk (other points, another set) never replaces the first; returns the kept json, or None."""
-    old, figure = out_dir / "connectivity.json", out_dir / "figures" / "connectivity.png"
+    old = out_dir / "connectivity.json"
     if not old.exists():
         return None
     n = first_free_number(lambda k: (out_dir / f"connectivity.prev-{k}.json").exists())
-    if figure.exists():
-        os.replace(figure, figure.with_name(f"connectivity.prev-{n}.png"))
+    for name in FIGURES:
+        if (figure := out_dir / "figures" / name).exists():
+            os.replace(figure, figure.with_name(name.replace("connectivity", f"connectivity.prev-{n}", 1)))
     kept = out_dir / f"connectivity.prev-{n}.json"
     os.replace(old, kept)
     return kept
@@ -172,8 +136,11 @@ def run_connectivity(
     device: str = "auto",
     show_progress: bool | None = None,
     quiet: bool = False,
+    align: str = "none",
+    plane: str | None = None,
+    plane_grid: int | None = None,
 ) -> dict[str, Any]:
-    """Linear mode connectivity of a run's members: writes connectivity.json (and the figure) and returns its document.
+    """Linear mode connectivity of a run's members: writes connectivity.json (and the figures) and returns its document.
 
     Args:
         config_path: the run's config.yaml.
@@ -185,51 +152,58 @@ def run_connectivity(
         reset_norm: re-estimate BatchNorm statistics on training batches at every point.
         norm_batches: how many training batches (of the datamodule's batch size) re-estimate them.
         norm_seed: seed of the order those batches are drawn in.
-        out: directory for connectivity.json, figures/connectivity.png and the TensorBoard events
+        out: directory for connectivity.json, figures/ and the TensorBoard events
             (default: the checkpoint's run directory, else the directory holding ``config_path``).
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
         show_progress: a progress bar over the points (None: when stderr is a terminal).
         quiet: print nothing (no table, no "wrote" lines).
+        align: "none", or "weight_matching": walk every pair a second time with member j's units permuted to
+            match member i's (Ainsworth et al. 2023); the plane's members j and k are aligned to i too.
+        plane: "i,j,k": also evaluate the plane through members i, j and k (Garipov et al. 2018); None: no plane.
+        plane_grid: points along each side of the plane (>= 2; default 11); only with ``plane``.
     """
     if not isinstance(points, int) or points < 2:
         raise ConfigError(f"--points must be an integer >= 2 (t = 0 and t = 1 included), got {points!r}")
     if not isinstance(norm_batches, int) or norm_batches < 1:
         raise ConfigError(f"--norm_batches must be an integer >= 1, got {norm_batches!r}")
+    if align not in ALIGNMENTS:
+        raise ConfigError(f"--align {align!r} is not known; choose one of: {', '.join(ALIGNMENTS)}")
+    if plane is None and plane_grid is not None:
+        raise ConfigError("--grid sets the plane's resolution: give it with --plane i,j,k")
+    check_grid(plane_grid := 11 if plane_grid is None else plane_grid)
     resolve_device(device)  # before the run is read: a bad --device fails first
     model, datamodule = load_run(config_path)
     name = check_set(set_name, datamodule)
-    step = 0
-    own = Path(config_path).parent / "checkpoints" / "last.ckpt"  # the run's final weights, beside its config.yaml
-    if ckpt_path is None and not getattr(model, "member_checkpoints", None) and own.is_file():
-        ckpt_path = own
-        if not quiet:
-            print(f"connectivity of {own} (the run's last checkpoint; --ckpt_path picks another)", file=sys.stderr)
-    if ckpt_path is not None:
-        checkpoint = load_checkpoint(ckpt_path, "checkpoint" if ckpt_path is own else "--ckpt_path")
-        model.check_checkpoint(checkpoint, str(ckpt_path))
-        model.load_state_dict(checkpoint["state_dict"])
-        step = int(checkpoint.get("global_step", 0))
-    elif not getattr(model, "member_checkpoints", None):
-        raise ConfigError(f"connectivity needs trained weights: {own} does not exist; pass --ckpt_path <run>/checkpoints/<file>.ckpt")
+    members = parse_plane(plane, model.num_members) if plane is not None else None
+    ckpt_path, step = load_weights(model, config_path, ckpt_path, quiet)
     out_dir = Path(out) if out is not None else run_dir_of_checkpoint(ckpt_path) or Path(config_path).parent
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; give a directory (it is created if missing)")
     t = grid(points)
-    document = _document(model, name, t, reset_norm, str(ckpt_path) if ckpt_path is not None else None)
+    document = _document(model, name, t, reset_norm, str(ckpt_path) if ckpt_path is not None else None, align)
     if (reason := _not_applicable(model)) is not None:
         document.update(applicable=False, reason=reason)
     else:
-        document.update(_walk(model, datamodule, name, t, norm_batches if reset_norm else 0, norm_seed, device, show_progress))
+        method = type(model).__name__
+        spec = check_alignable(model.network, model.member_network(), method) if align != "none" else None  # before any work
+        measured = _measure(model, datamodule, name, t, norm_batches if reset_norm else 0, norm_seed, device, show_progress,
+                            spec, members, plane_grid)  # fmt: skip
+        document.update(measured)
     path = out_dir / "connectivity.json"
     kept = keep_previous(out_dir)
     atomic_write_bytes(path, (json.dumps(_json_ready(document), indent=2) + "\n").encode())
     written = [path]
     if document["applicable"]:
-        figure = connectivity_figure(document)
-        written.append(save_png(figure, out_dir / "figures" / "connectivity.png"))
-        _write_tensorboard(out_dir, document, figure, step)
+        figures = {"": connectivity_figure(document)}
+        if document["plane"] is not None:
+            figures["/plane"] = plane_figure(document)
+        for figure, file in zip(figures.values(), FIGURES):
+            written.append(save_png(figure, out_dir / "figures" / file))
+        _write_tensorboard(out_dir, document, figures, step)
     if not quiet:
         print(format_barriers(document) if document["applicable"] else f"ensemble-lab connectivity: {document['reason']}")
+        if document["plane"] is not None:
+            print(plane_summary(document["plane"]))
         if kept is not None:
             print(f"kept the earlier walk as {kept}")
         for p in written:
@@ -266,6 +240,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--norm_seed", type=int, default=0, help="seed of the order those batches are drawn in (default 0)")
     p.add_argument("--out", default=None, help="directory for connectivity.json and figures/ (default: the run directory)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--align", default="none", metavar="{none,weight_matching}",
+        help="weight_matching: walk every pair a second time after permuting member j's hidden units to match member i's "
+        "(Ainsworth et al. 2023), and report the aligned barriers beside the raw ones (default none); "
+        "for members that own all their weights: Deep Ensembles and Packed-Ensembles with gamma 1",
+    )  # fmt: skip
+    p.add_argument(
+        "--plane", default=None, metavar="I,J,K",
+        help="also evaluate loss and error on the plane through members I, J and K (Garipov et al. 2018), "
+        "drawn as figures/connectivity_plane.png; with --align, J and K are aligned to I first",
+    )  # fmt: skip
+    p.add_argument("--grid", dest="plane_grid", type=int, default=None, metavar="N", help="points along each side of the plane (default 11; with --plane)")
     return p
 
 
@@ -275,4 +261,5 @@ def connectivity_main(argv: Sequence[str]) -> None:
     run_connectivity(
         options.config, options.ckpt_path, options.points, options.set_name, options.reset_norm,
         options.norm_batches, options.norm_seed, options.out, options.device,
+        align=options.align, plane=options.plane, plane_grid=options.plane_grid,
     )  # fmt: skip
