@@ -14,7 +14,7 @@ from ensemble_lab.methods import DeepEnsemble
 QUIET = dict(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
 
 
-def tested(tmp_path, callbacks: list) -> DeepEnsemble:
+def evaluate(tmp_path, callbacks: list) -> DeepEnsemble:
     L.seed_everything(3)
     model = DeepEnsemble(num_members=2, hidden_sizes=[8])
     trainer = L.Trainer(default_root_dir=str(tmp_path), callbacks=callbacks, limit_test_batches=2, **QUIET)
@@ -23,7 +23,7 @@ def tested(tmp_path, callbacks: list) -> DeepEnsemble:
 
 
 def test_without_the_callback_a_test_writes_results_into_the_log_dir(tmp_path):
-    tested(tmp_path, [])
+    evaluate(tmp_path, [])
     run = tmp_path / "lightning_logs" / "version_0"
     results = json.loads((run / "results.json").read_text())
     assert results["run_name"] == "DeepEnsemble" and results["config"] is None and results["test_changes"] is None
@@ -36,7 +36,7 @@ def test_the_options_and_record_decide_what_is_written(tmp_path):
         EvaluationOptions(save_predictions=True, figures=False),
         RunRecord(results_dir=str(elsewhere), run_name="mine", run_config={"a.b": 1}, tested_checkpoint_record={"checkpoint_epoch": 4}),
     )
-    tested(tmp_path, [outputs])
+    evaluate(tmp_path, [outputs])
     results = json.loads((elsewhere / "results.json").read_text())
     assert results["run_name"] == "mine" and results["config"] == {"a.b": 1} and results["checkpoint_epoch"] == 4
     assert not (elsewhere / "figures").exists() and not (tmp_path / "lightning_logs" / "version_0" / "results.json").exists()
@@ -51,9 +51,9 @@ def test_an_existing_results_json_is_refused_unless_overwrite(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "results.json").write_text("{}")
     with pytest.raises(Exception, match="already exists"):
-        tested(tmp_path, [EvaluationOutputs(EvaluationOptions(figures=False), record)])
+        evaluate(tmp_path, [EvaluationOutputs(EvaluationOptions(figures=False), record)])
     assert (tmp_path / "run" / "results.json").read_text() == "{}"
-    tested(tmp_path, [EvaluationOutputs(EvaluationOptions(figures=False, overwrite=True), record)])
+    evaluate(tmp_path, [EvaluationOutputs(EvaluationOptions(figures=False, overwrite=True), record)])
     assert json.loads((tmp_path / "run" / "results.json").read_text())["method"] == "DeepEnsemble"
 
 
