@@ -21,6 +21,7 @@ from benchmarks.settings import Settings
 from benchmarks.steps import SGD, make_method, training_step
 from benchmarks.synthetic import RandomImagesDataModule
 from benchmarks.timing import Figure, compare, from_pairs
+from ensemble_lab.evaluation.outputs import EvaluationOptions, EvaluationOutputs, RunRecord
 from ensemble_lab.methods import BatchEnsemble, SingleModel
 from ensemble_lab.nn import tile_members
 
@@ -129,7 +130,8 @@ def evaluation(settings: Settings) -> list[Figure]:
     module = make_method(BatchEnsemble, settings, "resnet18", num_members=s.members)
     figures = []
     with tempfile.TemporaryDirectory() as root:
-        test_trainer = trainer(settings, root)
+        outputs = EvaluationOutputs(record=RunRecord(results_dir=root))  # results.json and the files into root
+        test_trainer = trainer(settings, root, callbacks=[outputs])
         # the forward passes alone: the same preprocessed batches, already on the device
         batches = [
             dm.preprocess(images.to(settings.device), train=False)
@@ -144,8 +146,7 @@ def evaluation(settings: Settings) -> list[Figure]:
                     torch.softmax(module(x).float(), dim=-1)  # (M, B, C)
 
         for figures_on in (False, True) if s.figures_row else (False,):
-            module.results_dir, module.overwrite_results, module.save_predictions = root, True, True
-            module.save_figures = figures_on
+            outputs.options = EvaluationOptions(save_predictions=True, figures=figures_on, overwrite=True)
 
             def suite() -> None:
                 with redirect_stdout(io.StringIO()):  # the results table

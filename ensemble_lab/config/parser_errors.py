@@ -17,6 +17,7 @@ from typing import NoReturn
 from jsonargparse import ActionConfigFile
 from lightning.pytorch.cli import LightningArgumentParser
 
+from ensemble_lab.compat import parser_actions
 from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.base import EnsembleModule
@@ -187,7 +188,7 @@ def option_names(parser: LightningArgumentParser | None) -> list[str]:
     if parser is None:
         return []
     names: list[str] = []
-    for action in parser._actions:
+    for action in parser_actions(parser):
         choices = getattr(action, "choices", None)
         if isinstance(choices, dict) and all(isinstance(p, LightningArgumentParser) for p in choices.values()):
             for sub in choices.values():  # the subcommands' own parsers

@@ -19,7 +19,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from ensemble_lab.compat import attached_trainer
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.evaluation.outputs import EvaluationOutputs, evaluation_outputs
 from ensemble_lab.evaluation.sets import eval_due, predict_test_sets, scalars, set_metrics
 from ensemble_lab.evaluation.store import PredictionStore
 from ensemble_lab.metrics.calibration import apply_temperature, ensemble_nll, fit_temperature, log_probs, temperature_warnings
@@ -54,37 +56,11 @@ class UncertaintyEvalMixin(_Base):
     """Mix into a LightningModule whose ``forward(x)`` returns member logits (M, B, C).
 
     Batches are ``(images, targets, indices)``; the datamodule may name its test sets through a
-    ``test_set_roles`` mapping {name: "id" | "shift" | "ood"} in test-dataloader order.
+    ``test_set_roles`` mapping {name: "id" | "shift" | "ood"} in test-dataloader order. What a test writes
+    and records comes from the trainer's EvaluationOutputs callback (evaluation/outputs.py; without one,
+    the defaults).
     """
 
-    #: also write <results_dir>/predictions/<set>.npz during test (set by the CLI's --save_predictions)
-    save_predictions: bool = False
-    #: where results.json goes; None means the trainer's log_dir (set by the CLI for --ckpt_path runs)
-    results_dir: str | None = None
-    #: replace an existing results.json (set by the CLI's --overwrite)
-    overwrite_results: bool = False
-    #: draw figures into <results_dir>/figures/ and TensorBoard during test (set by the CLI's --figures)
-    save_figures: bool = True
-    #: the run's label (--run_name) and resolved configuration, recorded in results.json (set by the CLI)
-    run_name: str | None = None
-    run_config: dict[str, Any] | None = None
-    #: a test of a run: "key: trained -> tested" for every option it ran with another value than training
-    #: ([]: none; None: no training config on record), and then the training config (else None) (set by the CLI)
-    test_changes: list[str] | None = None
-    fit_config: dict[str, Any] | None = None
-    #: the checkpoint whose weights a test after fit evaluates (last.ckpt); else the trainer's ckpt_path
-    tested_checkpoint: str | None = None
-    #: what the tested checkpoint is (set by the CLI): checkpoint_choice ("last", "best" or None), its epoch and
-    #: global step, and for "best" the monitored metric and its value (results.CHECKPOINT_RECORD keys)
-    tested_checkpoint_record: dict[str, Any] | None = None
-    #: the training step the tested weights are from (set by the CLI for a checkpoint); else global_step
-    logging_step: int | None = None
-    #: calibration after training at test (set by the CLI's --calibration): "none", "temperature" or
-    #: "temperature_per_member", fitted on the validation split (metrics/calibration.py)
-    calibration: str = "none"
-    #: evaluate every test set at the end of the validation of every K-th epoch of a fit, and of the last
-    #: one, logging val/<set>/<metric> (set by the CLI's --eval_sets_every; 0: never; evaluation/sets.py)
-    eval_sets_every: int = 0
     #: set by the host module (EnsembleModule): number of members M
     num_members: int
     #: the generators' state outside test (on_test_start forks it, on_test_end restores it)
@@ -94,6 +70,10 @@ class UncertaintyEvalMixin(_Base):
     _cost: dict[str, Any] | None = None
     #: the fitted calibration of this test (None without --calibration)
     _calibration: dict[str, Any] | None = None
+
+    def evaluation_outputs(self) -> EvaluationOutputs:
+        """The options and run record of this evaluation: the trainer's EvaluationOutputs, else the defaults."""
+        return evaluation_outputs(attached_trainer(self))
 
     def monitorable_metrics(self) -> list[str]:
         """The metrics a callback may monitor (--early_stopping.monitor, --checkpoint.monitor): those every
@@ -117,7 +97,7 @@ class UncertaintyEvalMixin(_Base):
         self._store_batch(self._stores["val"], batch)
 
     def on_validation_epoch_end(self) -> None:
-        if eval_due(self.trainer, self.eval_sets_every):
+        if eval_due(self.trainer, self.evaluation_outputs().options.eval_sets_every):
             self._log_test_sets_during_fit()
         store = self._stores["val"]
         if store.is_empty or self.trainer.sanity_checking:
@@ -177,15 +157,16 @@ class UncertaintyEvalMixin(_Base):
         return {f"test_{i}": "id" for i in range(count)}
 
     def resolved_results_dir(self) -> Path:
-        """Directory that receives results.json: ``results_dir`` or the trainer's log_dir."""
-        return Path(self.results_dir or self.trainer.log_dir or os.getcwd())
+        """Directory that receives results.json: the run record's ``results_dir`` or the trainer's log_dir."""
+        return Path(self.evaluation_outputs().record.results_dir or self.trainer.log_dir or os.getcwd())
 
     def on_test_start(self) -> None:
         # On every rank: trainer.log_dir is a collective under DDP (calling it on rank 0 alone hangs),
         # and a refusal must stop all ranks together rather than leave the others waiting.
         self._results_path = self.resolved_results_dir()
-        check_can_write(self._results_path, self.overwrite_results)
-        self._calibration = None if self.calibration == "none" else self._fit_calibration()
+        options = self.evaluation_outputs().options
+        check_can_write(self._results_path, options.overwrite)
+        self._calibration = None if options.calibration == "none" else self._fit_calibration(options.calibration)
         # Random draws at test (MC Dropout's masks) start from the run's seed, so a test right after fit
         # and a later `test` of the same weights give the same numbers; the outer stream is put back after.
         device = self.device
@@ -194,7 +175,7 @@ class UncertaintyEvalMixin(_Base):
         torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
 
     @torch.no_grad()
-    def _fit_calibration(self) -> dict[str, Any]:
+    def _fit_calibration(self, method: str) -> dict[str, Any]:
         """Fit the temperature(s) on the validation split, in its own random stream (MC Dropout's test draws stay as without)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "val_dataloader"):
@@ -209,14 +190,14 @@ class UncertaintyEvalMixin(_Base):
                 member_log_probs.append(torch.log_softmax(self(images).double(), dim=-1))  # (M, B, C)
                 targets.append(batch[1].to(device))
         lp, y = torch.cat(member_log_probs, dim=1), torch.cat(targets)  # (M, N, C), (N,)
-        temperature = fit_temperature(lp, y, per_member=self.calibration == "temperature_per_member")
+        temperature = fit_temperature(lp, y, per_member=method == "temperature_per_member")
         one = torch.ones((), dtype=torch.float64, device=device)
         warned = temperature_warnings(temperature.cpu(), int(y.shape[0]))
         if self.trainer.is_global_zero:  # every rank fits the same T: say it once
             for line in warned:
-                print(f"ensemble-lab test: warning: --calibration {self.calibration}: {line}", file=sys.stderr)
+                print(f"ensemble-lab test: warning: --calibration {method}: {line}", file=sys.stderr)
         return {
-            "method": self.calibration,
+            "method": method,
             "temperature": temperature.cpu().tolist(),  # a number, or one per member
             "val_images": int(y.shape[0]),
             "val_nll": float(ensemble_nll(lp, y, one)),
@@ -267,23 +248,24 @@ class UncertaintyEvalMixin(_Base):
     def _results_document(self, sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
         datamodule = getattr(self.trainer, "datamodule", None)
         seed = os.environ.get("PL_GLOBAL_SEED")
-        checkpoint = getattr(self.trainer, "ckpt_path", None) or self.tested_checkpoint
+        record = self.evaluation_outputs().record
+        checkpoint = getattr(self.trainer, "ckpt_path", None) or record.tested_checkpoint
         if checkpoint and Path(checkpoint).resolve().is_relative_to(self._results_path.resolve()):
             checkpoint = Path(checkpoint).resolve().relative_to(self._results_path.resolve())  # results.json names no absolute path of its own run
         return {
             "method": type(self).__name__,
-            "run_name": self.run_name or type(self).__name__,
+            "run_name": record.run_name or type(self).__name__,
             "num_members": int(self.num_members),
             "seed": int(seed) if seed is not None else None,
             "datamodule": type(datamodule).__name__ if datamodule is not None else None,
             "checkpoint": str(checkpoint) if checkpoint else None,
-            **{key: (self.tested_checkpoint_record or {}).get(key) for key in CHECKPOINT_RECORD},
+            **{key: (record.tested_checkpoint_record or {}).get(key) for key in CHECKPOINT_RECORD},
             **self.members_description(),  # e.g. the checkpoints an assembled ensemble's members came from
             **weight_space_summary(self),  # weight_cosine(_stored) (M×M or None) and their off-diagonal means
             "cost": self._cost,  # parameters, FLOPs per image, test images/s, peak memory (metrics/cost.py)
-            "config": self.run_config,
-            "test_changes": self.test_changes,
-            "fit_config": self.fit_config,
+            "config": record.run_config,
+            "test_changes": record.test_changes,
+            "fit_config": record.fit_config,
             "sets": sets,
         }
 
@@ -295,13 +277,14 @@ class UncertaintyEvalMixin(_Base):
     def _write_test_outputs(self, collected: dict[str, tuple[Tensor, Tensor]]) -> None:
         results_dir = self._results_path  # resolved on every rank in on_test_start
         set_aside_previous(results_dir)  # an earlier test's files (--overwrite) move to *.prev-N
-        if self.save_predictions:
+        outputs = self.evaluation_outputs()
+        if outputs.options.save_predictions:
             for name, (member_probs, targets) in collected.items():
                 write_predictions(results_dir, name, member_probs.cpu().numpy(), targets.cpu().numpy())
-        if self.save_figures:
+        if outputs.options.figures:
             from ensemble_lab.figures.per_run import write_figures  # matplotlib only when drawing
 
-            step = self.global_step if self.logging_step is None else self.logging_step
+            step = self.global_step if outputs.record.logging_step is None else outputs.record.logging_step
             write_figures(results_dir, collected, self.test_set_roles(), self.test_results, self.loggers, step)
         path = write_results(results_dir, self.test_results)  # last: results.json marks a complete test
         cost = self.test_results.get("cost")

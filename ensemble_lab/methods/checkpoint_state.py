@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
+from ensemble_lab.compat import attached_trainer
 from ensemble_lab.errors import CheckpointMismatchError
 from ensemble_lab.nn.backbones import BACKBONES
 from ensemble_lab.runs.checkpoint_files import load_checkpoint
@@ -169,7 +170,7 @@ class CheckpointStateMixin(_Base):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        trainer = getattr(self, "_trainer", None)  # None under LightningModule.load_from_checkpoint
+        trainer = attached_trainer(self)  # None under LightningModule.load_from_checkpoint
         self.check_checkpoint(checkpoint, getattr(trainer, "ckpt_path", None))
         rng = (checkpoint.get(KEY) or {}).get("rng")
         # only a resumed fit continues the random stream; test / validate keep their own seed

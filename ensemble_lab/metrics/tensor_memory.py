@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+
+from ensemble_lab.compat import TorchDispatchMode, tree_leaves
 
 
 class TensorMemory(TorchDispatchMode):

@@ -12,6 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from ensemble_lab.compat import last_checkpoint_save_step, save_last_checkpoint_now, set_last_checkpoint_save_step
 from ensemble_lab.errors import ConfigError, NonFiniteLossError
 
 
@@ -113,7 +114,7 @@ class FinalLastCheckpoint(ModelCheckpoint):
             # Lightning writes last.ckpt only where it wrote a top-k file: with a monitor, only when the score
             # improved, so an interruption would lose every epoch since. Taking this save point as done makes
             # its caller write last.ckpt now, as it does without a monitor.
-            self._last_global_step_saved = trainer.global_step
+            set_last_checkpoint_save_step(self, trainer.global_step)
 
     #: True while the saves at the end of training are written (see on_save_checkpoint)
     _saving_at_train_end = False
@@ -128,8 +129,8 @@ class FinalLastCheckpoint(ModelCheckpoint):
         self._saving_at_train_end = True
         try:
             super().on_train_end(trainer, pl_module)
-            if self.save_last and trainer.global_step != self._last_global_step_saved:
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            if self.save_last and trainer.global_step != last_checkpoint_save_step(self):
+                save_last_checkpoint_now(self, trainer)
         finally:
             self._saving_at_train_end = False
 

@@ -3,14 +3,24 @@ looks like any failure; a command that watches SIGINT itself can tell the user w
 with the shell's status for an interrupt."""
 
 import signal
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
+
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 #: exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
 INTERRUPTED = 130
 #: exit status of a fit / test stopped by SIGTERM (128 + SIGTERM): Lightning stops at the next step and exits 0
 TERMINATED = 143
+#: what to do after a fit was stopped, whether or not it had saved a checkpoint yet
+HOW_TO_CONTINUE = (
+    "a fit continues from its last saved checkpoint (checkpoints/last.ckpt) with the same command and "
+    "--ckpt_path last; one stopped before its first checkpoint starts again."
+)
 
 
 class InterruptWatch:
@@ -47,3 +57,20 @@ class InterruptWatch:
         """Raise KeyboardInterrupt if Ctrl-C came, whatever a run made of it."""
         if self.interrupted:
             raise KeyboardInterrupt
+
+
+@contextmanager
+def stopped_command_exits() -> Iterator[None]:
+    """Run a fit / test command so that Ctrl-C ends it with status 130 and SIGTERM with 143, each saying how
+    to go on (not Lightning's status 1, resp. 0, which a script or a study would take for success)."""
+    with InterruptWatch() as watch:
+        try:
+            yield
+        except SIGTERMException:  # a SystemExit without a code: Lightning stopped at the next step
+            print(f"ensemble-lab: terminated (SIGTERM). {HOW_TO_CONTINUE}", file=sys.stderr)
+            raise SystemExit(TERMINATED) from None
+        except (SystemExit, KeyboardInterrupt):
+            if not watch.interrupted:
+                raise
+            print(f"ensemble-lab: interrupted. {HOW_TO_CONTINUE}", file=sys.stderr)
+            raise SystemExit(INTERRUPTED) from None

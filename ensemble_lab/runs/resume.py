@@ -20,6 +20,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from ensemble_lab.compat import place_logger_run, set_default_root_dir
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.io import first_free_number
 from ensemble_lab.runs.callbacks import FinalLastCheckpoint
@@ -117,15 +118,11 @@ def continue_run(trainer: L.Trainer, ckpt_path: str) -> Path | None:
     if logger is not None:
         # log_dir = <save_dir>/<name>/<version>: nothing has been logged yet, so no directory exists elsewhere
         save_dir, name = str(run_dir.parent.parent), run_dir.parent.name
-        if isinstance(logger, CSVLogger):
-            logger._save_dir = save_dir
-        logger._root_dir, logger._name, logger._version = save_dir, name, run_dir.name
-        if isinstance(logger, TensorBoardLogger):
-            logger._sub_dir = None  # events beside the run's checkpoints, not in a subfolder
+        place_logger_run(logger, save_dir, name, run_dir.name)  # events beside the run's checkpoints, not in a subfolder
     elif trainer.loggers:
         return None  # a logger that places runs its own way (W&B, MLflow, ...)
     else:
-        setattr(trainer, "_default_root_dir", str(run_dir))  # no logger: checkpoints/ goes below the trainer root (a private field)
+        set_default_root_dir(trainer, str(run_dir))  # no logger: checkpoints/ goes below the trainer root
     callbacks = cast(list[Callback], getattr(trainer, "callbacks"))  # set by Lightning's callback connector, not declared on Trainer
     for callback in callbacks:  # the --checkpoint callback; a user's own ModelCheckpoint keeps its folder
         if isinstance(callback, FinalLastCheckpoint) and callback.dirpath:
