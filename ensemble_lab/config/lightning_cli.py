@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ensemble_lab.config.failures import user_message
+from ensemble_lab.config.legacy import upgrade_argv
 from ensemble_lab.config.parser_errors import EnsembleLabArgumentParser
 from ensemble_lab.config.run_config import as_tested, comparable, flatten
 from ensemble_lab.config.training_length import bound_training
@@ -33,6 +34,7 @@ from ensemble_lab.runs.checkpoint_files import load_checkpoint
 from ensemble_lab.runs.checkpoints import check_monitors, checkpoint_record, settle_monitors
 from ensemble_lab.runs.interrupts import INTERRUPTED, TERMINATED, InterruptWatch
 from ensemble_lab.runs.layout import run_dir_of_checkpoint
+from ensemble_lab.runs.legacy_keys import translate_config
 from ensemble_lab.runs.metrics_csv import MetricsCSV
 from ensemble_lab.runs.results import check_can_write
 from ensemble_lab.runs.resume import (
@@ -65,7 +67,7 @@ class EnsembleLabCLI(LightningCLI):
             EnsembleDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            args=list(args) if args is not None else None,
+            args=upgrade_argv(args) if args is not None else None,  # old flags in their new spelling
             **kwargs,
         )
 
@@ -237,7 +239,7 @@ class EnsembleLabCLI(LightningCLI):
         # what the run is, for results.json: the options this command ran with and, for a test of a
         # run's checkpoint, the ones its weights were trained with (the run's config.yaml) and what differs
         ran_with = self.resolved_config()
-        trained_with = _read_yaml(run_dir / "config.yaml") if run_dir is not None else None
+        trained_with = translate_config(_read_yaml(run_dir / "config.yaml")) if run_dir is not None else None
         self.model.run_name = config.get("run_name") or (trained_with or ran_with).get("run_name")
         # flat keys, without where the run lives (its directory, the checkpoint it resumed): results.json
         # depends on what was trained and tested, not on where

@@ -36,8 +36,9 @@ from ensemble_lab.errors import ConfigError
 from ensemble_lab.figures import comparison as draw
 from ensemble_lab.figures.style import LINESTYLES, MARKERS, Look, check_formats, label_colours, save_figure, who
 from ensemble_lab.metrics.classification import member_mean, uncertainty_scores
-from ensemble_lab.nn.backbones import backbone_dimensions
+from ensemble_lab.nn.backbones import backbone_from
 from ensemble_lab.report.training_curves import CURVE_TAGS, has_epochs, mean_std, per_epoch, read_scalars
+from ensemble_lab.runs.legacy_keys import translate_flat
 
 SCORES = ("msp", "entropy", "mi")
 #: (x, y) panels of the diversity figure: label metrics on id / shift sets, detection on ood sets
@@ -339,11 +340,13 @@ def backbone_dims(docs: Sequence[dict[str, Any]]) -> dict[str, int] | None:
     """The depth and width of a row's backbone (results.json ``config``), the same in every run; None if unrecorded."""
     found = set()
     for doc in docs:
-        config = doc.get("config") or {}
-        options = {k.removeprefix("model.init_args."): v for k, v in config.items() if k.startswith("model.init_args.")}
+        config = translate_flat(doc.get("config") or {})  # older option names: today's
+        prefix = "model.init_args.backbone."
+        options = {k.removeprefix(prefix + "init_args."): v for k, v in config.items() if k.startswith(prefix + "init_args.")}
         try:
-            found.add(tuple(sorted(backbone_dimensions(str(options.get("backbone")), options).items())))
-        except (ConfigError, KeyError, TypeError, IndexError):  # an older or hand-written record
+            backbone = backbone_from({"class_path": config[prefix + "class_path"], "init_args": options})
+            found.add(tuple(sorted(backbone.dimensions().items())))
+        except (ConfigError, KeyError, TypeError, IndexError):  # a hand-written record
             return None
     return dict(found.pop()) if len(found) == 1 else None
 

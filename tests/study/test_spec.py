@@ -306,7 +306,7 @@ def test_options_added_since_a_run_was_recorded_do_not_mark_it_changed(tmp_path,
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")
     [current] = load_study(study, out)
     today = current.resolved()
-    added = ["model.init_args.teacher", "model.init_args.distill_alpha", "calibration", "eval_sets_every"]  # options of later versions
+    added = ["model.init_args.distillation", "model.init_args.repulsion", "calibration", "eval_sets_every"]  # options of later versions
     assert set(added) <= set(today)
     old_config = {k: v for k, v in today.items() if k not in added}
     record = {"argv": current.fit_args(resume=False), "config": old_config}
