@@ -42,10 +42,17 @@ class BackboneOptions:
         """The options as plain values, in the order of ``__init__`` (what a checkpoint records)."""
         return {name: plain(getattr(self, name)) for name in options_of(self.options_class())}
 
+    @classmethod
+    def class_path(cls) -> str:
+        """The class path a config records: ``ensemble_lab.nn.<Name>`` for ensemble-lab's backbones (the package
+        exports each, and jsonargparse writes that shortest path), else the defining module's."""
+        own = cls.options_class()
+        package = "ensemble_lab.nn"
+        return f"{package}.{own.__qualname__}" if own.__module__.startswith(package + ".") else f"{own.__module__}.{own.__qualname__}"
+
     def record(self) -> dict[str, Any]:
         """``{"class_path": ..., "init_args": {...}}``, as config.yaml and a checkpoint's hyper-parameters hold it."""
-        cls = self.options_class()
-        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": self.options()}
+        return {"class_path": self.class_path(), "init_args": self.options()}
 
     def build(self, layers: Any, input_shape: Sequence[int], num_classes: int, dropout: float = 0.0, **derived: Any) -> nn.Module:
         """The network on member-major rows from the method's layer factory ``layers``; ``derived``: sizes only a

@@ -47,15 +47,16 @@ BACKBONES: dict[str, Backbone] = dict([_entry(MLPOptions), _entry(ResNet18Option
 
 
 def class_path(cls: type[BackboneOptions]) -> str:
-    """The class path config.yaml records for a backbone's options class."""
-    return f"{cls.__module__}.{cls.__qualname__}"
+    """The class path config.yaml records for a backbone's options class (as jsonargparse writes it: from
+    ``ensemble_lab.nn``, which exports every one)."""
+    return cls.class_path()
 
 
-def _options_class(name: str) -> type[BackboneOptions]:
+def options_class(name: str) -> type[BackboneOptions]:
     """The options class named by a short name ("mlp"), a class name ("MLPOptions") or a class path."""
     for short, backbone in BACKBONES.items():
         cls = backbone.options_class
-        if name in (short, cls.__name__, class_path(cls), f"ensemble_lab.nn.{cls.__name__}"):
+        if name in (short, cls.__name__, class_path(cls), f"{cls.__module__}.{cls.__qualname__}"):
             return cls
     classes = ", ".join(b.options_class.__name__ for b in BACKBONES.values())
     raise ConfigError(f"backbone={name!r} is not known; allowed: {', '.join(BACKBONES)} (or their options classes {classes})")
@@ -67,9 +68,9 @@ def backbone_from(value: "BackboneOptions | str | Mapping[str, Any]") -> Backbon
     if isinstance(value, BackboneOptions):
         return value.options_class()(**value.options())  # its own copy (a signature's default object is shared)
     if isinstance(value, str):
-        return _options_class(value)()
+        return options_class(value)()
     if isinstance(value, Mapping) and isinstance(value.get("class_path"), str):
-        cls = _options_class(value["class_path"])
+        cls = options_class(value["class_path"])
         given = dict(value.get("init_args") or {})
         unknown = sorted(set(given) - set(BACKBONES[cls.name].options))
         if unknown:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.backbone_options import plain
-from ensemble_lab.nn.backbones import BACKBONES, backbone_options, class_path
+from ensemble_lab.nn.backbones import BACKBONES, backbone_options, class_path, options_class
 
 #: old model option (``--model.<old>``) -> where it lives now (``--model.<new>``)
 LEGACY_MODEL_KEYS: dict[str, str] = {
@@ -46,8 +46,9 @@ def _backbone_record(backbone: Any, given: Mapping[str, Any]) -> Any:
     None read as the default); a backbone already in the new form, or unknown, is returned as it is."""
     if not isinstance(backbone, str):
         return backbone
-    name = next((n for n, b in BACKBONES.items() if backbone in (n, class_path(b.options_class), b.options_class.__name__)), None)
-    if name is None:
+    try:
+        name = options_class(backbone).name
+    except ConfigError:
         return backbone  # unknown: the model refuses it with the list of backbones
     # another backbone's option is refused, unless at its default (records of early releases hold them all)
     init_args = {k: plain(v) for k, v in backbone_options(name, **given).items()}

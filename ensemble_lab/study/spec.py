@@ -50,7 +50,7 @@ from ensemble_lab.config.lightning_cli import check_arguments
 from ensemble_lab.config.run_config import comparable, differences, flatten
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.io import first_free_number, load_yaml_file
-from ensemble_lab.runs.legacy_keys import translate_flat
+from ensemble_lab.runs.legacy_keys import translate_argv, translate_flat
 from ensemble_lab.study.args import Connectivity, connectivity_step, describe_change, teachers_first
 
 STUDY_KEYS = {"out", "seeds", "args", "methods", "connectivity", "report", "slurm"}
@@ -109,7 +109,7 @@ class Run:
         The logger names the run directory (``<out>/<name>/seed_<s>``) and checkpoints go to Lightning's
         default ``<run>/checkpoints`` (dirpath null): a resume then continues in the run directory the way
         ``ensemble-lab fit --ckpt_path`` does, keeping config.yaml and adding config.resume-N.yaml. A student's
-        ``--model.teacher`` is only read when its fit starts, so its arguments parse before the teacher has run.
+        ``--model.distillation.teacher`` is only read when its fit starts, so its arguments parse before the teacher has run.
         """
         logger = {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -184,10 +184,11 @@ class Run:
             recorded, config = record["argv"], record.get("config")
             if not isinstance(recorded, list) or not isinstance(config, (dict, type(None))):
                 raise TypeError("argv is not a list, or config not a mapping")
+            recorded = translate_argv(recorded)[0]  # older flags in today's spelling
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             return f"{RECORD} unreadable ({error})"
         if config is None:
-            own = describe_change(recorded, self.fit_args(resume=False))
+            own = describe_change(recorded, translate_argv(self.fit_args(resume=False))[0])
             parts = [own] if own else []
         else:
             before, today = comparable(translate_flat(config)), self.resolved()  # older option names: today's

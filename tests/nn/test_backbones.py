@@ -76,3 +76,12 @@ def test_no_hidden_layer_builds_a_linear_model_with_a_warning():
         network = build("mlp", hidden_sizes=[])
     assert len(record) == 1 and "\n" not in str(record[0].message)
     assert linear_sizes(network) == [(64, 10)]
+
+
+def test_every_backbone_options_class_is_exported_where_configs_name_it():
+    import ensemble_lab.nn
+
+    for name, backbone in BACKBONES.items():
+        cls = backbone.options_class
+        assert cls.name == name and getattr(ensemble_lab.nn, cls.__name__) is cls
+        assert cls.class_path() == f"ensemble_lab.nn.{cls.__name__}"

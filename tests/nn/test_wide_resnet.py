@@ -212,7 +212,7 @@ def test_methods_build_wide_resnet_end_to_end(cls):
     out = model(torch.randn(5, 3, 8, 8))
     assert out.shape == (m, 5, 10)
     # the checkpoint records the backbone's options object, without other backbones' options
-    assert model.hparams["backbone"] == {"class_path": "ensemble_lab.nn.wide_resnet.WideResNetOptions", "init_args": {"depth": 10, "widen_factor": 1}}
+    assert model.hparams["backbone"] == {"class_path": "ensemble_lab.nn.WideResNetOptions", "init_args": {"depth": 10, "widen_factor": 1}}
     assert not {"width", "hidden_sizes", "depth", "widen_factor"} & set(model.hparams)
 
 

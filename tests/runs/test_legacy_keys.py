@@ -5,9 +5,9 @@ import pytest
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.runs.legacy_keys import translate_argv, translate_config, translate_flat, translate_model_args
 
-MLP = "ensemble_lab.nn.mlp.MLPOptions"
-RESNET = "ensemble_lab.nn.resnet.ResNet18Options"
-WRN = "ensemble_lab.nn.wide_resnet.WideResNetOptions"
+MLP = "ensemble_lab.nn.MLPOptions"
+RESNET = "ensemble_lab.nn.ResNet18Options"
+WRN = "ensemble_lab.nn.WideResNetOptions"
 #: what every model recorded before the change (config.yaml and checkpoint hyper-parameters), main at 9fa6435
 OLD_DEFAULTS = {
     "teacher": None, "distill_temperature": 4.0, "distill_alpha": 0.5, "distill_match": "mean",

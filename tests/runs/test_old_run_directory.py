@@ -104,5 +104,5 @@ def test_old_flags_still_parse_with_a_deprecation_note(tmp_path, capsys):
     assert "--model.repulsion is deprecated (it still works): use --model.repulsion.strength" in err
     (run,) = run_dirs(tmp_path)
     options = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
-    assert options["backbone"] == {"class_path": "ensemble_lab.nn.mlp.MLPOptions", "init_args": {"hidden_sizes": [16]}}
+    assert options["backbone"] == {"class_path": "ensemble_lab.nn.MLPOptions", "init_args": {"hidden_sizes": [16]}}
     assert options["repulsion"] == {"strength": 0.1, "bandwidth": 0.5} and options["distillation"] is None
