@@ -1,4 +1,4 @@
 """How a run is configured: ``lightning_cli`` (the LightningCLI subclass behind ``fit`` / ``validate`` /
 ``test`` / ``predict``), ``parser_errors`` (one line for a bad option), ``run_config`` (a run's resolved
 configuration, flattened and compared), ``failures`` (which errors are the user's), ``training_length``
-(``--max_epochs`` / ``--max_steps`` checks)."""
+(``--max_epochs`` / ``--max_steps`` checks), ``legacy`` (old flags and config keys read in today's spelling)."""
