@@ -158,8 +158,8 @@ def test_other_architecture_is_named_and_refused_before_anything_is_written(fitt
         with pytest.raises(SystemExit):
             main(["test", f"--config={fitted / 'config.yaml'}", f"--ckpt_path={ckpt}", "--model.backbone.hidden_sizes=[32,16]"])
     err = capsys.readouterr().err
-    assert ("was trained as BatchEnsemble with num_members=4, num_classes=10, hidden_sizes=[64, 32, 16]; "
-            "this run builds BatchEnsemble with num_members=4, num_classes=10, hidden_sizes=[32, 16]") in err
+    assert ("was trained as BatchEnsemble with num_members=4, num_classes=10, backbone.hidden_sizes=[64, 32, 16]; "
+            "this run builds BatchEnsemble with num_members=4, num_classes=10, backbone.hidden_sizes=[32, 16]") in err
     assert "Restoring states" not in err  # refused before Lightning loads anything
     assert sorted(p.name for p in fitted.iterdir()) == before and run_dirs(fitted.parent.parent) == [fitted]
 
