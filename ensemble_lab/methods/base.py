@@ -126,7 +126,7 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         given = {**legacy, "backbone": backbone, "repulsion": repulsion}
         if distillation is not None:
             given["distillation"] = distillation
-        new, _ = translate_model_args(given)
+        new, _ = translate_model_args(given, strict=True)
         unknown = sorted(set(new) - {"backbone", "distillation", "repulsion"})
         if unknown:
             raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument {unknown[0]!r}")

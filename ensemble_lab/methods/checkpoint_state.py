@@ -69,12 +69,19 @@ def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
     """The options that fix a network's tensors, as comparable plain values: the backbone (its options object's
     ``{"class_path", "init_args"}``, defaults filled in), num_classes and input_shape. The one reading of a
     checkpoint's hyper-parameters as a network (old flat keys translated)."""
-    hparams, _ = translate_model_args(hparams, hparams.get("_class_path"))
+    hparams, _ = translate_model_args({"backbone": "mlp", **hparams}, hparams.get("_class_path"))  # mlp: the old default
     return {
         "backbone": backbone_from(hparams.get("backbone") or "mlp").record(),
         "num_classes": int(hparams.get("num_classes", 10)),
         "input_shape": [int(v) for v in hparams.get("input_shape", (1, 8, 8))],
     }
+
+
+def flat_architecture(arch: dict[str, Any]) -> dict[str, Any]:
+    """:func:`architecture` as the keys messages name: backbone (its short name), backbone.<option>, the rest as they are."""
+    backbone = backbone_from(arch["backbone"])
+    rest = {k: v for k, v in arch.items() if k != "backbone"}
+    return {"backbone": backbone.name, **{f"backbone.{k}": v for k, v in backbone.options().items()}, **rest}
 
 
 def _architecture(hparams: dict[str, Any]) -> dict[str, Any]:

@@ -55,12 +55,14 @@ def _backbone_record(backbone: Any, given: Mapping[str, Any]) -> Any:
     return {"class_path": class_path(BACKBONES[name].options_class), "init_args": init_args}
 
 
-def translate_model_args(args: Mapping[str, Any], method: str | None = None) -> tuple[dict[str, Any], list[str]]:
+def translate_model_args(args: Mapping[str, Any], method: str | None = None, strict: bool = False) -> tuple[dict[str, Any], list[str]]:
     """A model's options (``init_args`` of a config, or checkpoint hyper-parameters) with old keys in their new
     places, and the old keys found. ``method``: the class name (or path) the options belong to.
 
     A short backbone name becomes its options object's ``{"class_path", "init_args"}`` with every option at its
-    value or default, so that an old and a new record of one network compare equal.
+    value or default, so that an old and a new record of one network compare equal. Distillation options
+    without a teacher are a ConfigError when ``strict`` (options a user gives), else kept as they are (a
+    record is read, never refused).
     """
     new = dict(args)
     found = [key for key in LEGACY_MODEL_KEYS if key in new]
@@ -69,9 +71,11 @@ def translate_model_args(args: Mapping[str, Any], method: str | None = None) -> 
     teacher = new.pop("teacher", None)
     distill = {k.removeprefix("distill_"): new.pop(k) for k in ("distill_temperature", "distill_alpha", "distill_match") if k in new}
     changed = [f"distill_{k}" for k, v in distill.items() if v != OLD_DISTILL_DEFAULTS[k]]
-    if teacher is None and changed and "distillation" not in new:  # a record never has them: a mistake of the user's
-        raise ConfigError(f"--model.{changed[0]} applies only when distilling; pass --model.distillation.teacher <checkpoint> or drop it")
-    if "teacher" in found or distill:
+    if teacher is None and changed and "distillation" not in new:  # no ensemble-lab record has them: the user's
+        if strict:
+            raise ConfigError(f"--model.{changed[0]} applies only when distilling; pass --model.distillation.teacher <checkpoint> or drop it")
+        new.update({f"distill_{k}": v for k, v in distill.items()})
+    elif "teacher" in found or distill:
         new.setdefault("distillation", None if teacher is None else {"teacher": teacher, **distill})
     # repulsion: a number (the old λ; 0: off) is the strength
     bandwidth = new.pop("repulsion_bandwidth", None)

@@ -40,7 +40,8 @@ def test_distillation_and_repulsion_become_their_objects():
     assert new == {"distillation": {"teacher": "t.ckpt", "temperature": 4.0, "alpha": 0.2, "match": "mean"},
                    "repulsion": {"strength": 0.3, "bandwidth": 0.7}}  # fmt: skip
     with pytest.raises(ConfigError, match="--model.distill_alpha applies only when distilling"):
-        translate_model_args({"distill_alpha": 0.2})
+        translate_model_args({"distill_alpha": 0.2}, strict=True)
+    assert translate_model_args({"distill_alpha": 0.2})[0] == {"distill_alpha": 0.2}  # a record is kept, never refused
     already_new = {"repulsion": {"strength": 0.1, "bandwidth": 0.5}, "distillation": None}
     assert translate_model_args(already_new) == (already_new, [])
 
