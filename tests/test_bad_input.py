@@ -156,10 +156,10 @@ def test_other_architecture_is_named_and_refused_before_anything_is_written(fitt
     before = sorted(p.name for p in fitted.iterdir())
     with working_directory(fitted.parent.parent):
         with pytest.raises(SystemExit):
-            main(["test", f"--config={fitted / 'config.yaml'}", f"--ckpt_path={ckpt}", "--model.hidden_sizes=[32,16]"])
+            main(["test", f"--config={fitted / 'config.yaml'}", f"--ckpt_path={ckpt}", "--model.backbone.hidden_sizes=[32,16]"])
     err = capsys.readouterr().err
-    assert ("was trained as BatchEnsemble with num_members=4, num_classes=10, hidden_sizes=[64, 32, 16]; "
-            "this run builds BatchEnsemble with num_members=4, num_classes=10, hidden_sizes=[32, 16]") in err
+    assert ("was trained as BatchEnsemble with num_members=4, num_classes=10, backbone.hidden_sizes=[64, 32, 16]; "
+            "this run builds BatchEnsemble with num_members=4, num_classes=10, backbone.hidden_sizes=[32, 16]") in err
     assert "Restoring states" not in err  # refused before Lightning loads anything
     assert sorted(p.name for p in fitted.iterdir()) == before and run_dirs(fitted.parent.parent) == [fitted]
 
@@ -211,7 +211,7 @@ def _reader_command(reader: str, fitted: Path, bad: Path) -> tuple[list[str], st
     return {
         "test": (["test", config, f"--ckpt_path={bad}"], "--ckpt_path"),
         "fit resume": (["fit", config, f"--ckpt_path={bad}"], "--ckpt_path"),
-        "teacher": ([*FIT, *QUICK, f"--model.teacher={bad}"], "teacher checkpoint"),
+        "teacher": ([*FIT, *QUICK, f"--model.distillation.teacher={bad}"], "teacher checkpoint"),
         "members": (["test", "--model=DeepEnsemble", "--data=DigitsDataModule", *QUICK,
                      f"--model.member_checkpoints=[{bad},{fitted / 'checkpoints' / 'last.ckpt'}]"], "member checkpoint"),
         "connectivity": (["connectivity", "--config", str(fitted / "config.yaml"), "--ckpt_path", str(bad)], "--ckpt_path"),

@@ -51,7 +51,7 @@ def fit_then_test(cli, tmp_path, config: str, data_args: list[str], *extra: str)
 def test_cifar10_fit_then_test(cli, tmp_path, config):
     data = fx.write_cifar_benchmark(tmp_path / "data")
     config_path = str(REPO / "configs" / "cifar10" / f"{config}.yaml")
-    run, results = fit_then_test(cli, tmp_path, config_path, fx.cifar_args(data), "--model.width=4")
+    run, results = fit_then_test(cli, tmp_path, config_path, fx.cifar_args(data), "--model.backbone.width=4")
     check_results(results, config, "CIFAR10DataModule", CIFAR_ROLES)
     assert len(np.load(run / "predictions" / "cifar10c.npz")["targets"]) == 19 * fx.CIFAR10C_BLOCK
 

@@ -24,6 +24,7 @@ from ensemble_lab.compat import (
 )
 from ensemble_lab.config.checks import check_config_files, is_print_config, quiet_checkpoint_callback_state, quiet_known_warnings
 from ensemble_lab.config.failures import user_message
+from ensemble_lab.config.legacy import upgrade_argv
 from ensemble_lab.config.options import CKPT_PATH_HELP, add_run_options
 from ensemble_lab.config.outputs import describe_run, evaluation_options
 from ensemble_lab.config.parser_errors import EnsembleLabArgumentParser
@@ -71,7 +72,7 @@ class EnsembleLabCLI(LightningCLI):
             EnsembleDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            args=list(args) if args is not None else None,
+            args=upgrade_argv(args) if args is not None else None,  # old flags in their new spelling
             **kwargs,
         )
 

@@ -8,6 +8,7 @@ import yaml
 
 from ensemble_lab.config.run_config import as_tested, comparable, flatten
 from ensemble_lab.evaluation.outputs import Calibration, EvaluationOptions, RunRecord
+from ensemble_lab.runs.legacy_keys import translate_config
 
 
 def evaluation_options(config: Any, subcommand: str | None) -> EvaluationOptions:
@@ -27,7 +28,7 @@ def describe_run(record: RunRecord, config: Any, ran_with: dict[str, Any], run_d
     log_dir), its name, the options the test ran with (``ran_with``: the command's resolved configuration)
     and, for a test of a run's checkpoint, those its weights were trained with (the run's config.yaml) and
     what differs. ``config``: the command's parsed configuration; ``fitting``: the command is a fit."""
-    trained_with = _read_yaml(run_dir / "config.yaml") if run_dir is not None else None
+    trained_with = translate_config(_read_yaml(run_dir / "config.yaml")) if run_dir is not None else None  # older option names: today's
     run_name = config.get("run_name") or (trained_with or ran_with).get("run_name")
     # flat keys, without where the run lives (its directory, the checkpoint it resumed): results.json
     # depends on what was trained and tested, not on where

@@ -12,12 +12,13 @@ import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from jsonargparse import ActionConfigFile
 from lightning.pytorch.cli import LightningArgumentParser
 
 from ensemble_lab.compat import parser_actions
+from ensemble_lab.config.legacy import PARSER_MODE
 from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.base import EnsembleModule
@@ -26,7 +27,13 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 class EnsembleLabArgumentParser(LightningArgumentParser):
-    """LightningArgumentParser whose errors are a ConfigError with a one-line message."""
+    """LightningArgumentParser whose errors are a ConfigError with a one-line message, reading config files
+    with old model keys translated (``legacy.PARSER_MODE``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """LightningArgumentParser's arguments; ``parser_mode`` defaults to ``legacy.PARSER_MODE``."""
+        kwargs.setdefault("parser_mode", PARSER_MODE)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         # jsonargparse parses nested classes with throw-away parsers (exit_on_error=False) and

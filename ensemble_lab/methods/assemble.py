@@ -16,7 +16,7 @@ import yaml
 from torch import Tensor, nn
 
 from ensemble_lab.errors import CheckpointMismatchError, ConfigError
-from ensemble_lab.methods.checkpoint_state import architecture, read_checkpoint
+from ensemble_lab.methods.checkpoint_state import architecture, flat_architecture, read_checkpoint
 from ensemble_lab.methods.single import SingleModel
 from ensemble_lab.nn import EnsembleBatchNorm2d, EnsembleConv2d, EnsembleLinear
 from ensemble_lab.runs.layout import run_dir_of_checkpoint
@@ -37,7 +37,7 @@ def check_single(path: Path, hparams: dict[str, Any], expected: dict[str, Any]) 
             f"member checkpoint {path} is a {method}, not a SingleModel; "
             "a Deep Ensemble is assembled from separately trained SingleModel runs"
         )
-    found = architecture(hparams)
+    found, expected = flat_architecture(architecture(hparams)), flat_architecture(expected)
     for key, want in expected.items():
         if found.get(key) != want:
             raise CheckpointMismatchError(

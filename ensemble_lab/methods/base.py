@@ -5,32 +5,25 @@ from typing import Any
 
 import lightning as L
 import torch
+from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ensemble_lab.compat import attached_trainer
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation import UncertaintyEvalMixin
 from ensemble_lab.methods.checkpoint_state import CheckpointStateMixin
-from ensemble_lab.methods.distillation import (
-    DEFAULT_ALPHA,
-    DEFAULT_MATCH,
-    DEFAULT_TEMPERATURE,
-    Distillation,
-    check_distillation_options,
-)
-from ensemble_lab.methods.repulsion import DEFAULT_BANDWIDTH, add_repulsion, check_repulsion_options
+from ensemble_lab.methods.objectives import DistillationOptions, RepulsionOptions, distillation_from, repulsion_from
 from ensemble_lab.methods.training_batch import TrainingBatch
-from ensemble_lab.nn import LayerFactory, build_backbone, plain_layers, tile_members
-from ensemble_lab.nn.backbones import backbone_options
+from ensemble_lab.nn import BackboneOptions, LayerFactory, MLPOptions, backbone_from, build_backbone, plain_layers, tile_members
 from ensemble_lab.nn.dropout import check_dropout_p
 from ensemble_lab.nn.members import check_num_members
 from ensemble_lab.nn.memory_format import use_channels_last
+from ensemble_lab.runs.legacy_keys import BACKBONE_KEYS, LEGACY_MODEL_KEYS, translate_model_args
 
 #: checkpoint entry holding the training sums of the epoch a checkpoint was written in
 EPOCH_SUMS = "ensemble_lab_epoch_sums"
-#: every backbone's options, in the order of the signature (each backbone takes its own, the others stay None)
-BACKBONE_OPTIONS = ("hidden_sizes", "width", "depth", "widen_factor")
 
 
 def member_targets(targets: Tensor, num_members: int) -> Tensor:
@@ -59,11 +52,7 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
     def __init__(
         self,
         num_members: int = 4,
-        backbone: str = "mlp",
-        hidden_sizes: Sequence[int] | None = None,
-        width: int | None = None,
-        depth: int | None = None,
-        widen_factor: int | None = None,
+        backbone: BackboneOptions | str = lazy_instance(MLPOptions),
         dropout: float = 0.0,
         num_classes: int = 10,
         input_shape: Sequence[int] = (1, 8, 8),
@@ -71,27 +60,18 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         lr_scheduler: LRSchedulerCallable | None = None,
         channels_last: bool = False,
         compile: bool = False,
-        teacher: str | list[str] | None = None,
-        distill_temperature: float = DEFAULT_TEMPERATURE,
-        distill_alpha: float = DEFAULT_ALPHA,
-        distill_match: str = DEFAULT_MATCH,
-        repulsion: float = 0.0,
-        repulsion_bandwidth: float = DEFAULT_BANDWIDTH,
+        distillation: DistillationOptions | None = None,
+        repulsion: RepulsionOptions | None = None,
+        **legacy_options: Any,
     ) -> None:
         """
         Mixed precision is a trainer option: ``--trainer.precision bf16-mixed`` (CPU and GPU).
 
         Args:
             num_members: number of ensemble members M (MC Dropout: number of test-time samples).
-            backbone: network architecture: "mlp", "resnet18" or "wide_resnet".
-            hidden_sizes: hidden layer widths of the "mlp" backbone, each >= 1; None: (64, 32, 16).
-                [] builds a linear model (with a warning). Refused with another backbone.
-            width: channels of the first stage of the "resnet18" backbone, >= 1; None: 64 (the paper's).
-                Refused with another backbone.
-            depth: number of weighted layers of the "wide_resnet" backbone, 6n + 4 >= 10; None: 28 (WRN-28-10).
-                Refused with another backbone.
-            widen_factor: widening factor k of the "wide_resnet" backbone (stages of 16k, 32k, 64k channels), >= 1;
-                None: 10 (WRN-28-10). Refused with another backbone.
+            backbone: the network architecture and its own options: ``mlp`` (MLPOptions: hidden_sizes),
+                ``resnet18`` (ResNet18Options: width) or ``wide_resnet`` (WideResNetOptions: depth, widen_factor),
+                e.g. ``--model.backbone resnet18 --model.backbone.width 32``; default: mlp with hidden sizes 64, 32, 16.
             dropout: dropout probability in the backbone, in [0, 1); 0 builds no dropout layers.
             num_classes: number of classes; linked from the datamodule by the CLI.
             input_shape: shape of one input image (C, H, W); linked from the datamodule by the CLI.
@@ -102,40 +82,56 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
                 DeepEnsemble's grouped layers work in NCHW whatever this says.
             compile: compile the network with torch.compile on its first call (a slow first step,
                 then faster steps, mostly on GPUs). Parameter names and checkpoints are unchanged.
-            teacher: distil from a trained model: the checkpoint of an ensemble-lab run of any method
-                (<run>/checkpoints/last.ckpt), or a list of SingleModel checkpoints assembled into a Deep Ensemble
-                ([a.ckpt,b.ckpt,...]). Read when fit starts; frozen, in eval mode, on the student's batch; only
-                its path is stored with the student. None: no distillation.
-            distill_temperature: T > 0: teacher and student probabilities are both softmax(logits / T).
-            distill_alpha: α in [0, 1]: loss = α · (the method's loss: cross-entropy) + (1 − α) · T² ·
-                KL(teacher_T ‖ student_T); 1: cross-entropy only.
-            distill_match: "mean" (every student member learns the teacher members' mean probabilities) or
-                "member" (student member i learns teacher member i; the numbers of members must match).
-            repulsion: λ >= 0: add λ · mean over member pairs and images of exp(−‖p_i − p_j‖² / (2σ²)) to the training
-                loss (p: the members' softmax probabilities), pushing members apart in function space; logged as
-                train/repulsion. Needs M >= 2 members trained on the same images. 0: off.
-            repulsion_bandwidth: σ > 0 of that kernel (squared distances of probability vectors lie in [0, 2]).
+            distillation: distil from a trained teacher (``--model.distillation.teacher <run>/checkpoints/last.ckpt``,
+                ``.temperature``, ``.alpha``, ``.match``); None: no distillation.
+            repulsion: push members apart in function space (``--model.repulsion.strength 0.1``, ``.bandwidth``);
+                None: off.
+            legacy_options: options of the old flat spelling (``hidden_sizes``, ``teacher``, ``repulsion`` as a
+                number, ...), as Python code and checkpoints written before options had their objects give them;
+                translated to the new ones.
         """
         super().__init__()
+        if legacy_options or isinstance(backbone, str) or isinstance(repulsion, (int, float)):
+            backbone, distillation, repulsion = self._translate_legacy(backbone, distillation, repulsion, legacy_options)
         check_num_members(num_members)
         check_dropout_p(dropout, "model.dropout")
-        check_distillation_options(teacher, distill_temperature, distill_alpha, distill_match)
-        check_repulsion_options(repulsion, repulsion_bandwidth, num_members)
-        given = dict(zip(BACKBONE_OPTIONS, (hidden_sizes, width, depth, widen_factor)))  # every backbone's options
-        options = backbone_options(backbone, **given)  # this backbone's, defaults filled in
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        # checkpoints record the network built: this backbone's options resolved, the others None
-        self.hparams.update({**dict.fromkeys(given), **options})
+        self.backbone = backbone_from(backbone)
+        options = self.backbone.options()
+        self.distillation_options, self.repulsion_options = distillation_from(distillation), repulsion_from(repulsion)
+        if self.repulsion_options is not None:
+            self.repulsion_options.check_members(num_members)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "legacy_options"])
+        # checkpoints record plain values (weights_only loading reads them): the backbone built, the objectives' options
+        for old in set(LEGACY_MODEL_KEYS) - {"repulsion"}:  # a subclass's **kwargs passed old names on: not recorded
+            self.hparams.pop(old, None)
+        self.hparams.update(
+            backbone=self.backbone.record(),
+            distillation=None if self.distillation_options is None else self.distillation_options.record(),
+            repulsion=None if self.repulsion_options is None else self.repulsion_options.record(),
+        )
         self.num_members = num_members
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        self.network = self.build_network(backbone, tuple(input_shape), num_classes, dropout, options)
+        self.network = self.build_network(self.backbone.name, tuple(input_shape), num_classes, dropout, options)
         if channels_last:
             use_channels_last(self.network)
         if compile:
             self.network.compile()  # in place: state_dict keys stay "network.*"
         # a plain object, not a submodule: the teacher is in no state_dict, optimizer or train() switch of the student
-        self.distillation = None if teacher is None else Distillation(teacher, distill_temperature, distill_alpha, distill_match)
-        self.repulsion, self.repulsion_bandwidth = float(repulsion), float(repulsion_bandwidth)
+        self.distillation = None if self.distillation_options is None else self.distillation_options.build()
+
+    def _translate_legacy(self, backbone: Any, distillation: Any, repulsion: Any, legacy: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """The new options from old flat ones (and a short backbone name): the translation config files and
+        checkpoints go through (``ensemble_lab.runs.legacy_keys``)."""
+        if isinstance(backbone, BackboneOptions) and any(key in legacy for key in BACKBONE_KEYS):
+            backbone = backbone.name  # the default object, with old flat options given beside it
+        given = {**legacy, "backbone": backbone, "repulsion": repulsion}
+        if distillation is not None:
+            given["distillation"] = distillation
+        new, _ = translate_model_args(given, strict=True)
+        unknown = sorted(set(new) - {"backbone", "distillation", "repulsion"})
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument {unknown[0]!r}")
+        return new["backbone"], new.get("distillation"), new["repulsion"]
 
     def build_network(
         self, backbone: str, input_shape: tuple[int, ...], num_classes: int, dropout: float, options: dict[str, Any]
@@ -163,11 +159,9 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
     def member_network(self) -> nn.Module:
         """One member as a plain network (``member_layer_factory``, no dropout), on the CPU: the network
         whose tensors a layer's ``member_state(i)`` gives for member i (used by ``connectivity``)."""
-        hp = self.hparams
-        options = backbone_options(hp["backbone"], **{name: hp.get(name) for name in BACKBONE_OPTIONS})
-        shape, classes = tuple(hp["input_shape"]), hp["num_classes"]
-        layers = self.member_layer_factory()
-        return build_backbone(hp["backbone"], layers, shape, classes, dropout=0.0, **self.member_backbone_options(options))
+        shape, classes = tuple(self.hparams["input_shape"]), self.hparams["num_classes"]
+        options = self.member_backbone_options(self.backbone.options())
+        return build_backbone(self.backbone.name, self.member_layer_factory(), shape, classes, dropout=0.0, **options)
 
     def forward(self, x: Tensor) -> Tensor:
         """Images (B, ...) -> member logits (M, B, C); the batch is tiled member-major inside."""
@@ -203,8 +197,8 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         loss = self.training_loss(logits, targets)
         if self.distillation is not None:  # α · loss + (1 − α) · T² · KL(teacher_T ‖ student_T)
             loss = self.distillation.loss(self, batch[0], step, loss)
-        if self.repulsion:  # + λ · mean RBF kernel between members' probabilities
-            loss, kernel = add_repulsion(type(self).__name__, logits, targets, loss, self.repulsion, self.repulsion_bandwidth)
+        if self.repulsion_options is not None and self.repulsion_options.strength:  # + λ · mean RBF kernel between members' probabilities
+            loss, kernel = self.repulsion_options.add(type(self).__name__, logits, targets, loss)
             self.log("train/repulsion", kernel.detach(), on_step=True, on_epoch=False)
         logged = self.logged_loss(loss.detach(), logits.detach())
         # Nothing here waits for the device. Epoch sums stay on the device and are logged once per
@@ -248,7 +242,7 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         # (after an epoch-end checkpoint, the next epoch's on_train_epoch_start starts afresh). Under
         # DDP the checkpoint holds rank 0's sums only: the resumed epoch then averages its later batches.
         saved = checkpoint.get(EPOCH_SUMS)
-        trainer = getattr(self, "_trainer", None)
+        trainer = attached_trainer(self)
         single_process = trainer is None or trainer.world_size == 1
         self._epoch_sums = saved.to(self.device) if saved is not None and single_process else None
 

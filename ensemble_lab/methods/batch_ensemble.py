@@ -77,7 +77,7 @@ class BatchEnsemble(EnsembleModule):
         return batch_ensemble_layers(self.num_members, self.fast_weights, perturbation=self.perturbation, norm=self.norm)
 
     def _refuse_options_without_layers(self) -> None:
-        backbone = self.hparams["backbone"]
+        backbone = self.backbone.name
         modules = list(self.network.modules())
         if self.perturbation == "kernel" and not any(isinstance(m, BatchConv2d) for m in modules):
             raise ConfigError(f"--model.perturbation kernel applies to convolutions; the {backbone} backbone has none (drop it)")

@@ -19,9 +19,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from ensemble_lab.compat import attached_trainer
-from ensemble_lab.errors import CheckpointMismatchError
-from ensemble_lab.nn.backbones import BACKBONES
+from ensemble_lab.errors import CheckpointMismatchError, ConfigError
+from ensemble_lab.nn import backbone_from
 from ensemble_lab.runs.checkpoint_files import load_checkpoint
+from ensemble_lab.runs.legacy_keys import BACKBONE_KEYS, translate_model_args
 
 KEY = "ensemble_lab"
 
@@ -66,45 +67,43 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]
 
 
 def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
-    """The options that fix a network's tensors, as comparable plain values."""
-    arch = {
-        "backbone": hparams.get("backbone", "mlp"),
+    """The options that fix a network's tensors, as comparable plain values: the backbone (its options object's
+    ``{"class_path", "init_args"}``, defaults filled in), num_classes and input_shape. The one reading of a
+    checkpoint's hyper-parameters as a network (old flat keys translated)."""
+    hparams, _ = translate_model_args({"backbone": "mlp", **hparams}, hparams.get("_class_path"))  # mlp: the old default
+    return {
+        "backbone": backbone_from(hparams.get("backbone") or "mlp").record(),
         "num_classes": int(hparams.get("num_classes", 10)),
         "input_shape": [int(v) for v in hparams.get("input_shape", (1, 8, 8))],
     }
-    backbone = BACKBONES.get(arch["backbone"])
-    for option, default in (backbone.options if backbone else {}).items():  # only this backbone's own options
-        value = default if hparams.get(option) is None else hparams[option]
-        arch[option] = [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
-    return arch
 
 
-#: hyper-parameters that fix a network's tensors (every backbone's options); the mismatch message names those that differ
-ARCHITECTURE_KEYS = ("backbone", *dict.fromkeys(o for b in BACKBONES.values() for o in b.options), "input_shape")
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value
+def flat_architecture(arch: dict[str, Any]) -> dict[str, Any]:
+    """:func:`architecture` as the keys messages name: backbone (its short name), backbone.<option>, the rest as they are."""
+    backbone = backbone_from(arch["backbone"])
+    rest = {k: v for k, v in arch.items() if k != "backbone"}
+    return {"backbone": backbone.name, **{f"backbone.{k}": v for k, v in backbone.options().items()}, **rest}
 
 
 def _architecture(hparams: dict[str, Any]) -> dict[str, Any]:
-    """The architecture keys of ``hparams``, plain; the backbone's options left out (None) at their
-    defaults, other backbones' options (older checkpoints record them all) dropped."""
-    backbone = BACKBONES.get(hparams["backbone"]) if "backbone" in hparams else None
-    options = backbone.options if backbone is not None else {}
-    arch = {}
-    for key in ARCHITECTURE_KEYS:
-        if key in options:
-            arch[key] = _plain(options[key] if hparams.get(key) is None else hparams[key])
-        elif key in hparams and (backbone is None or key in ("backbone", "input_shape")):
-            arch[key] = _plain(hparams[key])
+    """The architecture of ``hparams`` as flat comparable keys (backbone, backbone.<option>, input_shape), those recorded."""
+    recorded = "backbone" in hparams or any(key in hparams for key in BACKBONE_KEYS)
+    arch: dict[str, Any] = {}
+    if recorded:
+        try:
+            backbone = backbone_from(architecture(hparams)["backbone"])
+        except (ConfigError, TypeError):  # not a backbone ensemble-lab knows: nothing to compare
+            return {}
+        arch = {"backbone": backbone.name, **{f"backbone.{k}": v for k, v in backbone.options().items()}}
+    if "input_shape" in hparams:
+        arch["input_shape"] = [int(v) for v in hparams["input_shape"]]
     return arch
 
 
 def architecture_differences(theirs: dict[str, Any], mine: dict[str, Any]) -> tuple[str, str]:
     """(', key=value' of the checkpoint, the same of this model) for the architecture keys that differ."""
     theirs, mine = _architecture(theirs), _architecture(mine)
-    keys = [k for k in ARCHITECTURE_KEYS if k in theirs and k in mine and theirs[k] != mine[k]]
+    keys = [k for k in theirs if k in mine and theirs[k] != mine[k]]
     return "".join(f", {k}={theirs[k]}" for k in keys), "".join(f", {k}={mine[k]}" for k in keys)
 
 

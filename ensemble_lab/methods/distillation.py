@@ -12,7 +12,6 @@ checkpoints hold only the teacher's path (in the hyper-parameters), and a resume
 """
 
 import importlib
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from ensemble_lab.errors import CheckpointMismatchError, ConfigError, EnsembleLa
 from ensemble_lab.methods.checkpoint_state import CheckpointStateMixin, architecture, read_checkpoint
 from ensemble_lab.methods.training_batch import TrainingBatch
 from ensemble_lab.runs.checkpoint_files import load_checkpoint
+from ensemble_lab.runs.legacy_keys import translate_model_args
 
 if TYPE_CHECKING:  # for annotations only: base.py imports this module
     from ensemble_lab.methods.base import EnsembleModule
@@ -32,36 +32,9 @@ if TYPE_CHECKING:  # for annotations only: base.py imports this module
 #: recorded ``_class_path`` (the methods are defined above this module: base.py builds a Distillation)
 ASSEMBLED_TEACHER = "ensemble_lab.methods.deep_ensemble.DeepEnsemble"
 
-MATCHES = ("mean", "member")
-#: the options' defaults (EnsembleModule's signature uses them; without a teacher the options must keep them)
-DEFAULT_TEMPERATURE, DEFAULT_ALPHA, DEFAULT_MATCH = 4.0, 0.5, "mean"
 #: hyper-parameters a teacher is not rebuilt with: its own teacher, its assembly paths (the state_dict holds the
 #: weights), compilation (a first-call cost for nothing)
-REBUILD_OVERRIDES: dict[str, Any] = {"teacher": None, "member_checkpoints": None, "compile": False}
-
-
-def check_distillation_options(teacher: Any, temperature: Any, alpha: Any, match: Any) -> None:
-    """ConfigError unless the options are usable: a teacher path or non-empty list of paths (or None),
-    T > 0, α in [0, 1], match "mean" or "member"; without a teacher the others must keep their defaults."""
-    if teacher is not None:
-        paths = teacher if isinstance(teacher, list) else [teacher]
-        if not paths or not all(isinstance(p, str) and p for p in paths):
-            raise ConfigError(f"--model.teacher must be a checkpoint path or a list of SingleModel checkpoint paths, got {teacher!r}")
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if not number(temperature) or temperature <= 0:
-        raise ConfigError(f"--model.distill_temperature must be a number > 0, got {temperature!r}")
-    if not number(alpha) or not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"--model.distill_alpha must be a number in [0, 1] (1: cross-entropy only), got {alpha!r}")
-    if match not in MATCHES:
-        raise ConfigError(f"--model.distill_match {match!r} is not known; allowed: {', '.join(MATCHES)}")
-    given = {
-        "distill_temperature": (temperature, DEFAULT_TEMPERATURE),
-        "distill_alpha": (alpha, DEFAULT_ALPHA),
-        "distill_match": (match, DEFAULT_MATCH),
-    }
-    changed = [name for name, (value, default) in given.items() if value != default]
-    if teacher is None and changed:
-        raise ConfigError(f"--model.{changed[0]} applies only when distilling; pass --model.teacher <checkpoint> or drop it")
+REBUILD_OVERRIDES: dict[str, Any] = {"distillation": None, "member_checkpoints": None, "compile": False}
 
 
 def _method_class(path: Path, checkpoint: dict[str, Any]) -> type:
@@ -95,7 +68,9 @@ def _checkpoint_teacher(path: Path) -> "EnsembleModule":
     """Any method's checkpoint: the class rebuilt from its hyper-parameters, its state_dict loaded strictly."""
     checkpoint = load_checkpoint(path, "teacher checkpoint")  # a directory, empty or truncated file: one line naming it
     cls = _method_class(path, checkpoint)
-    options = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+    recorded = checkpoint.get("hyper_parameters") or {}
+    translated, _ = translate_model_args(recorded, recorded.get("_class_path"))  # a checkpoint written before options had objects
+    options = {k: v for k, v in translated.items() if not k.startswith("_")}
     try:
         teacher = cls(**{**options, **{k: v for k, v in REBUILD_OVERRIDES.items() if k in options}})
         teacher.load_state_dict(checkpoint["state_dict"], strict=True)
@@ -114,7 +89,7 @@ def _assembled_teacher(paths: list[str]) -> "EnsembleModule":
         deep_ensemble = _class_at(Path(paths[0]), ASSEMBLED_TEACHER)
         return deep_ensemble(member_checkpoints=paths, dropout=float(hparams.get("dropout", 0.0)), **architecture(hparams))
     except EnsembleLabError as e:
-        raise type(e)(f"--model.teacher: {e}") from e
+        raise type(e)(f"--model.distillation.teacher: {e}") from e
 
 
 def load_teacher(teacher: str | list[str]) -> "EnsembleModule":
@@ -149,7 +124,7 @@ def soft_targets(teacher_logits: Tensor, temperature: float, match: str, rows: T
     if rows.dim() == 1:
         return probs[:, rows]  # (M_t, B', C)
     if rows.shape[0] != probs.shape[0]:
-        raise ConfigError(f"--model.distill_match member: this student trains {rows.shape[0]} members, the teacher has {probs.shape[0]}")
+        raise ConfigError(f"--model.distillation.match member: this student trains {rows.shape[0]} members, the teacher has {probs.shape[0]}")
     member = torch.arange(rows.shape[0], device=rows.device).unsqueeze(1)  # (M, 1)
     return probs[member, rows]  # (M, B', C): [i, j] = teacher member i on image rows[i, j]
 
@@ -207,9 +182,9 @@ class Distillation:
             )
         if self.match == "member" and teacher.num_members != student.num_members:
             raise ConfigError(
-                f"--model.distill_match member pairs student member i with teacher member i, but the teacher "
+                f"--model.distillation.match member pairs student member i with teacher member i, but the teacher "
                 f"{self.describe()} has {teacher.num_members} members and this student {student.num_members}; "
-                f"pass --model.num_members {teacher.num_members} or --model.distill_match mean"
+                f"pass --model.num_members {teacher.num_members} or --model.distillation.match mean"
             )
         self.teacher = teacher
 
@@ -244,8 +219,8 @@ class Distillation:
         targets = soft_targets(self._teacher_logits(images, student), self.temperature, self.match, rows)
         if targets.shape[0] not in (1, logits.shape[0]):
             raise ConfigError(
-                f"--model.distill_match member: {type(student).__name__} trains {logits.shape[0]} member(s) per step "
-                f"(its training logits), the teacher has {targets.shape[0]}; use --model.distill_match mean"
+                f"--model.distillation.match member: {type(student).__name__} trains {logits.shape[0]} member(s) per step "
+                f"(its training logits), the teacher has {targets.shape[0]}; use --model.distillation.match mean"
             )
         distill = distillation_term(logits, targets, self.temperature)  # per member, as the logged loss is
         unit = student.logged_loss(torch.ones((), device=loss.device), logits.detach())  # 1 / (how the method sums members)

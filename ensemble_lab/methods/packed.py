@@ -134,7 +134,7 @@ class PackedEnsemble(EnsembleModule):
     def member_backbone_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Every width scaled by α/M: member m is the backbone at α·w/M (wide_resnet: its widening factor
         and its 16-channel stem, α·16 channels in all), its grouped convs as in the ensemble."""
-        return member_options(self.hparams["backbone"], options, self.alpha, self.num_members, self.gamma)
+        return member_options(self.backbone.name, options, self.alpha, self.num_members, self.gamma)
 
     def build_network(
         self, backbone: str, input_shape: tuple[int, ...], num_classes: int, dropout: float, options: dict[str, Any]

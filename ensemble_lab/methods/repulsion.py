@@ -4,10 +4,9 @@ loss = (the method's loss) + λ · mean over member pairs i < j and rows b of k(
 kernel k(p, q) = exp(−‖p − q‖² / (2σ²)) on the members' softmax probabilities. k is 1 for identical predictions
 and falls as two members disagree, so the term rewards diversity; σ sets how far apart counts as apart (squared
 distances of probability vectors lie in [0, 2]). The authors' MNIST sweep tried such a kernel on member softmax
-outputs; here it is an option of every method whose members all see the same training images.
+outputs; here it is an option of every method whose members all see the same training images
+(``--model.repulsion.strength``, ``objectives.RepulsionOptions``).
 """
-
-import math
 
 import torch
 from torch import Tensor
@@ -16,17 +15,6 @@ from ensemble_lab.errors import ConfigError
 
 #: σ of the kernel: at 0.5, two members that swap a confident prediction (‖p − q‖² ≈ 2) give k ≈ 0.02
 DEFAULT_BANDWIDTH = 0.5
-
-
-def check_repulsion_options(strength: float, bandwidth: float, num_members: int) -> None:
-    """ConfigError unless λ >= 0 and σ > 0 are finite numbers, and λ > 0 comes with M >= 2 members."""
-    for name, value, low in (("repulsion", strength, "λ >= 0"), ("repulsion_bandwidth", bandwidth, "σ > 0")):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"--model.{name} must be a finite number ({low}), got {value!r}")
-    if strength < 0 or bandwidth <= 0:
-        raise ConfigError(f"--model.repulsion must be >= 0 and --model.repulsion_bandwidth > 0, got {strength} and {bandwidth}")
-    if strength > 0 and num_members < 2:
-        raise ConfigError(f"--model.repulsion pushes members apart: it needs --model.num_members >= 2, got {num_members}")
 
 
 def repulsion_term(logits: Tensor, bandwidth: float) -> Tensor:

@@ -1,10 +1,11 @@
 """Layers and backbones. Every layer consumes member-major rows (M*B, ...): BatchEnsemble (``batch_linear``,
 ``batch_conv``, ``fast_weights``), Deep / Packed ensemble (``ensemble_linear``, ``ensemble_conv``,
 ``grouped_linear``), ``low_rank``, Masksembles ``masks``, MC ``dropout``; backbones (``mlp``, ``resnet``,
-``wide_resnet``, ``backbones``) are built once from the layer ``factories``, so one definition serves every
+``wide_resnet``, ``backbones``; each with its options object, ``backbone_options``) are built once from the layer ``factories``, so one definition serves every
 method; ``members`` holds the member-row helpers."""
 
-from ensemble_lab.nn.backbones import BACKBONES, build_backbone, resized_options
+from ensemble_lab.nn.backbone_options import BackboneOptions
+from ensemble_lab.nn.backbones import BACKBONES, backbone_from, build_backbone, resized_options
 from ensemble_lab.nn.batch_conv import BatchConv2d
 from ensemble_lab.nn.batch_linear import BatchLinear
 from ensemble_lab.nn.dropout import AlwaysOnDropout, AlwaysOnDropout2d
@@ -25,10 +26,17 @@ from ensemble_lab.nn.grouped_linear import GroupedLinear
 from ensemble_lab.nn.low_rank import LowRankConv2d, LowRankLinear
 from ensemble_lab.nn.masks import MemberMasks
 from ensemble_lab.nn.members import rows_per_member, tile_members
-from ensemble_lab.nn.mlp import mlp
+from ensemble_lab.nn.mlp import MLPOptions, mlp
+from ensemble_lab.nn.resnet import ResNet18Options
+from ensemble_lab.nn.wide_resnet import WideResNetOptions
 
 __all__ = [
     "BACKBONES",
+    "BackboneOptions",
+    "MLPOptions",
+    "ResNet18Options",
+    "WideResNetOptions",
+    "backbone_from",
     "AlwaysOnDropout",
     "AlwaysOnDropout2d",
     "BatchConv2d",

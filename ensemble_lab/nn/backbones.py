@@ -1,7 +1,8 @@
-"""Registry of backbones: name -> its builder and the options it owns, with their defaults.
+"""Registry of backbones: short name -> its options class (``MLPOptions``, ``ResNet18Options``,
+``WideResNetOptions``, each beside its builder) and the options it owns, with their defaults.
 
-A backbone brings its own options: the builder's keyword arguments named at registration, with the
-builder's own defaults. ``build_backbone`` fills in the defaults of options left out (or None) and
+A backbone brings its own options object (``--model.backbone mlp --model.backbone.hidden_sizes [64,32]``);
+``backbone_from`` turns what a config or a checkpoint records into one. ``build_backbone`` fills in the defaults of options left out (or None) and
 refuses an option that belongs to another backbone instead of ignoring it. A backbone also says how
 to change its widths (``resized_options``), for methods whose members are narrower or wider networks, and what its
 depth and width are (``backbone_dimensions``), so that a report tells a depth sweep from a width sweep. The builders check the
@@ -9,58 +10,74 @@ values themselves (mlp: positive hidden sizes; resnet18: a positive width; wide_
 of 6n + 4 and a positive widen factor).
 """
 
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.nn.backbone_options import BackboneOptions, Resize, options_of
 from ensemble_lab.nn.factories import LayerFactory
-from ensemble_lab.nn.mlp import mlp, mlp_resized
-from ensemble_lab.nn.resnet import resnet18, resnet18_resized
-from ensemble_lab.nn.wide_resnet import wide_resnet, wide_resnet_resized
+from ensemble_lab.nn.mlp import MLPOptions
+from ensemble_lab.nn.resnet import ResNet18Options
+from ensemble_lab.nn.wide_resnet import WideResNetOptions
 
-#: resize(width, multiple) -> the new width, a multiple of ``multiple``
-Resize = Callable[[int, int], int]
+__all__ = ["BACKBONES", "Backbone", "BackboneOptions", "Resize", "backbone_from", "build_backbone"]
 
 
 @dataclass(frozen=True)
 class Backbone:
-    """How to build one backbone and which options it takes."""
+    """A backbone's options class and the options it takes, with their defaults."""
 
-    #: build(layers, input_shape, num_classes, dropout=..., **options) -> network on member-major rows
-    build: Callable[..., nn.Module]
-    #: the backbone's own options (``--model.<name>``) and their defaults
+    #: its options object: ``--model.backbone <this class>``
+    options_class: type[BackboneOptions]
+    #: the backbone's own options (``--model.backbone.<name>``) and their defaults
     options: Mapping[str, Any]
-    #: resized(options, resize, groups) -> the options with every width w replaced by resize(w, multiple),
-    #: ``multiple`` being what keeps every layer's channel counts divisible by ``groups``
-    resized: Callable[[Mapping[str, Any], Resize, int], dict[str, Any]]
-    #: dimensions(options) -> {"depth": ..., "width": ...}: the sizes a sweep varies, those the backbone has
-    dimensions: Callable[[Mapping[str, Any]], dict[str, int]]
-    #: builder keywords only ``resized`` sets (no --model option): sizes a narrower member scales besides its options
+    #: builder keywords only a resize sets (no option): sizes a narrower member scales besides its options
     derived: tuple[str, ...] = ()
 
-    @classmethod
-    def of(
-        cls, build: Callable[..., nn.Module], resized: Callable[..., dict[str, Any]],
-        dimensions: Callable[[Mapping[str, Any]], dict[str, int]], *options: str, derived: tuple[str, ...] = (),
-    ) -> "Backbone":
-        """A builder taking ``options`` (and ``derived``) as keyword arguments; their defaults are the builder's."""
-        parameters = inspect.signature(build).parameters
-        return cls(build, {name: parameters[name].default for name in options}, resized, dimensions, derived)
+
+def _entry(cls: type[BackboneOptions], derived: tuple[str, ...] = ()) -> tuple[str, Backbone]:
+    return cls.name, Backbone(cls, options_of(cls), derived)
 
 
-BACKBONES: dict[str, Backbone] = {
-    # mlp: depth = hidden layers, width = the first one's size (a width sweep scales them all)
-    "mlp": Backbone.of(mlp, mlp_resized, lambda o: {"depth": len(o["hidden_sizes"]), "width": o["hidden_sizes"][0]}, "hidden_sizes"),
-    "resnet18": Backbone.of(resnet18, resnet18_resized, lambda o: {"width": o["width"]}, "width"),
-    "wide_resnet": Backbone.of(
-        wide_resnet, wide_resnet_resized, lambda o: {"depth": o["depth"], "width": o["widen_factor"]}, "depth", "widen_factor",
-        derived=("stem_width",),
-    ),
-}
+#: short name -> the backbone; a new backbone adds its options class here
+BACKBONES: dict[str, Backbone] = dict([_entry(MLPOptions), _entry(ResNet18Options), _entry(WideResNetOptions, ("stem_width",))])
+
+
+def class_path(cls: type[BackboneOptions]) -> str:
+    """The class path config.yaml records for a backbone's options class (as jsonargparse writes it: from
+    ``ensemble_lab.nn``, which exports every one)."""
+    return cls.class_path()
+
+
+def options_class(name: str) -> type[BackboneOptions]:
+    """The options class named by a short name ("mlp"), a class name ("MLPOptions") or a class path."""
+    for short, backbone in BACKBONES.items():
+        cls = backbone.options_class
+        if name in (short, cls.__name__, class_path(cls), f"{cls.__module__}.{cls.__qualname__}"):
+            return cls
+    classes = ", ".join(b.options_class.__name__ for b in BACKBONES.values())
+    raise ConfigError(f"backbone={name!r} is not known; allowed: {', '.join(BACKBONES)} (or their options classes {classes})")
+
+
+def backbone_from(value: "BackboneOptions | str | Mapping[str, Any]") -> BackboneOptions:
+    """The backbone's options object from what a config, a checkpoint or Python gives: an options object, a
+    short name or class path (the defaults), or ``{"class_path": ..., "init_args": {...}}``."""
+    if isinstance(value, BackboneOptions):
+        return value.options_class()(**value.options())  # its own copy (a signature's default object is shared)
+    if isinstance(value, str):
+        return options_class(value)()
+    if isinstance(value, Mapping) and isinstance(value.get("class_path"), str):
+        cls = options_class(value["class_path"])
+        given = dict(value.get("init_args") or {})
+        unknown = sorted(set(given) - set(BACKBONES[cls.name].options))
+        if unknown:
+            takes = ", ".join(f"--model.backbone.{o}" for o in BACKBONES[cls.name].options)
+            raise ConfigError(f"--model.backbone.{unknown[0]} is not an option of the {cls.name} backbone; it takes {takes}")
+        return cls(**given)
+    raise ConfigError(f"--model.backbone must name a backbone ({', '.join(BACKBONES)}), got {value!r}")
 
 
 def _plain(value: Any) -> Any:
@@ -82,7 +99,7 @@ def backbone_options(name: str, **given: Any) -> dict[str, Any]:
     if name not in BACKBONES:
         raise ConfigError(f"backbone={name!r} is not known; allowed: {', '.join(BACKBONES)}")
     own = BACKBONES[name].options
-    takes = ", ".join(f"--model.{option}" for option in own) or "no options"
+    takes = ", ".join(f"--model.backbone.{option}" for option in own) or "no options"
     for option, value in given.items():
         if value is None or option in own:
             continue
@@ -104,17 +121,18 @@ def build_backbone(
     the ``derived`` sizes a resize gave (:func:`resized_options`)."""
     derived = {key: options.pop(key) for key in getattr(BACKBONES.get(name), "derived", ()) if key in options}
     resolved = backbone_options(name, **options)
-    return BACKBONES[name].build(layers, input_shape, num_classes, dropout=dropout, **resolved, **derived)
+    return BACKBONES[name].options_class(**resolved).build(layers, input_shape, num_classes, dropout=dropout, **derived)
 
 
 def resized_options(name: str, options: Mapping[str, Any], resize: Resize, groups: int = 1) -> dict[str, Any]:
     """Backbone ``name``'s resolved ``options`` with every width w replaced by resize(w, multiple), such
     that every layer's channel counts divide by ``groups``; a ConfigError where no width can do that."""
-    return BACKBONES[name].resized(options, resize, groups)
+    own = BACKBONES[name].options
+    return BACKBONES[name].options_class(**{k: v for k, v in options.items() if k in own}).resized(resize, groups)
 
 
 def backbone_dimensions(name: str, options: Mapping[str, Any]) -> dict[str, int]:
     """Backbone ``name``'s depth and width (those it has) with ``options``, defaults for options left out or None."""
     own = BACKBONES[name].options if name in BACKBONES else {}
     resolved = backbone_options(name, **{option: options.get(option) for option in own})  # a ConfigError for an unknown name
-    return BACKBONES[name].dimensions(resolved)
+    return BACKBONES[name].options_class(**resolved).dimensions()

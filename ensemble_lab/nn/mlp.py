@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.nn.backbone_options import BackboneOptions
 from ensemble_lab.nn.factories import LayerFactory
 
 
@@ -56,3 +57,27 @@ def mlp(
 def mlp_resized(options: Mapping[str, Any], resize: Callable[[int, int], int], groups: int) -> dict[str, Any]:
     """``options`` with every hidden size h replaced by resize(h, groups)."""
     return {**options, "hidden_sizes": [resize(h, groups) for h in options["hidden_sizes"]]}
+
+
+class MLPOptions(BackboneOptions):
+    """The "mlp" backbone: flatten, then fully connected hidden layers (images and tabular rows alike)."""
+
+    name = "mlp"
+
+    def __init__(self, hidden_sizes: Sequence[int] = (64, 32, 16)) -> None:
+        """
+        Args:
+            hidden_sizes: width of each hidden layer, each >= 1 (the paper's MNIST study: 64, 32, 16); []
+                builds a linear model (with a warning).
+        """
+        self.hidden_sizes = hidden_sizes
+
+    def build(self, layers: LayerFactory, input_shape: Sequence[int], num_classes: int, dropout: float = 0.0, **derived: Any) -> nn.Module:
+        return mlp(layers, input_shape, num_classes, hidden_sizes=self.hidden_sizes, dropout=dropout, **derived)
+
+    def resized(self, resize: Callable[[int, int], int], groups: int) -> dict[str, Any]:
+        return mlp_resized(self.options(), resize, groups)
+
+    def dimensions(self) -> dict[str, int]:
+        """depth: the hidden layers; width: the first one's size (a width sweep scales them all)."""
+        return {"depth": len(self.hidden_sizes), "width": self.hidden_sizes[0]}

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.nn.backbone_options import BackboneOptions
 from ensemble_lab.nn.factories import LayerFactory
 
 
@@ -126,3 +127,25 @@ def resnet18(
 def resnet18_resized(options: Mapping[str, Any], resize: Callable[[int, int], int], groups: int) -> dict[str, Any]:
     """``options`` with the first stage's width w replaced by resize(w, groups) (the stages have w, 2w, 4w, 8w)."""
     return {**options, "width": resize(options["width"], groups)}
+
+
+class ResNet18Options(BackboneOptions):
+    """The "resnet18" backbone: CIFAR-style ResNet-18 (stages of w, 2w, 4w, 8w channels)."""
+
+    name = "resnet18"
+
+    def __init__(self, width: int = 64) -> None:
+        """
+        Args:
+            width: channels of the first stage, >= 1; 64 (the paper's).
+        """
+        self.width = width
+
+    def build(self, layers: LayerFactory, input_shape: Sequence[int], num_classes: int, dropout: float = 0.0, **derived: Any) -> nn.Module:
+        return resnet18(layers, input_shape, num_classes, width=self.width, dropout=dropout, **derived)
+
+    def resized(self, resize: Callable[[int, int], int], groups: int) -> dict[str, Any]:
+        return resnet18_resized(self.options(), resize, groups)
+
+    def dimensions(self) -> dict[str, int]:
+        return {"width": self.width}

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.nn.backbone_options import BackboneOptions
 from ensemble_lab.nn.factories import LayerFactory
 
 #: channels of the stem convolution, whatever the widening factor (the stages have 16k, 32k, 64k); a
@@ -160,3 +161,26 @@ def wide_resnet_resized(options: Mapping[str, Any], resize: Callable[[int, int],
     of α/M the width has α/M of every layer, the stem included."""
     multiple = groups // math.gcd(STEM, groups)  # 16k divides by groups once k divides by this
     return {**options, "widen_factor": resize(options["widen_factor"], multiple), "stem_width": resize(STEM, groups)}
+
+
+class WideResNetOptions(BackboneOptions):
+    """The "wide_resnet" backbone: CIFAR-style WRN-depth-k (stages of 16k, 32k, 64k channels)."""
+
+    name = "wide_resnet"
+
+    def __init__(self, depth: int = 28, widen_factor: int = 10) -> None:
+        """
+        Args:
+            depth: number of weighted layers, 6n + 4 >= 10; 28 (WRN-28-10).
+            widen_factor: widening factor k >= 1 (stages of 16k, 32k, 64k channels); 10 (WRN-28-10).
+        """
+        self.depth, self.widen_factor = depth, widen_factor
+
+    def build(self, layers: LayerFactory, input_shape: Sequence[int], num_classes: int, dropout: float = 0.0, **derived: Any) -> nn.Module:
+        return wide_resnet(layers, input_shape, num_classes, depth=self.depth, widen_factor=self.widen_factor, dropout=dropout, **derived)
+
+    def resized(self, resize: Callable[[int, int], int], groups: int) -> dict[str, Any]:
+        return wide_resnet_resized(self.options(), resize, groups)
+
+    def dimensions(self) -> dict[str, int]:
+        return {"depth": self.depth, "width": self.widen_factor}

@@ -122,7 +122,7 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
     if fig := scale_figure(groups, seen, docs, roles):
         figures["scale"] = fig
     else:
-        skip("scale", "no method has rows of different sizes (vary --model.hidden_sizes / --model.width, as configs/study/scale_digits.yaml)")
+        skip("scale", "no method has rows of different sizes (vary --model.backbone.hidden_sizes / --model.backbone.width, as configs/study/scale_digits.yaml)")
     if not roles:
         skip("comparison", "no run has a readable results.json")
     return figures

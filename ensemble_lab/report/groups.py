@@ -34,6 +34,7 @@ from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.figures.style import METHOD_ORDER
 from ensemble_lab.metrics.registry import OOD_SCORES, lookup, names, ood_name
 from ensemble_lab.report.reading import find_results, load_results, read_document
+from ensemble_lab.runs.legacy_keys import translate_flat
 
 if TYPE_CHECKING:  # torch only when comparing (report/significance.py)
     from ensemble_lab.metrics.significance import Comparison
@@ -228,7 +229,9 @@ def run_sets(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _compared(config: Any) -> dict[str, Any]:
-    return without_defaults(comparable(flatten(config), UNCOMPARED | REPLICATE | OUTPUT)) if isinstance(config, dict) else {}
+    if not isinstance(config, dict):
+        return {}
+    return without_defaults(comparable(translate_flat(flatten(config)), UNCOMPARED | REPLICATE | OUTPUT))  # older option names: today's
 
 
 #: a training option's key beside the tested one, where a later test ran with another value ("dropout (fit)")

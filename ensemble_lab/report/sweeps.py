@@ -13,8 +13,9 @@ from ensemble_lab.config.run_config import MISSING, option_default  # a line's o
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.figures import comparison as draw
 from ensemble_lab.figures.style import LINESTYLES, Look, who
-from ensemble_lab.nn.backbones import backbone_dimensions
+from ensemble_lab.nn.backbones import backbone_from
 from ensemble_lab.report.figure_rows import RunGroup
+from ensemble_lab.runs.legacy_keys import translate_flat
 
 #: the ensemble-size panels: metrics of the first id set, then AUROC (msp) on the first ood set
 SIZE_METRICS = ("acc", "nll", "ece", "mi")
@@ -216,11 +217,13 @@ def backbone_dims(docs: Sequence[dict[str, Any]]) -> dict[str, int] | None:
     """The depth and width of a row's backbone (results.json ``config``), the same in every run; None if unrecorded."""
     found = set()
     for doc in docs:
-        config = doc.get("config") or {}
-        options = {k.removeprefix("model.init_args."): v for k, v in config.items() if k.startswith("model.init_args.")}
+        config = translate_flat(doc.get("config") or {})  # older option names: today's
+        prefix = "model.init_args.backbone."
+        options = {k.removeprefix(prefix + "init_args."): v for k, v in config.items() if k.startswith(prefix + "init_args.")}
         try:
-            found.add(tuple(sorted(backbone_dimensions(str(options.get("backbone")), options).items())))
-        except (ConfigError, KeyError, TypeError, IndexError):  # an older or hand-written record
+            backbone = backbone_from({"class_path": config[prefix + "class_path"], "init_args": options})
+            found.add(tuple(sorted(backbone.dimensions().items())))
+        except (ConfigError, KeyError, TypeError, IndexError):  # a hand-written record
             return None
     return dict(found.pop()) if len(found) == 1 else None
 

@@ -16,7 +16,7 @@ A study file (YAML) names the grid::
       be_rank2:                                 # a list: a base and a variant on top (repeated --config)
         config: [../digits/batch_ensemble.yaml, ../ablations/digits/rank2.yaml]
       be_distilled:                             # trains against deep_ensemble's run of the same seed,
-        config: ../digits/batch_ensemble.yaml   # after it (--model.teacher=<its last.ckpt>)
+        config: ../digits/batch_ensemble.yaml   # after it (--model.distillation.teacher=<its last.ckpt>)
         teacher: deep_ensemble
 
 Run ``<method>`` with seed ``s`` lives in ``<out>/<method>/seed_<s>/`` (TensorBoard logs,
@@ -50,13 +50,14 @@ from ensemble_lab.config.lightning_cli import check_arguments
 from ensemble_lab.config.run_config import comparable, differences, flatten
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.io import first_free_number, load_yaml_file
+from ensemble_lab.runs.legacy_keys import translate_argv, translate_flat
 from ensemble_lab.study.args import Connectivity, connectivity_step, describe_change, teachers_first
 
 STUDY_KEYS = {"out", "seeds", "args", "methods", "connectivity", "report", "slurm"}
 METHOD_KEYS = {"config", "args", "teacher", "connectivity"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 #: the option a student's teacher checkpoint is given in (fit_args) and recorded under
-TEACHER_KEY = "model.init_args.teacher"
+TEACHER_KEY = "model.init_args.distillation.teacher"
 RECORD = "study_run.json"  # in each run directory: {"argv": the fit arguments the study last used, "config", "state", ...}
 
 
@@ -100,7 +101,7 @@ class Run:
         return "resume" if self.last_ckpt.exists() else "new"
 
     def _teacher_args(self) -> list[str]:
-        return [] if self.teacher_dir is None else [f"--model.teacher={self.teacher_dir / 'checkpoints' / 'last.ckpt'}"]
+        return [] if self.teacher_dir is None else [f"--model.distillation.teacher={self.teacher_dir / 'checkpoints' / 'last.ckpt'}"]
 
     def fit_args(self, resume: bool) -> list[str]:
         """Arguments of ``ensemble-lab`` for this run; the study's own options come last and win.
@@ -108,7 +109,7 @@ class Run:
         The logger names the run directory (``<out>/<name>/seed_<s>``) and checkpoints go to Lightning's
         default ``<run>/checkpoints`` (dirpath null): a resume then continues in the run directory the way
         ``ensemble-lab fit --ckpt_path`` does, keeping config.yaml and adding config.resume-N.yaml. A student's
-        ``--model.teacher`` is only read when its fit starts, so its arguments parse before the teacher has run.
+        ``--model.distillation.teacher`` is only read when its fit starts, so its arguments parse before the teacher has run.
         """
         logger = {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -163,7 +164,7 @@ class Run:
         parts = []
         for depth, (before, now) in enumerate(zip(recorded, today)):
             whose = "teacher " * (depth + 1)  # "teacher teacher t": the teacher of its teacher
-            parts += [f"{whose}{now['name']}: {change}" for change in differences(before["config"], now["config"])]
+            parts += [f"{whose}{now['name']}: {change}" for change in differences(translate_flat(before["config"]), now["config"])]
         if len(recorded) != len(today):  # the chain grew or shrank above the first teacher
             parts.append(f"teachers: {' <- '.join(t.get('name', '?') for t in recorded) or 'none'} -> {' <- '.join(t['name'] for t in today) or 'none'}")
         return parts
@@ -183,13 +184,14 @@ class Run:
             recorded, config = record["argv"], record.get("config")
             if not isinstance(recorded, list) or not isinstance(config, (dict, type(None))):
                 raise TypeError("argv is not a list, or config not a mapping")
+            recorded = translate_argv(recorded)[0]  # older flags in today's spelling
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             return f"{RECORD} unreadable ({error})"
         if config is None:
-            own = describe_change(recorded, self.fit_args(resume=False))
+            own = describe_change(recorded, translate_argv(self.fit_args(resume=False))[0])
             parts = [own] if own else []
         else:
-            before, today = comparable(config), self.resolved()
+            before, today = comparable(translate_flat(config)), self.resolved()  # older option names: today's
             if new_keys := set(today) - set(before):  # options added since the run: what its arguments give today
                 before = {**_resolved_or_empty(recorded, new_keys), **before}
             parts = differences(self._within_study(before), self._within_study(today))

@@ -22,7 +22,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("connectivity")
     made = {}
     for method, members in (("BatchEnsemble", 3), ("DeepEnsemble", 2)):
-        main(["fit", f"--model={method}", f"--model.num_members={members}", "--model.hidden_sizes=[16]", "--data=DigitsDataModule",
+        main(["fit", f"--model={method}", f"--model.num_members={members}", "--model.backbone.hidden_sizes=[16]", "--data=DigitsDataModule",
               "--test_after_fit=false", f"--trainer.default_root_dir={root / method}", *TINY_TRAINER])  # fmt: skip
         made[method] = root / method / "lightning_logs" / "version_0"
     return made

@@ -24,7 +24,7 @@ MLP = {"hidden_sizes": [16]}
 def deep3(tmp_path_factory) -> Path:
     """A tiny digits DeepEnsemble of three members, fitted for one epoch."""
     root = tmp_path_factory.mktemp("align_plane")
-    main(["fit", "--model=DeepEnsemble", "--model.num_members=3", "--model.hidden_sizes=[16]", "--data=DigitsDataModule",
+    main(["fit", "--model=DeepEnsemble", "--model.num_members=3", "--model.backbone.hidden_sizes=[16]", "--data=DigitsDataModule",
           "--test_after_fit=false", f"--trainer.default_root_dir={root}", *TINY_TRAINER])  # fmt: skip
     return root / "lightning_logs" / "version_0"
 

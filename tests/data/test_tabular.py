@@ -179,7 +179,7 @@ def test_regression_fit_is_refused_in_one_line(cli, capsys) -> None:
 @pytest.mark.parametrize("method,dataset", [("SingleModel", "breast_cancer"), ("BatchEnsemble", "wine")])
 def test_fit_on_a_bundled_table_with_the_mlp(cli, tmp_path: Path, method: str, dataset: str) -> None:
     members = ["--model.num_members=2"] if method == "BatchEnsemble" else []
-    cli("fit", f"--model={method}", *members, "--model.backbone=mlp", "--model.hidden_sizes=[16]",
+    cli("fit", f"--model={method}", *members, "--model.backbone=mlp", "--model.backbone.hidden_sizes=[16]",
         "--data=TabularDataModule", f"--data.dataset={dataset}", "--data.batch_size=32", *TINY_TRAINER)
     results = read_results(run_dirs(tmp_path)[-1])
     roles = {name: s["role"] for name, s in results["sets"].items()}

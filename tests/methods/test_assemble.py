@@ -68,7 +68,7 @@ def test_mlp_members_pair_layers_by_order_not_by_name(tmp_path):
 @pytest.mark.parametrize(
     "change,match",
     [
-        (dict(hidden_sizes=(16, 4)), r"has hidden_sizes=\[16, 8\], but this DeepEnsemble has hidden_sizes=\[16, 4\]"),
+        (dict(hidden_sizes=(16, 4)), r"has backbone.hidden_sizes=\[16, 8\], but this DeepEnsemble has backbone.hidden_sizes=\[16, 4\]; set --model.backbone.hidden_sizes"),
         (dict(num_classes=3), "has num_classes=10, but this DeepEnsemble has num_classes=3"),
         (dict(input_shape=(1, 28, 28)), r"has input_shape=\[1, 8, 8\], but this DeepEnsemble has input_shape=\[1, 28, 28\]"),
         (dict(backbone="resnet18", input_shape=(1, 8, 8), hidden_sizes=None), "has backbone='mlp', but this DeepEnsemble has backbone='resnet18'"),
@@ -82,7 +82,7 @@ def test_architecture_mismatch_names_both_sides(tmp_path, change, match):
 
 def test_resnet_width_mismatch(tmp_path):
     _, paths = trained_singles(tmp_path, RESNET, 1)
-    with pytest.raises(CheckpointMismatchError, match="has width=4, but this DeepEnsemble has width=8"):
+    with pytest.raises(CheckpointMismatchError, match="has backbone.width=4, but this DeepEnsemble has backbone.width=8"):
         DeepEnsemble(member_checkpoints=paths, **(RESNET | {"width": 8}))
 
 

@@ -158,11 +158,11 @@ def test_a_list_of_single_models_is_assembled_into_a_deep_ensemble_teacher(tmp_p
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"teacher": "t.ckpt", "distill_temperature": 0.0}, "distill_temperature must be a number > 0"),
-        ({"teacher": "t.ckpt", "distill_alpha": 1.5}, r"distill_alpha must be a number in \[0, 1\]"),
-        ({"teacher": "t.ckpt", "distill_match": "members"}, "distill_match 'members' is not known"),
-        ({"teacher": []}, "--model.teacher must be a checkpoint path"),
-        ({"distill_match": "member"}, "distill_match applies only when distilling; pass --model.teacher"),
+        ({"teacher": "t.ckpt", "distill_temperature": 0.0}, "distillation.temperature must be a number > 0"),
+        ({"teacher": "t.ckpt", "distill_alpha": 1.5}, r"distillation.alpha must be a number in \[0, 1\]"),
+        ({"teacher": "t.ckpt", "distill_match": "members"}, "distillation.match 'members' is not known"),
+        ({"teacher": []}, "--model.distillation.teacher must be a checkpoint path"),
+        ({"distill_match": "member"}, "distill_match applies only when distilling; pass --model.distillation.teacher"),
     ],
 )
 def test_bad_options_are_refused_when_the_student_is_built(options, message):
@@ -215,11 +215,11 @@ def test_unusable_teachers_give_one_line_errors_naming_the_path(tmp_path):
 # ---- the real CLI: a Deep Ensemble teacher, a BatchEnsemble student, its test and its resume -------------------
 @pytest.mark.slow
 def test_cli_student_of_a_deep_ensemble_fits_tests_and_resumes_to_the_same_weights(tmp_path):
-    tiny = [*TINY_TRAINER, "--data=DigitsDataModule", "--model.hidden_sizes=[16]", "--figures=false", "--seed_everything=7"]
+    tiny = [*TINY_TRAINER, "--data=DigitsDataModule", "--model.backbone.hidden_sizes=[16]", "--figures=false", "--seed_everything=7"]
     with working_directory(tmp_path):
         main(["fit", *tiny, "--model=DeepEnsemble", "--model.num_members=2", "--test_after_fit=false"])
         teacher = str((run_dirs(tmp_path)[-1] / "checkpoints" / "last.ckpt").resolve())
-        student = [*tiny, "--model=BatchEnsemble", "--model.num_members=2", f"--model.teacher={teacher}", "--model.distill_match=member"]
+        student = [*tiny, "--model=BatchEnsemble", "--model.num_members=2", f"--model.distillation.teacher={teacher}", "--model.distillation.match=member"]
         main(["fit", *student, "--trainer.max_epochs=2"])
         whole = run_dirs(tmp_path)[-1]
         main(["fit", *student, "--test_after_fit=false"])
@@ -227,10 +227,10 @@ def test_cli_student_of_a_deep_ensemble_fits_tests_and_resumes_to_the_same_weigh
         main(["fit", *student, "--trainer.max_epochs=2", "--test_after_fit=false", f"--ckpt_path={half / 'checkpoints' / 'last.ckpt'}"])
     results = read_results(whole)
     assert results["method"] == "BatchEnsemble" and {"digits", "digits_shifted", "photo_patches"} <= set(results["sets"])
-    assert results["config"]["model.init_args.teacher"] == teacher  # a student of another teacher is another run
+    assert results["config"]["model.init_args.distillation.teacher"] == teacher  # a student of another teacher is another run
     load = lambda run: torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     uninterrupted, resumed = load(whole), load(half)
     assert uninterrupted["global_step"] == resumed["global_step"] == 6
-    assert uninterrupted["hyper_parameters"]["teacher"] == teacher
+    assert uninterrupted["hyper_parameters"]["distillation"]["teacher"] == teacher
     assert list(uninterrupted["state_dict"]) == list(BatchEnsemble(num_members=2, **SMALL).state_dict())  # no teacher tensors
     assert all(torch.equal(v, resumed["state_dict"][k]) for k, v in uninterrupted["state_dict"].items())

@@ -188,7 +188,8 @@ def test_saved_hparams_rebuild_the_network(saved, expected):
 
 def test_resnet_hparams_of_older_checkpoints_load():
     trained = SingleModel(**RESNET, width=4)
-    old = dict(trained.hparams, hidden_sizes=[64, 32, 16], width=4)  # an older run recorded both
+    new_style = {k: v for k, v in trained.hparams.items() if k != "backbone"}
+    old = dict(new_style, backbone="resnet18", hidden_sizes=[64, 32, 16], width=4)  # an older run recorded both
     SingleModel(**old).load_state_dict(trained.state_dict(), strict=True)
     assert SingleModel(**dict(old, width=None)).network.conv1.weight.shape[0] == 64
 
@@ -199,7 +200,7 @@ def test_checkpoint_compare_resolves_options_left_out():
     resnet = dict(backbone="resnet18", input_shape=[3, 8, 8])
     older = dict(resnet, hidden_sizes=[64, 32, 16], width=64)
     assert architecture_differences(older, dict(resnet, hidden_sizes=None, width=None)) == ("", "")
-    assert architecture_differences(older, dict(resnet, hidden_sizes=None, width=32)) == (", width=64", ", width=32")
+    assert architecture_differences(older, dict(resnet, hidden_sizes=None, width=32)) == (", backbone.width=64", ", backbone.width=32")
 
 
 # ---- the logged training loss --------------------------------------------------------------------
@@ -225,10 +226,10 @@ def test_logged_training_loss_is_the_mean_member_loss(cls, tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--model.hidden_sizes=[64,-3]"], "hidden_sizes=[64, -3]: every hidden layer needs a positive integer number of units"),
-        (["--model.hidden_sizes=[0]"], "hidden_sizes=[0]: every hidden layer needs a positive integer number of units"),
-        (["--model.backbone=resnet18", "--model.hidden_sizes=[32]"], "--model.hidden_sizes applies to the mlp backbone, not resnet18"),
-        (["--model.width=8"], "--model.width applies to the resnet18 backbone, not mlp; drop it (mlp takes --model.hidden_sizes)"),
+        (["--model.backbone.hidden_sizes=[64,-3]"], "hidden_sizes=[64, -3]: every hidden layer needs a positive integer number of units"),
+        (["--model.backbone.hidden_sizes=[0]"], "hidden_sizes=[0]: every hidden layer needs a positive integer number of units"),
+        (["--model.backbone=resnet18", "--model.backbone.hidden_sizes=[32]"], "ResNet18Options has no argument 'hidden_sizes'; ResNet18Options accepts: width"),
+        (["--model.backbone.width=8"], "MLPOptions has no argument 'width'; MLPOptions accepts: hidden_sizes"),
     ],
     ids=["negative-size", "zero-size", "hidden_sizes-for-resnet18", "width-for-mlp"],
 )

@@ -83,8 +83,8 @@ def test_members_on_different_images_or_one_sample_are_refused(model):
 
 @pytest.mark.slow
 def test_fit_and_test_through_the_cli(cli, tmp_path):
-    cli("fit", "--model=BatchEnsemble", "--model.num_members=2", "--model.hidden_sizes=[16]", "--model.repulsion=0.5",
+    cli("fit", "--model=BatchEnsemble", "--model.num_members=2", "--model.backbone.hidden_sizes=[16]", "--model.repulsion.strength=0.5",
         "--data=DigitsDataModule", *TINY_TRAINER)  # fmt: skip
     (run,) = run_dirs(tmp_path)
-    assert read_results(run)["config"]["model.init_args.repulsion"] == 0.5
+    assert read_results(run)["config"]["model.init_args.repulsion.strength"] == 0.5
     assert "train/repulsion" in (run / "metrics.csv").read_text().splitlines()[0]

@@ -10,7 +10,7 @@ from ensemble_lab.methods import MIMO, BatchEnsemble, DeepEnsemble, LowRankEnsem
 from tests.conftest import TINY_TRAINER, read_results, run_dirs
 
 RESNET = dict(num_classes=10, input_shape=(3, 8, 8), backbone="resnet18", width=4)
-CLI_RESNET = ["--data=DigitsDataModule", "--model.backbone=resnet18", "--model.width=4", "--seed_everything=7", "--figures=false"]
+CLI_RESNET = ["--data=DigitsDataModule", "--model.backbone=resnet18", "--model.backbone.width=4", "--seed_everything=7", "--figures=false"]
 
 
 def assert_sane_results(run) -> None:
@@ -87,7 +87,7 @@ def test_compile_fits_and_keeps_checkpoint_names(cli, tmp_path, monkeypatch):
     """A tiny MLP only: compiling on CPU costs ~20 s per graph (a ResNet takes minutes)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     cli(
-        "fit", "--model=BatchEnsemble", "--model.num_members=2", "--model.hidden_sizes=[16]", "--model.compile=true",
+        "fit", "--model=BatchEnsemble", "--model.num_members=2", "--model.backbone.hidden_sizes=[16]", "--model.compile=true",
         "--data=DigitsDataModule", "--seed_everything=7", "--test_after_fit=false", "--trainer.limit_val_batches=0",
         *TINY_TRAINER,
     )

@@ -36,10 +36,10 @@ def test_options_left_out_or_none_take_the_backbones_default():
 @pytest.mark.parametrize(
     "name,options,message",
     [
-        ("resnet18", {"hidden_sizes": [32]}, "--model.hidden_sizes applies to the mlp backbone, not resnet18; drop it (resnet18 takes --model.width)"),
-        ("mlp", {"width": 16}, "--model.width applies to the resnet18 backbone, not mlp; drop it (mlp takes --model.hidden_sizes)"),
-        ("mlp", {"depth": 10}, "--model.depth applies to the wide_resnet backbone, not mlp; drop it (mlp takes --model.hidden_sizes)"),
-        ("wide_resnet", {"width": 16}, "--model.width applies to the resnet18 backbone, not wide_resnet; drop it (wide_resnet takes --model.depth, --model.widen_factor)"),
+        ("resnet18", {"hidden_sizes": [32]}, "--model.hidden_sizes applies to the mlp backbone, not resnet18; drop it (resnet18 takes --model.backbone.width)"),
+        ("mlp", {"width": 16}, "--model.width applies to the resnet18 backbone, not mlp; drop it (mlp takes --model.backbone.hidden_sizes)"),
+        ("mlp", {"depth": 10}, "--model.depth applies to the wide_resnet backbone, not mlp; drop it (mlp takes --model.backbone.hidden_sizes)"),
+        ("wide_resnet", {"width": 16}, "--model.width applies to the resnet18 backbone, not wide_resnet; drop it (wide_resnet takes --model.backbone.depth, --model.backbone.widen_factor)"),
         ("mlp", {"num_layers": 3}, "--model.num_layers is not an option of any backbone"),
     ],
     ids=["hidden_sizes-for-resnet18", "width-for-mlp", "depth-for-mlp", "width-for-wide_resnet", "unknown"],
@@ -76,3 +76,12 @@ def test_no_hidden_layer_builds_a_linear_model_with_a_warning():
         network = build("mlp", hidden_sizes=[])
     assert len(record) == 1 and "\n" not in str(record[0].message)
     assert linear_sizes(network) == [(64, 10)]
+
+
+def test_every_backbone_options_class_is_exported_where_configs_name_it():
+    import ensemble_lab.nn
+
+    for name, backbone in BACKBONES.items():
+        cls = backbone.options_class
+        assert cls.name == name and getattr(ensemble_lab.nn, cls.__name__) is cls
+        assert cls.class_path() == f"ensemble_lab.nn.{cls.__name__}"

@@ -226,7 +226,7 @@ def test_cifar_resnet18_parameter_count_is_the_authors():
 def test_packed_cifar_config_builds_the_authors_resnet18():
     config = yaml.safe_load((ROOT / "configs/cifar10/packed.yaml").read_text())["model"]["init_args"]
     options = {k: v for k, v in config.items() if k not in ("optimizer", "lr_scheduler")}
-    assert options["width"] == 64
+    assert options["backbone"] == {"class_path": "ResNet18Options", "init_args": {"width": 64}}
     model = PackedEnsemble(input_shape=(3, 32, 32), num_classes=10, **options)
     expected = authors_packed_resnet18_params(int(options["alpha"]), options["num_members"], options["gamma"])
     assert num_params(model) == expected == 8_175_784

@@ -193,7 +193,7 @@ def test_depth_error_says_what_to_use():
 def test_backbone_options_of_wide_resnet():
     assert backbone_options("wide_resnet") == {"depth": 28, "widen_factor": 10}
     assert backbone_options("wide_resnet", depth=16, widen_factor=None, width=None) == {"depth": 16, "widen_factor": 10}
-    message = "--model.hidden_sizes applies to the mlp backbone, not wide_resnet; drop it (wide_resnet takes --model.depth, --model.widen_factor)"
+    message = "--model.hidden_sizes applies to the mlp backbone, not wide_resnet; drop it (wide_resnet takes --model.backbone.depth, --model.backbone.widen_factor)"
     with pytest.raises(ConfigError, match=re.escape(message)):
         backbone_options("wide_resnet", hidden_sizes=[32])
     with pytest.raises(ConfigError, match=re.escape("--model.widen_factor applies to the wide_resnet backbone, not resnet18")):
@@ -211,8 +211,9 @@ def test_methods_build_wide_resnet_end_to_end(cls):
     assert m == (1 if cls is SingleModel else 4)
     out = model(torch.randn(5, 3, 8, 8))
     assert out.shape == (m, 5, 10)
-    assert model.hparams["depth"] == 10 and model.hparams["widen_factor"] == 1
-    assert model.hparams["width"] is None and model.hparams["hidden_sizes"] is None  # other backbones' options
+    # the checkpoint records the backbone's options object, without other backbones' options
+    assert model.hparams["backbone"] == {"class_path": "ensemble_lab.nn.WideResNetOptions", "init_args": {"depth": 10, "widen_factor": 1}}
+    assert not {"width", "hidden_sizes", "depth", "widen_factor"} & set(model.hparams)
 
 
 def test_methods_refuse_bad_wide_resnet_options():

@@ -158,7 +158,7 @@ def test_slurm_job_arrays_with_a_fake_sbatch(tmp_path, capsys, fake_sbatch, monk
     dry = capsys.readouterr().out
     assert not fake_sbatch and not (out / ".submitit").exists()
     assert "slurm array 1 (4 jobs, wave 0)" in dry and "slurm array 3 (2 jobs, wave 1; starts after" in dry
-    assert f"--model.teacher={out / 'de' / 'seed_2' / 'checkpoints' / 'last.ckpt'}" in dry
+    assert f"--model.distillation.teacher={out / 'de' / 'seed_2' / 'checkpoints' / 'last.ckpt'}" in dry
     assert f"ensemble-lab connectivity --config {out / 'de' / 'seed_1' / 'config.yaml'}" in dry and "--points 5" in dry
 
     main([*command, "--no_wait"])
@@ -182,7 +182,7 @@ def test_slurm_job_arrays_with_a_fake_sbatch(tmp_path, capsys, fake_sbatch, monk
         "1002_0": ("big", 1), "1002_1": ("big", 2), "1003_0": ("student", 1), "1003_1": ("student", 2),
     }  # fmt: skip
     student = jobs["1003_1"]
-    assert f"--model.teacher={out / 'de' / 'seed_2' / 'checkpoints' / 'last.ckpt'}" in student.fit_args(resume=False)
+    assert f"--model.distillation.teacher={out / 'de' / 'seed_2' / 'checkpoints' / 'last.ckpt'}" in student.fit_args(resume=False)
     assert student.connectivity_args()[-2:] == ["--points", "5"] and jobs["1001_2"].connectivity is None
     requeued = StudyJob(student).checkpoint()  # preempted or out of time: the same run again (it resumes from last.ckpt)
     assert isinstance(requeued, submitit.helpers.DelayedSubmission) and requeued.function.run == student
@@ -278,11 +278,11 @@ def test_a_moved_study_directory_still_matches_its_students_records(tmp_path):
     runs = load_spec(study, tmp_path / "moved").runs
     assert [(r.name, r.state()) for r in runs] == [("teacher", "done")] * 2 + [("student", "done")] * 2
     recorded = json.loads((tmp_path / "moved" / "student" / "seed_2" / "study_run.json").read_text())["config"]
-    assert recorded["model.init_args.teacher"].startswith(str(tmp_path / "out"))  # the record keeps the old path
+    assert recorded["model.init_args.distillation.teacher"].startswith(str(tmp_path / "out"))  # the record keeps the old path
     # another teacher is still a change
     methods["other"], methods["student"]["teacher"] = {"config": str(DIGITS / "single.yaml")}, "other"
     student = next(r for r in load_spec(write_study(tmp_path / "s.yaml", methods, seeds=(1, 2)), tmp_path / "moved").runs if r.name == "student")
-    assert "model.init_args.teacher: teacher/seed_1/checkpoints/last.ckpt -> other/seed_1/checkpoints/last.ckpt" in student.change()
+    assert "model.init_args.distillation.teacher: teacher/seed_1/checkpoints/last.ckpt -> other/seed_1/checkpoints/last.ckpt" in student.change()
 
 
 @pytest.mark.parametrize("status, stops", [(130, True), (143, True), (1, False), (None, False)])

@@ -306,7 +306,7 @@ def test_options_added_since_a_run_was_recorded_do_not_mark_it_changed(tmp_path,
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")
     [current] = load_study(study, out)
     today = current.resolved()
-    added = ["model.init_args.teacher", "model.init_args.distill_alpha", "calibration", "eval_sets_every"]  # options of later versions
+    added = ["model.init_args.distillation", "model.init_args.repulsion", "calibration", "eval_sets_every"]  # options of later versions
     assert set(added) <= set(today)
     old_config = {k: v for k, v in today.items() if k not in added}
     record = {"argv": current.fit_args(resume=False), "config": old_config}
@@ -436,3 +436,34 @@ def test_a_changed_student_of_a_teacher_that_fails_again_keeps_its_old_run_apart
     student = out / "s" / "seed_1"
     assert json.loads((student.with_name("seed_1.prev-1") / "results.json").read_text()) == {"made": "before"}
     assert not (student / "results.json").exists() and json.loads((student / "study_run.json").read_text())["state"] == "failed"
+
+
+def test_a_record_of_the_last_release_with_old_option_names_is_not_changed(tmp_path, capsys):
+    """Records written before options belonged to their objects hold the flat old keys; they translate to today's."""
+    study = write_study(tmp_path / "s.yaml", {"single": {"config": str(DIGITS / "single.yaml")}})
+    out, run = tmp_path / "out", tmp_path / "out" / "single" / "seed_1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    [current] = load_study(study, out)
+    today = current.resolved()
+    assert today["model.init_args.backbone.init_args.hidden_sizes"] == [64, 32, 16]
+    renamed = ("model.init_args.backbone", "model.init_args.distillation", "model.init_args.repulsion")
+    old_config = {k: v for k, v in today.items() if not k.startswith(renamed)}
+    old_config.update({  # as main at 9fa6435 recorded them
+        "model.init_args.backbone": "mlp", "model.init_args.hidden_sizes": [64, 32, 16], "model.init_args.width": None,
+        "model.init_args.depth": None, "model.init_args.widen_factor": None, "model.init_args.teacher": None,
+        "model.init_args.distill_temperature": 4.0, "model.init_args.distill_alpha": 0.5, "model.init_args.distill_match": "mean",
+        "model.init_args.repulsion": 0.0, "model.init_args.repulsion_bandwidth": 0.5,
+    })  # fmt: skip
+    old_argv = [a.replace("--model.backbone.hidden_sizes", "--model.hidden_sizes") for a in current.fit_args(resume=False)]
+    (run / "study_run.json").write_text(json.dumps({"argv": old_argv, "config": old_config}))
+    command = ["study", "--config", str(study), "--out", str(out), "--dry_run"]
+    main(command)
+    assert states(capsys.readouterr().out) == ["resume"]
+
+    # an old record of another network is still a change, named in today's keys
+    (run / "study_run.json").write_text(json.dumps({"argv": old_argv, "config": {**old_config, "model.init_args.hidden_sizes": [8]}}))
+    main(command)
+    out_lines = capsys.readouterr().out
+    assert states(out_lines) == ["changed"]
+    assert "model.init_args.backbone.init_args.hidden_sizes: [8] -> [64, 32, 16]" in out_lines
