@@ -13,7 +13,8 @@ from ensemble_lab.config.lightning_cli import check_run
 from ensemble_lab.config.run_config import comparable, flatten
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.report import main as report
-from ensemble_lab.study.spec import Study, remember_resolved
+from ensemble_lab.study.records import remember_resolved
+from ensemble_lab.study.spec import Study
 
 
 def _raising(cli: argparse.ArgumentParser) -> argparse.ArgumentParser:

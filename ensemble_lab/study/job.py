@@ -22,7 +22,8 @@ from ensemble_lab.config.failures import user_message
 from ensemble_lab.config.lightning_cli import run_lightning_cli
 from ensemble_lab.io import atomic_write_bytes
 from ensemble_lab.runs.interrupts import INTERRUPTED, TERMINATED
-from ensemble_lab.study.spec import Connectivity, Run, remember_resolved
+from ensemble_lab.study.args import Connectivity
+from ensemble_lab.study.records import Run, remember_resolved
 
 LOG = "study.log"  # a run's output when it runs in a process of its own
 

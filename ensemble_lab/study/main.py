@@ -17,7 +17,8 @@ from ensemble_lab.study.checks import validate
 from ensemble_lab.study.launchers import slurm as slurm_launcher
 from ensemble_lab.study.launchers.local import local_env, run_local, visible_gpus
 from ensemble_lab.study.launchers.sequential import run_sequential
-from ensemble_lab.study.spec import Study, forget_resolved, load_spec, refuse_changed
+from ensemble_lab.study.records import forget_resolved, refuse_changed
+from ensemble_lab.study.spec import Study, load_spec
 from ensemble_lab.study.status import print_runs, print_status
 
 

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from ensemble_lab.study.job import read_record
-from ensemble_lab.study.spec import Run
+from ensemble_lab.study.records import Run
 
 
 def _alive(record: dict) -> bool:

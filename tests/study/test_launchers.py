@@ -140,7 +140,7 @@ def quick_check(argv) -> dict:
 
 
 def test_slurm_job_arrays_with_a_fake_sbatch(tmp_path, capsys, fake_sbatch, monkeypatch):
-    monkeypatch.setattr("ensemble_lab.study.spec.check_arguments", quick_check)
+    monkeypatch.setattr("ensemble_lab.study.records.check_arguments", quick_check)
     study, out = slurm_study(tmp_path), tmp_path / "out"
     command = [
         "study",

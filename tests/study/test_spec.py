@@ -10,7 +10,8 @@ import yaml
 
 from ensemble_lab.cli import main
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.study.spec import describe_change, load_study
+from ensemble_lab.study.args import describe_change
+from ensemble_lab.study.spec import load_study
 from tests.conftest import REPO, TINY_TRAINER
 from tests.run_helpers import sigint_once
 

@@ -14,7 +14,7 @@ import torch
 from ensemble_lab.runs.interrupts import InterruptWatch
 from ensemble_lab.study.job import LOG, read_record, run_to_json, write_record
 from ensemble_lab.study.launchers.sequential import prepare
-from ensemble_lab.study.spec import Run
+from ensemble_lab.study.records import Run
 
 
 def visible_gpus() -> list[str]:

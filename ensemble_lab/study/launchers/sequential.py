@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ensemble_lab.runs.interrupts import InterruptWatch
 from ensemble_lab.study.job import run_job, write_record
-from ensemble_lab.study.spec import Run, move_aside
+from ensemble_lab.study.records import Run, move_aside
 
 
 def prepare(run: Run, label: str, done: dict[Path, bool]) -> str | None:

@@ -16,7 +16,8 @@ from typing import Any
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.runs.interrupts import InterruptWatch
 from ensemble_lab.study.job import LOG, StudyJob, read_record, write_record
-from ensemble_lab.study.spec import Run, Study, move_aside
+from ensemble_lab.study.records import Run, move_aside
+from ensemble_lab.study.spec import Study
 from ensemble_lab.study.status import commands
 
 #: study-level SLURM settings that are submitit parameters of the same name; others go to sbatch as they are
