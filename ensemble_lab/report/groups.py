@@ -309,7 +309,7 @@ def format_stat(stat: Stat | None, runs: int, digits: int = 3) -> str:
 #: what a preset shows, per role (``{score}``: --ood_score; ``{positive}``: "_in" for --ood_positive id); single_basin: one
 #: table per id set, see report/tables.py
 PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "paper": {"id": ("acc", "nll", "ece"), "shift": ("acc", "nll", "ece"), "ood": ("aupr{positive}_{score}", "auroc_{score}", "fpr95{positive}_{score}", "mi")},
+    "paper": {"id": ("acc", "nll", "ece"), "shift": ("acc", "nll", "ece", *CORRUPTION_AVERAGES), "ood": ("aupr{positive}_{score}", "auroc_{score}", "fpr95{positive}_{score}", "mi")},
     "single_basin": {"id": ("acc", "nll", "ece", "mi", "disagreement")},
 }
 
