@@ -57,6 +57,18 @@ def test_cifar10_fit_then_test(cli, tmp_path, config):
 
 
 @pytest.mark.slow
+def test_cifar100_fit_then_test(cli, tmp_path):
+    """configs/cifar100 run the CIFAR-10 recipe on CIFAR-100: 100 classes from the datamodule, SVHN far and CIFAR-10 near."""
+    data = fx.write_cifar100_benchmark(tmp_path / "data", ("fog", "snow"))
+    run, results = fit_then_test(cli, tmp_path, str(REPO / "configs" / "cifar100" / "batch_ensemble.yaml"), fx.cifar_args(data),
+                                 "--model.width=4", "--data.corruptions=[fog,snow]")  # fmt: skip
+    assert results["datamodule"] == "CIFAR100DataModule" and results["num_members"] == 4
+    assert {n: s["role"] for n, s in results["sets"].items()} == {"cifar100": "id", "cifar100c": "shift", "svhn": "ood", "cifar10": "ood"}
+    assert (results["sets"]["svhn"]["ood_kind"], results["sets"]["cifar10"]["ood_kind"]) == ("far", "near")
+    assert np.load(run / "predictions" / "cifar100.npz")["member_probs"].shape == (4, fx.CIFAR_TEST, 100)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["batch_ensemble", "deep_ensemble", "mc_dropout"])
 def test_mnist_fit_then_test(cli, tmp_path, config):
     data = fx.write_mnist_benchmark(tmp_path / "data")

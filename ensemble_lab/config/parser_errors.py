@@ -159,7 +159,7 @@ def _no_data(e: ParserError) -> str | None:
     if not re.search(r"the following arguments are required: \S*\bdata\b", e.message):
         return None
     return (
-        "no --data given: name a datamodule (--data DigitsDataModule, MNISTDataModule or CIFAR10DataModule) "
+        "no --data given: name a datamodule (--data DigitsDataModule, MNISTDataModule, CIFAR10DataModule or CIFAR100DataModule) "
         "or pass a config that has one (--config configs/digits/<method>.yaml)"
     )
 

@@ -103,6 +103,12 @@ class EnsembleDataModule(ResumableTrainOrder, L.LightningDataModule):
         """{test set name: "id" | "shift" | "ood"} in the order of the test dataloaders."""
         raise NotImplementedError
 
+    @property
+    def test_set_details(self) -> dict[str, dict[str, Any]]:
+        """What results.json records beside a set's role, by set name (none by default): a corrupted set's
+        ``corrupted`` (the pooled set it belongs to), ``corruption`` and ``severity``; an OOD set's ``ood_kind``."""
+        return {}
+
     def load_train(self) -> LabeledImages:
         """The full training split (validation is cut from it here)."""
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""Readers of the corrupted test sets stored as .npy arrays: CIFAR-10-C and MNIST-C.
+"""Readers of the corrupted test sets stored as .npy arrays: CIFAR-10-C, CIFAR-100-C and MNIST-C.
 
 Both return images uint8 ``(N, C, H, W)`` and labels int64 ``(N,)``, like every image reader; the
 arrays are memory-mapped, so only the rows a caller slices are read from disk.
@@ -11,11 +11,15 @@ from typing import Sequence
 
 import numpy as np
 
-from ensemble_lab.data.files import check_label_range, damaged_file_error, require_file
+from ensemble_lab.data.files import NUM_CLASSES, check_label_range, damaged_file_error, require_file
 from ensemble_lab.errors import ConfigError
 
 CIFAR10_TEST_SIZE = 10_000  # CIFAR-10's test split; CIFAR-10-C renders it once per corruption and severity
 CIFAR10C_SEVERITIES = (1, 2, 3, 4, 5)
+CIFAR100_CLASSES = 100
+#: the -C datasets of CIFAR: their folder under the data root (also the name errors use) and their classes.
+#: CIFAR-100-C (Zenodo record 3555552) has CIFAR-10-C's layout and 19 corruptions, rendered from CIFAR-100's test set
+CIFAR_C_DATASETS = {"CIFAR-10-C": NUM_CLASSES, "CIFAR-100-C": CIFAR100_CLASSES}
 CIFAR10C_IMAGE_SHAPE = (32, 32, 3)  # one CIFAR-10-C image as stored: height, width, channels last
 MNIST_C_IMAGE_SHAPE = (28, 28, 1)  # one MNIST-C image as stored
 CIFAR10C_CORRUPTIONS = (
@@ -32,9 +36,13 @@ MNIST_C_CORRUPTIONS = (
 
 
 def cifar10c_shapes(
-    root: Path | str, corruptions: Sequence[str] = CIFAR10C_CORRUPTIONS, block_size: int | None = None
+    root: Path | str,
+    corruptions: Sequence[str] = CIFAR10C_CORRUPTIONS,
+    block_size: int | None = None,
+    dataset: str = "CIFAR-10-C",
 ) -> dict[Path, tuple[int, ...]]:
-    """CIFAR-10-C's files under ``root/CIFAR-10-C`` and the shape each has: the one statement of its layout.
+    """CIFAR-10-C's (or, with ``dataset="CIFAR-100-C"``, CIFAR-100-C's) files under ``root/<dataset>`` and the
+    shape each has: the one statement of their layout.
 
     Each ``<corruption>.npy`` stacks 5 severity blocks (severity 1 first) of ``block_size`` images,
     uint8 (5 * block_size, 32, 32, 3); ``labels.npy`` holds the 5 * block_size labels. A block is
@@ -44,7 +52,7 @@ def cifar10c_shapes(
     block = CIFAR10_TEST_SIZE if block_size is None else block_size
     if block < 1:
         raise ConfigError(f"block_size must be positive, got {block}")
-    folder = Path(root).expanduser() / "CIFAR-10-C"
+    folder = Path(root).expanduser() / dataset
     rows = len(CIFAR10C_SEVERITIES) * block
     shapes: dict[Path, tuple[int, ...]] = {folder / f"{c}.npy": (rows, *CIFAR10C_IMAGE_SHAPE) for c in corruptions}
     shapes[folder / "labels.npy"] = (rows,)
@@ -77,12 +85,12 @@ def _check_images(path: Path, dataset: str, images: np.ndarray, hwc: tuple[int, 
         raise damaged_file_error(path, dataset, why)
 
 
-def _check_labels(path: Path, dataset: str, labels: np.ndarray, n: int) -> None:
+def _check_labels(path: Path, dataset: str, labels: np.ndarray, n: int, num_classes: int = NUM_CLASSES) -> None:
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
         raise damaged_file_error(
             path, dataset, f"labels are {labels.dtype} {labels.shape}, expected {n} integers"
         )
-    check_label_range(path, dataset, labels)
+    check_label_range(path, dataset, labels, high=num_classes - 1)
 
 
 def read_cifar10c(
@@ -90,8 +98,10 @@ def read_cifar10c(
     corruption: str,
     severities: Sequence[int] = (5,),
     block_size: int | None = None,
+    dataset: str = "CIFAR-10-C",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10-C corruption from ``root/CIFAR-10-C/<corruption>.npy`` and ``labels.npy``.
+    """One CIFAR-10-C corruption from ``root/CIFAR-10-C/<corruption>.npy`` and ``labels.npy`` (``dataset``:
+    "CIFAR-100-C" reads ``root/CIFAR-100-C`` instead, labels 0..99).
 
     The file stacks the 5 severities in blocks of ``block_size`` rows, severity 1 first (see
     :func:`cifar10c_shapes`; the block is the CIFAR-10 test set's length, 10,000 by default).
@@ -104,18 +114,20 @@ def read_cifar10c(
         raise ConfigError(f"unknown CIFAR-10-C corruption '{corruption}'; choose from {allowed}")
     severities = list(severities)
     if not severities or any(s not in CIFAR10C_SEVERITIES for s in severities):
-        raise ConfigError(f"CIFAR-10-C severities must be a non-empty list of 1..5, got {severities}")
-    (image_path, (rows, *_)), (label_path, _) = cifar10c_shapes(root, [corruption], block_size).items()
+        raise ConfigError(f"{dataset} severities must be a non-empty list of 1..5, got {severities}")
+    if dataset not in CIFAR_C_DATASETS:
+        raise ConfigError(f"unknown corrupted CIFAR dataset {dataset!r}; choose from {', '.join(CIFAR_C_DATASETS)}")
+    (image_path, (rows, *_)), (label_path, _) = cifar10c_shapes(root, [corruption], block_size, dataset).items()
     block = rows // len(CIFAR10C_SEVERITIES)
-    images, labels = _load_npy(image_path, "CIFAR-10-C"), _load_npy(label_path, "CIFAR-10-C")
-    _check_images(image_path, "CIFAR-10-C", images, CIFAR10C_IMAGE_SHAPE)
+    images, labels = _load_npy(image_path, dataset), _load_npy(label_path, dataset)
+    _check_images(image_path, dataset, images, CIFAR10C_IMAGE_SHAPE)
     if len(images) != rows:
         raise damaged_file_error(
-            image_path, "CIFAR-10-C",
+            image_path, dataset,
             f"{len(images)} rows, expected 5 severity blocks of {block} = {rows} (one block per severity, "
-            "each the CIFAR-10 test set)",
+            f"each the {dataset.removesuffix('-C')} test set)",
         )
-    _check_labels(label_path, "CIFAR-10-C", labels, rows)
+    _check_labels(label_path, dataset, labels, rows, CIFAR_C_DATASETS[dataset])
     blocks = [slice((s - 1) * block, s * block) for s in severities]
     x = np.concatenate([images[b] for b in blocks])  # (S * block, 32, 32, 3), read from disk here
     y = np.concatenate([labels[b] for b in blocks]).astype(np.int64)

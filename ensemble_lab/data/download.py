@@ -20,6 +20,8 @@ import numpy as np
 from ensemble_lab.data.readers import (
     CIFAR10_URL,
     CIFAR10C_URL,
+    CIFAR100_URL,
+    CIFAR100C_URL,
     MNIST_C_URL,
     SVHN_URL,
     cifar10c_shapes,
@@ -43,6 +45,13 @@ CIFAR10_FILE_MD5 = {  # the extracted batches, so a present copy is verified wit
 SVHN_TEST_MD5 = "eb5a983be6a315427106f1b64d4c7e5f"  # test_32x32.mat
 CIFAR10C_MD5 = "56bf5dcef84df0e2308c6dcbcbbd8499"  # CIFAR-10-C.tar, Zenodo record 2535967
 MNIST_C_MD5 = "4b34b33045869ee6d424616cd3a65da3"  # mnist_c.zip, Zenodo record 3239543
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # cifar-100-python.tar.gz
+CIFAR100_FILE_MD5 = {  # the extracted pickles
+    "train": "16019d7e3df5f24257cddd939b257f8d",
+    "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+    "meta": "7973b15100ade9c7d40fb424638fde48",
+}
+CIFAR100C_MD5 = "11f0ed0f1191edbf9fa23466ae6021d3"  # CIFAR-100-C.tar, Zenodo record 3555552
 
 
 # --------------------------------------------------------------------------- checks
@@ -155,6 +164,19 @@ def download_cifar10(root: Path | str) -> Path:
     return folder
 
 
+def download_cifar100(root: Path | str) -> Path:
+    """CIFAR-100 python pickles (train, test, meta) into ``root/cifar-100-python``; returns that folder."""
+    root = Path(root).expanduser()
+    folder = root / "cifar-100-python"
+    if all(_md5_ok(folder / name, md5) for name, md5 in CIFAR100_FILE_MD5.items()):
+        return folder
+    _fetch("CIFAR-100", CIFAR100_URL, folder,
+           lambda: _download_archive(CIFAR100_URL, root, "cifar-100-python.tar.gz", CIFAR100_MD5))
+    for name, md5 in CIFAR100_FILE_MD5.items():
+        verify_md5(folder / name, md5)
+    return folder
+
+
 def download_svhn_test(root: Path | str) -> Path:
     """SVHN's test split into ``root/svhn/test_32x32.mat``; returns the file's path."""
     folder = Path(root).expanduser() / "svhn"
@@ -206,6 +228,19 @@ def download_cifar10c(root: Path | str) -> Path:
     _fetch("CIFAR-10-C", CIFAR10C_URL, folder,
            lambda: _download_archive(CIFAR10C_URL, root, "CIFAR-10-C.tar", CIFAR10C_MD5))
     check_npy_files(expected, "CIFAR-10-C")
+    return folder
+
+
+def download_cifar100c(root: Path | str) -> Path:
+    """CIFAR-100-C (2.9 GB tar from Zenodo) into ``root/CIFAR-100-C``; returns that folder."""
+    root = Path(root).expanduser()
+    folder = root / "CIFAR-100-C"
+    expected = cifar10c_shapes(root, dataset="CIFAR-100-C")  # the same 19 corruptions × 5 blocks of 10,000
+    if _first_bad(expected) is None:
+        return folder
+    _fetch("CIFAR-100-C", CIFAR100C_URL, folder,
+           lambda: _download_archive(CIFAR100C_URL, root, "CIFAR-100-C.tar", CIFAR100C_MD5))
+    check_npy_files(expected, "CIFAR-100-C")
     return folder
 
 

@@ -15,17 +15,22 @@ from ensemble_lab.errors import DatasetError
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"
 CIFAR10C_URL = "https://zenodo.org/records/2535967/files/CIFAR-10-C.tar?download=1"
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100C_URL = "https://zenodo.org/records/3555552/files/CIFAR-100-C.tar?download=1"
 MNIST_C_URL = "https://zenodo.org/records/3239543/files/mnist_c.zip?download=1"
 
 _DOWNLOAD_FLAG = "set `download: true` in the datamodule config (`--data.download true`)"
 _HOW_TO_GET = {
     "CIFAR-10": f"{_DOWNLOAD_FLAG}, or extract {CIFAR10_URL} into the data root",
+    "CIFAR-100": f"{_DOWNLOAD_FLAG}, or extract {CIFAR100_URL} into the data root",
     "SVHN": f"{_DOWNLOAD_FLAG}, or save {SVHN_URL.format(split='test')} into <root>/svhn/",
     "MNIST": f"{_DOWNLOAD_FLAG} (torchvision's MNIST downloader fills <root>/MNIST/raw/)",
     "FashionMNIST": f"{_DOWNLOAD_FLAG} (torchvision's FashionMNIST downloader fills "
     "<root>/FashionMNIST/raw/)",
     "CIFAR-10-C": f"{_DOWNLOAD_FLAG} (2.9 GB), or download CIFAR-10-C.tar from Zenodo "
     f"({CIFAR10C_URL}) and extract it into the data root",
+    "CIFAR-100-C": f"{_DOWNLOAD_FLAG} (2.9 GB), or download CIFAR-100-C.tar from Zenodo "
+    f"({CIFAR100C_URL}) and extract it into the data root",
     "MNIST-C": f"{_DOWNLOAD_FLAG}, or download mnist_c.zip from Zenodo ({MNIST_C_URL}) "
     "and extract it into the data root",
 }
@@ -55,7 +60,7 @@ def require_file(path: Path, dataset: str, how: str | None = None) -> Path:
     return path
 
 
-#: every dataset here has 10 classes, labelled 0..9 (SVHN's file stores 1..10, mapped on reading)
+#: the classes of every dataset here but CIFAR-100 (100), labelled 0..9 (SVHN's file stores 1..10, mapped on reading)
 NUM_CLASSES = 10
 
 

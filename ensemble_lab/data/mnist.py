@@ -46,6 +46,7 @@ class MNISTDataModule(EnsembleDataModule):
         mnist_c: bool = True,
         corruptions: Sequence[str] = MNIST_C_CORRUPTIONS,
         rotation_degrees: float = 45.0,
+        per_corruption: bool = False,
         **kwargs,
     ) -> None:
         """
@@ -57,18 +58,34 @@ class MNISTDataModule(EnsembleDataModule):
             mnist_c: evaluate the ``mnist_c`` shift set; turn off if you have no MNIST-C files.
             corruptions: MNIST-C corruptions pooled into ``mnist_c`` (default: all 15).
             rotation_degrees: angle by which every test digit of ``rotated_mnist`` is turned counter-clockwise.
+            per_corruption: also report every MNIST-C corruption as its own shift set ``mnist_c_<corruption>``
+                (for the c_acc / c_nll / c_ece averages). MNIST-C is published at one severity, so there is
+                no severity option: its sets record severity null.
         """
         super().__init__(batch_size=batch_size, val_size=val_size, **kwargs)
         self.corruptions = check_choices("corruptions", corruptions, MNIST_C_CORRUPTIONS, "MNIST-C corruption")
         self.data_dir, self.download = Path(data_dir).expanduser(), download
-        self.mnist_c, self.rotation_degrees = mnist_c, rotation_degrees
+        self.mnist_c, self.rotation_degrees, self.per_corruption = mnist_c, rotation_degrees, per_corruption
 
     @property
     def test_set_roles(self) -> dict[str, str]:
         roles = {"mnist": "id", "mnist_c": "shift", "rotated_mnist": "shift", "fashion_mnist": "ood"}
         if not self.mnist_c:
             del roles["mnist_c"]
+        elif self.per_corruption:  # after the pooled set, before rotated_mnist
+            roles = {**{k: v for k, v in roles.items() if k in ("mnist", "mnist_c")}, **{f"mnist_c_{c}": "shift" for c in self.corruptions},
+                     **{k: v for k, v in roles.items() if k in ("rotated_mnist", "fashion_mnist")}}  # fmt: skip
         return roles
+
+    @property
+    def test_set_details(self) -> dict[str, dict]:
+        """Per-corruption sets: ``corrupted`` "mnist_c", ``corruption``, ``severity`` null (MNIST-C has one level);
+        ``fashion_mnist``: ``ood_kind`` far (clothing, not digits)."""
+        details: dict[str, dict] = {}
+        if self.mnist_c and self.per_corruption:
+            details.update({f"mnist_c_{c}": {"corrupted": "mnist_c", "corruption": c, "severity": None} for c in self.corruptions})
+        details["fashion_mnist"] = {"ood_kind": "far"}
+        return details
 
     def prepare_data(self) -> None:
         """Download what is missing (``download``), then check every file before any training.
@@ -99,6 +116,8 @@ class MNISTDataModule(EnsembleDataModule):
         if self.mnist_c:
             parts = [labeled(*read_mnist_c(self.data_dir, c)) for c in self.corruptions]
             sets["mnist_c"] = LabeledImages(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+            if self.per_corruption:
+                sets.update({f"mnist_c_{c}": part for c, part in zip(self.corruptions, parts)})
         sets["rotated_mnist"] = LabeledImages(rotate(test.images, self.rotation_degrees), test.labels)
         sets["fashion_mnist"] = labeled(*read_fashion_mnist(self.data_dir, train=False))
         return sets

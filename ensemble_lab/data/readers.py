@@ -8,10 +8,12 @@ Expected layout under one data root (torchvision's where torchvision has one, so
 downloaders can fill it; for SVHN give torchvision ``root=<data root>/svhn``)::
 
     cifar-10-batches-py/data_batch_1..5, test_batch     CIFAR-10 python pickles
+    cifar-100-python/train, test, meta                   CIFAR-100 python pickles (fine labels)
     svhn/test_32x32.mat                                  SVHN, MATLAB v5
     MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
     FashionMNIST/raw/...                                 same names as MNIST
     CIFAR-10-C/<corruption>.npy, labels.npy              Zenodo record 2535967
+    CIFAR-100-C/<corruption>.npy, labels.npy             Zenodo record 3555552
     mnist_c/<corruption>/test_images.npy, test_labels.npy   Zenodo record 3239543
 
 The shared file errors live in :mod:`ensemble_lab.data.files` and the .npy corruption readers in
@@ -34,6 +36,7 @@ from ensemble_lab.data.corruptions import (
     CIFAR10C_CORRUPTIONS,
     CIFAR10C_IMAGE_SHAPE,
     CIFAR10C_SEVERITIES,
+    CIFAR100_CLASSES,
     MNIST_C_CORRUPTIONS,
     MNIST_C_IMAGE_SHAPE,
     cifar10c_shapes,
@@ -44,6 +47,8 @@ from ensemble_lab.data.corruptions import (
 from ensemble_lab.data.files import (
     CIFAR10_URL,
     CIFAR10C_URL,
+    CIFAR100_URL,
+    CIFAR100C_URL,
     MNIST_C_URL,
     NUM_CLASSES,
     SVHN_URL,
@@ -59,7 +64,7 @@ __all__ = [
     "CIFAR10_URL", "MNIST_C_CORRUPTIONS", "MNIST_C_IMAGE_SHAPE", "MNIST_C_URL", "NUM_CLASSES", "SVHN_SPLITS",
     "SVHN_URL", "cifar10c_shapes", "damaged_file_error", "idx_split_size", "missing_file_error", "mnist_c_shapes",
     "read_cifar10", "read_cifar10c", "read_fashion_mnist", "read_idx_images", "read_idx_labels", "read_mnist",
-    "read_mnist_c", "read_svhn",
+    "read_mnist_c", "read_svhn", "CIFAR100_CLASSES", "CIFAR100_URL", "CIFAR100C_URL", "cifar100_files", "read_cifar100",
 ]
 
 SVHN_SPLITS = ("train", "test", "extra")
@@ -84,32 +89,35 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    require_file(path, "CIFAR-10")
+def _read_cifar_batch(
+    path: Path, dataset: str = "CIFAR-10", label_key: str = "labels", num_classes: int = NUM_CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
+    """One python-pickle batch of CIFAR-10 (``labels``) or CIFAR-100 (``fine_labels``): images (N, 3, 32, 32), labels (N,)."""
+    require_file(path, dataset)
     try:
         with open(path, "rb") as f:
             # encoding="bytes": the batches were pickled by Python 2, keys come back as bytes
             batch = _ArrayUnpickler(f, encoding="bytes").load()
     except Exception as e:  # any unpickling failure means the file is not a CIFAR batch
-        raise damaged_file_error(path, "CIFAR-10", f"cannot unpickle: {e}") from e
+        raise damaged_file_error(path, dataset, f"cannot unpickle: {e}") from e
     if not isinstance(batch, dict):
-        raise damaged_file_error(path, "CIFAR-10", f"holds a {type(batch).__name__}, not a dict")
-    data, labels = batch.get(b"data", batch.get("data")), batch.get(b"labels", batch.get("labels"))
+        raise damaged_file_error(path, dataset, f"holds a {type(batch).__name__}, not a dict")
+    data, labels = batch.get(b"data", batch.get("data")), batch.get(label_key.encode(), batch.get(label_key))
     if data is None or labels is None:
-        raise damaged_file_error(path, "CIFAR-10", "no 'data' or 'labels' entry")
+        raise damaged_file_error(path, dataset, f"no 'data' or '{label_key}' entry")
     try:
         data, labels = np.asarray(data), np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError) as e:  # labels that are not integers
-        raise damaged_file_error(path, "CIFAR-10", f"bad labels: {e}") from e
+        raise damaged_file_error(path, dataset, f"bad labels: {e}") from e
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise damaged_file_error(
-            path, "CIFAR-10", f"data is {data.dtype} {data.shape}, expected uint8 (N, 3072)"
+            path, dataset, f"data is {data.dtype} {data.shape}, expected uint8 (N, 3072)"
         )
     if labels.shape != (len(data),):
         raise damaged_file_error(
-            path, "CIFAR-10", f"{len(data)} images but labels shaped {labels.shape}"
+            path, dataset, f"{len(data)} images but labels shaped {labels.shape}"
         )
-    check_label_range(path, "CIFAR-10", labels)
+    check_label_range(path, dataset, labels, high=num_classes - 1)
     # each row is three 32x32 planes, R then G then B, each row-major: exactly (3, 32, 32)
     return data.reshape(-1, 3, 32, 32), labels
 
@@ -123,6 +131,21 @@ def read_cifar10(root: Path | str, train: bool) -> tuple[np.ndarray, np.ndarray]
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     parts = [_read_cifar_batch(folder / name) for name in names]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def cifar100_files(root: Path | str) -> list[Path]:
+    """CIFAR-100's python-pickle files under ``root/cifar-100-python``: train, test and meta (the class names)."""
+    folder = Path(root).expanduser() / "cifar-100-python"
+    return [folder / name for name in ("train", "test", "meta")]
+
+
+def read_cifar100(root: Path | str, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-100 from ``root/cifar-100-python/{train,test}`` with its 100 fine labels (the coarse 20 are not used).
+
+    Returns images uint8 (N, 3, 32, 32) and labels int64 (N,) in 0..99.
+    """
+    train_path, test_path, _ = cifar100_files(root)
+    return _read_cifar_batch(train_path if train else test_path, "CIFAR-100", "fine_labels", CIFAR100_CLASSES)
 
 
 # --------------------------------------------------------------------------- SVHN

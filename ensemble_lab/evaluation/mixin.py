@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ensemble_lab.compat import attached_trainer
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.evaluation.corrupted_sets import add_corruption_averages, add_set_details
 from ensemble_lab.evaluation.outputs import EvaluationOutputs, evaluation_outputs
 from ensemble_lab.evaluation.sets import eval_due, predict_test_sets, scalars, set_metrics
 from ensemble_lab.evaluation.store import PredictionStore
@@ -225,6 +226,7 @@ class UncertaintyEvalMixin(_Base):
         collected = {name: self._stores[name].compute() for name in self._test_names if not self._stores[name].is_empty}
         sets = set_metrics(collected, roles)
         calibrated = {} if self._calibration is None else self._calibrated_sets(collected, roles)
+        add_corruption_averages(getattr(self.trainer, "datamodule", None), sets, calibrated)  # <corrupted>_mean: c_acc, c_nll, c_ece
         for prefix, results in (("test", sets), ("test_calibrated", calibrated)):
             self.log_dict(scalars(prefix, results), sync_dist=False, add_dataloader_idx=False)
         images = self._cost_images
@@ -233,6 +235,7 @@ class UncertaintyEvalMixin(_Base):
         self.test_results = self._results_document(sets)
         if self._calibration is not None:  # after the temperature: every set again, and the fitted T
             self.test_results.update(calibration=self._calibration, sets_calibrated=calibrated)
+        add_set_details(self.test_results, getattr(self.trainer, "datamodule", None))  # corruption, severity, ood_kind beside role
         for key in ("weight_cosine_mean", "weight_cosine_stored_mean"):
             if self.test_results[key] is not None:
                 self.log(f"test/{key}", self.test_results[key], sync_dist=False, add_dataloader_idx=False)

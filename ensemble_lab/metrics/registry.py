@@ -16,6 +16,8 @@ Pure data: no torch, importable anywhere.
 
 from dataclasses import dataclass
 
+from ensemble_lab.metrics.corruptions import FACTS as CORRUPTION_FACTS
+
 #: what a metric is measured on: classification outputs, regression outputs, or any model (cost, weights)
 TASKS = ("classification", "regression", "any")
 #: where a metric sits in results.json: in each test set's metrics, at the top level of the run, under "cost"
@@ -151,6 +153,9 @@ add(Metric("entropy", "classification", 0, group="uncertainty", recomputable=Tru
 add(Metric("expected_entropy", "classification", 0, group="uncertainty", recomputable=True))
 add(Metric("mi", "classification", 0, "mi (epistemic)", "diversity", recomputable=True, val_curve=True))
 add(Metric("disagreement", "classification", 0, group="diversity", recomputable=True, val_curve=True))
+# averages over every corruption × severity of a -C dataset (metrics/corruptions.py), in the set <corrupted>_mean
+for _name, _direction, _labels, _label in CORRUPTION_FACTS:
+    add(Metric(_name, "classification", _direction, _label, "robustness", needs_labels=_labels))
 # each member's own (lists over members) and each pair's (M×M matrices): described, never ranked
 for _name in ("member_acc", "member_nll", "member_ece"):
     add(Metric(_name, "classification", 0, group="per member", needs_labels=True, per_member=True))

@@ -11,6 +11,8 @@
   std over seeds (the runs' TensorBoard event files);
 - ``ensemble_size``: metrics against M, a line per set of rows trained alike but for M (per method: a study's
   ``be_m2``, ``be_m4`` ... join into one line, a variant at a single M such as ``be_rank2`` stays out; results.json alone);
+- ``severity_<corrupted>``: acc, NLL and ECE against corruption severity, a line per row, for runs tested with
+  ``--data.per_corruption true`` at several ``--data.severities`` (results.json alone; report/severity.py);
 - ``scale``: accuracy, diversity (mi, disagreement), weight cosine and AUROC (mi) against the parameters of one member's
   network, for methods whose rows differ in size (a width or depth sweep, a line each; results.json alone).
 
@@ -31,6 +33,7 @@ from ensemble_lab.figures.style import Look, check_formats, save_figure
 from ensemble_lab.metrics.classification import member_mean, uncertainty_scores
 from ensemble_lab.metrics.registry import OOD_SCORES
 from ensemble_lab.report.figure_rows import RunGroup, looks, run_results, saved_predictions, set_roles, skip
+from ensemble_lab.report.severity import severity_figures
 from ensemble_lab.report.sweeps import backbone_dims, ensemble_size_figure, member_lines, scale_figure, sweeps
 from ensemble_lab.report.training_curves import CURVE_TAGS, has_epochs, mean_std, per_epoch, read_scalars
 
@@ -107,7 +110,8 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
                 figures[f"ood_{kind}_{name}_{score}"] = draw.ood_curve_figure(curves[score], kind, name, id_set or "", score)
     for name, role in roles.items():
         axes = DIVERSITY_AXES["ood" if role == "ood" else "id"]
-        points = [(look, [m for d in runs if isinstance(m := (d.get("sets") or {}).get(name), dict)]) for look, runs in zip(seen, docs)]
+        # a set without the axes' metrics (an averages set such as cifar10c_mean) gets no empty figure
+        points = [(look, [m for d in runs if isinstance(m := (d.get("sets") or {}).get(name), dict) and axes[0][0] in m]) for look, runs in zip(seen, docs)]
         if points := [p for p in points if p[1]]:
             figures[f"diversity_{name}"] = draw.diversity_figure(points, name, axes)
     if fig := _training_curves(groups, seen):
@@ -123,6 +127,7 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
         figures["scale"] = fig
     else:
         skip("scale", "no method has rows of different sizes (vary --model.backbone.hidden_sizes / --model.backbone.width, as configs/study/scale_digits.yaml)")
+    figures.update(severity_figures(seen, docs))  # acc / NLL / ECE against corruption severity (report/severity.py)
     if not roles:
         skip("comparison", "no run has a readable results.json")
     return figures

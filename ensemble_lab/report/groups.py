@@ -32,6 +32,7 @@ from ensemble_lab.config.run_config import (
 )
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.figures.style import METHOD_ORDER
+from ensemble_lab.metrics.corruptions import CORRUPTION_AVERAGES
 from ensemble_lab.metrics.registry import OOD_SCORES, lookup, names, ood_name
 from ensemble_lab.report.reading import find_results, load_results, read_document
 from ensemble_lab.runs.legacy_keys import translate_flat
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # torch only when comparing (report/significance.py)
     from ensemble_lab.metrics.significance import Comparison
 
 #: columns of id and shift sets, and of ood sets (class-based metrics mean nothing on OOD data)
-ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement")
+ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement", *CORRUPTION_AVERAGES)  # c_*: only <corrupted>_mean sets have them
 OOD_COLUMNS = tuple(ood_name(m, s) for s in OOD_SCORES for m in ("auroc", "aupr", "fpr95")) + ("mi", "disagreement")
 #: the loss / error barriers between members, read from <run>/connectivity.json when present (``ensemble-lab connectivity``):
 #: the chord barrier (Entezari et al.), then Frankle et al.'s (above the mean of the ends); docs/connectivity.md
@@ -311,7 +312,7 @@ def format_stat(stat: Stat | None, runs: int, digits: int = 3) -> str:
 #: what a preset shows, per role (``{score}``: --ood_score; ``{positive}``: "_in" for --ood_positive id); single_basin: one
 #: table per id set, see report/tables.py
 PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "paper": {"id": ("acc", "nll", "ece"), "shift": ("acc", "nll", "ece"), "ood": ("aupr{positive}_{score}", "auroc_{score}", "fpr95{positive}_{score}", "mi")},
+    "paper": {"id": ("acc", "nll", "ece"), "shift": ("acc", "nll", "ece", *CORRUPTION_AVERAGES), "ood": ("aupr{positive}_{score}", "auroc_{score}", "fpr95{positive}_{score}", "mi")},
     "single_basin": {"id": ("acc", "nll", "ece", "mi", "disagreement")},
 }
 

@@ -10,6 +10,7 @@ the same arrays. Example::
     write_cifar10(tmp_path, x, y, x[:10], y[:10])
     write_svhn_test(tmp_path, x[:8], y[:8])
     write_cifar10c(tmp_path, n_per_severity=4)      # then read with block_size=4
+    write_cifar100(tmp_path, x, y * 9, x[:10], y[:10] * 9)   # fine labels 0..99
 """
 
 from __future__ import annotations
@@ -83,6 +84,44 @@ def write_cifar10(
     with open(folder / "batches.meta", "wb") as f:
         meta = {b"label_names": [n.encode() for n in CIFAR10_LABEL_NAMES], b"num_vis": 3072}
         pickle.dump(meta, f, protocol=2)
+    return folder
+
+
+# --------------------------------------------------------------------------- CIFAR-100
+def _write_cifar100_split(path: Path, images: np.ndarray, fine: np.ndarray, name: str) -> None:
+    split = {
+        b"filenames": [f"{name}_{i}.png".encode() for i in range(len(images))],
+        b"batch_label": f"{name} batch 1 of 1".encode(),
+        b"fine_labels": [int(v) for v in fine],  # plain lists, as in the real files
+        b"coarse_labels": [int(v) // 5 for v in fine],  # the 20 superclasses (not their real mapping: unused)
+        b"data": images.reshape(len(images), 3 * 32 * 32),  # R plane, G plane, B plane per row
+    }
+    with open(path, "wb") as f:
+        pickle.dump(split, f, protocol=2)
+
+
+def write_cifar100(
+    root: Path | str,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    meta: bool = True,
+) -> Path:
+    """CIFAR-100 python pickles ``root/cifar-100-python/{train,test,meta}``; returns that folder.
+
+    Images uint8 (N, 3, 32, 32), fine labels 0..99 (stored as ``fine_labels``, beside ``coarse_labels``);
+    ``meta`` False leaves the meta file out (for missing-file tests).
+    """
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_cifar100_split(folder / "train", _uint8(train_images, 3, 32), np.asarray(train_labels), "training")
+    _write_cifar100_split(folder / "test", _uint8(test_images, 3, 32), np.asarray(test_labels), "testing")
+    if meta:
+        with open(folder / "meta", "wb") as f:
+            names = {b"fine_label_names": [f"class_{i}".encode() for i in range(100)],
+                     b"coarse_label_names": [f"super_{i}".encode() for i in range(20)]}
+            pickle.dump(names, f, protocol=2)
     return folder
 
 
@@ -170,8 +209,10 @@ def write_cifar10c(
     corruptions: Sequence[str] = CIFAR10C_CORRUPTIONS,
     labels: np.ndarray | None = None,
     n_per_severity: int | None = None,
+    folder_name: str = "CIFAR-10-C",
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """CIFAR-10-C files ``root/CIFAR-10-C/<corruption>.npy`` and ``labels.npy``.
+    """CIFAR-10-C files ``root/CIFAR-10-C/<corruption>.npy`` and ``labels.npy`` (``folder_name``
+    "CIFAR-100-C": CIFAR-100-C's, the same layout; pass labels 0..99).
 
     Each file holds (5 * n, 32, 32, 3) uint8, severity k in rows [(k-1) n, k n), read them with
     ``block_size=n``. ``labels`` (n,) default to ``arange(n) % 10``; ``n_per_severity`` defaults
@@ -187,7 +228,7 @@ def write_cifar10c(
     n = len(labels)
     if n_per_severity is not None and n_per_severity != n:
         raise ValueError(f"n_per_severity={n_per_severity} but {n} labels")
-    folder = Path(root) / "CIFAR-10-C"
+    folder = Path(root) / folder_name
     folder.mkdir(parents=True, exist_ok=True)
     all_labels = np.tile(labels, 5).astype(np.uint8)  # the real labels.npy repeats the test labels
     np.save(folder / "labels.npy", all_labels)

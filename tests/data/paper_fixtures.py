@@ -15,6 +15,7 @@ from tests.data.native_formats import (
     random_labels,
     write_cifar10,
     write_cifar10c,
+    write_cifar100,
     write_fashion_mnist,
     write_mnist,
     write_mnist_c,
@@ -33,6 +34,17 @@ def write_cifar_benchmark(root: Path) -> Path:
     write_cifar10(root, x[:CIFAR_TRAIN], y[:CIFAR_TRAIN], x[CIFAR_TRAIN:], y[CIFAR_TRAIN:])
     write_cifar10c(root, labels=y[CIFAR_TRAIN:])  # the test labels, as in the real labels.npy
     write_svhn_test(root, random_images(SVHN_TEST, 3, 32, seed=2), np.arange(SVHN_TEST) % 10)
+    return root
+
+
+def write_cifar100_benchmark(root: Path, corruptions: tuple[str, ...] | None = None) -> Path:
+    """CIFAR-100 (40 train, 2 test; labels 0..99), CIFAR-100-C (the given corruptions, default all 19, × 5 × 2 rows),
+    CIFAR-10 and SVHN (its near and far OOD sets) under ``root``."""
+    write_cifar_benchmark(root)
+    x, y = random_images(CIFAR_TRAIN + CIFAR_TEST, 3, 32, seed=5), random_labels(CIFAR_TRAIN + CIFAR_TEST, 100, seed=5)
+    write_cifar100(root, x[:CIFAR_TRAIN], y[:CIFAR_TRAIN], x[CIFAR_TRAIN:], y[CIFAR_TRAIN:])
+    kwargs = {} if corruptions is None else {"corruptions": corruptions}
+    write_cifar10c(root, labels=y[CIFAR_TRAIN:], folder_name="CIFAR-100-C", **kwargs)
     return root
 
 

@@ -220,3 +220,22 @@ def test_download_true_fetches_every_set(tmp_path, monkeypatch):
                                              "download_mnist", "download_fashion_mnist")]
     cifar(tmp_path).prepare_data()  # download false: nothing fetched
     assert len(calls) == 5
+
+
+def test_mnist_per_corruption_sets_and_their_details(tmp_path):
+    """MNIST-C is published at one severity: each corruption is one set, its severity recorded as null."""
+    fx.write_mnist_benchmark(tmp_path)
+    dm = mnist(tmp_path, corruptions=["fog", "zigzag"], per_corruption=True)
+    assert list(dm.test_set_roles) == ["mnist", "mnist_c", "mnist_c_fog", "mnist_c_zigzag", "rotated_mnist", "fashion_mnist"]
+    assert dm.test_set_details == {
+        "mnist_c_fog": {"corrupted": "mnist_c", "corruption": "fog", "severity": None},
+        "mnist_c_zigzag": {"corrupted": "mnist_c", "corruption": "zigzag", "severity": None},
+        "fashion_mnist": {"ood_kind": "far"},
+    }
+    dm.prepare_data()
+    dm.setup("test")
+    for corruption in ("fog", "zigzag"):
+        x, y = read_mnist_c(tmp_path, corruption)
+        np.testing.assert_array_equal(dm.test_sets[f"mnist_c_{corruption}"].images.numpy(), x)
+        np.testing.assert_array_equal(dm.test_sets[f"mnist_c_{corruption}"].labels.numpy(), y)
+    assert "mnist_c_fog" not in mnist(tmp_path, mnist_c=False, per_corruption=True).test_set_roles
