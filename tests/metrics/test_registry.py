@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ensemble_lab.connectivity.barriers import BARRIERS
+from ensemble_lab.evaluation.extended import ExtendedInputs
 from ensemble_lab.evaluation.sets import set_metrics
 from ensemble_lab.metrics import registry
 from ensemble_lab.metrics.classification import predictive_metrics
@@ -45,7 +46,9 @@ def written_keys() -> set[str]:
     keys: set[str] = set()
     for members in (1, 2):  # a single model's OOD metrics of mi are None, but written
         collected = {"id": (probabilities(members, 40, 3, 1), targets), "far": (probabilities(members, 30, 3, 2), targets[:30])}
-        for metrics in set_metrics(collected, {"id": "id", "far": "ood"}).values():
+        logits = {name: probs.log() for name, (probs, _) in collected.items()}
+        extended = ExtendedInputs(logits, (probabilities(members, 20, 3, 3), targets[:20]))  # a test's: every key
+        for metrics in set_metrics(collected, {"id": "id", "far": "ood"}, extended).values():
             keys |= set(metrics) - RECORD_KEYS
     keys |= set(weight_space_summary(Members()))
     keys |= set(measure_cost(Members(), torch.randn(4, 1, 4, 4), 1, warmup=0, min_time=0.01))
@@ -55,6 +58,7 @@ def written_keys() -> set[str]:
 def test_every_written_key_has_a_row():
     keys = written_keys()
     assert {"acc", "ece", "member_nll", "auroc_mi", "fpr95_in_msp", "weight_cosine_mean", "flops_per_image"} <= keys
+    assert {"mce", "aurc_mi", "auroc_energy", "joint_nll_10", "conformal_set_size_raps", "brier_resolution"} <= keys
     for key in keys:
         assert registry.metric(key).name == key
     # connectivity.json's barrier means, which the report's weight-space table reads
