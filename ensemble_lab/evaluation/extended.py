@@ -23,6 +23,7 @@ from ensemble_lab.metrics.calibration_errors import calibration_error_metrics
 from ensemble_lab.metrics.conformal import conformal_metrics
 from ensemble_lab.metrics.joint_nll import joint_nll_metrics
 from ensemble_lab.metrics.ood_scores import logit_ood_metrics
+from ensemble_lab.metrics.registry import LOGIT_SCORES, lookup
 from ensemble_lab.metrics.selective import selective_metrics
 
 #: the OOD scores that need the members' logits (not recomputable from probabilities, where a constant per
@@ -49,6 +50,16 @@ class ExtendedInputs:
     calibration_split: tuple[Tensor, Tensor] | None = None
     alpha: float = 0.1
     seed: int = 0
+
+
+def is_extended(key: str) -> bool:
+    """Whether a set's results.json key is one of this module's metrics (a test writes it; the validation curves and
+    ``--eval_sets_every`` do not, and results.json files of earlier versions lack it)."""
+    row = lookup(key)
+    return (
+        (row.group == "calibration" and key != "ece") or row.group in ("selective", "conformal") or key.startswith("joint_nll")
+        or row.score in LOGIT_SCORES
+    )  # fmt: skip
 
 
 def probability_logits(member_probs: Tensor) -> Tensor:

@@ -10,8 +10,8 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from ensemble_lab.cli import main
+from ensemble_lab.evaluation.extended import is_extended
 from ensemble_lab.evaluation.sets import eval_due, scalars, set_metrics
-from ensemble_lab.metrics import registry
 from ensemble_lab.metrics.classification import predictive_metrics
 from ensemble_lab.metrics.ood import ood_metrics
 from ensemble_lab.runs.metrics_csv import read_metrics_csv
@@ -86,13 +86,8 @@ def test_evaluating_the_sets_every_epoch_changes_no_weight_and_no_validation(tmp
     # the last epoch's sets were drawn as a test draws (MC Dropout's masks from the run's seed): the same numbers
     for name, metrics in json.loads((every / "results.json").read_text())["sets"].items():
         for key, value in metrics.items():
-            if isinstance(value, float) and not extended_only(key):
+            if isinstance(value, float) and not is_extended(key):
                 assert with_sets[-1][f"val/{name}/{key}"] == float(np.float32(value)), (name, key)  # logged as float32
             elif isinstance(value, float):  # a test's extended metrics (evaluation/extended.py) are not logged during fit
                 assert f"val/{name}/{key}" not in with_sets[-1], key
 
-
-def extended_only(key: str) -> bool:
-    """A key only a test writes: calibration errors beside ece, selective, joint NLL, conformal, the logit OOD scores."""
-    row = registry.metric(key)
-    return (row.group == "calibration" and key != "ece") or row.group in ("selective", "conformal") or key.startswith("joint_nll") or row.score in registry.LOGIT_SCORES

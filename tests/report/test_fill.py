@@ -6,25 +6,17 @@ import json
 import numpy as np
 import pytest
 
-from ensemble_lab.metrics import registry
+from ensemble_lab.evaluation.extended import is_extended
 from ensemble_lab.report.fill import fill_from_predictions
 from ensemble_lab.report.groups import build_report, preset_columns
 from tests.evaluation.test_extended_metrics import run_tested
-
-
-def extended_key(key: str) -> bool:
-    """A key of evaluation/extended.py's metrics (what results.json lacked before them)."""
-    row = registry.lookup(key)
-    return (row.group == "calibration" and key != "ece") or row.group in ("selective", "conformal") or key.startswith("joint_nll") or (
-        row.score in registry.LOGIT_SCORES
-    )
 
 
 def as_before(run, keep_logits: bool) -> dict:
     """Turn a run into one tested before the extended metrics: its results.json without them (nor the recorded α),
     and (keep_logits False) its predictions without member_logits. Returns today's results.json."""
     today = json.loads((run / "results.json").read_text())
-    old = {**today, "sets": {n: {k: v for k, v in m.items() if not extended_key(k)} for n, m in today["sets"].items()}}
+    old = {**today, "sets": {n: {k: v for k, v in m.items() if not is_extended(k)} for n, m in today["sets"].items()}}
     del old["conformal_alpha"]
     (run / "results.json").write_text(json.dumps(old))
     if not keep_logits:
@@ -43,7 +35,7 @@ def test_the_report_fills_what_a_test_writes_today(tmp_path, keep_logits):
     filled = fill_from_predictions(run / "results.json", json.loads((run / "results.json").read_text()))
     for name, metrics in today["sets"].items():
         for key, value in metrics.items():
-            if not extended_key(key):
+            if not is_extended(key):
                 continue
             if key.endswith(("maxlogit", "energy")) and not keep_logits:
                 assert key not in filled["sets"][name]  # the probabilities lost the logits' per-sample constant
