@@ -48,7 +48,7 @@ def add_run_options(parser: LightningArgumentParser, subcommand: str | None) -> 
         "--save_predictions",
         type=bool,
         default=False,
-        help="test: also write <run>/predictions/<set>.npz with member_probs (M, N, C) and targets (N,) for every test set (predict always writes them, for the first id set).",
+        help="test: also write <run>/predictions/<set>.npz with member_probs (M, N, C), member_logits (M, N, C) and targets (N,) for every test set, and predictions/val_split.npz for the validation split (predict always writes the probabilities, for the first id set).",
     )
     parser.add_argument(
         "--calibration",
@@ -57,6 +57,13 @@ def add_run_options(parser: LightningArgumentParser, subcommand: str | None) -> 
         help="test: also report every set after temperature scaling fitted on the validation split (minimising its "
         "NLL): temperature (one T shared by all members, dividing each member's logits before averaging) or "
         "temperature_per_member; results.json gets sets_calibrated and calibration (the fitted T).",
+    )
+    parser.add_argument(
+        "--conformal_alpha",
+        type=float,
+        default=0.1,
+        help="test: the miscoverage level α of the split conformal prediction sets (THR, APS, RAPS) fitted on the "
+        "validation split; results.json gets each set's conformal_coverage_<score> (about 1 − α) and conformal_set_size_<score>.",
     )
     parser.add_argument(
         "--eval_sets_every",

@@ -12,7 +12,7 @@ from ensemble_lab.runs.legacy_keys import translate_config
 
 
 def evaluation_options(config: Any, subcommand: str | None) -> EvaluationOptions:
-    """The options ``--save_predictions``, ``--figures``, ``--calibration``, ``--overwrite`` and (fit only)
+    """The options ``--save_predictions``, ``--figures``, ``--calibration``, ``--conformal_alpha``, ``--overwrite`` and (fit only)
     ``--eval_sets_every`` of a command's parsed ``config``."""
     return EvaluationOptions(
         save_predictions=bool(config.get("save_predictions", False)),
@@ -20,6 +20,7 @@ def evaluation_options(config: Any, subcommand: str | None) -> EvaluationOptions
         calibration=cast(Calibration, str(config.get("calibration") or "none")),
         overwrite=bool(config.get("overwrite", False)),
         eval_sets_every=int(config.get("eval_sets_every") or 0) if subcommand == "fit" else 0,
+        conformal_alpha=float(0.1 if config.get("conformal_alpha") is None else config.get("conformal_alpha")),
     )
 
 

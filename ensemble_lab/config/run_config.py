@@ -22,7 +22,7 @@ UNCOMPARED = PLACEMENT | DISPLAY
 #: teacher is its own seed's run of the teacher method: students of one study row differ in it)
 REPLICATE = frozenset({"seed_everything", "model.init_args.member_checkpoints", "model.init_args.distillation.teacher"})
 #: what a run writes to results.json and the report prints, not what it trains
-OUTPUT = frozenset({"save_predictions", "figures", "overwrite", "test_after_fit", "eval_sets_every", "calibration"})
+OUTPUT = frozenset({"save_predictions", "figures", "overwrite", "test_after_fit", "eval_sets_every", "calibration", "conformal_alpha"})
 #: options only training reads: a later test's value of them changes nothing it computes, so what a run
 #: records for them is always what it was trained with
 TRAINING_ONLY = frozenset({

@@ -22,8 +22,9 @@ from torch import Tensor
 from ensemble_lab.compat import attached_trainer
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.corrupted_sets import add_corruption_averages, add_set_details
+from ensemble_lab.evaluation.extended import ExtendedInputs
 from ensemble_lab.evaluation.outputs import EvaluationOutputs, evaluation_outputs
-from ensemble_lab.evaluation.sets import eval_due, predict_test_sets, scalars, set_metrics
+from ensemble_lab.evaluation.sets import eval_due, predict_test_sets, predict_validation, scalars, set_metrics
 from ensemble_lab.evaluation.store import PredictionStore
 from ensemble_lab.metrics.calibration import apply_temperature, ensemble_nll, fit_temperature, log_probs, temperature_warnings
 from ensemble_lab.metrics.classification import predictive_metrics
@@ -32,6 +33,7 @@ from ensemble_lab.metrics.registry import VAL_CURVES
 from ensemble_lab.metrics.weight_space import off_diagonal_mean, weight_cosine, weight_space_summary
 from ensemble_lab.runs.results import (
     CHECKPOINT_RECORD,
+    VAL_SPLIT,
     check_can_write,
     format_table,
     set_aside_previous,
@@ -71,6 +73,8 @@ class UncertaintyEvalMixin(_Base):
     _cost: dict[str, Any] | None = None
     #: the fitted calibration of this test (None without --calibration)
     _calibration: dict[str, Any] | None = None
+    #: the validation split's member logits (M, n, C) and targets (n,) of this test (None: the datamodule has none)
+    _val_split: tuple[Tensor, Tensor] | None = None
 
     def evaluation_outputs(self) -> EvaluationOutputs:
         """The options and run record of this evaluation: the trainer's EvaluationOutputs, else the defaults."""
@@ -84,11 +88,10 @@ class UncertaintyEvalMixin(_Base):
     # ---- shared step -------------------------------------------------------------------------
     def _store_batch(self, store: PredictionStore, batch: Any) -> None:
         images, targets, indices = batch[0], batch[1], batch[2]
-        member_probs = torch.softmax(self(images).float(), dim=-1)  # (M, B, C)
-        store.update(member_probs, targets, indices)
+        store.update(self(images).float(), targets, indices)  # member logits (M, B, C); compute() gives their softmax
 
-    def _new_store(self) -> PredictionStore:
-        return PredictionStore().to(self.device)
+    def _new_store(self, logits: bool = True) -> PredictionStore:
+        return PredictionStore(logits).to(self.device)
 
     # ---- validation: curves --------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -127,7 +130,7 @@ class UncertaintyEvalMixin(_Base):
     # ---- predict: member probabilities of the first id set, to predictions/<set>.npz -------------------
     def on_predict_start(self) -> None:
         self._predict_dir = self.resolved_results_dir()  # every rank: trainer.log_dir is a collective under DDP
-        self._stores = {"predict": self._new_store()}
+        self._stores = {"predict": self._new_store(logits=False)}  # predict_step's outputs are probabilities
 
     def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._stores["predict"].update(outputs, batch[1], batch[2])  # outputs: member probabilities (M, B, C)
@@ -167,6 +170,8 @@ class UncertaintyEvalMixin(_Base):
         self._results_path = self.resolved_results_dir()
         options = self.evaluation_outputs().options
         check_can_write(self._results_path, options.overwrite)
+        # the validation split's member logits: the temperature's and the conformal sets' calibration data
+        self._val_split = predict_validation(self, getattr(self.trainer, "datamodule", None))
         self._calibration = None if options.calibration == "none" else self._fit_calibration(options.calibration)
         # Random draws at test (MC Dropout's masks) start from the run's seed, so a test right after fit
         # and a later `test` of the same weights give the same numbers; the outer stream is put back after.
@@ -175,22 +180,13 @@ class UncertaintyEvalMixin(_Base):
         self._test_rng.__enter__()
         torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
 
-    @torch.no_grad()
     def _fit_calibration(self, method: str) -> dict[str, Any]:
-        """Fit the temperature(s) on the validation split, in its own random stream (MC Dropout's test draws stay as without)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "val_dataloader"):
+        """Fit the temperature(s) on the validation split's member logits (predicted in on_test_start)."""
+        if self._val_split is None:
             raise ConfigError("--calibration needs a datamodule with a validation split (--data ...)")
-        datamodule.setup("validate")  # loads the held-out validation split next to the test sets
         device = self.device
-        member_log_probs, targets = [], []
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
-            for batch in datamodule.val_dataloader():
-                (images,) = datamodule.on_after_batch_transfer((batch[0].to(device),), 0)  # the eval preprocessing
-                member_log_probs.append(torch.log_softmax(self(images).double(), dim=-1))  # (M, B, C)
-                targets.append(batch[1].to(device))
-        lp, y = torch.cat(member_log_probs, dim=1), torch.cat(targets)  # (M, N, C), (N,)
+        logits, y = self._val_split  # (M, N, C), (N,)
+        lp = torch.log_softmax(logits.double(), dim=-1)  # (M, N, C)
         temperature = fit_temperature(lp, y, per_member=method == "temperature_per_member")
         one = torch.ones((), dtype=torch.float64, device=device)
         warned = temperature_warnings(temperature.cpu(), int(y.shape[0]))
@@ -223,8 +219,10 @@ class UncertaintyEvalMixin(_Base):
 
     def on_test_epoch_end(self) -> None:
         roles = self.test_set_roles()
-        collected = {name: self._stores[name].compute() for name in self._test_names if not self._stores[name].is_empty}
-        sets = set_metrics(collected, roles)
+        outputs = {name: self._stores[name].compute_outputs() for name in self._test_names if not self._stores[name].is_empty}
+        collected = {name: (torch.softmax(logits, dim=-1), targets) for name, (logits, targets) in outputs.items()}  # (M, N, C), (N,)
+        logits = {name: member_logits for name, (member_logits, _) in outputs.items()}
+        sets = set_metrics(collected, roles, self._extended_inputs(logits))
         calibrated = {} if self._calibration is None else self._calibrated_sets(collected, roles)
         add_corruption_averages(getattr(self.trainer, "datamodule", None), sets, calibrated)  # <corrupted>_mean: c_acc, c_nll, c_ece
         for prefix, results in (("test", sets), ("test_calibrated", calibrated)):
@@ -239,14 +237,24 @@ class UncertaintyEvalMixin(_Base):
         for key in ("weight_cosine_mean", "weight_cosine_stored_mean"):
             if self.test_results[key] is not None:
                 self.log(f"test/{key}", self.test_results[key], sync_dist=False, add_dataloader_idx=False)
-        self._write_test_outputs(collected)
+        self._write_test_outputs(collected, logits)
 
     def _calibrated_sets(self, collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, str]) -> dict[str, dict[str, Any]]:
         """Every set's metrics with the members' logits divided by the fitted temperature(s)."""
-        assert self._calibration is not None
+        assert self._calibration is not None and self._val_split is not None
         temperature = torch.tensor(self._calibration["temperature"], dtype=torch.float64)
         scaled = {name: (apply_temperature(log_probs(p), temperature).float(), t) for name, (p, t) in collected.items()}
-        return set_metrics(scaled, roles)
+        val_logits, val_targets = self._val_split
+        val = (apply_temperature(torch.log_softmax(val_logits.double(), dim=-1), temperature).float(), val_targets)
+        return set_metrics(scaled, roles, self._extended_inputs(None, val))  # no maxlogit / energy of scaled logits
+
+    def _extended_inputs(self, logits: dict[str, Tensor] | None, val: tuple[Tensor, Tensor] | None = None) -> ExtendedInputs:
+        """What the test's extended metrics need: the sets' logits, the validation split's probabilities (default:
+        the softmax of its logits), the conformal α and the run's seed (evaluation/extended.py)."""
+        if val is None and self._val_split is not None:
+            val = (torch.softmax(self._val_split[0].float(), dim=-1), self._val_split[1])
+        alpha = self.evaluation_outputs().options.conformal_alpha
+        return ExtendedInputs(logits, val, alpha, int(os.environ.get("PL_GLOBAL_SEED", 0)))
 
     def _results_document(self, sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -265,6 +273,7 @@ class UncertaintyEvalMixin(_Base):
             **{key: (record.tested_checkpoint_record or {}).get(key) for key in CHECKPOINT_RECORD},
             **self.members_description(),  # e.g. the checkpoints an assembled ensemble's members came from
             **weight_space_summary(self),  # weight_cosine(_stored) (M×M or None) and their off-diagonal means
+            "conformal_alpha": self.evaluation_outputs().options.conformal_alpha if self._val_split is not None else None,
             "cost": self._cost,  # parameters, FLOPs per image, test images/s, peak memory (metrics/cost.py)
             "config": record.run_config,
             "test_changes": record.test_changes,
@@ -277,13 +286,17 @@ class UncertaintyEvalMixin(_Base):
         return {}
 
     @rank_zero_only
-    def _write_test_outputs(self, collected: dict[str, tuple[Tensor, Tensor]]) -> None:
+    def _write_test_outputs(self, collected: dict[str, tuple[Tensor, Tensor]], logits: dict[str, Tensor]) -> None:
         results_dir = self._results_path  # resolved on every rank in on_test_start
         set_aside_previous(results_dir)  # an earlier test's files (--overwrite) move to *.prev-N
         outputs = self.evaluation_outputs()
         if outputs.options.save_predictions:
             for name, (member_probs, targets) in collected.items():
-                write_predictions(results_dir, name, member_probs.cpu().numpy(), targets.cpu().numpy())
+                write_predictions(results_dir, name, member_probs.cpu().numpy(), targets.cpu().numpy(), logits[name].cpu().numpy())
+            if self._val_split is not None:  # what `report` fits the conformal sets of older runs on
+                val_logits, val_targets = self._val_split
+                val_probs = torch.softmax(val_logits.float(), dim=-1)
+                write_predictions(results_dir, VAL_SPLIT, val_probs.cpu().numpy(), val_targets.cpu().numpy(), val_logits.float().cpu().numpy())
         if outputs.options.figures:
             from ensemble_lab.figures.per_run import write_figures  # matplotlib only when drawing
 

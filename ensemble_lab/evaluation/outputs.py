@@ -2,7 +2,7 @@
 
 ``ensemble-lab fit / test`` add an :class:`EvaluationOutputs` to the trainer's callbacks with the user's
 choices (:class:`EvaluationOptions`: ``--save_predictions``, ``--figures``, ``--calibration``,
-``--overwrite``, ``--eval_sets_every``) and what the command knows about the run (:class:`RunRecord`:
+``--overwrite``, ``--eval_sets_every``, ``--conformal_alpha``) and what the command knows about the run (:class:`RunRecord`:
 where results.json goes, the run's name and configuration, the tested checkpoint). The evaluation
 (UncertaintyEvalMixin) asks the trainer for it; a trainer without one evaluates with the defaults
 (results.json into the trainer's log_dir, figures on, no predictions, no calibration), so a plain
@@ -17,6 +17,8 @@ from typing import Any, Literal, cast
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+
+from ensemble_lab.errors import ConfigError
 
 Calibration = Literal["none", "temperature", "temperature_per_member"]
 
@@ -33,6 +35,8 @@ class EvaluationOptions:
         overwrite: replace an existing results.json (the earlier files move to ``*.prev-N``) instead of refusing.
         eval_sets_every: during a fit, evaluate every test set at the end of the validation of every K-th
             epoch (and of the last one), logging val/<set>/<metric>; 0: never.
+        conformal_alpha: the miscoverage level α of the conformal prediction sets fitted on the validation split
+            (coverage 1 − α), in (0, 1).
     """
 
     save_predictions: bool = False
@@ -40,6 +44,12 @@ class EvaluationOptions:
     calibration: Calibration = "none"
     overwrite: bool = False
     eval_sets_every: int = 0
+    conformal_alpha: float = 0.1
+
+    def __post_init__(self) -> None:
+        """Refuse a conformal α outside (0, 1) with a one-line error."""
+        if not 0.0 < self.conformal_alpha < 1.0:
+            raise ConfigError(f"--conformal_alpha must be between 0 and 1 (exclusive), e.g. 0.1 for 90% coverage; got {self.conformal_alpha}")
 
 
 @dataclass(frozen=True)

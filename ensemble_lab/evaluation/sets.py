@@ -10,31 +10,39 @@ numbers the test after fit gives.
 """
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
+from ensemble_lab.evaluation.extended import ExtendedInputs, label_metrics, ood_score_metrics
 from ensemble_lab.metrics.classification import predictive_metrics
 from ensemble_lab.metrics.ood import ood_metrics
 
-if TYPE_CHECKING:
-    import lightning as L
 
-
-def set_metrics(collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, str]) -> dict[str, dict[str, Any]]:
+def set_metrics(
+    collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, str], extended: ExtendedInputs | None = None
+) -> dict[str, dict[str, Any]]:
     """Every set's metrics, ``{name: {"role": .., **predictive_metrics, **ood_metrics}}``.
 
     Args:
         collected: ``{name: (member_probs (M, N, C), targets (N,))}`` of the evaluated sets.
         roles: ``{name: "id" | "shift" | "ood"}``; an ood set is scored against the first id set.
+        extended: with it, also the metrics of evaluation/extended.py (a test's; the validation curves and
+            ``--eval_sets_every`` leave them out).
     """
     sets = {name: {"role": roles[name], **predictive_metrics(p, t)} for name, (p, t) in collected.items()}
     id_names = [n for n in collected if roles[n] == "id"]
-    for name in collected:
+    logits = (extended.logits or {}) if extended is not None else {}
+    for name, (probs, targets) in collected.items():
         if roles[name] == "ood" and id_names:
-            sets[name].update(ood_metrics(collected[id_names[0]][0], collected[name][0]))
+            sets[name].update(ood_metrics(collected[id_names[0]][0], probs))
+            if extended is not None:
+                sets[name].update(ood_score_metrics(collected[id_names[0]][0], probs, logits.get(id_names[0]), logits.get(name)))
+        elif roles[name] != "ood" and extended is not None:
+            sets[name].update(label_metrics(probs, targets, extended))
     return sets
 
 
@@ -95,3 +103,23 @@ def predict_test_sets(module: "L.LightningModule", datamodule: Any) -> dict[str,
                 targets.append(batch[1].to(device))
             collected[name] = (torch.cat(probs, dim=1), torch.cat(targets))  # (M, N, C), (N,)
     return collected
+
+
+@torch.no_grad()
+def predict_validation(module: "L.LightningModule", datamodule: Any) -> tuple[Tensor, Tensor] | None:
+    """The validation split's member logits (M, n, C), as the network returns them, and targets (n,); None when
+    ``datamodule`` has no validation split. The temperature (``--calibration``) and the conformal sets are fitted
+    on them. Random draws (MC Dropout's masks) come from a stream of their own seeded with the run's seed, so the
+    test's draws are the same with and without this prediction."""
+    if datamodule is None or getattr(type(datamodule), "val_dataloader", None) in (None, L.LightningDataModule.val_dataloader):
+        return None
+    datamodule.setup("validate")  # loads the held-out validation split next to the test sets
+    device = module.device
+    logits, targets = [], []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        for batch in datamodule.val_dataloader():
+            (images,) = datamodule.on_after_batch_transfer((batch[0].to(device),), 0)  # the eval preprocessing
+            logits.append(module(images))  # (M, B, C)
+            targets.append(batch[1].to(device))
+    return torch.cat(logits, dim=1), torch.cat(targets)  # (M, n, C), (n,)

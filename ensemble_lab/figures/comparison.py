@@ -108,6 +108,32 @@ def ood_curve_figure(curves: Sequence[tuple[Look, Tensor, Tensor]], kind: str, o
 
 
 @paper_style
+def risk_coverage_figure(curves: Sequence[tuple[Look, Tensor, Tensor, float]], set_name: str, score: str = "msp") -> Figure:
+    """Risk–coverage curves of a confidence score on one set, one line per report row (metrics/selective.py).
+
+    Args:
+        curves: (look, coverage (N,), risk (N,), AURC) per row, its runs' samples pooled.
+        set_name: the test set, for the title.
+        score: the confidence score's name, for the title.
+    """
+    names = [_wrap(look.name, 44) for look, _, _, _ in curves]
+    legend_lines = sum(name.count("\n") + 1 for name in names) + 1
+    fig = Figure(figsize=(COLUMN_WIDTH, 2.6 + 0.13 * legend_lines), layout="constrained")
+    ax = fig.add_subplot()
+    top = 0.0
+    for (look, coverage, risk, aurc), name in zip(curves, names):
+        x, y = coverage.cpu().numpy(), risk.cpu().numpy()
+        ax.plot(x, y, color=look.colour, linestyle=look.linestyle, label=f"{name}: {aurc:.4f}")
+        top = max(top, float(y[len(y) // 20 :].max()))  # the first 5 % (a handful of samples) may jump to 1
+    ax.set(xlim=(0, 1), ylim=(0, min(1.0, top * 1.1) or 1.0), xlabel="coverage (share of samples answered)",
+           ylabel="risk (error rate among them)")  # fmt: skip
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", title="AURC (runs pooled)", title_fontsize=7)
+    ax.set_title(f"risk–coverage on {set_name}, confidence: {score}")
+    return fig
+
+
+@paper_style
 def diversity_figure(points: Sequence[tuple[Look, Sequence[dict[str, Any]]]], set_name: str, axes: Sequence[tuple[str, str]]) -> Figure:
     """Diversity (x) against quality (y), one marker per run, one colour per label; a panel per (x, y) pair.
 

@@ -20,6 +20,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from torch import Tensor
 
 from ensemble_lab.figures.style import COLUMN_WIDTH, TEXT_WIDTH, Look, paper_style, save_figure, who
+from ensemble_lab.metrics.calibration_errors import ece_adaptive, equal_mass_bins
 from ensemble_lab.metrics.classification import expected_calibration_error, reliability_bins, uncertainty_scores
 from ensemble_lab.metrics.registry import label as metric_label
 
@@ -70,22 +71,66 @@ def reliability_axes(fig: Figure, cell: Any = None) -> tuple[Axes, Axes]:
     return ax, fig.add_subplot(grid[1], sharex=ax)
 
 
+def draw_reliability_equal_mass(ax: Axes, ax_count: Axes, probs: Tensor, targets: Tensor, num_bins: int = 15, colour: str = "#0072B2") -> float:
+    """Draw the reliability diagram of equal-mass bins (each holds about N / ``num_bins`` samples) and return the
+    adaptive ECE (metrics/calibration_errors.py). A marker per bin at (mean confidence, accuracy), the grey gap
+    reaching the diagonal; below, each bin's samples per unit of confidence over its span (lowest to highest).
+
+    Args:
+        ax: axes of the diagram.
+        ax_count: axes below it for the samples per bin, sharing the confidence axis.
+        probs: ensemble probabilities p̄ (N, C).
+        targets: true classes (N,).
+        num_bins: number of equal-mass bins.
+        colour: colour of the accuracy bars and the histogram.
+    """
+    confidence, prediction = (t.cpu() for t in probs.double().max(dim=-1))  # (N,), (N,)
+    index = equal_mass_bins(confidence, num_bins).numpy()  # (N,)
+    conf, correct = confidence.numpy(), (prediction == targets.cpu()).double().numpy()
+    filled = [b for b in range(num_bins) if (index == b).any()]
+    low = np.array([conf[index == b].min() for b in filled])
+    high = np.array([conf[index == b].max() for b in filled])
+    accuracy = np.array([correct[index == b].mean() for b in filled])
+    mean_conf = np.array([conf[index == b].mean() for b in filled])
+    count = np.array([(index == b).sum() for b in filled])
+    width = np.maximum(high - low, 0.004)  # a bin of one confidence value still shows
+    # bins crowd where most samples are (near 1 for a good model): a marker per bin reads there, a bar would not
+    ax.vlines(mean_conf, accuracy, mean_conf, color=GAP_COLOUR, linewidth=2.5, label="gap to confidence")
+    ax.plot(mean_conf, accuracy, color=colour, marker="o", markersize=3, linewidth=1, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", xticks=(0, 0.5, 1))
+    ax.tick_params(labelbottom=False)
+    ax_count.bar(low, count / width, width=width, align="edge", color=colour, alpha=0.6, edgecolor="black", linewidth=0.4)
+    ax_count.set_yscale("log")
+    ax_count.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax_count.yaxis.set_minor_formatter(NullFormatter())
+    ax_count.set(xlim=(0, 1), xticks=(0, 0.5, 1), xlabel="confidence (max p̄)", ylabel="samples / unit")
+    return ece_adaptive(probs, targets, num_bins)
+
+
 @paper_style
 def reliability_figure(name: str, probs: Tensor, targets: Tensor, num_bins: int = 15, title: str | None = None) -> Figure:
-    """Accuracy against confidence of p̄ in ``num_bins`` equal-width bins, with the diagonal and the samples per bin.
+    """Accuracy against confidence of p̄ in ``num_bins`` equal-width bins (left: their ECE) and in ``num_bins``
+    equal-mass bins (right: the adaptive ECE), each with the diagonal and the samples per bin below.
 
     Args:
         name: test set name, for the title.
         probs: ensemble probabilities p̄ (N, C).
         targets: true classes (N,).
-        num_bins: number of confidence bins (as the ECE).
+        num_bins: number of confidence bins of each binning (as the ECE).
         title: what the run is (e.g. "BatchEnsemble, M=4"), put before the set name.
     """
-    fig = Figure(figsize=(COLUMN_WIDTH, 3.4), dpi=DPI, layout="constrained")
-    ax, ax_count = reliability_axes(fig)
+    fig = Figure(figsize=(TEXT_WIDTH / 1.4, 3.4), dpi=DPI, layout="constrained")
+    grid = fig.add_gridspec(1, 2)  # equal-width left, equal-mass right
+    left, right = grid[0, 0], grid[0, 1]
+    ax, ax_count = reliability_axes(fig, left)
     ece = draw_reliability(ax, ax_count, probs, targets, num_bins)
-    ax.set_title(f"{title}: {name}, ECE {ece:.3f}" if title else f"{name}: ECE {ece:.3f}")
+    ax.set_title(f"equal-width bins: ECE {ece:.3f}")
     ax.legend(loc="upper left")
+    ax_mass, ax_mass_count = reliability_axes(fig, right)
+    adaptive = draw_reliability_equal_mass(ax_mass, ax_mass_count, probs, targets, num_bins)
+    ax_mass.set_title(f"equal-mass bins: adaptive ECE {adaptive:.3f}")
+    fig.suptitle(f"{title}: reliability on {name}" if title else f"reliability on {name}")
     return fig
 
 

@@ -23,17 +23,10 @@ from torch import Tensor
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.metrics.classification import check_finite, member_mean, reduce_dtype, reliability_bins
+from ensemble_lab.metrics.registry import CALIBRATION_FACTS
 
-#: registry facts of this module's metrics: (name, direction: +1 higher is better / −1 lower is better /
-#: 0 neither, needs labels, display name)
-FACTS: tuple[tuple[str, int, bool, str], ...] = (
-    ("mce", -1, True, "MCE"),
-    ("ece_adaptive", -1, True, "adaptive ECE"),
-    ("ece_classwise", -1, True, "classwise ECE"),
-    ("brier_reliability", -1, True, "Brier reliability"),
-    ("brier_resolution", 1, True, "Brier resolution"),
-    ("brier_uncertainty", 0, True, "Brier uncertainty"),
-)
+#: registry facts of this module's metrics (their home is the registry: one row each there)
+FACTS = CALIBRATION_FACTS
 
 
 def _check(probs: Tensor, targets: Tensor, num_bins: int) -> None:

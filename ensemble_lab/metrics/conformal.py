@@ -32,20 +32,14 @@ from torch import Tensor
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.metrics.classification import check_finite, member_mean, reduce_dtype
+from ensemble_lab.metrics.registry import CONFORMAL_FACTS, CONFORMAL_SCORES
 
-CONFORMAL_SCORES = ("thr", "aps", "raps")
 #: RAPS defaults: λ = 0.01 and k_reg = 5 are the values of Angelopoulos et al.'s ImageNet examples; with
 #: few classes (10) a smaller k_reg (1 or 2) makes the penalty act
 RAPS_LAMBDA, RAPS_K_REG = 0.01, 5
 
-#: registry facts: (name pattern, direction: +1 higher is better / −1 lower is better / 0 neither (coverage
-#: should be 1 − α, not higher), needs labels, display name); ``<score>`` is each of CONFORMAL_SCORES
-FACTS: tuple[tuple[str, int, bool, str], ...] = (
-    ("conformal_coverage_<score>", 0, True, "conformal coverage (<score>)"),
-    ("conformal_set_size_<score>", -1, True, "conformal set size (<score>)"),
-    ("conformal_interval_coverage", 0, True, "conformal interval coverage"),
-    ("conformal_interval_width", -1, True, "conformal interval width"),
-)
+#: registry facts (their home is the registry: one row per score there); ``<score>`` is each of CONFORMAL_SCORES
+FACTS = CONFORMAL_FACTS
 
 
 def _check_alpha(alpha: float) -> None:

@@ -30,17 +30,15 @@ from torch import Tensor
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.metrics.classification import NLL_EPS, check_finite, reduce_dtype
+from ensemble_lab.metrics.registry import JOINT_NLL_FACTS
 
 #: the batch sizes τ reported, as ``joint_nll_<τ>``
 JOINT_TAUS = (2, 10)
 #: batches sampled per τ by default: the standard error of the mean is then a few thousandths of a nat
 DEFAULT_BATCHES = 10_000
 
-#: registry facts: (name, direction: −1 lower is better, needs labels, display name)
-FACTS: tuple[tuple[str, int, bool, str], ...] = (
-    ("joint_nll_2", -1, True, "joint NLL (τ=2)"),
-    ("joint_nll_10", -1, True, "joint NLL (τ=10)"),
-)
+#: registry facts (their home is the registry: one row each there)
+FACTS = JOINT_NLL_FACTS
 
 
 def dyadic_batches(

@@ -20,19 +20,11 @@ from torch import Tensor
 
 from ensemble_lab.metrics.classification import check_finite, entropy, reduce_dtype
 from ensemble_lab.metrics.ood import OOD_DETECTION, ood_detection
+from ensemble_lab.metrics.registry import LOGIT_OOD_FACTS, LOGIT_SCORES
 
-#: the logit-based scores of this module, in the order of :func:`logit_scores`
-LOGIT_SCORES = ("maxlogit", "energy", "variation_ratio", "expected_entropy")
-
-#: registry facts: (name pattern, direction: +1 higher is better / −1 lower is better, needs labels,
-#: display name); ``<score>`` is each of LOGIT_SCORES; they need an OOD set, not labels
-FACTS: tuple[tuple[str, int, bool, str], ...] = (
-    ("auroc_<score>", 1, False, "AUROC (<score>)"),
-    ("aupr_<score>", 1, False, "AUPR (<score>)"),
-    ("fpr95_<score>", -1, False, "FPR95 (<score>)"),
-    ("aupr_in_<score>", 1, False, "AUPR-in (<score>)"),
-    ("fpr95_in_<score>", -1, False, "FPR95-in (<score>)"),
-)
+#: the logit-based scores of this module (in the order of :func:`logit_scores`) and the registry facts of their
+#: OOD-detection metrics (their home is the registry: one row per score there); they need an OOD set, not labels
+FACTS = LOGIT_OOD_FACTS
 
 
 def _check_logits(member_logits: Tensor) -> None:

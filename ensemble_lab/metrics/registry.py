@@ -179,6 +179,71 @@ for _name in ("barrier_loss_mean", "barrier_error_mean", "frankle_barrier_loss_m
 for _name in ("parameters", "parameters_per_member", "flops_per_image", "images_per_s", "peak_memory_bytes", "peak_tensor_bytes"):
     add(Metric(_name, "any", 0, group="cost", place="cost", measured=_name in ("images_per_s", "peak_memory_bytes")))
 
+
+# ---- issue 25's metrics: each metric module's FACTS table lives here (the module imports it back), so the
+# facts have one home and registering them needs no torch. A row of a FACTS table: (name or pattern with
+# ``<score>``, direction, needs labels, display name).
+Facts = tuple[tuple[str, int, bool, str], ...]
+#: metrics/calibration_errors.py: MCE, adaptive and classwise ECE, Murphy's Brier decomposition
+CALIBRATION_FACTS: Facts = (
+    ("mce", -1, True, "MCE"),
+    ("ece_adaptive", -1, True, "adaptive ECE"),
+    ("ece_classwise", -1, True, "classwise ECE"),
+    ("brier_reliability", -1, True, "Brier reliability"),
+    ("brier_resolution", 1, True, "Brier resolution"),
+    ("brier_uncertainty", 0, True, "Brier uncertainty"),
+)
+#: metrics/selective.py: the confidence scores of the risk-coverage curves, and the numbers read from them
+SELECTIVE_SCORES = ("msp", "entropy", "mi")
+SELECTIVE_FACTS: Facts = (
+    ("aurc_<score>", -1, True, "AURC (<score>)"),
+    ("augrc_<score>", -1, True, "AUGRC (<score>)"),
+    ("risk_at_80_<score>", -1, True, "risk @ 80% coverage (<score>)"),
+    ("coverage_at_5_<score>", 1, True, "coverage @ 5% risk (<score>)"),
+)
+#: metrics/ood_scores.py: OOD scores beside msp / entropy / mi (maxlogit and energy of the members' mean logits)
+LOGIT_SCORES = ("maxlogit", "energy", "variation_ratio", "expected_entropy")
+LOGIT_OOD_FACTS: Facts = (
+    ("auroc_<score>", 1, False, "AUROC (<score>)"),
+    ("aupr_<score>", 1, False, "AUPR (<score>)"),
+    ("fpr95_<score>", -1, False, "FPR95 (<score>)"),
+    ("aupr_in_<score>", 1, False, "AUPR-in (<score>)"),
+    ("fpr95_in_<score>", -1, False, "FPR95-in (<score>)"),
+)
+#: metrics/joint_nll.py: the joint NLL of τ = 2 and 10 dyadically sampled inputs, per input
+JOINT_NLL_FACTS: Facts = (
+    ("joint_nll_2", -1, True, "joint NLL (τ=2)"),
+    ("joint_nll_10", -1, True, "joint NLL (τ=10)"),
+)
+#: metrics/conformal.py: split conformal sets (coverage should be 1 − α, not higher: not ranked) and intervals
+CONFORMAL_SCORES = ("thr", "aps", "raps")
+CONFORMAL_FACTS: Facts = (
+    ("conformal_coverage_<score>", 0, True, "conformal coverage (<score>)"),
+    ("conformal_set_size_<score>", -1, True, "conformal set size (<score>)"),
+    ("conformal_interval_coverage", 0, True, "conformal interval coverage"),
+    ("conformal_interval_width", -1, True, "conformal interval width"),
+)
+
+
+def add_facts(facts: Facts, group: str, scores: tuple[str, ...] = (), task: str = "classification", **flags: object) -> list[Metric]:
+    """Register the rows of a FACTS table (``<score>`` patterns once per score of ``scores``); ``flags`` are
+    further :class:`Metric` fields (e.g. ``needs_ood=True``). Returns the rows."""
+    added = []
+    for pattern, sign, needs_labels, shown in facts:
+        for score in scores if "<score>" in pattern else ("",):
+            family = pattern.removesuffix("_<score>") if flags.get("needs_ood") else None
+            name, label_ = pattern.replace("<score>", score), shown.replace("<score>", score)
+            added.append(add(Metric(name, task, sign, label_, group, needs_labels=needs_labels, family=family, score=score or None, **flags)))  # type: ignore[arg-type]
+    return added
+
+
+add_facts(CALIBRATION_FACTS, "calibration")
+add_facts(SELECTIVE_FACTS, "selective", SELECTIVE_SCORES)
+add_facts(LOGIT_OOD_FACTS, "ood detection", LOGIT_SCORES, needs_ood=True)
+add_facts(JOINT_NLL_FACTS, "predictive")
+add_facts(CONFORMAL_FACTS[:2], "conformal", CONFORMAL_SCORES)
+add_facts(CONFORMAL_FACTS[2:], "conformal", task="regression")
+
 #: the OOD-detection families (``<family>_<score>``), in registration order
 OOD_FAMILIES = tuple(dict.fromkeys(r.family for r in rows(needs_ood=True) if r.family))
 #: the metrics every validation epoch logs as ``val/<name>`` (the ones a checkpoint can monitor)

@@ -27,18 +27,11 @@ import torch
 from torch import Tensor
 
 from ensemble_lab.metrics.classification import check_finite, member_mean, reduce_dtype, uncertainty_scores
+from ensemble_lab.metrics.registry import SELECTIVE_FACTS, SELECTIVE_SCORES
 
-#: the confidence scores whose curves are summarised (negated ``uncertainty_scores``)
-SELECTIVE_SCORES = ("msp", "entropy", "mi")
-
-#: registry facts of this module's metrics: (name pattern, direction: +1 higher is better / −1 lower is
-#: better / 0 neither, needs labels, display name); ``<score>`` is each of SELECTIVE_SCORES
-FACTS: tuple[tuple[str, int, bool, str], ...] = (
-    ("aurc_<score>", -1, True, "AURC (<score>)"),
-    ("augrc_<score>", -1, True, "AUGRC (<score>)"),
-    ("risk_at_80_<score>", -1, True, "risk @ 80% coverage (<score>)"),
-    ("coverage_at_5_<score>", 1, True, "coverage @ 5% risk (<score>)"),
-)
+#: the confidence scores whose curves are summarised (negated ``uncertainty_scores``), and the registry facts of
+#: this module's metrics (their home is the registry: one row per score there)
+FACTS = SELECTIVE_FACTS
 
 #: coverage at which ``risk_at_80`` is read, and the risk bound of ``coverage_at_5``
 RISK_COVERAGE = 0.8

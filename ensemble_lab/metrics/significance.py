@@ -77,7 +77,8 @@ class Comparison:
 
 def is_ood_detection(metric: str) -> bool:
     """True for ``auroc_<score>``, ``aupr_<score>``, ``fpr95_<score>`` and the ``_in`` ones: metrics of an OOD set against an id set."""
-    return lookup(metric).needs_ood
+    row = lookup(metric)
+    return row.needs_ood and row.score in OOD_SCORES  # the logit scores' (maxlogit, energy, ...) are not bootstrapped
 
 
 def welch(values: Sequence[float], baseline: Sequence[float], alpha: float = 0.05) -> Comparison:

@@ -6,6 +6,8 @@
   (needs ``predictions/<set>.npz``: test with ``--save_predictions true``);
 - ``ood_roc_<set>_<score>`` and ``ood_pr_<set>_<score>``: per OOD set and score (msp, entropy, mi), every
   row's ROC / precision-recall curve against the first id set, AUROC / AUPR in the legend (predictions too);
+- ``risk_coverage_<set>``: per id / shift set, every row's risk–coverage curve of its msp confidence (error rate among
+  the most confident samples against their share), AURC in the legend (predictions too);
 - ``diversity_<set>``: disagreement and mi against quality, one marker per run (results.json alone);
 - ``training_curves``: val/acc, val/nll, val/mi, val/disagreement and val/weight_cosine per epoch, mean ±
   std over seeds (the runs' TensorBoard event files);
@@ -32,6 +34,7 @@ from ensemble_lab.figures import comparison as draw
 from ensemble_lab.figures.style import Look, check_formats, save_figure
 from ensemble_lab.metrics.classification import member_mean, uncertainty_scores
 from ensemble_lab.metrics.registry import OOD_SCORES
+from ensemble_lab.metrics.selective import risk_coverage_curve
 from ensemble_lab.report.figure_rows import RunGroup, looks, run_results, saved_predictions, set_roles, skip
 from ensemble_lab.report.severity import severity_figures
 from ensemble_lab.report.sweeps import backbone_dims, ensemble_size_figure, member_lines, scale_figure, sweeps
@@ -54,6 +57,20 @@ def _reliability(groups: Sequence[RunGroup], seen: list[Look], set_name: str) ->
             mean = torch.cat([member_mean(probs) for probs, _ in saved])  # (runs · N, C)
             panels.append((look, mean, torch.cat([t for _, t in saved]), len(saved)))
     return draw.reliability_comparison(panels, set_name) if panels else None
+
+
+def _risk_coverage(groups: Sequence[RunGroup], seen: list[Look], set_name: str) -> Figure | None:
+    """The msp risk–coverage curve of each row with saved predictions of ``set_name``, its runs' samples pooled."""
+    curves = []
+    for group, look in zip(groups, seen):
+        saved = [p for run in group.runs if (p := saved_predictions(run, set_name)) is not None]
+        if saved:
+            mean = torch.cat([member_mean(probs.double()) for probs, _ in saved])  # (runs · N, C)
+            confidence, prediction = mean.max(dim=-1)
+            errors = (prediction != torch.cat([t for _, t in saved])).double()  # (runs · N,)
+            coverage, risk = risk_coverage_curve(confidence, errors)
+            curves.append((look, coverage, risk, float(risk.mean())))  # AURC: the mean risk over k = 1..N
+    return draw.risk_coverage_figure(curves, set_name) if curves else None
 
 
 def _ood_curves(groups: Sequence[RunGroup], seen: list[Look], id_set: str, ood_set: str) -> dict[str, list[tuple[Look, Tensor, Tensor]]]:
@@ -98,6 +115,10 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
                 figures[f"reliability_{name}"] = fig
             else:
                 skip(f"reliability_{name}", save_hint)
+            if fig := _risk_coverage(groups, seen, name):
+                figures[f"risk_coverage_{name}"] = fig
+            else:
+                skip(f"risk_coverage_{name}", save_hint)
     id_set = next((n for n, r in roles.items() if r == "id"), None)
     for name in (n for n, r in roles.items() if r == "ood"):
         curves = _ood_curves(groups, seen, id_set, name) if id_set else {}

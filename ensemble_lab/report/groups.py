@@ -34,6 +34,7 @@ from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.figures.style import METHOD_ORDER
 from ensemble_lab.metrics.corruptions import CORRUPTION_AVERAGES
 from ensemble_lab.metrics.registry import OOD_SCORES, lookup, names, ood_name
+from ensemble_lab.report.fill import fill_from_predictions
 from ensemble_lab.report.reading import find_results, load_results, read_document
 from ensemble_lab.runs.legacy_keys import translate_flat
 
@@ -124,7 +125,8 @@ def build_report(
     if not runs:
         where = ", ".join(str(p) for p in paths)
         raise EnsembleLabError(f"no readable results.json found below {where}; run `ensemble-lab fit` or `ensemble-lab test` first")
-    runs = [(f, {**d, **read_connectivity(f.parent)}) for f, d in runs]
+    # a run tested before the extended metrics existed gets them from its saved predictions (report/fill.py)
+    runs = [(f, {**fill_from_predictions(f, d), **read_connectivity(f.parent)}) for f, d in runs]
     per_role, run_columns, cost_columns = _chosen_columns(columns, [d for _, d in runs])
     groups: dict[tuple, Group] = {}
     docs: dict[tuple, list[dict[str, Any]]] = {}
@@ -314,6 +316,19 @@ def format_stat(stat: Stat | None, runs: int, digits: int = 3) -> str:
 PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
     "paper": {"id": ("acc", "nll", "ece"), "shift": ("acc", "nll", "ece", *CORRUPTION_AVERAGES), "ood": ("aupr{positive}_{score}", "auroc_{score}", "fpr95{positive}_{score}", "mi")},
     "single_basin": {"id": ("acc", "nll", "ece", "mi", "disagreement")},
+    # calibration beyond one ECE, and the joint NLL beside the marginal one
+    "calibration": {
+        role: ("nll", "joint_nll_10", "ece", "ece_adaptive", "ece_classwise", "mce", "brier_reliability", "brier_resolution")
+        for role in ("id", "shift")
+    },
+    # selective prediction (of --ood_score's confidence), conformal sets, and the logit OOD scores' AUROC
+    "selective": {
+        **{
+            role: ("aurc_{score}", "augrc_{score}", "risk_at_80_{score}", "coverage_at_5_{score}", "conformal_coverage_aps", "conformal_set_size_aps")
+            for role in ("id", "shift")
+        },
+        "ood": ("auroc_{score}", "auroc_maxlogit", "auroc_energy", "auroc_variation_ratio", "auroc_expected_entropy"),
+    },
 }
 
 

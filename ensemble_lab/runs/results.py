@@ -88,10 +88,20 @@ def write_results(results_dir: Path, results: dict[str, Any]) -> Path:
     return results_dir / "results.json"
 
 
-def write_predictions(results_dir: Path, set_name: str, member_probs: np.ndarray, targets: np.ndarray) -> Path:
-    """predictions/<set>.npz with member_probs float32 (M, N, C) and targets int64 (N,)."""
+#: the name of the validation split's saved predictions (predictions/val_split.npz): the conformal sets' calibration data
+VAL_SPLIT = "val_split"
+
+
+def write_predictions(
+    results_dir: Path, set_name: str, member_probs: np.ndarray, targets: np.ndarray, member_logits: np.ndarray | None = None
+) -> Path:
+    """predictions/<set>.npz with member_probs float32 (M, N, C), targets int64 (N,) and, when given, member_logits
+    float32 (M, N, C) (member_probs is their softmax; max logit and energy need the logits)."""
     buffer = io.BytesIO()
-    np.savez(buffer, member_probs=member_probs.astype(np.float32), targets=targets.astype(np.int64))
+    arrays: dict[str, np.ndarray] = {"member_probs": member_probs.astype(np.float32), "targets": targets.astype(np.int64)}
+    if member_logits is not None:
+        arrays["member_logits"] = member_logits.astype(np.float32)
+    np.savez(buffer, allow_pickle=False, **arrays)
     path = Path(results_dir) / "predictions" / f"{set_name}.npz"
     atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -1,5 +1,6 @@
 """Figures: PNG files under <run>/figures/ and images in the TensorBoard event file."""
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -39,13 +40,25 @@ def test_figure_names():
 def test_titles_name_the_run_and_diagrams_count_samples():
     collected, results = fake_run(3)
     figures = build_figures(collected, ROLES, results)
-    diagram, counts = figures["reliability_noisy"].axes
+    diagram, counts, mass_diagram, mass_counts = figures["reliability_noisy"].axes
     probs, targets = collected["noisy"]
     mean = probs.mean(0)  # (N, C)
     confidence, correct = mean.max(-1).values, (mean.argmax(-1) == targets).double()
     per_bin = [((confidence > b / 15) & (confidence <= (b + 1) / 15)) | ((confidence <= 1 / 15) if b == 0 else False) for b in range(15)]
     ece = sum(float(m.double().mean() * (correct[m].mean() - confidence[m].double().mean()).abs()) for m in per_bin if m.any())
-    assert diagram.get_title() == f"be (BatchEnsemble), M=3: noisy, ECE {ece:.3f}"
+    assert diagram.get_title() == f"equal-width bins: ECE {ece:.3f}"
+    assert figures["reliability_noisy"].get_suptitle() == "be (BatchEnsemble), M=3: reliability on noisy"
+    # equal-mass bins: numpy's array_split of the samples sorted by confidence (no ties in random data)
+    order = np.argsort(confidence.numpy(), kind="stable")
+    bins = [b for b in np.array_split(order, 15) if len(b)]
+    adaptive = sum(len(b) / len(order) * abs(correct.numpy()[b].mean() - confidence.double().numpy()[b].mean()) for b in bins)
+    assert mass_diagram.get_title() == f"equal-mass bins: adaptive ECE {adaptive:.3f}"
+    spans = sorted(p.get_width() for p in mass_counts.patches)
+    assert sorted(p.get_height() * p.get_width() for p in mass_counts.patches) == pytest.approx(sorted(len(b) for b in bins))  # samples / unit × span
+    assert len(spans) == len(bins)
+    (line,) = [line for line in mass_diagram.lines if line.get_marker() == "o"]  # a marker per bin: (mean confidence, accuracy)
+    expected = sorted((confidence.double().numpy()[b].mean(), correct.numpy()[b].mean()) for b in bins)
+    np.testing.assert_allclose(sorted(zip(line.get_xdata(), line.get_ydata())), expected, atol=1e-12)
     assert sorted(p.get_height() for p in counts.patches) == sorted(int(m.sum()) for m in per_bin if m.any())
     assert (counts.get_xlabel(), counts.get_ylabel(), diagram.get_ylabel()) == ("confidence (max p̄)", "samples", "accuracy")
     assert [t.get_text() for t in diagram.get_legend().get_texts()] == ["accuracy", "gap to confidence"]
@@ -58,8 +71,8 @@ def test_titles_name_the_run_and_diagrams_count_samples():
     # a run named after its class says it once
     _, plain = fake_run(1)
     plain["run_name"] = "BatchEnsemble"
-    title = build_figures(collected, ROLES, {**plain, "num_members": 3})["reliability_clean"].axes[0].get_title()
-    assert title.startswith("BatchEnsemble, M=3: clean, ECE ")
+    title = build_figures(collected, ROLES, {**plain, "num_members": 3})["reliability_clean"].get_suptitle()
+    assert title == "BatchEnsemble, M=3: reliability on clean"
 
 
 def test_png_files_and_tensorboard_images(tmp_path):

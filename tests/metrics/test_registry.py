@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ensemble_lab.connectivity.barriers import BARRIERS
+from ensemble_lab.evaluation.extended import ExtendedInputs
 from ensemble_lab.evaluation.sets import set_metrics
 from ensemble_lab.metrics import registry
 from ensemble_lab.metrics.classification import predictive_metrics
@@ -45,7 +46,9 @@ def written_keys() -> set[str]:
     keys: set[str] = set()
     for members in (1, 2):  # a single model's OOD metrics of mi are None, but written
         collected = {"id": (probabilities(members, 40, 3, 1), targets), "far": (probabilities(members, 30, 3, 2), targets[:30])}
-        for metrics in set_metrics(collected, {"id": "id", "far": "ood"}).values():
+        logits = {name: probs.log() for name, (probs, _) in collected.items()}
+        extended = ExtendedInputs(logits, (probabilities(members, 20, 3, 3), targets[:20]))  # a test's: every key
+        for metrics in set_metrics(collected, {"id": "id", "far": "ood"}, extended).values():
             keys |= set(metrics) - RECORD_KEYS
     keys |= set(weight_space_summary(Members()))
     keys |= set(measure_cost(Members(), torch.randn(4, 1, 4, 4), 1, warmup=0, min_time=0.01))
@@ -55,6 +58,7 @@ def written_keys() -> set[str]:
 def test_every_written_key_has_a_row():
     keys = written_keys()
     assert {"acc", "ece", "member_nll", "auroc_mi", "fpr95_in_msp", "weight_cosine_mean", "flops_per_image"} <= keys
+    assert {"mce", "aurc_mi", "auroc_energy", "joint_nll_10", "conformal_set_size_raps", "brier_resolution"} <= keys
     for key in keys:
         assert registry.metric(key).name == key
     # connectivity.json's barrier means, which the report's weight-space table reads
@@ -92,7 +96,7 @@ def test_directions_agree_with_the_metrics():
     agree, split = torch.full((2, 20, 3), 0.01), torch.full((2, 20, 3), 0.01)
     agree[..., 0], split[0, :, 1], split[1, :, 2] = 0.98, 0.98, 0.98
     separated, backwards = ood_metrics(agree, split), ood_metrics(split, agree)
-    ood_rows = registry.rows(needs_ood=True)
+    ood_rows = [r for r in registry.rows(needs_ood=True) if r.score in registry.OOD_SCORES]  # the logit scores: their own test
     assert {r.name for r in ood_rows} == set(separated)
     for row in ood_rows:
         assert row.direction * (separated[row.name] - backwards[row.name]) > 0, row.name
@@ -146,3 +150,25 @@ def test_a_regression_row_can_be_added_and_read(monkeypatch):
     family = registry.add_ood_family("auroc_var", 1, "AUROC", task="regression", scores=("variance",))
     assert [r.name for r in family] == ["auroc_var_variance"] and registry.metric("auroc_var_variance").needs_ood
 
+
+
+def test_rows_of_the_new_metrics_match_their_modules_facts():
+    """Every key the issue-25 metric functions return has a row whose direction, labels flag and label are its FACTS entry."""
+    from ensemble_lab.metrics import calibration_errors, conformal, joint_nll, ood_scores, selective
+
+    probs, targets = probabilities(3, 40, 4, 5), torch.randint(0, 4, (40,), generator=torch.Generator().manual_seed(1))
+    computed = {
+        calibration_errors: calibration_errors.calibration_error_metrics(probs, targets),
+        selective: selective.selective_metrics(probs, targets),
+        ood_scores: ood_scores.logit_ood_metrics(probs.log(), probs[:, :20].log()),
+        joint_nll: joint_nll.joint_nll_metrics(probs, targets, num_batches=10),
+        conformal: conformal.conformal_metrics(probs, targets, probs, targets),
+    }
+    for module, values in computed.items():
+        facts = {p: f for p, *f in module.FACTS}
+        for key in values:
+            row = registry.metric(key)
+            pattern = key if key in facts else key.replace(f"_{row.score}", "_<score>")
+            sign, needs_labels, shown = facts[pattern]
+            assert (row.direction, row.needs_labels, row.label) == (sign, needs_labels, shown.replace("<score>", row.score or ""))
+    assert registry.metric("auroc_energy").needs_ood and not registry.metric("auroc_energy").recomputable

@@ -112,6 +112,24 @@ def test_reliability_panels_titles_and_counts(study, figures):
     assert "reliability_photos" not in figures  # ood sets have no labels to calibrate against
 
 
+def test_risk_coverage_curves_per_row_with_aurc(study, figures):
+    groups, runs = study
+    fig = figures["risk_coverage_noisy"]
+    (ax,) = fig.axes
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    for k, group in enumerate(groups):
+        pooled = np.concatenate([c["noisy"][0].numpy().mean(0) for _, c, _ in runs[group.name]])  # (runs · N, C)
+        targets = np.concatenate([c["noisy"][1].numpy() for _, c, _ in runs[group.name]])
+        # a numpy loop: the error rate among the k most confident, k = 1..N (no ties in random data), and its mean
+        order = np.argsort(-pooled.max(-1), kind="stable")
+        wrong = (pooled.argmax(-1) != targets)[order]
+        risk = np.array([wrong[:k].mean() for k in range(1, len(wrong) + 1)])
+        assert legend[k] == f"{group.name}: {risk.mean():.4f}"
+        np.testing.assert_allclose(ax.lines[k].get_ydata(), risk, atol=1e-12)
+        np.testing.assert_allclose(ax.lines[k].get_xdata(), np.arange(1, len(risk) + 1) / len(risk))
+    assert "risk_coverage_photos" not in figures  # no labels on an ood set
+
+
 def test_ood_curves_legend_auroc_aupr(study, figures):
     groups, runs = study
     assert {f"ood_{k}_photos_{s}" for k in ("roc", "pr") for s in ("msp", "entropy", "mi")} <= set(figures)
@@ -186,6 +204,7 @@ def test_draw_report_figures_writes_formats(tmp_path):
     (run / "predictions" / "photos.npz").unlink()  # no OOD curves: the other tests look at them; this one at the files
     paths = draw_report_figures([RunGroup("be, M=2", "be", "BatchEnsemble", 2, (run,))], tmp_path / "out", ("png", "pdf", "svg"), dpi=40)
     stems = {"reliability_digits", "reliability_noisy", "diversity_digits", "diversity_noisy", "diversity_photos", "training_curves"}
+    stems |= {"risk_coverage_digits", "risk_coverage_noisy"}
     assert sorted(p.name for p in paths) == sorted(f"{stem}.{fmt}" for stem in stems for fmt in ("png", "pdf", "svg"))
     assert sorted(p.name for p in (tmp_path / "out" / "figures").iterdir()) == sorted(p.name for p in paths)  # no temporary files left
     for path in paths:
