@@ -30,7 +30,9 @@ from ensemble_lab.nn.memory_format import use_channels_last
 #: checkpoint entry holding the training sums of the epoch a checkpoint was written in
 EPOCH_SUMS = "ensemble_lab_epoch_sums"
 #: every backbone's options, in the order of the signature (each backbone takes its own, the others stay None)
-BACKBONE_OPTIONS = ("hidden_sizes", "width", "depth", "widen_factor")
+BACKBONE_OPTIONS = (
+    "hidden_sizes", "width", "depth", "widen_factor", "patch_size", "embed_dim", "num_heads", "mlp_ratio", "pooling", "attention_dropout",
+)
 
 
 def member_targets(targets: Tensor, num_members: int) -> Tensor:
@@ -64,6 +66,12 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         width: int | None = None,
         depth: int | None = None,
         widen_factor: int | None = None,
+        patch_size: int | None = None,
+        embed_dim: int | None = None,
+        num_heads: int | None = None,
+        mlp_ratio: float | None = None,
+        pooling: str | None = None,
+        attention_dropout: float | None = None,
         dropout: float = 0.0,
         num_classes: int = 10,
         input_shape: Sequence[int] = (1, 8, 8),
@@ -83,15 +91,21 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
 
         Args:
             num_members: number of ensemble members M (MC Dropout: number of test-time samples).
-            backbone: network architecture: "mlp", "resnet18" or "wide_resnet".
+            backbone: network architecture: "mlp", "resnet18", "wide_resnet" or "vit".
             hidden_sizes: hidden layer widths of the "mlp" backbone, each >= 1; None: (64, 32, 16).
                 [] builds a linear model (with a warning). Refused with another backbone.
             width: channels of the first stage of the "resnet18" backbone, >= 1; None: 64 (the paper's).
                 Refused with another backbone.
-            depth: number of weighted layers of the "wide_resnet" backbone, 6n + 4 >= 10; None: 28 (WRN-28-10).
-                Refused with another backbone.
+            depth: number of weighted layers of the "wide_resnet" backbone, 6n + 4 >= 10; None: 28 (WRN-28-10);
+                number of encoder blocks of the "vit" backbone, >= 1; None: 12. Refused with another backbone.
             widen_factor: widening factor k of the "wide_resnet" backbone (stages of 16k, 32k, 64k channels), >= 1;
                 None: 10 (WRN-28-10). Refused with another backbone.
+            patch_size: side of the square patches of the "vit" backbone, dividing the image size; None: 4.
+            embed_dim: features per token of the "vit" backbone, a multiple of num_heads; None: 192.
+            num_heads: attention heads per block of the "vit" backbone; None: 3.
+            mlp_ratio: hidden units per token feature in the "vit" backbone's MLPs, > 0; None: 4.
+            pooling: what the "vit" backbone's head reads: "cls" (class token) or "mean" (mean of the patch tokens); None: cls.
+            attention_dropout: dropout on the "vit" backbone's attention weights, in [0, 1); None: 0.
             dropout: dropout probability in the backbone, in [0, 1); 0 builds no dropout layers.
             num_classes: number of classes; linked from the datamodule by the CLI.
             input_shape: shape of one input image (C, H, W); linked from the datamodule by the CLI.
@@ -121,7 +135,8 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         check_dropout_p(dropout, "model.dropout")
         check_distillation_options(teacher, distill_temperature, distill_alpha, distill_match)
         check_repulsion_options(repulsion, repulsion_bandwidth, num_members)
-        given = dict(zip(BACKBONE_OPTIONS, (hidden_sizes, width, depth, widen_factor)))  # every backbone's options
+        values = (hidden_sizes, width, depth, widen_factor, patch_size, embed_dim, num_heads, mlp_ratio, pooling, attention_dropout)
+        given = dict(zip(BACKBONE_OPTIONS, values))  # every backbone's options
         options = backbone_options(backbone, **given)  # this backbone's, defaults filled in
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # checkpoints record the network built: this backbone's options resolved, the others None

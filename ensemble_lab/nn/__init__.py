@@ -1,7 +1,7 @@
 """Layers and backbones. Every layer consumes member-major rows (M*B, ...): BatchEnsemble (``batch_linear``,
 ``batch_conv``, ``fast_weights``), Deep / Packed ensemble (``ensemble_linear``, ``ensemble_conv``,
-``grouped_linear``), ``low_rank``, Masksembles ``masks``, MC ``dropout``; backbones (``mlp``, ``resnet``,
-``wide_resnet``, ``backbones``) are built once from the layer ``factories``, so one definition serves every
+``grouped_linear``), ``low_rank``, Masksembles ``masks``, MC ``dropout``, transformer ``tokens`` and
+``attention``; backbones (``mlp``, ``resnet``, ``wide_resnet``, ``vit``, ``backbones``) are built once from the layer ``factories``, so one definition serves every
 method; ``members`` holds the member-row helpers."""
 
 from ensemble_lab.nn.backbones import BACKBONES, build_backbone, resized_options
@@ -26,6 +26,8 @@ from ensemble_lab.nn.low_rank import LowRankConv2d, LowRankLinear
 from ensemble_lab.nn.masks import MemberMasks
 from ensemble_lab.nn.members import rows_per_member, tile_members
 from ensemble_lab.nn.mlp import mlp
+from ensemble_lab.nn.tokens import EnsembleLayerNorm, EnsembleTokenEmbedding, TokenEmbedding
+from ensemble_lab.nn.vit import ViT, ViTOptions, vit
 
 __all__ = [
     "BACKBONES",
@@ -35,13 +37,18 @@ __all__ = [
     "BatchLinear",
     "EnsembleBatchNorm2d",
     "EnsembleConv2d",
+    "EnsembleLayerNorm",
     "EnsembleLinear",
+    "EnsembleTokenEmbedding",
     "FastWeights",
     "GroupedLinear",
     "LayerFactory",
     "LowRankConv2d",
     "LowRankLinear",
     "MemberMasks",
+    "TokenEmbedding",
+    "ViT",
+    "ViTOptions",
     "batch_ensemble_layers",
     "build_backbone",
     "deep_ensemble_layers",
@@ -54,4 +61,5 @@ __all__ = [
     "resized_options",
     "rows_per_member",
     "tile_members",
+    "vit",
 ]

@@ -20,6 +20,7 @@ from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.factories import LayerFactory
 from ensemble_lab.nn.mlp import mlp, mlp_resized
 from ensemble_lab.nn.resnet import resnet18, resnet18_resized
+from ensemble_lab.nn.vit import vit, vit_dimensions, vit_resized
 from ensemble_lab.nn.wide_resnet import wide_resnet, wide_resnet_resized
 
 #: resize(width, multiple) -> the new width, a multiple of ``multiple``
@@ -60,6 +61,7 @@ BACKBONES: dict[str, Backbone] = {
         wide_resnet, wide_resnet_resized, lambda o: {"depth": o["depth"], "width": o["widen_factor"]}, "depth", "widen_factor",
         derived=("stem_width",),
     ),
+    "vit": Backbone.of(vit, vit_resized, vit_dimensions, "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pooling", "attention_dropout"),
 }
 
 
