@@ -38,7 +38,7 @@ def test_options_left_out_or_none_take_the_backbones_default():
     [
         ("resnet18", {"hidden_sizes": [32]}, "--model.hidden_sizes applies to the mlp backbone, not resnet18; drop it (resnet18 takes --model.width)"),
         ("mlp", {"width": 16}, "--model.width applies to the resnet18 backbone, not mlp; drop it (mlp takes --model.hidden_sizes)"),
-        ("mlp", {"depth": 10}, "--model.depth applies to the wide_resnet backbone, not mlp; drop it (mlp takes --model.hidden_sizes)"),
+        ("mlp", {"depth": 10}, "--model.depth applies to the wide_resnet / vit backbone, not mlp; drop it (mlp takes --model.hidden_sizes)"),
         ("wide_resnet", {"width": 16}, "--model.width applies to the resnet18 backbone, not wide_resnet; drop it (wide_resnet takes --model.depth, --model.widen_factor)"),
         ("mlp", {"num_layers": 3}, "--model.num_layers is not an option of any backbone"),
     ],
