@@ -74,7 +74,10 @@ def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
     backbone = BACKBONES.get(arch["backbone"])
     for option, default in (backbone.options if backbone else {}).items():  # only this backbone's own options
         value = default if hparams.get(option) is None else hparams[option]
-        arch[option] = [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
+        if isinstance(value, (list, tuple)):
+            arch[option] = [int(v) for v in value]
+        else:  # a ViT's options include a ratio, a dropout and a pooling name: kept as they are, not truncated to int
+            arch[option] = value if isinstance(value, (str, float)) else int(value)
     return arch
 
 
