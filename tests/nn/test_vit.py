@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from ensemble_lab import methods
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.evaluation.member_networks import member_states
 from ensemble_lab.methods import MIMO, BatchEnsemble, DeepEnsemble, LowRankEnsemble, Masksembles, MCDropout, PackedEnsemble, SingleModel
 from ensemble_lab.nn import (
     BatchLinear,
@@ -277,3 +278,20 @@ def test_shipped_vit_configs_build_the_vit_they_document(config):
     assert isinstance(vit, ViT) and len(vit.blocks) == options["depth"]
     if not digits and model["class_path"] == "SingleModel":
         assert count(network) == single_vit_count()  # the documented ViT-Tiny layout
+
+
+@pytest.mark.parametrize("case", MEMBER_CASES)
+def test_each_layers_member_state_fills_the_member_network(case):
+    # the protocol connectivity and the weight cosine use: member_network() filled from every layer's member_state(i)
+    torch.manual_seed(1)
+    model = MEMBER_CASES[case]().double().eval()
+    with torch.no_grad():
+        for layer in model.modules():
+            for p in getattr(layer, "member_parameters", list)():
+                p.add_(0.1 * torch.randn_like(p))
+        x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+        logits = model(x)
+        plain = model.member_network().double().eval()
+        for i, state in enumerate(member_states(model.network, plain, model.num_members, case)):
+            plain.load_state_dict(state)
+            torch.testing.assert_close(plain(x), logits[i], rtol=0, atol=1e-10)
