@@ -28,7 +28,11 @@ def test_channels_last_through_the_cli(cli, tmp_path, method):
 
 
 METHODS = [(SingleModel, {}), (BatchEnsemble, dict(num_members=2)), (DeepEnsemble, dict(num_members=2)), (MCDropout, dict(num_members=2))]
-BACKBONES = {"mlp": dict(num_classes=10, input_shape=(1, 8, 8), hidden_sizes=(16, 8)), "resnet18": RESNET}
+BACKBONES = {
+    "mlp": dict(num_classes=10, input_shape=(1, 8, 8), hidden_sizes=(16, 8)),
+    "resnet18": RESNET,
+    "vit": dict(num_classes=10, input_shape=(1, 8, 8), backbone="vit", patch_size=2, embed_dim=16, depth=2, num_heads=2),
+}
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
