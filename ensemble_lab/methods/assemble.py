@@ -3,7 +3,9 @@
 The paper-faithful Deep Ensemble trains its members as independent runs (own seed, own data
 order). Member i of the assembled ensemble takes checkpoint i's network: every EnsembleLinear /
 EnsembleConv2d slice ``[i]`` gets the matching nn.Linear / nn.Conv2d weight and bias, every
-EnsembleBatchNorm2d row ``[i]`` the BatchNorm2d's affine parameters and running statistics.
+EnsembleBatchNorm2d row ``[i]`` the BatchNorm2d's affine parameters and running statistics, every
+EnsembleLayerNorm row ``[i]`` the LayerNorm's, every EnsembleTokenEmbedding row ``[i]`` a ViT's class token
+and position embedding.
 Layers are paired in order of appearance, so indices of parameter-free layers (dropout) may differ.
 """
 
@@ -18,11 +20,17 @@ from torch import Tensor, nn
 from ensemble_lab.errors import CheckpointMismatchError, ConfigError
 from ensemble_lab.methods.checkpoint_state import architecture, flat_architecture, read_checkpoint
 from ensemble_lab.methods.single import SingleModel
-from ensemble_lab.nn import EnsembleBatchNorm2d, EnsembleConv2d, EnsembleLinear
+from ensemble_lab.nn import EnsembleBatchNorm2d, EnsembleConv2d, EnsembleLayerNorm, EnsembleLinear, EnsembleTokenEmbedding, TokenEmbedding
 from ensemble_lab.runs.layout import run_dir_of_checkpoint
 
 #: ensemble layer -> the plain layer whose tensors fill one member slice
-MEMBER_OF = {EnsembleLinear: nn.Linear, EnsembleConv2d: nn.Conv2d, EnsembleBatchNorm2d: nn.BatchNorm2d}
+MEMBER_OF: dict[type[nn.Module], type[nn.Module]] = {
+    EnsembleLinear: nn.Linear,
+    EnsembleConv2d: nn.Conv2d,
+    EnsembleBatchNorm2d: nn.BatchNorm2d,
+    EnsembleLayerNorm: nn.LayerNorm,
+    EnsembleTokenEmbedding: TokenEmbedding,
+}
 
 
 def check_single(path: Path, hparams: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -83,9 +91,15 @@ def fill_member(ensemble: nn.Module, member: nn.Module, i: int, path: Path) -> N
         where = f"member checkpoint {path}, layer {source_name} -> {name}"
         if not isinstance(source, MEMBER_OF[type(layer)]):
             raise CheckpointMismatchError(f"{where}: a {type(source).__name__} cannot fill a {type(layer).__name__}")
+        if isinstance(layer, EnsembleTokenEmbedding):  # (M, 1, D) / (M, T', D): member i's row keeps its leading 1
+            assert isinstance(source, TokenEmbedding)
+            for key in ("cls_token", "pos_embed"):
+                mine, theirs = getattr(layer, key), getattr(source, key)
+                _copy(mine[i : i + 1] if mine is not None else None, theirs, where)
+            continue
         # what _layers and the check above guarantee, spelled out for the type checker
-        assert isinstance(layer, (EnsembleLinear, EnsembleConv2d, EnsembleBatchNorm2d))
-        assert isinstance(source, (nn.Linear, nn.Conv2d, nn.BatchNorm2d))
+        assert isinstance(layer, (EnsembleLinear, EnsembleConv2d, EnsembleBatchNorm2d, EnsembleLayerNorm))
+        assert isinstance(source, (nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.LayerNorm))
         _copy(layer.weight[i] if layer.weight is not None else None, source.weight, where)
         _copy(layer.bias[i] if layer.bias is not None else None, source.bias, where)
         if isinstance(layer, EnsembleBatchNorm2d) and layer.track_running_stats:
@@ -118,7 +132,7 @@ def refuse_duplicates(paths: list[str]) -> None:
 def warn_identical_members(ensemble: nn.Module, paths: list[str]) -> None:
     """Warn for every pair of members whose weights are equal (say, two runs with one seed and one config)."""
     layers = [layer for _, layer in _layers(ensemble, tuple(MEMBER_OF))]
-    tensors = [t for layer in layers for t in (layer.weight, layer.bias) if isinstance(t, Tensor)]  # bias may be None
+    tensors = [t for layer in layers for t in layer.parameters(recurse=False)]  # every per-member tensor (M, ...)
     for i in range(len(paths)):
         for j in range(i + 1, len(paths)):
             if all(torch.equal(t[i], t[j]) for t in tensors):

@@ -70,7 +70,8 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         Args:
             num_members: number of ensemble members M (MC Dropout: number of test-time samples).
             backbone: the network architecture and its own options: ``mlp`` (MLPOptions: hidden_sizes),
-                ``resnet18`` (ResNet18Options: width) or ``wide_resnet`` (WideResNetOptions: depth, widen_factor),
+                ``resnet18`` (ResNet18Options: width), ``wide_resnet`` (WideResNetOptions: depth, widen_factor) or
+                ``vit`` (ViTOptions: patch_size, embed_dim, depth, num_heads, mlp_ratio, pooling, attention_dropout),
                 e.g. ``--model.backbone resnet18 --model.backbone.width 32``; default: mlp with hidden sizes 64, 32, 16.
             dropout: dropout probability in the backbone, in [0, 1); 0 builds no dropout layers.
             num_classes: number of classes; linked from the datamodule by the CLI.

@@ -9,7 +9,7 @@ from torch import Tensor
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.methods.training_batch import TrainingBatch
-from ensemble_lab.nn import BatchConv2d, EnsembleBatchNorm2d, FastWeights, LayerFactory, batch_ensemble_layers
+from ensemble_lab.nn import BatchConv2d, EnsembleBatchNorm2d, EnsembleLayerNorm, FastWeights, LayerFactory, batch_ensemble_layers
 
 TRAIN_BATCHES = ("tile", "split")
 
@@ -52,7 +52,8 @@ class BatchEnsemble(EnsembleModule):
                 on its own B/M images of the batch, the original BatchEnsemble paper's way; --data.batch_size
                 must divide by M, and a short last batch drops its last B mod M images). Test: always tiled.
             norm: "shared" (one BatchNorm for all members' rows, the paper's) or "per_member" (each member its
-                own BatchNorm statistics and affine); "per_member" needs a backbone with norm layers.
+                own BatchNorm statistics and affine; a ViT: its own LayerNorm affine); "per_member" needs a backbone
+                with norm layers.
             fast_weight_lr_scale: learning rate of r and s relative to the optimizer's (0.5 in the original BatchEnsemble
                 recipe; 1.0 in the peer library's config, configs/cifar10/batch_ensemble_peer.yaml).
             fast_weight_decay: apply the optimizer's weight decay to r and s too (off in the original BatchEnsemble
@@ -81,8 +82,8 @@ class BatchEnsemble(EnsembleModule):
         modules = list(self.network.modules())
         if self.perturbation == "kernel" and not any(isinstance(m, BatchConv2d) for m in modules):
             raise ConfigError(f"--model.perturbation kernel applies to convolutions; the {backbone} backbone has none (drop it)")
-        if self.norm == "per_member" and not any(isinstance(m, EnsembleBatchNorm2d) for m in modules):
-            raise ConfigError(f"--model.norm per_member applies to BatchNorm layers; the {backbone} backbone has none (drop it)")
+        if self.norm == "per_member" and not any(isinstance(m, EnsembleBatchNorm2d | EnsembleLayerNorm) for m in modules):
+            raise ConfigError(f"--model.norm per_member applies to BatchNorm / LayerNorm layers; the {backbone} backbone has none (drop it)")
 
     # ---- training: tiled (the default) or split batches -------------------------------------------
     def _split_rows(self, batch: int) -> int:

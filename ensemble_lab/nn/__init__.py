@@ -1,7 +1,8 @@
 """Layers and backbones. Every layer consumes member-major rows (M*B, ...): BatchEnsemble (``batch_linear``,
 ``batch_conv``, ``fast_weights``), Deep / Packed ensemble (``ensemble_linear``, ``ensemble_conv``,
-``grouped_linear``), ``low_rank``, Masksembles ``masks``, MC ``dropout``; backbones (``mlp``, ``resnet``,
-``wide_resnet``, ``backbones``; each with its options object, ``backbone_options``) are built once from the layer ``factories``, so one definition serves every
+``grouped_linear``), ``low_rank``, Masksembles ``masks``, MC ``dropout``, transformer ``tokens`` and
+``attention``; backbones (``mlp``, ``resnet``, ``wide_resnet``, ``vit``, ``backbones``; each with its options object,
+``backbone_options``) are built once from the layer ``factories``, so one definition serves every
 method; ``members`` holds the member-row helpers."""
 
 from ensemble_lab.nn.backbone_options import BackboneOptions
@@ -28,6 +29,8 @@ from ensemble_lab.nn.masks import MemberMasks
 from ensemble_lab.nn.members import rows_per_member, tile_members
 from ensemble_lab.nn.mlp import MLPOptions, mlp
 from ensemble_lab.nn.resnet import ResNet18Options
+from ensemble_lab.nn.tokens import EnsembleLayerNorm, EnsembleTokenEmbedding, TokenEmbedding
+from ensemble_lab.nn.vit import ViT, ViTOptions, vit
 from ensemble_lab.nn.wide_resnet import WideResNetOptions
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "BackboneOptions",
     "MLPOptions",
     "ResNet18Options",
+    "ViTOptions",
     "WideResNetOptions",
     "backbone_from",
     "AlwaysOnDropout",
@@ -43,13 +47,17 @@ __all__ = [
     "BatchLinear",
     "EnsembleBatchNorm2d",
     "EnsembleConv2d",
+    "EnsembleLayerNorm",
     "EnsembleLinear",
+    "EnsembleTokenEmbedding",
     "FastWeights",
     "GroupedLinear",
     "LayerFactory",
     "LowRankConv2d",
     "LowRankLinear",
     "MemberMasks",
+    "TokenEmbedding",
+    "ViT",
     "batch_ensemble_layers",
     "build_backbone",
     "deep_ensemble_layers",
@@ -62,4 +70,5 @@ __all__ = [
     "resized_options",
     "rows_per_member",
     "tile_members",
+    "vit",
 ]

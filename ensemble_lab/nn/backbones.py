@@ -1,5 +1,5 @@
 """Registry of backbones: short name -> its options class (``MLPOptions``, ``ResNet18Options``,
-``WideResNetOptions``, each beside its builder) and the options it owns, with their defaults.
+``WideResNetOptions``, ``ViTOptions``, each beside its builder) and the options it owns, with their defaults.
 
 A backbone brings its own options object (``--model.backbone mlp --model.backbone.hidden_sizes [64,32]``);
 ``backbone_from`` turns what a config or a checkpoint records into one. ``build_backbone`` fills in the defaults of options left out (or None) and
@@ -7,7 +7,7 @@ refuses an option that belongs to another backbone instead of ignoring it. A bac
 to change its widths (``resized_options``), for methods whose members are narrower or wider networks, and what its
 depth and width are (``backbone_dimensions``), so that a report tells a depth sweep from a width sweep. The builders check the
 values themselves (mlp: positive hidden sizes; resnet18: a positive width; wide_resnet: a depth
-of 6n + 4 and a positive widen factor).
+of 6n + 4 and a positive widen factor; vit: its options object, when made).
 """
 
 from collections.abc import Mapping, Sequence
@@ -21,6 +21,7 @@ from ensemble_lab.nn.backbone_options import BackboneOptions, Resize, options_of
 from ensemble_lab.nn.factories import LayerFactory
 from ensemble_lab.nn.mlp import MLPOptions
 from ensemble_lab.nn.resnet import ResNet18Options
+from ensemble_lab.nn.vit import ViTOptions
 from ensemble_lab.nn.wide_resnet import WideResNetOptions
 
 __all__ = ["BACKBONES", "Backbone", "BackboneOptions", "Resize", "backbone_from", "build_backbone"]
@@ -43,7 +44,9 @@ def _entry(cls: type[BackboneOptions], derived: tuple[str, ...] = ()) -> tuple[s
 
 
 #: short name -> the backbone; a new backbone adds its options class here
-BACKBONES: dict[str, Backbone] = dict([_entry(MLPOptions), _entry(ResNet18Options), _entry(WideResNetOptions, ("stem_width",))])
+BACKBONES: dict[str, Backbone] = dict(
+    [_entry(MLPOptions), _entry(ResNet18Options), _entry(WideResNetOptions, ("stem_width",)), _entry(ViTOptions)]
+)
 
 
 def class_path(cls: type[BackboneOptions]) -> str:

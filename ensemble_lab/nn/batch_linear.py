@@ -45,9 +45,11 @@ class BatchLinear(FastWeightLayer):
         self._reset_fast_weights(bias_bound=1 / math.sqrt(self.in_features))
 
     def forward(self, x: Tensor) -> Tensor:
-        """(M*B, in_features) member-major rows -> (M*B, out_features)."""
-        m, b = self.num_members, rows_per_member(x.shape[0], self.num_members)
-        x = x.view(m, b, self.in_features)  # (M, B, in)
+        """(M*B, ..., in_features) member-major rows (tokens: (M*B, T, in)) -> (M*B, ..., out_features)."""
+        shape = x.shape
+        m = self.num_members
+        rows_per_member(shape[0], m)  # a ConfigError unless the rows are member-major
+        x = x.reshape(m, -1, self.in_features)  # (M, B·T, in): a member's tokens are its rows
         if self.fast.rank == 1:
             r, s = self.fast_factors()  # (M, 1, in), (M, 1, out): broadcast over the B rows
             y = self._apply_shared(lambda rows, w: rows @ w.t(), x * r)  # (M, B, out)
@@ -56,7 +58,7 @@ class BatchLinear(FastWeightLayer):
         else:
             weights = self.member_weights()  # (M, out, in)
             y = torch.bmm(x, weights.transpose(1, 2))  # (M, B, out)
-        return self._add_bias(y).reshape(m * b, self.out_features)  # (M*B, out)
+        return self._add_bias(y).reshape(*shape[:-1], self.out_features)  # (M*B, ..., out)
 
     def _broadcast(self, f: Tensor) -> Tensor:
         return f  # (M, out, in): already W's layout

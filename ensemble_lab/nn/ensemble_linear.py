@@ -56,28 +56,31 @@ class EnsembleLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(M*B, in_features) member-major rows -> (M*B, out_features); shared_input: (B, in_features) -> the same."""
+        """(M*B, ..., in_features) member-major rows (tokens: (M*B, T, in)) -> (M*B, ..., out_features);
+        shared_input: (B, ..., in_features) -> the same."""
         if self.shared_input:
             return self._shared_forward(x)
-        m, b = self.num_members, rows_per_member(x.shape[0], self.num_members)
+        shape, m = x.shape, self.num_members
+        rows_per_member(shape[0], m)  # a ConfigError unless the rows are member-major
+        x = x.reshape(m, -1, self.in_features)  # (M, B·T, in): a member's tokens are its rows
         if self.groups != 1:
-            return self._grouped_forward(x, m, b)
-        x = x.view(m, b, self.in_features)  # (M, B, in)
-        if self.bias is None:
-            y = torch.bmm(x, self.weight.transpose(1, 2))  # (M, B, out)
+            y = self._grouped_forward(x, m, x.shape[1])
+        elif self.bias is None:
+            y = torch.bmm(x, self.weight.transpose(1, 2))  # (M, B·T, out)
         else:
-            y = torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))  # (M, B, out)
-        return y.reshape(m * b, self.out_features)
+            y = torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))  # (M, B·T, out)
+        return y.reshape(*shape[:-1], self.out_features)  # (M*B, ..., out)
 
     def _shared_forward(self, x: Tensor) -> Tensor:
-        """One (B, in) x (in, M*out) matmul for every member at once, then member-major rows."""
+        """One (B, ..., in) x (in, M*out) matmul for every member at once, then member-major rows."""
         m, b, out = self.num_members, x.shape[0], self.out_features
         bias = None if self.bias is None else self.bias.flatten()  # (M*out,)
-        y = F.linear(x, self.weight.flatten(0, 1), bias)  # (B, M*out): member i in columns [i*out, (i+1)*out)
-        return y.view(b, m, out).transpose(0, 1).reshape(m * b, out)  # (M*B, out)
+        y = F.linear(x, self.weight.flatten(0, 1), bias)  # (B, ..., M*out): member i in columns [i*out, (i+1)*out)
+        y = y.unflatten(-1, (m, out)).movedim(-2, 0)  # (M, B, ..., out)
+        return y.reshape(m * b, *x.shape[1:-1], out)  # (M*B, ..., out)
 
     def _grouped_forward(self, x: Tensor, m: int, b: int) -> Tensor:
-        """Block-diagonal members: one bmm over the M * groups blocks."""
+        """Block-diagonal members, ``x`` (M, B, in) -> (M, B, out): one bmm over the M * groups blocks."""
         g, gin, gout = self.groups, self.in_features // self.groups, self.out_features // self.groups
         x = x.view(m, b, g, gin).transpose(1, 2).reshape(m * g, b, gin)  # (M*G, B, in/G)
         weight = self.weight.view(m * g, gout, gin)  # block j of member i: rows [j*out/G, (j+1)*out/G)
@@ -85,7 +88,7 @@ class EnsembleLinear(nn.Module):
         y = y.view(m, g, b, gout).transpose(1, 2).reshape(m, b, self.out_features)  # (M, B, out)
         if self.bias is not None:
             y = y + self.bias.unsqueeze(1)
-        return y.reshape(m * b, self.out_features)
+        return y
 
     def member_weight(self, i: int) -> Tensor:
         """Member i's weight (out_features, in_features / groups)."""

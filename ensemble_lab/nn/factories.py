@@ -28,6 +28,7 @@ from ensemble_lab.nn.grouped_linear import GroupedLinear
 from ensemble_lab.nn.low_rank import LowRankConv2d, LowRankLinear, check_low_rank_options
 from ensemble_lab.nn.masks import MaskSites
 from ensemble_lab.nn.members import check_num_members
+from ensemble_lab.nn.tokens import EnsembleLayerNorm, EnsembleTokenEmbedding, TokenEmbedding
 
 #: BatchEnsemble's norm layers: one for all members, or one per member
 NORMS = ("shared", "per_member")
@@ -58,6 +59,12 @@ class LayerFactory:
     input_linear: Callable[..., nn.Module] = None  # type: ignore[assignment]
     #: the first conv of a ResNet-18 basic block; left out: conv2d (Packed-Ensembles keeps its members dense there)
     block_entry_conv2d: Callable[..., nn.Module] = None  # type: ignore[assignment]
+    #: layer_norm(features, eps=...): a transformer's LayerNorm over the last dim of (M*B, T, D) tokens; one for
+    #: every member by default, EnsembleLayerNorm (each member its own affine) where members own their norms
+    layer_norm: Callable[..., nn.Module] = nn.LayerNorm
+    #: token_embedding(num_patches, dim, class_token): a ViT's class token and position embedding; shared by
+    #: default, EnsembleTokenEmbedding (one per member) for methods whose members share no parameter
+    token_embedding: Callable[..., nn.Module] = TokenEmbedding
 
     def __post_init__(self) -> None:
         for role, default in (("input_conv2d", self.conv2d), ("input_linear", self.linear), ("block_entry_conv2d", self.conv2d)):
@@ -92,8 +99,8 @@ def batch_ensemble_layers(
         fast_weights: the fast weights' rank, init and training; or give FastWeights' fields by
             keyword (``fast_weight_init=...``, ``fast_weight_std=...``, ``rank=...``).
         perturbation: BatchConv2d's "channel" or "kernel" fast weights (linear layers are channel-wise).
-        norm: "shared" (one BatchNorm2d for all members' rows) or "per_member" (each member its own
-            statistics and affine, EnsembleBatchNorm2d).
+        norm: "shared" (one BatchNorm2d / LayerNorm for all members' rows) or "per_member" (each member its own
+            statistics and affine: EnsembleBatchNorm2d; a ViT's LayerNorms: EnsembleLayerNorm, its own affine).
     """
     if fast_weights is None:
         renamed = {key.removeprefix("fast_weight_"): value for key, value in fast_weight_options.items()}
@@ -107,6 +114,7 @@ def batch_ensemble_layers(
         linear=partial(BatchLinear, num_members=num_members, fast_weights=fast_weights),
         conv2d=partial(BatchConv2d, num_members=num_members, fast_weights=fast_weights, perturbation=perturbation),
         norm2d=nn.BatchNorm2d if norm == "shared" else partial(EnsembleBatchNorm2d, num_members=num_members),
+        layer_norm=nn.LayerNorm if norm == "shared" else partial(EnsembleLayerNorm, num_members=num_members),
     )
 
 
@@ -115,7 +123,8 @@ def deep_ensemble_layers(num_members: int) -> LayerFactory:
 
     Between a conv backbone's enter_maps and leave_maps, feature maps stay channel-stacked,
     (B, M*C, H, W), the layout the grouped convolution and the batch norm work in: two copies per
-    network instead of two per conv and two per norm. Linear layers take member-major rows.
+    network instead of two per conv and two per norm. Linear layers take member-major rows. A ViT's
+    LayerNorms, class tokens and position embeddings are the members' own too.
     """
     return LayerFactory(
         num_members=num_members,
@@ -124,6 +133,8 @@ def deep_ensemble_layers(num_members: int) -> LayerFactory:
         norm2d=partial(EnsembleBatchNorm2d, num_members=num_members, channel_stacked=True),
         enter_maps=partial(MembersToChannels, num_members),
         leave_maps=partial(ChannelsToMembers, num_members),
+        layer_norm=partial(EnsembleLayerNorm, num_members=num_members),
+        token_embedding=partial(EnsembleTokenEmbedding, num_members=num_members),
     )
 
 
@@ -136,7 +147,8 @@ def low_rank_layers(num_members: int, rank: int = 1, factor_init: str = "zero", 
         factor_init: "zero" (A = 0, members identical at the start, as LoRA) or "small" (A slightly random).
         lora_alpha: LoRA's α: the update is scaled by c = α / k; None: c = 1.
 
-    BatchNorm is shared by the members' rows, like batch_ensemble_layers' default.
+    BatchNorm and a ViT's LayerNorms, class token and position embedding are shared by the members' rows,
+    like batch_ensemble_layers' default.
     """
     check_num_members(num_members)
     check_low_rank_options(rank, factor_init, lora_alpha)
@@ -238,6 +250,8 @@ def packed_layers(
       would read fewer than ``min_channels_per_group`` channels (64: the authors' floor; 0: never
       lowered); ResNet-18's block-entry convs keep their members dense unless ``group_block_entry``.
     * Hidden linears split each member into γ blocks; the classifier (writing ``num_classes``) keeps one.
+    * A ViT's LayerNorms (over a member's whole D features), class token and position embedding are each
+      member's own: members stay independent networks.
 
     The member width α·w/M is the backbone's (PackedEnsemble scales its options). Members stay
     independent: with γ = 1 every layer is the Deep Ensemble's, the first one run on the shared batch.
@@ -256,13 +270,15 @@ def packed_layers(
         input_conv2d=partial(dense, shared_input=True),
         input_linear=partial(EnsembleLinear, num_members=num_members, shared_input=True),
         block_entry_conv2d=conv2d if group_block_entry else dense,
+        layer_norm=partial(EnsembleLayerNorm, num_members=num_members),
+        token_embedding=partial(EnsembleTokenEmbedding, num_members=num_members),
     )
 
 
 def masksembles_layers(num_members: int, scale: float = 2.0, placement: str = "inputs", seed: int = 0) -> LayerFactory:
     """Plain layers shared by every member, plus MemberMasks (M fixed binary masks of scale s) where
     ``placement`` puts them (Masksembles, Durasov et al. 2021; see nn.masks), drawn from ``seed``;
-    dropout stays ordinary dropout."""
+    dropout stays ordinary dropout. A ViT masks its tokens' features (each token a row), its LayerNorms shared."""
     return LayerFactory(
         num_members=num_members,
         linear=nn.Linear,

@@ -37,9 +37,10 @@ class GroupedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, in_features) -> (N, out_features)."""
-        y = F.conv1d(x.unsqueeze(-1), self.weight.unsqueeze(-1), self.bias, groups=self.groups)  # (N, out, 1)
-        return y.squeeze(-1)
+        """(N, ..., in_features) -> (N, ..., out_features) (tokens: (N, T, in) -> (N, T, out))."""
+        rows = x.reshape(-1, self.in_features, 1)  # (N·T, in, 1): every token a row
+        y = F.conv1d(rows, self.weight.unsqueeze(-1), self.bias, groups=self.groups)  # (N·T, out, 1)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, groups={self.groups}, bias={self.bias is not None}"

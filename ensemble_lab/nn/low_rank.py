@@ -169,14 +169,15 @@ class LowRankLinear(LowRankLayer):
         self.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        """(M*B, in_features) member-major rows -> (M*B, out_features)."""
-        m, b = self.num_members, rows_per_member(x.shape[0], self.num_members)
-        shared = F.linear(x, self.weight).view(m, b, self.out_features)  # (M*B, out) -> (M, B, out)
-        rows = x.view(m, b, self.in_features)  # (M, B, in)
+        """(M*B, ..., in_features) member-major rows (tokens: (M*B, T, in)) -> (M*B, ..., out_features)."""
+        shape, m = x.shape, self.num_members
+        rows_per_member(shape[0], m)  # a ConfigError unless the rows are member-major
+        shared = F.linear(x, self.weight).reshape(m, -1, self.out_features)  # (M*B, ..., out) -> (M, B·T, out)
+        rows = x.reshape(m, -1, self.in_features)  # (M, B·T, in): a member's tokens are its rows
         low = torch.bmm(rows, self.B.transpose(1, 2).to(rows.dtype))  # (M, B, in) @ (M, in, k) -> (M, B, k)
         low = torch.bmm(low, self._scaled_a().transpose(1, 2).to(low.dtype))  # (M, B, k) @ (M, k, out) -> (M, B, out)
         y = shared + low.to(shared.dtype)  # (M, B, out)
-        return self._add_bias(y).reshape(m * b, self.out_features)  # (M*B, out)
+        return self._add_bias(y).reshape(*shape[:-1], self.out_features)  # (M*B, ..., out)
 
     def extra_repr(self) -> str:
         return (

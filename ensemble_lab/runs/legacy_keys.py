@@ -16,6 +16,10 @@ from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.backbone_options import plain
 from ensemble_lab.nn.backbones import BACKBONES, backbone_options, class_path, options_class
 
+#: the backbones whose options used to sit flat on every model; one added since (vit) never had flat options
+FLAT_BACKBONES = ("mlp", "resnet18", "wide_resnet")
+#: backbone options that used to sit flat on every model
+BACKBONE_KEYS = tuple(dict.fromkeys(o for name in FLAT_BACKBONES for o in BACKBONES[name].options))
 #: old model option (``--model.<old>``) -> where it lives now (``--model.<new>``)
 LEGACY_MODEL_KEYS: dict[str, str] = {
     "teacher": "distillation.teacher",
@@ -24,10 +28,8 @@ LEGACY_MODEL_KEYS: dict[str, str] = {
     "distill_match": "distillation.match",
     "repulsion": "repulsion.strength",
     "repulsion_bandwidth": "repulsion.bandwidth",
-    **{option: f"backbone.{option}" for backbone in BACKBONES.values() for option in backbone.options},
+    **{option: f"backbone.{option}" for option in BACKBONE_KEYS},
 }
-#: backbone options that used to sit flat on every model
-BACKBONE_KEYS = tuple(dict.fromkeys(o for b in BACKBONES.values() for o in b.options))
 #: keys every model's record (config.yaml, hyper-parameters) held before this change: a record with all of
 #: them was written by ensemble-lab then, not by hand
 RECORDED_BEFORE = ("distill_temperature", "distill_alpha", "distill_match", "repulsion_bandwidth")

@@ -7,10 +7,13 @@ import torch
 
 from ensemble_lab.errors import CheckpointMismatchError, ConfigError
 from ensemble_lab.methods import BatchEnsemble, DeepEnsemble, MCDropout, SingleModel
-from ensemble_lab.nn import EnsembleBatchNorm2d
+from ensemble_lab.nn import EnsembleBatchNorm2d, ViTOptions
 
 MLP = dict(input_shape=(1, 8, 8), num_classes=10, hidden_sizes=(16, 8))
 RESNET = dict(input_shape=(3, 8, 8), num_classes=5, backbone="resnet18", width=4)
+# a ratio and a pooling name among the options: the assembly compares them as they are
+TINY_VIT = dict(patch_size=2, embed_dim=16, depth=2, num_heads=2, mlp_ratio=1.5)
+VIT = dict(input_shape=(1, 8, 8), num_classes=10, backbone=ViTOptions(**TINY_VIT))
 
 
 def save(model, path: Path, class_path: str | None = None) -> str:
@@ -35,12 +38,19 @@ def trained_singles(tmp_path: Path, options: dict, count: int, **extra) -> tuple
                 module.weight.data.normal_(1.0, 0.2)
                 module.bias.data.normal_()
                 module.num_batches_tracked.fill_(10 + i)
+            if isinstance(module, torch.nn.LayerNorm):  # a ViT's norms away from their init too
+                module.weight.data.normal_(1.0, 0.2)
+                module.bias.data.normal_()
         models.append(model.eval())
         paths.append(save(model, tmp_path / f"single{i}.ckpt", "ensemble_lab.methods.SingleModel"))
     return models, paths
 
 
-@pytest.mark.parametrize("options,extra", [(MLP, {"dropout": 0.05}), (RESNET, {})], ids=["mlp", "resnet18"])
+@pytest.mark.parametrize(
+    "options,extra",
+    [(MLP, {"dropout": 0.05}), (RESNET, {}), (VIT, {}), (dict(VIT, backbone=ViTOptions(**TINY_VIT, pooling="mean")), {})],
+    ids=["mlp", "resnet18", "vit", "vit_mean_pooling"],
+)
 def test_member_probabilities_equal_each_checkpoint(tmp_path, options, extra):
     singles, paths = trained_singles(tmp_path, options, 3, **extra)
     torch.manual_seed(0)

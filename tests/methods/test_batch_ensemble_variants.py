@@ -111,7 +111,7 @@ def test_unperturbed_member_0_through_the_method_optimizer():
     "options, match",
     [
         (dict(MLP, perturbation="kernel"), "--model.perturbation kernel applies to convolutions; the mlp backbone"),
-        (dict(MLP, norm="per_member"), "--model.norm per_member applies to BatchNorm layers; the mlp backbone"),
+        (dict(MLP, norm="per_member"), "--model.norm per_member applies to BatchNorm / LayerNorm layers; the mlp backbone"),
         (dict(MLP, train_batch="halves"), "--model.train_batch 'halves' is not known"),
         (dict(MLP, rank=0), "--model.rank must be an integer >= 1"),
         (dict(MLP, fast_weight_init="zeros"), "allowed: normal, random_sign, ones"),

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ensemble_lab.methods import MIMO, BatchEnsemble, DeepEnsemble, LowRankEnsemble, Masksembles, MCDropout, PackedEnsemble, SingleModel
+from ensemble_lab.nn import ViTOptions
 from tests.conftest import TINY_TRAINER, read_results, run_dirs
 
 RESNET = dict(num_classes=10, input_shape=(3, 8, 8), backbone="resnet18", width=4)
@@ -28,7 +29,11 @@ def test_channels_last_through_the_cli(cli, tmp_path, method):
 
 
 METHODS = [(SingleModel, {}), (BatchEnsemble, dict(num_members=2)), (DeepEnsemble, dict(num_members=2)), (MCDropout, dict(num_members=2))]
-BACKBONES = {"mlp": dict(num_classes=10, input_shape=(1, 8, 8), hidden_sizes=(16, 8)), "resnet18": RESNET}
+BACKBONES = {
+    "mlp": dict(num_classes=10, input_shape=(1, 8, 8), hidden_sizes=(16, 8)),
+    "resnet18": RESNET,
+    "vit": dict(num_classes=10, input_shape=(1, 8, 8), backbone=ViTOptions(patch_size=2, embed_dim=16, depth=2, num_heads=2)),
+}
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

@@ -8,7 +8,7 @@ from torch import nn
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn import BACKBONES, build_backbone, plain_layers
 
-SHAPES = {"mlp": (1, 8, 8), "resnet18": (3, 8, 8), "wide_resnet": (3, 8, 8)}
+SHAPES = {"mlp": (1, 8, 8), "resnet18": (3, 8, 8), "wide_resnet": (3, 8, 8), "vit": (1, 8, 8)}
 
 
 def linear_sizes(network: nn.Module) -> list[tuple[int, int]]:
@@ -23,6 +23,9 @@ def test_each_backbone_declares_its_options_and_defaults():
     assert BACKBONES["mlp"].options == {"hidden_sizes": (64, 32, 16)}
     assert BACKBONES["resnet18"].options == {"width": 64}
     assert BACKBONES["wide_resnet"].options == {"depth": 28, "widen_factor": 10}
+    assert BACKBONES["vit"].options == {
+        "patch_size": 4, "embed_dim": 192, "depth": 12, "num_heads": 3, "mlp_ratio": 4.0, "pooling": "cls", "attention_dropout": 0.0,
+    }
 
 
 def test_options_left_out_or_none_take_the_backbones_default():
@@ -38,7 +41,7 @@ def test_options_left_out_or_none_take_the_backbones_default():
     [
         ("resnet18", {"hidden_sizes": [32]}, "--model.hidden_sizes applies to the mlp backbone, not resnet18; drop it (resnet18 takes --model.backbone.width)"),
         ("mlp", {"width": 16}, "--model.width applies to the resnet18 backbone, not mlp; drop it (mlp takes --model.backbone.hidden_sizes)"),
-        ("mlp", {"depth": 10}, "--model.depth applies to the wide_resnet backbone, not mlp; drop it (mlp takes --model.backbone.hidden_sizes)"),
+        ("mlp", {"depth": 10}, "--model.depth applies to the wide_resnet / vit backbone, not mlp; drop it (mlp takes --model.backbone.hidden_sizes)"),
         ("wide_resnet", {"width": 16}, "--model.width applies to the resnet18 backbone, not wide_resnet; drop it (wide_resnet takes --model.backbone.depth, --model.backbone.widen_factor)"),
         ("mlp", {"num_layers": 3}, "--model.num_layers is not an option of any backbone"),
     ],

@@ -221,5 +221,5 @@ def test_methods_refuse_bad_wide_resnet_options():
         SingleModel(**(WRN | {"depth": 12}))
     with pytest.raises(ConfigError, match=re.escape("--model.hidden_sizes applies to the mlp backbone, not wide_resnet")):
         BatchEnsemble(**WRN, hidden_sizes=[32])
-    with pytest.raises(ConfigError, match=re.escape("--model.depth applies to the wide_resnet backbone, not resnet18")):
+    with pytest.raises(ConfigError, match=re.escape("--model.depth applies to the wide_resnet / vit backbone, not resnet18")):
         DeepEnsemble(backbone="resnet18", width=4, depth=10, input_shape=(3, 8, 8))
