@@ -32,8 +32,8 @@ from ensemble_lab.config.run_config import (
 )
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.figures.style import METHOD_ORDER
-from ensemble_lab.metrics.corruptions import CORRUPTION_AVERAGES
-from ensemble_lab.metrics.registry import OOD_SCORES, lookup, names, ood_name
+from ensemble_lab.metrics.registry import lookup, names
+from ensemble_lab.report.columns import ID_COLUMNS, OOD_COLUMNS
 from ensemble_lab.report.fill import fill_from_predictions
 from ensemble_lab.report.reading import find_results, load_results, read_document
 from ensemble_lab.runs.legacy_keys import translate_flat
@@ -41,9 +41,6 @@ from ensemble_lab.runs.legacy_keys import translate_flat
 if TYPE_CHECKING:  # torch only when comparing (report/significance.py)
     from ensemble_lab.metrics.significance import Comparison
 
-#: columns of id and shift sets, and of ood sets (class-based metrics mean nothing on OOD data)
-ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement", *CORRUPTION_AVERAGES)  # c_*: only <corrupted>_mean sets have them
-OOD_COLUMNS = tuple(ood_name(m, s) for s in OOD_SCORES for m in ("auroc", "aupr", "fpr95")) + ("mi", "disagreement")
 #: the loss / error barriers between members, read from <run>/connectivity.json when present (``ensemble-lab connectivity``):
 #: the chord barrier (Entezari et al.), then Frankle et al.'s (above the mean of the ends); docs/connectivity.md
 BARRIER_COLUMNS = names(group="connectivity")
@@ -309,34 +306,6 @@ def format_stat(stat: Stat | None, runs: int, digits: int = 3) -> str:
     shown = (lambda v: f"{v:,.0f}") if abs(stat.mean) >= 1000 else (lambda v: f"{v:.{digits}f}")  # counts, rates
     text = shown(stat.mean) + ("" if stat.std is None else f" ± {shown(stat.std)}")
     return text if stat.n == runs else f"{text} (n={stat.n})"
-
-
-#: what a preset shows, per role (``{score}``: --ood_score; ``{positive}``: "_in" for --ood_positive id); single_basin: one
-#: table per id set, see report/tables.py
-PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "paper": {"id": ("acc", "nll", "ece"), "shift": ("acc", "nll", "ece", *CORRUPTION_AVERAGES), "ood": ("aupr{positive}_{score}", "auroc_{score}", "fpr95{positive}_{score}", "mi")},
-    "single_basin": {"id": ("acc", "nll", "ece", "mi", "disagreement")},
-    # calibration beyond one ECE, and the joint NLL beside the marginal one
-    "calibration": {
-        role: ("nll", "joint_nll_10", "ece", "ece_adaptive", "ece_classwise", "mce", "brier_reliability", "brier_resolution")
-        for role in ("id", "shift")
-    },
-    # selective prediction (of --ood_score's confidence), conformal sets, and the logit OOD scores' AUROC
-    "selective": {
-        **{
-            role: ("aurc_{score}", "augrc_{score}", "risk_at_80_{score}", "coverage_at_5_{score}", "conformal_coverage_aps", "conformal_set_size_aps")
-            for role in ("id", "shift")
-        },
-        "ood": ("auroc_{score}", "auroc_maxlogit", "auroc_energy", "auroc_variation_ratio", "auroc_expected_entropy"),
-    },
-}
-
-
-def preset_columns(preset: str, score: str = "msp", positive: str = "ood") -> dict[str, tuple[str, ...]]:
-    """The role -> metrics mapping of ``preset`` with the OOD score filled in; ``positive`` "id" takes
-    aupr and fpr95 with ID as the positive class (``aupr_in_<score>``, ``fpr95_in_<score>``)."""
-    suffix = "_in" if positive == "id" else ""
-    return {role: tuple(c.format(score=score, positive=suffix) for c in columns) for role, columns in PRESETS[preset].items()}
 
 
 def run_groups(groups: Sequence[Group]) -> list[Any]:

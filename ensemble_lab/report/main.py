@@ -10,7 +10,8 @@ from pathlib import Path
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.metrics.registry import OOD_SCORES
 from ensemble_lab.report import tables as report_tables
-from ensemble_lab.report.groups import DEFAULT_BASELINE, PRESETS, Group, build_report, preset_columns, run_groups
+from ensemble_lab.report.columns import PRESETS, preset_columns
+from ensemble_lab.report.groups import DEFAULT_BASELINE, Group, build_report, run_groups
 from ensemble_lab.report.significance import add_significance, choose_baselines
 from ensemble_lab.report.tables import render, table_layout
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from ensemble_lab.evaluation.extended import is_extended
+from ensemble_lab.report.columns import preset_columns
 from ensemble_lab.report.fill import fill_from_predictions
-from ensemble_lab.report.groups import build_report, preset_columns
+from ensemble_lab.report.groups import build_report
 from tests.evaluation.test_extended_metrics import run_tested
 
 

@@ -1,0 +1,48 @@
+"""Which metrics a report shows: the default columns per set role and the presets (``--preset``)."""
+
+from ensemble_lab.metrics.corruptions import CORRUPTION_AVERAGES
+from ensemble_lab.metrics.registry import OOD_SCORES, ood_name
+
+#: columns of id and shift sets, and of ood sets (class-based metrics mean nothing on OOD data)
+ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement", *CORRUPTION_AVERAGES)  # c_*: only <corrupted>_mean sets have them
+OOD_COLUMNS = tuple(ood_name(m, s) for s in OOD_SCORES for m in ("auroc", "aupr", "fpr95")) + ("mi", "disagreement")
+
+#: what a preset shows, per role (``{score}``: --ood_score; ``{positive}``: "_in" for --ood_positive id); single_basin: one
+#: table per id set, see report/tables.py
+PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "paper": {
+        "id": ("acc", "nll", "ece"),
+        "shift": ("acc", "nll", "ece", *CORRUPTION_AVERAGES),
+        "ood": ("aupr{positive}_{score}", "auroc_{score}", "fpr95{positive}_{score}", "mi"),
+    },
+    "single_basin": {"id": ("acc", "nll", "ece", "mi", "disagreement")},
+    # calibration beyond one ECE, and the joint NLL beside the marginal one
+    "calibration": {
+        role: ("nll", "joint_nll_10", "ece", "ece_adaptive", "ece_classwise", "mce", "brier_reliability", "brier_resolution")
+        for role in ("id", "shift")
+    },
+    # selective prediction (of --ood_score's confidence), conformal sets, and the logit OOD scores' AUROC
+    "selective": {
+        **{
+            role: (
+                "aurc_{score}",
+                "augrc_{score}",
+                "risk_at_80_{score}",
+                "coverage_at_5_{score}",
+                "conformal_coverage_aps",
+                "conformal_set_size_aps",
+            )
+            for role in ("id", "shift")
+        },
+        "ood": ("auroc_{score}", "auroc_maxlogit", "auroc_energy", "auroc_variation_ratio", "auroc_expected_entropy"),
+    },
+}
+
+
+def preset_columns(preset: str, score: str = "msp", positive: str = "ood") -> dict[str, tuple[str, ...]]:
+    """The role -> metrics mapping of ``preset`` with the OOD score filled in; ``positive`` "id" takes
+    aupr and fpr95 with ID as the positive class (``aupr_in_<score>``, ``fpr95_in_<score>``)."""
+    suffix = "_in" if positive == "id" else ""
+    return {role: tuple(c.format(score=score, positive=suffix) for c in columns) for role, columns in PRESETS[preset].items()}
+
+
