@@ -250,11 +250,11 @@ class UncertaintyEvalMixin(_Base):
 
     def _extended_inputs(self, logits: dict[str, Tensor] | None, val: tuple[Tensor, Tensor] | None = None) -> ExtendedInputs:
         """What the test's extended metrics need: the sets' logits, the validation split's probabilities (default:
-        the softmax of its logits), the conformal α and the run's seed (evaluation/extended.py)."""
+        the softmax of its logits) and the conformal α (evaluation/extended.py)."""
         if val is None and self._val_split is not None:
             val = (torch.softmax(self._val_split[0].float(), dim=-1), self._val_split[1])
         alpha = self.evaluation_outputs().options.conformal_alpha
-        return ExtendedInputs(logits, val, alpha, int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        return ExtendedInputs(logits, val, alpha)
 
     def _results_document(self, sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -62,7 +62,6 @@ def fill_from_predictions(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
         logits if len(logits) == len(usable) else None,
         (val["member_probs"], val["targets"]) if val is not None else None,
         float(doc.get("conformal_alpha") or (doc.get("config") or {}).get("conformal_alpha") or DEFAULT_ALPHA),
-        int(doc.get("seed") or 0),
     )
     computed = set_metrics(collected, {n: roles[n] for n in collected}, inputs)
     filled = {

@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ensemble_lab.data import DigitsDataModule
+from ensemble_lab.evaluation.extended import EVALUATION_SEED
 from ensemble_lab.evaluation.outputs import EvaluationOptions, EvaluationOutputs, RunRecord
 from ensemble_lab.methods import DeepEnsemble
 from ensemble_lab.metrics.calibration_errors import calibration_error_metrics
@@ -51,8 +52,8 @@ def test_the_extended_metrics_equal_the_functions_on_the_saved_predictions(tmp_p
         expected = {
             **calibration_error_metrics(probs, targets),
             **selective_metrics(probs, targets),
-            **joint_nll_metrics(probs, targets, 2_000, seed=SEED),
-            **conformal_metrics(val["member_probs"], val["targets"], probs, targets, alpha=0.2, seed=SEED),
+            **joint_nll_metrics(probs, targets, 2_000, seed=EVALUATION_SEED),
+            **conformal_metrics(val["member_probs"], val["targets"], probs, targets, alpha=0.2, seed=EVALUATION_SEED),
         }
         for key, value in expected.items():
             assert metrics[key] == pytest.approx(value, abs=1e-9), (name, key)
