@@ -153,13 +153,9 @@ class TabularDataModule(EnsembleDataModule):
 
     @property
     def num_classes(self) -> int:  # type: ignore[override]  # a regression table has no classes
-        """Classes of a classification dataset; a regression dataset raises ConfigError (no regression task yet)."""
+        """Classes of a classification dataset; a regression dataset has none (the CLI links ``num_targets``)."""
         if self.task == "regression":
-            raise ConfigError(
-                f"--data.dataset {self.dataset} is a regression dataset: regression needs Gaussian heads, "
-                "a regression loss and metrics (not yet); choose breast_cancer or wine, or serve batches from "
-                "TabularDataModule directly"
-            )
+            raise ConfigError(f"--data.dataset {self.dataset} is a regression dataset: it has targets (num_targets), not classes")
         return SPECS[self.dataset].num_classes
 
     # ---- EnsembleDataModule --------------------------------------------------------------------------

@@ -21,13 +21,15 @@ from torch import Tensor
 
 from ensemble_lab.compat import attached_trainer
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.evaluation import regression_sets as regression
 from ensemble_lab.evaluation.outputs import EvaluationOutputs, evaluation_outputs
 from ensemble_lab.evaluation.sets import eval_due, predict_test_sets, scalars, set_metrics
 from ensemble_lab.evaluation.store import PredictionStore
 from ensemble_lab.metrics.calibration import apply_temperature, ensemble_nll, fit_temperature, log_probs, temperature_warnings
 from ensemble_lab.metrics.classification import predictive_metrics
 from ensemble_lab.metrics.cost import format_cost, measure_cost
-from ensemble_lab.metrics.registry import VAL_CURVES
+from ensemble_lab.metrics.registry import REGRESSION_VAL_CURVES, VAL_CURVES
+from ensemble_lab.metrics.tasks import Task
 from ensemble_lab.metrics.weight_space import off_diagonal_mean, weight_cosine, weight_space_summary
 from ensemble_lab.runs.results import (
     CHECKPOINT_RECORD,
@@ -63,6 +65,8 @@ class UncertaintyEvalMixin(_Base):
 
     #: set by the host module (EnsembleModule): number of members M
     num_members: int
+    #: set by the host module: what its outputs mean (a regression model's hooks go to evaluation/regression_sets.py)
+    task: Task
     #: the generators' state outside test (on_test_start forks it, on_test_end restores it)
     _test_rng: AbstractContextManager[Any] | None
     #: the first test batch's images (cost measurement) and the cost measured on them
@@ -78,10 +82,12 @@ class UncertaintyEvalMixin(_Base):
     def monitorable_metrics(self) -> list[str]:
         """The metrics a callback may monitor (--early_stopping.monitor, --checkpoint.monitor): those every
         validation epoch logs. A method that logs more validation metrics adds their names here."""
-        return [f"val/{k}" for k in VAL_CURVES]
+        return [f"val/{k}" for k in (REGRESSION_VAL_CURVES if self.task.name == "regression" else VAL_CURVES)]
 
     # ---- shared step -------------------------------------------------------------------------
     def _store_batch(self, store: PredictionStore, batch: Any) -> None:
+        if self.task.name == "regression":
+            return regression.store_batch(self, store, batch)
         images, targets, indices = batch[0], batch[1], batch[2]
         member_probs = torch.softmax(self(images).float(), dim=-1)  # (M, B, C)
         store.update(member_probs, targets, indices)
@@ -102,6 +108,9 @@ class UncertaintyEvalMixin(_Base):
         store = self._stores["val"]
         if store.is_empty or self.trainer.sanity_checking:
             return
+        if self.task.name == "regression":
+            self.log_dict(regression.validation_curves(self.task, *store.compute(), REGRESSION_VAL_CURVES), sync_dist=False)
+            return
         member_probs, targets = store.compute()  # complete set on every rank
         metrics = predictive_metrics(member_probs, targets)
         # Values are identical on every rank after the gather, so no further sync is needed.
@@ -120,7 +129,10 @@ class UncertaintyEvalMixin(_Base):
             raise ConfigError("--eval_sets_every needs a datamodule that names its test sets (--data DigitsDataModule, ...)")
         if not self.trainer.is_global_zero:
             return
-        sets = set_metrics(predict_test_sets(self, datamodule), dict(datamodule.test_set_roles))
+        if self.task.name == "regression":
+            sets = regression.set_metrics(regression.predict_sets(self, datamodule), dict(datamodule.test_set_roles), self.task)
+        else:
+            sets = set_metrics(predict_test_sets(self, datamodule), dict(datamodule.test_set_roles))
         self.log_dict(scalars("val", sets), sync_dist=False, rank_zero_only=True)
 
     # ---- predict: member probabilities of the first id set, to predictions/<set>.npz -------------------
@@ -180,6 +192,8 @@ class UncertaintyEvalMixin(_Base):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "val_dataloader"):
             raise ConfigError("--calibration needs a datamodule with a validation split (--data ...)")
+        if self.task.name == "regression":  # whatever --calibration names: variance scaling
+            return regression.fit_calibration(self, datamodule)
         datamodule.setup("validate")  # loads the held-out validation split next to the test sets
         device = self.device
         member_log_probs, targets = [], []
@@ -223,7 +237,7 @@ class UncertaintyEvalMixin(_Base):
     def on_test_epoch_end(self) -> None:
         roles = self.test_set_roles()
         collected = {name: self._stores[name].compute() for name in self._test_names if not self._stores[name].is_empty}
-        sets = set_metrics(collected, roles)
+        sets = regression.set_metrics(collected, roles, self.task) if self.task.name == "regression" else set_metrics(collected, roles)
         calibrated = {} if self._calibration is None else self._calibrated_sets(collected, roles)
         for prefix, results in (("test", sets), ("test_calibrated", calibrated)):
             self.log_dict(scalars(prefix, results), sync_dist=False, add_dataloader_idx=False)
@@ -241,6 +255,8 @@ class UncertaintyEvalMixin(_Base):
     def _calibrated_sets(self, collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, str]) -> dict[str, dict[str, Any]]:
         """Every set's metrics with the members' logits divided by the fitted temperature(s)."""
         assert self._calibration is not None
+        if self.task.name == "regression":
+            return regression.calibrated_sets(collected, roles, self.task, self._calibration)
         temperature = torch.tensor(self._calibration["temperature"], dtype=torch.float64)
         scaled = {name: (apply_temperature(log_probs(p), temperature).float(), t) for name, (p, t) in collected.items()}
         return set_metrics(scaled, roles)
@@ -280,8 +296,11 @@ class UncertaintyEvalMixin(_Base):
         outputs = self.evaluation_outputs()
         if outputs.options.save_predictions:
             for name, (member_probs, targets) in collected.items():
+                if self.task.name == "regression":  # mean, var (M, N, D) and targets (N, D)
+                    regression.write_predictions(results_dir, name, member_probs, targets)
+                    continue
                 write_predictions(results_dir, name, member_probs.cpu().numpy(), targets.cpu().numpy())
-        if outputs.options.figures:
+        if outputs.options.figures and self.task.name == "classification":  # no regression figures yet
             from ensemble_lab.figures.per_run import write_figures  # matplotlib only when drawing
 
             step = self.global_step if outputs.record.logging_step is None else outputs.record.logging_step
@@ -289,6 +308,12 @@ class UncertaintyEvalMixin(_Base):
         path = write_results(results_dir, self.test_results)  # last: results.json marks a complete test
         cost = self.test_results.get("cost")
         cost_line = "" if cost is None else format_cost(cost, self.device.type) + "\n"
+        if self.task.name == "regression":
+            table = regression.format_table(self.test_results["sets"])
+            if self._calibration is not None:
+                table += "\nafter " + regression.format_table(self.test_results["sets_calibrated"], self._calibration)
+            print(f"\n{type(self).__name__} (M={self.num_members}) results -> {path}\n{table}\n{cost_line}")
+            return
         if self._calibration is not None:
             record = self._calibration
             temperature = record["temperature"]
