@@ -24,7 +24,8 @@ QUICK = [
 @pytest.mark.slow
 def test_regression_results_are_the_saved_predictions_metrics(cli, tmp_path):
     config = REPO / "configs" / "tabular" / "diabetes_deep_ensemble.yaml"
-    cli("fit", f"--config={config}", "--model.num_members=2", "--checkpoint.monitor=val/rmse", "--calibration=temperature", *QUICK)
+    cli("fit", f"--config={config}", "--model.num_members=2", "--checkpoint.monitor=val/rmse", "--calibration=temperature",
+        "--eval_sets_every=2", *QUICK)  # fmt: skip
     (run,) = run_dirs(tmp_path)
     results = read_results(run)
     assert {m["role"] for m in results["sets"].values()} == {"id", "shift", "ood"}
@@ -54,4 +55,5 @@ def test_regression_results_are_the_saved_predictions_metrics(cli, tmp_path):
     with open(next(run.glob("metrics.csv"))) as handle:
         columns = set(next(csv.reader(handle)))
     assert {"val/nll", "val/rmse", "val/crps", "val/epistemic_share", "train/loss_epoch"} <= columns
+    assert {"val/diabetes_gap/rmse", "val/diabetes_gap/auroc_variance"} <= columns  # --eval_sets_every
     assert "train/acc" not in columns and "val/acc" not in columns
