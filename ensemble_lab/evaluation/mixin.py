@@ -311,7 +311,7 @@ class UncertaintyEvalMixin(_Base):
         if self.task.name == "regression":
             table = regression.format_table(self.test_results["sets"])
             if self._calibration is not None:
-                table += "\nafter " + regression.format_table(self.test_results["sets_calibrated"], self._calibration)
+                table += "\nafter variance scaling:\n" + regression.format_table(self.test_results["sets_calibrated"], self._calibration)
             print(f"\n{type(self).__name__} (M={self.num_members}) results -> {path}\n{table}\n{cost_line}")
             return
         if self._calibration is not None:
