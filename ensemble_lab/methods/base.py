@@ -40,6 +40,13 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
     ``parameter_groups``).
     """
 
+    #: whether the method's training batch is the test-time tiling (every member the whole batch), so that
+    #: ``--data.train_batch independent`` can give each member its own rows instead; False for a method that
+    #: draws its own training rows (MIMO) or trains one sample (MC Dropout)
+    tiles_training_batch: bool = True
+    #: set when fit starts: the datamodule serves independent batches, M·B rows member-major
+    _independent_batches: bool = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # The two hooks training_batch replaced: a subclass that still defines them would be silently ignored.
@@ -189,8 +196,16 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         """The members' training logits on the batch ``x`` (B, ...), their labels and which image each row is.
 
         The default trains every member on the whole batch, as at test time: logits (M, B, C), labels and
-        rows (B,). A method whose members train on their own rows returns (M, N) labels and rows.
+        rows (B,). A method whose members train on their own rows returns (M, N) labels and rows. With
+        ``--data.train_batch independent`` the batch holds M·B rows, member-major: member m trains on its own
+        rows [m·B, (m+1)·B), so labels and rows are (M, B).
         """
+        if self._independent_batches:
+            m = self.num_members
+            count = x.shape[0] // m  # rows per member (the loader serves M·b rows)
+            rows = torch.arange(m * count, device=x.device).view(m, count)  # (M, B): member m's own rows
+            logits = self.network(x[: m * count]).view(m, count, -1)  # (M·B, K) -> (M, B, K)
+            return TrainingBatch(logits, y[rows], rows)
         return TrainingBatch(self(x), y, torch.arange(x.shape[0], device=x.device))
 
     def training_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -256,6 +271,11 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         mean, std = getattr(datamodule, "target_mean", None), getattr(datamodule, "target_std", None)
         if self.task.name == "regression" and mean is not None:
             self.task = build_task("regression", self.regression_options, mean, std)
+        if stage == "fit" and getattr(datamodule, "train_batch", "shared") == "independent":
+            if not self.tiles_training_batch or getattr(self, "train_batch", "tile") != "tile":
+                raise ConfigError(f"--data.train_batch independent gives tiled members their own rows; {type(self).__name__} chooses its own training rows: drop one of them")
+            datamodule.members_per_batch = self.num_members  # type: ignore[union-attr]  # the loader then serves M·B rows
+            self._independent_batches = True
 
     def on_train_epoch_start(self) -> None:
         self._epoch_sums = None  # not called for the epoch a mid-epoch resume continues: its sums come from the checkpoint

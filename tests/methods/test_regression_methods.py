@@ -80,3 +80,24 @@ def test_distillation_and_repulsion_refuse_regression_in_one_line():
         SingleModel(**TABULAR, distillation=DistillationOptions(teacher="teacher.ckpt"))
     with pytest.raises(ConfigError, match=r"^--model.repulsion is classification-only[^\n]*$"):
         DeepEnsemble(**TABULAR, num_members=2, repulsion=RepulsionOptions(strength=0.1))
+
+
+@pytest.mark.parametrize("cls", [DeepEnsemble, BatchEnsemble, LowRankEnsemble, Masksembles], ids=lambda c: c.__name__)
+def test_independent_batches_give_member_m_only_its_own_rows(cls):
+    torch.manual_seed(2)
+    model = cls(**TABULAR, num_members=2)
+    model._independent_batches = True  # what setup("fit") sets for --data.train_batch independent
+    x, y = torch.randn(10, FEATURES), torch.randn(10, TARGETS)  # member-major: rows 0-4 member 0's, 5-9 member 1's
+    step = model.training_batch(x, y)
+    assert step.logits.shape == (2, 5, 2 * TARGETS) and torch.equal(step.targets, y.view(2, 5, TARGETS))
+    perturbed = x.clone()
+    perturbed[1] += 1.0  # a row of member 0's batch
+    again = model.training_batch(perturbed, y)
+    assert not torch.allclose(again.logits[0, 1], step.logits[0, 1]) and torch.equal(again.logits[1], step.logits[1])
+    # the loss is the per-member NLL on each member's own rows
+    expected = per_member_nll(step.logits, step.targets)
+    torch.testing.assert_close(model.training_loss(step.logits, step.targets), expected.sum() if cls is DeepEnsemble else expected.mean())
+
+
+def test_methods_with_their_own_training_rows_refuse_independent_batches():
+    assert [c.__name__ for c, _ in METHODS if not c.tiles_training_batch] == ["PackedEnsemble", "MIMO", "MCDropout"]
