@@ -7,6 +7,7 @@ from typing import Literal
 from lightning.pytorch.cli import LightningArgumentParser
 
 from ensemble_lab.compat import parser_actions
+from ensemble_lab.methods.task_options import datamodule_outputs, datamodule_task
 from ensemble_lab.runs.callbacks import FinalLastCheckpoint, NonFiniteLossGuard, OptionalEarlyStopping
 
 
@@ -28,7 +29,9 @@ def add_run_options(parser: LightningArgumentParser, subcommand: str | None) -> 
         "method's class name), so two variants of one method get rows of their own. `study` sets it to the "
         "method's name in the study file.",
     )
-    parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+    # the model's task and output count come from the data: classes, or for regression the targets D
+    parser.link_arguments("data", "model.init_args.task", compute_fn=datamodule_task, apply_on="instantiate")
+    parser.link_arguments("data", "model.init_args.num_classes", compute_fn=datamodule_outputs, apply_on="instantiate")
     parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
     parser.add_argument(
         "--test_after_fit",

@@ -157,7 +157,7 @@ class EnsembleDataModule(ResumableTrainOrder, L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "setup('fit') loads the training split"
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        return self._loader(self.train_set, self.batch_size * self.members_per_batch, shuffle=True)  # M·B with independent batches
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "setup('fit') or setup('validate') loads the validation split"

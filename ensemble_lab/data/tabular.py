@@ -72,6 +72,7 @@ class TabularDataModule(EnsembleDataModule):
         eval_batch_size: int | None = None,
         split_seed: int = 0,
         num_workers: int = 0,
+        train_batch: Literal["shared", "independent"] = "shared",
     ) -> None:
         """
         Args:
@@ -90,6 +91,9 @@ class TabularDataModule(EnsembleDataModule):
             eval_batch_size: batch size for validation and test; defaults to 2 × batch_size.
             split_seed: seed of the validation rows drawn from the training rows.
             num_workers: DataLoader workers; 0 is right for in-memory tensors.
+            train_batch: "shared" (every member trains on the same batch) or "independent" (TabM's recipe: each
+                member draws its own ``batch_size`` rows from its own shuffle, for the methods that tile the batch;
+                a step then reads M · batch_size rows).
         """
         super().__init__(
             batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=1, augment=False,
@@ -109,6 +113,9 @@ class TabularDataModule(EnsembleDataModule):
         self.dataset, self.data_dir, self.split = dataset, Path(data_dir).expanduser(), split
         self.val_fraction, self.ood_fraction, self.shift_noise = val_fraction, ood_fraction, shift_noise
         self.task: Literal["regression", "classification"] = spec.task
+        if train_batch not in ("shared", "independent"):
+            raise ConfigError(f"--data.train_batch {train_batch!r} is not known; allowed: shared, independent")
+        self.train_batch = train_batch
         self._prepare(categorical_columns(dataset, categorical))  # reads the file now: a missing one fails before training
 
     # ---- the splits, computed once from the table -------------------------------------------------
@@ -153,13 +160,9 @@ class TabularDataModule(EnsembleDataModule):
 
     @property
     def num_classes(self) -> int:  # type: ignore[override]  # a regression table has no classes
-        """Classes of a classification dataset; a regression dataset raises ConfigError (no regression task yet)."""
+        """Classes of a classification dataset; a regression dataset has none (the CLI links ``num_targets``)."""
         if self.task == "regression":
-            raise ConfigError(
-                f"--data.dataset {self.dataset} is a regression dataset: regression needs Gaussian heads, "
-                "a regression loss and metrics (not yet); choose breast_cancer or wine, or serve batches from "
-                "TabularDataModule directly"
-            )
+            raise ConfigError(f"--data.dataset {self.dataset} is a regression dataset: it has targets (num_targets), not classes")
         return SPECS[self.dataset].num_classes
 
     # ---- EnsembleDataModule --------------------------------------------------------------------------

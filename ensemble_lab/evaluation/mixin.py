@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ensemble_lab.compat import attached_trainer
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.evaluation import regression_sets as regression
 from ensemble_lab.evaluation.corrupted_sets import add_corruption_averages, add_set_details
 from ensemble_lab.evaluation.extended import ExtendedInputs
 from ensemble_lab.evaluation.outputs import EvaluationOutputs, evaluation_outputs
@@ -29,7 +30,8 @@ from ensemble_lab.evaluation.store import PredictionStore
 from ensemble_lab.metrics.calibration import apply_temperature, ensemble_nll, fit_temperature, log_probs, temperature_warnings
 from ensemble_lab.metrics.classification import predictive_metrics
 from ensemble_lab.metrics.cost import format_cost, measure_cost
-from ensemble_lab.metrics.registry import VAL_CURVES
+from ensemble_lab.metrics.registry import REGRESSION_VAL_CURVES, VAL_CURVES
+from ensemble_lab.metrics.tasks import Task
 from ensemble_lab.metrics.weight_space import off_diagonal_mean, weight_cosine, weight_space_summary
 from ensemble_lab.runs.results import (
     CHECKPOINT_RECORD,
@@ -66,6 +68,8 @@ class UncertaintyEvalMixin(_Base):
 
     #: set by the host module (EnsembleModule): number of members M
     num_members: int
+    #: set by the host module: what its outputs mean (a regression model's hooks go to evaluation/regression_sets.py)
+    task: Task
     #: the generators' state outside test (on_test_start forks it, on_test_end restores it)
     _test_rng: AbstractContextManager[Any] | None
     #: the first test batch's images (cost measurement) and the cost measured on them
@@ -83,15 +87,18 @@ class UncertaintyEvalMixin(_Base):
     def monitorable_metrics(self) -> list[str]:
         """The metrics a callback may monitor (--early_stopping.monitor, --checkpoint.monitor): those every
         validation epoch logs. A method that logs more validation metrics adds their names here."""
-        return [f"val/{k}" for k in VAL_CURVES]
+        return [f"val/{k}" for k in (REGRESSION_VAL_CURVES if self.task.name == "regression" else VAL_CURVES)]
 
     # ---- shared step -------------------------------------------------------------------------
     def _store_batch(self, store: PredictionStore, batch: Any) -> None:
+        if self.task.name == "regression":
+            return regression.store_batch(self, store, batch)
         images, targets, indices = batch[0], batch[1], batch[2]
         store.update(self(images).float(), targets, indices)  # member logits (M, B, C); compute() gives their softmax
 
     def _new_store(self, logits: bool = True) -> PredictionStore:
-        return PredictionStore(logits).to(self.device)
+        """A store of this batch's outputs: logits whose softmax ``compute()`` gives (classification), else as they are."""
+        return PredictionStore(logits and self.task.name == "classification").to(self.device)
 
     # ---- validation: curves --------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -105,6 +112,9 @@ class UncertaintyEvalMixin(_Base):
             self._log_test_sets_during_fit()
         store = self._stores["val"]
         if store.is_empty or self.trainer.sanity_checking:
+            return
+        if self.task.name == "regression":
+            self.log_dict(regression.validation_curves(self.task, *store.compute(), REGRESSION_VAL_CURVES), sync_dist=False)
             return
         member_probs, targets = store.compute()  # complete set on every rank
         metrics = predictive_metrics(member_probs, targets)
@@ -124,7 +134,10 @@ class UncertaintyEvalMixin(_Base):
             raise ConfigError("--eval_sets_every needs a datamodule that names its test sets (--data DigitsDataModule, ...)")
         if not self.trainer.is_global_zero:
             return
-        sets = set_metrics(predict_test_sets(self, datamodule), dict(datamodule.test_set_roles))
+        if self.task.name == "regression":
+            sets = regression.set_metrics(regression.predict_sets(self, datamodule), dict(datamodule.test_set_roles), self.task)
+        else:
+            sets = set_metrics(predict_test_sets(self, datamodule), dict(datamodule.test_set_roles))
         self.log_dict(scalars("val", sets), sync_dist=False, rank_zero_only=True)
 
     # ---- predict: member probabilities of the first id set, to predictions/<set>.npz -------------------
@@ -171,7 +184,8 @@ class UncertaintyEvalMixin(_Base):
         options = self.evaluation_outputs().options
         check_can_write(self._results_path, options.overwrite)
         # the validation split's member logits: the temperature's and the conformal sets' calibration data
-        self._val_split = predict_validation(self, getattr(self.trainer, "datamodule", None))
+        classifier = self.task.name == "classification"
+        self._val_split = predict_validation(self, getattr(self.trainer, "datamodule", None)) if classifier else None
         self._calibration = None if options.calibration == "none" else self._fit_calibration(options.calibration)
         # Random draws at test (MC Dropout's masks) start from the run's seed, so a test right after fit
         # and a later `test` of the same weights give the same numbers; the outer stream is put back after.
@@ -181,7 +195,10 @@ class UncertaintyEvalMixin(_Base):
         torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
 
     def _fit_calibration(self, method: str) -> dict[str, Any]:
-        """Fit the temperature(s) on the validation split's member logits (predicted in on_test_start)."""
+        """Fit the temperature(s) on the validation split's member logits (predicted in on_test_start); a
+        regression model's variance scaling, whatever ``method`` names (evaluation/regression_sets.py)."""
+        if self.task.name == "regression":
+            return regression.fit_calibration(self, getattr(self.trainer, "datamodule", None))
         if self._val_split is None:
             raise ConfigError("--calibration needs a datamodule with a validation split (--data ...)")
         device = self.device
@@ -220,9 +237,14 @@ class UncertaintyEvalMixin(_Base):
     def on_test_epoch_end(self) -> None:
         roles = self.test_set_roles()
         outputs = {name: self._stores[name].compute_outputs() for name in self._test_names if not self._stores[name].is_empty}
-        collected = {name: (torch.softmax(logits, dim=-1), targets) for name, (logits, targets) in outputs.items()}  # (M, N, C), (N,)
-        logits = {name: member_logits for name, (member_logits, _) in outputs.items()}
-        sets = set_metrics(collected, roles, self._extended_inputs(logits))
+        logits: dict[str, Tensor] | None = None
+        if self.task.name == "regression":  # (M, N, 2·D) means and variances, (N, D) targets, original units
+            collected = outputs
+            sets = regression.set_metrics(collected, roles, self.task)
+        else:
+            collected = {name: (torch.softmax(out, dim=-1), targets) for name, (out, targets) in outputs.items()}  # (M, N, C), (N,)
+            logits = {name: member_logits for name, (member_logits, _) in outputs.items()}
+            sets = set_metrics(collected, roles, self._extended_inputs(logits))
         calibrated = {} if self._calibration is None else self._calibrated_sets(collected, roles)
         add_corruption_averages(getattr(self.trainer, "datamodule", None), sets, calibrated)  # <corrupted>_mean: c_acc, c_nll, c_ece
         for prefix, results in (("test", sets), ("test_calibrated", calibrated)):
@@ -241,7 +263,10 @@ class UncertaintyEvalMixin(_Base):
 
     def _calibrated_sets(self, collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, str]) -> dict[str, dict[str, Any]]:
         """Every set's metrics with the members' logits divided by the fitted temperature(s)."""
-        assert self._calibration is not None and self._val_split is not None
+        assert self._calibration is not None
+        if self.task.name == "regression":
+            return regression.calibrated_sets(collected, roles, self.task, self._calibration)
+        assert self._val_split is not None
         temperature = torch.tensor(self._calibration["temperature"], dtype=torch.float64)
         scaled = {name: (apply_temperature(log_probs(p), temperature).float(), t) for name, (p, t) in collected.items()}
         val_logits, val_targets = self._val_split
@@ -286,18 +311,21 @@ class UncertaintyEvalMixin(_Base):
         return {}
 
     @rank_zero_only
-    def _write_test_outputs(self, collected: dict[str, tuple[Tensor, Tensor]], logits: dict[str, Tensor]) -> None:
+    def _write_test_outputs(self, collected: dict[str, tuple[Tensor, Tensor]], logits: dict[str, Tensor] | None) -> None:
         results_dir = self._results_path  # resolved on every rank in on_test_start
         set_aside_previous(results_dir)  # an earlier test's files (--overwrite) move to *.prev-N
         outputs = self.evaluation_outputs()
         if outputs.options.save_predictions:
             for name, (member_probs, targets) in collected.items():
+                if logits is None:  # regression: mean, var (M, N, D) and targets (N, D)
+                    regression.write_predictions(results_dir, name, member_probs, targets)
+                    continue
                 write_predictions(results_dir, name, member_probs.cpu().numpy(), targets.cpu().numpy(), logits[name].cpu().numpy())
             if self._val_split is not None:  # what `report` fits the conformal sets of older runs on
                 val_logits, val_targets = self._val_split
                 val_probs = torch.softmax(val_logits.float(), dim=-1)
                 write_predictions(results_dir, VAL_SPLIT, val_probs.cpu().numpy(), val_targets.cpu().numpy(), val_logits.float().cpu().numpy())
-        if outputs.options.figures:
+        if outputs.options.figures and self.task.name == "classification":  # no regression figures yet
             from ensemble_lab.figures.per_run import write_figures  # matplotlib only when drawing
 
             step = self.global_step if outputs.record.logging_step is None else outputs.record.logging_step
@@ -305,6 +333,12 @@ class UncertaintyEvalMixin(_Base):
         path = write_results(results_dir, self.test_results)  # last: results.json marks a complete test
         cost = self.test_results.get("cost")
         cost_line = "" if cost is None else format_cost(cost, self.device.type) + "\n"
+        if self.task.name == "regression":
+            table = regression.format_table(self.test_results["sets"])
+            if self._calibration is not None:
+                table += "\nafter variance scaling:\n" + regression.format_table(self.test_results["sets_calibrated"], self._calibration)
+            print(f"\n{type(self).__name__} (M={self.num_members}) results -> {path}\n{table}\n{cost_line}")
+            return
         if self._calibration is not None:
             record = self._calibration
             temperature = record["temperature"]

@@ -1,7 +1,7 @@
 """EnsembleModule: what every method shares (tiling, training loop, optimizers, evaluation)."""
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -15,6 +15,7 @@ from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation import UncertaintyEvalMixin
 from ensemble_lab.methods.checkpoint_state import CheckpointStateMixin
 from ensemble_lab.methods.objectives import DistillationOptions, RepulsionOptions, distillation_from, repulsion_from
+from ensemble_lab.methods.task_options import RegressionOptions, build_task, regression_from
 from ensemble_lab.methods.training_batch import TrainingBatch
 from ensemble_lab.nn import BackboneOptions, LayerFactory, MLPOptions, backbone_from, build_backbone, plain_layers, tile_members
 from ensemble_lab.nn.dropout import check_dropout_p
@@ -39,6 +40,13 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
     ``parameter_groups``).
     """
 
+    #: whether the method's training batch is the test-time tiling (every member the whole batch), so that
+    #: ``--data.train_batch independent`` can give each member its own rows instead; False for a method that
+    #: draws its own training rows (MIMO) or trains one sample (MC Dropout)
+    tiles_training_batch: bool = True
+    #: set when fit starts: the datamodule serves independent batches, M·B rows member-major
+    _independent_batches: bool = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # The two hooks training_batch replaced: a subclass that still defines them would be silently ignored.
@@ -62,6 +70,8 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         compile: bool = False,
         distillation: DistillationOptions | None = None,
         repulsion: RepulsionOptions | None = None,
+        task: Literal["classification", "regression"] = "classification",
+        regression: RegressionOptions | None = None,
         **legacy_options: Any,
     ) -> None:
         """
@@ -74,7 +84,8 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
                 ``vit`` (ViTOptions: patch_size, embed_dim, depth, num_heads, mlp_ratio, pooling, attention_dropout),
                 e.g. ``--model.backbone resnet18 --model.backbone.width 32``; default: mlp with hidden sizes 64, 32, 16.
             dropout: dropout probability in the backbone, in [0, 1); 0 builds no dropout layers.
-            num_classes: number of classes; linked from the datamodule by the CLI.
+            num_classes: number of classes, or for regression number of targets D (the head then has 2·D
+                outputs: a mean and a variance per target); linked from the datamodule by the CLI.
             input_shape: shape of one input image (C, H, W); linked from the datamodule by the CLI.
             optimizer: optimizer class and its options, e.g. ``--model.optimizer SGD --model.optimizer.lr 0.05``.
             lr_scheduler: optional learning-rate scheduler, stepped once per epoch.
@@ -87,6 +98,10 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
                 ``.temperature``, ``.alpha``, ``.match``); None: no distillation.
             repulsion: push members apart in function space (``--model.repulsion.strength 0.1``, ``.bandwidth``);
                 None: off.
+            task: "classification" (members output class logits) or "regression" (a Gaussian per target);
+                linked from the datamodule's ``task`` by the CLI.
+            regression: the regression head and loss (``--model.regression.head softplus|log_variance``,
+                ``.loss nll|beta_nll|mse``, ``.beta``); read only for regression.
             legacy_options: options of the old flat spelling (``hidden_sizes``, ``teacher``, ``repulsion`` as a
                 number, ...), as Python code and checkpoints written before options had their objects give them;
                 translated to the new ones.
@@ -101,6 +116,11 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         self.distillation_options, self.repulsion_options = distillation_from(distillation), repulsion_from(repulsion)
         if self.repulsion_options is not None:
             self.repulsion_options.check_members(num_members)
+        self.regression_options = regression_from(regression)
+        self.task = build_task(task, self.regression_options)
+        if task == "regression" and (self.distillation_options is not None or self.repulsion_options is not None):
+            name = "--model.distillation" if self.distillation_options is not None else "--model.repulsion"
+            raise ConfigError(f"{name} is classification-only (it compares class probabilities); drop it for a regression dataset")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "legacy_options"])
         # checkpoints record plain values (weights_only loading reads them): the backbone built, the objectives' options
         for old in set(LEGACY_MODEL_KEYS) - {"repulsion"}:  # a subclass's **kwargs passed old names on: not recorded
@@ -109,10 +129,12 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
             backbone=self.backbone.record(),
             distillation=None if self.distillation_options is None else self.distillation_options.record(),
             repulsion=None if self.repulsion_options is None else self.repulsion_options.record(),
+            regression=self.regression_options.record(),
         )
         self.num_members = num_members
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        self.network = self.build_network(self.backbone.name, tuple(input_shape), num_classes, dropout, options)
+        outputs = self.task.output_size(num_classes)  # K: C logits, or a mean and a variance per target (2·D)
+        self.network = self.build_network(self.backbone.name, tuple(input_shape), outputs, dropout, options)
         if channels_last:
             use_channels_last(self.network)
         if compile:
@@ -160,7 +182,7 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
     def member_network(self) -> nn.Module:
         """One member as a plain network (``member_layer_factory``, no dropout), on the CPU: the network
         whose tensors a layer's ``member_state(i)`` gives for member i (used by ``connectivity``)."""
-        shape, classes = tuple(self.hparams["input_shape"]), self.hparams["num_classes"]
+        shape, classes = tuple(self.hparams["input_shape"]), self.task.output_size(self.hparams["num_classes"])
         options = self.member_backbone_options(self.backbone.options())
         return build_backbone(self.backbone.name, self.member_layer_factory(), shape, classes, dropout=0.0, **options)
 
@@ -175,12 +197,24 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         """The members' training logits on the batch ``x`` (B, ...), their labels and which image each row is.
 
         The default trains every member on the whole batch, as at test time: logits (M, B, C), labels and
-        rows (B,). A method whose members train on their own rows returns (M, N) labels and rows.
+        rows (B,). A method whose members train on their own rows returns (M, N) labels and rows. With
+        ``--data.train_batch independent`` the batch holds M·B rows, member-major: member m trains on its own
+        rows [m·B, (m+1)·B), so labels and rows are (M, B).
         """
+        if self._independent_batches:
+            m = self.num_members
+            count = x.shape[0] // m  # rows per member (the loader serves M·b rows)
+            rows = torch.arange(m * count, device=x.device).view(m, count)  # (M, B): member m's own rows
+            logits = self.network(x[: m * count]).view(m, count, -1)  # (M·B, K) -> (M, B, K)
+            return TrainingBatch(logits, y[rows], rows)
         return TrainingBatch(self(x), y, torch.arange(x.shape[0], device=x.device))
 
     def training_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Cross-entropy averaged over members and rows; ``targets`` (N,) or (M, N) as ``training_batch`` returns them."""
+        """Cross-entropy averaged over members and rows; ``targets`` (N,) or (M, N) as ``training_batch`` returns them.
+
+        Regression: the task's loss (Gaussian NLL by default) averaged over members, targets (N, D) or (M, N, D)."""
+        if self.task.name != "classification":
+            return self.task.loss(logits, targets)
         m, b, c = logits.shape
         return F.cross_entropy(logits.reshape(m * b, c), member_targets(targets, m).reshape(m * b))  # (M*B, C) vs (M*B,)
 
@@ -206,7 +240,9 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         # epoch (each self.log costs ~0.5 ms of CPU); the step loss (this rank's, no collective)
         # reaches the logger every log_every_n_steps and never the progress bar.
         with torch.no_grad():
-            if targets.dim() == 1:  # every member saw these images: the ensemble's accuracy
+            if self.task.name != "classification":  # regression: train/loss only
+                correct = torch.zeros((), device=loss.device)
+            elif targets.dim() == 1:  # every member saw these images: the ensemble's accuracy
                 correct = (logits.softmax(-1).mean(0).argmax(-1) == targets).sum()
             else:  # each member saw its own images: the members' mean accuracy, counted per row
                 correct = (logits.argmax(-1) == targets).float().mean(0).sum()
@@ -214,7 +250,7 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
                 self._epoch_sums = torch.zeros(3, device=loss.device)  # loss × images, correct, images
             elif self._epoch_sums.device != loss.device:  # restored from a checkpoint before the model reached its device
                 self._epoch_sums = self._epoch_sums.to(loss.device)
-            images = targets.shape[-1]
+            images = logits.shape[1]  # rows each member trained on
             self._epoch_sums[0] += logged.float() * images
             self._epoch_sums[1] += correct
             self._epoch_sums[2] += images
@@ -228,6 +264,19 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         super().on_fit_start()
         if self.distillation is not None:  # read and checked before the first step (a resume reads it again)
             self.distillation.load(self)
+
+    def setup(self, stage: str) -> None:
+        """A regression model learns the datamodule's target scaling, so predictions are stored in its units."""
+        super().setup(stage)
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
+        mean, std = getattr(datamodule, "target_mean", None), getattr(datamodule, "target_std", None)
+        if self.task.name == "regression" and mean is not None:
+            self.task = build_task("regression", self.regression_options, mean, std)
+        if stage == "fit" and getattr(datamodule, "train_batch", "shared") == "independent":
+            if not self.tiles_training_batch or getattr(self, "train_batch", "tile") != "tile":
+                raise ConfigError(f"--data.train_batch independent gives tiled members their own rows; {type(self).__name__} chooses its own training rows: drop one of them")
+            datamodule.members_per_batch = self.num_members  # type: ignore[union-attr]  # the loader then serves M·B rows
+            self._independent_batches = True
 
     def on_train_epoch_start(self) -> None:
         self._epoch_sums = None  # not called for the epoch a mid-epoch resume continues: its sums come from the checkpoint
@@ -251,10 +300,15 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         if self._epoch_sums is None:
             return
         loss_sum, correct, images = self.trainer.strategy.reduce(self._epoch_sums, reduce_op="sum")  # over DDP ranks
-        self.log_dict({"train/loss_epoch": loss_sum / images, "train/acc": correct / images}, sync_dist=False)
+        logged = {"train/loss_epoch": loss_sum / images, "train/acc": correct / images}
+        if self.task.name != "classification":
+            del logged["train/acc"]
+        self.log_dict(logged, sync_dist=False)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Member probabilities (M, B, C)."""
+        if self.task.name != "classification":
+            raise ConfigError("predict writes member probabilities of a classifier; for regression use test --save_predictions true")
         return torch.softmax(self(batch[0]).float(), dim=-1)
 
     # ---- optimisation -----------------------------------------------------------------------------

@@ -50,8 +50,11 @@ class DeepEnsemble(EnsembleModule):
 
     def training_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         """SUM over members of each member's mean cross-entropy: every member gets the gradient it
-        would get if it were trained alone (a mean would shrink each member's step by 1/M)."""
+        would get if it were trained alone (a mean would shrink each member's step by 1/M). Regression: the
+        sum of the members' task losses (Gaussian NLL by default)."""
         m, b, c = logits.shape
+        if self.task.name != "classification":
+            return super().training_loss(logits, targets) * m  # the task's mean over members, times M
         per_row = F.cross_entropy(logits.reshape(m * b, c), member_targets(targets, m).reshape(m * b), reduction="none")  # (M*B,)
         return per_row.view(m, b).mean(dim=1).sum()
 

@@ -12,6 +12,8 @@ from ensemble_lab.nn import LayerFactory, plain_layers
 class MCDropout(EnsembleModule):
     """Trained as one dropout network; at test the batch is tiled M times, each copy its own masks."""
 
+    tiles_training_batch = False  # its own training rows: --data.train_batch independent does not apply
+
     def __init__(self, dropout: float = 0.1, **kwargs) -> None:
         """
         Args:

@@ -64,6 +64,8 @@ class MIMO(EnsembleModule):
     layers report no per-member parameters to compare.
     """
 
+    tiles_training_batch = False  # its own training rows: --data.train_batch independent does not apply
+
     def __init__(self, input_repetition: float = 0.0, batch_repetition: int = 1, **kwargs) -> None:
         """The other options are EnsembleModule's; ``num_members`` is M, the number of subnetworks.
 

@@ -78,6 +78,8 @@ class PackedEnsemble(EnsembleModule):
     members: about 0).
     """
 
+    tiles_training_batch = False  # its first layer reads the batch once, untiled: no member has rows of its own
+
     def __init__(
         self,
         alpha: float = 2.0,

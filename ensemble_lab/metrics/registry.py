@@ -97,11 +97,14 @@ def ood_name(family: str, score: str) -> str:
     return f"{family}_{score}"
 
 
-def add_ood_family(family: str, direction: int, label: str, task: str = "classification", scores: tuple[str, ...] = OOD_SCORES) -> list[Metric]:
+def add_ood_family(
+    family: str, direction: int, label: str, task: str = "classification", scores: tuple[str, ...] = OOD_SCORES, recomputable: bool = True
+) -> list[Metric]:
     """Register OOD-detection metric ``family`` for each uncertainty score (``<family>_<score>``, labelled
-    ``"<label> (<score>)"``): measured on an OOD set against an id set, needing no labels of the OOD set."""
+    ``"<label> (<score>)"``): measured on an OOD set against an id set, needing no labels of the OOD set;
+    ``recomputable``: the report's bootstrap (of member probabilities) can recompute it."""
     return [
-        add(Metric(ood_name(family, s), task, direction, f"{label} ({s})", "ood detection", needs_ood=True, recomputable=True, family=family, score=s))
+        add(Metric(ood_name(family, s), task, direction, f"{label} ({s})", "ood detection", needs_ood=True, recomputable=recomputable, family=family, score=s))
         for s in scores
     ]
 
@@ -146,7 +149,8 @@ def names(task: str | None = None, **facts: object) -> tuple[str, ...]:
 # ---- the rows ------------------------------------------------------------------------------------
 # a test set's metrics of the ensemble's mean prediction (metrics/classification.py predictive_metrics)
 add(Metric("acc", "classification", 1, "accuracy", "predictive", needs_labels=True, recomputable=True, val_curve=True))
-add(Metric("nll", "classification", -1, "NLL", "predictive", needs_labels=True, recomputable=True, val_curve=True))
+# nll: the ensemble's NLL of either task (classification: of the mean probabilities; regression: of the mixture)
+add(Metric("nll", "any", -1, "NLL", "predictive", needs_labels=True, recomputable=True, val_curve=True))
 add(Metric("brier", "classification", -1, group="predictive", needs_labels=True, recomputable=True))
 add(Metric("ece", "classification", -1, "ECE", "calibration", needs_labels=True, recomputable=True, val_curve=True))
 add(Metric("entropy", "classification", 0, group="uncertainty", recomputable=True))
@@ -167,6 +171,24 @@ add_ood_family("aupr", 1, "AUPR")
 add_ood_family("fpr95", -1, "FPR95")
 add_ood_family("aupr_in", 1, "AUPR-in")
 add_ood_family("fpr95_in", -1, "FPR95-in")
+# a regression set's metrics (metrics/regression.py regression_metrics, in the targets' units); the gap (ood)
+# set keeps its targets, so these are reported there too. Coverage is best at its level: not ranked here.
+for _name, _direction, _label, _group in (
+    ("rmse", -1, "RMSE", "predictive"), ("mae", -1, "MAE", "predictive"), ("crps", -1, "CRPS", "predictive"),
+    ("coverage_50", 0, "Coverage@50", "calibration"), ("coverage_90", 0, "Coverage@90", "calibration"),
+    ("coverage_95", 0, "Coverage@95", "calibration"), ("width_50", -1, "Width@50", "calibration"),
+    ("width_90", -1, "Width@90", "calibration"), ("width_95", -1, "Width@95", "calibration"), ("qce", -1, "QCE", "calibration"),
+    ("aleatoric", 0, "Aleatoric var.", "uncertainty"), ("epistemic", 0, "Epistemic var.", "diversity"),
+    ("epistemic_share", 0, "Epistemic share", "diversity"), ("error_correlation", 0, "Error corr.", "diversity"),
+    ("epistemic_std", 0, "Epistemic std", "diversity"),
+):  # fmt: skip
+    _labels = _group in ("predictive", "calibration") or _name == "error_correlation"
+    _curve = _name in ("rmse", "crps", "epistemic_share")
+    add(Metric(_name, "regression", _direction, _label, _group, needs_labels=_labels, val_curve=_curve))  # no bootstrap of regression yet
+# OOD detection by a regression model's total variance and its epistemic variance (metrics/regression.py ood_scores)
+REGRESSION_OOD_SCORES = ("variance", "epistemic")
+for _family, _direction, _label in (("auroc", 1, "AUROC"), ("aupr", 1, "AUPR"), ("fpr95", -1, "FPR95"), ("aupr_in", 1, "AUPR-in"), ("fpr95_in", -1, "FPR95-in")):
+    add_ood_family(_family, _direction, _label, task="regression", scores=REGRESSION_OOD_SCORES, recomputable=False)
 # the members' weights (metrics/weight_space.py): M×M matrices and their off-diagonal means; weight_cosine is
 # also the val/weight_cosine curve
 for _name, _label in (("weight_cosine", "weight cosine (effective)"), ("weight_cosine_stored", "weight cosine (stored)")):
@@ -247,4 +269,6 @@ add_facts(CONFORMAL_FACTS[2:], "conformal", task="regression")
 #: the OOD-detection families (``<family>_<score>``), in registration order
 OOD_FAMILIES = tuple(dict.fromkeys(r.family for r in rows(needs_ood=True) if r.family))
 #: the metrics every validation epoch logs as ``val/<name>`` (the ones a checkpoint can monitor)
-VAL_CURVES = names(val_curve=True)
+VAL_CURVES = names("classification", val_curve=True)
+#: the curves a regression model's validation logs instead (nll of the mixture, rmse, crps, epistemic share)
+REGRESSION_VAL_CURVES = names("regression", val_curve=True)

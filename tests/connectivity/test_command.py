@@ -172,3 +172,18 @@ def test_norm_batches_are_fixed_by_the_seed():
     other = training_batches(DigitsDataModule(batch_size=16), 3, seed=6)
     assert [b.shape for b in first] == [(16, 1, 8, 8)] * 3
     assert all(torch.equal(a, b) for a, b in zip(first, again)) and not torch.equal(first[0], other[0])
+
+
+def test_a_regression_run_is_refused_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {
+        "model": {"class_path": "DeepEnsemble", "init_args": {"num_members": 2, "hidden_sizes": [8]}},
+        "data": {"class_path": "TabularDataModule", "init_args": {"dataset": "diabetes"}},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as info:
+        _connectivity(run)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "classification runs only" in err and "regression run" in err

@@ -77,7 +77,7 @@ def test_regression_targets_standardised_on_training_rows_and_served_as_float() 
     np.testing.assert_allclose(targets[:, 0].numpy(), (train[indices.numpy()] - train.mean()) / train.std(), rtol=1e-5)
     gap = dm.test_sets["diabetes_gap"].labels[:, 0].double().numpy()  # the gap keeps its targets
     np.testing.assert_allclose(gap * dm.target_std[0] + dm.target_mean[0], y[dm.rows["gap"]], rtol=1e-5)
-    with pytest.raises(ConfigError, match=r"regression needs .*\(not yet\)"):
+    with pytest.raises(ConfigError, match=r"regression dataset: it has targets \(num_targets\), not classes"):
         dm.num_classes
 
 
@@ -166,13 +166,13 @@ def test_missing_download_is_one_line_before_training(cli, capsys) -> None:
     assert "kin8nm file 'kin8nm.csv' not found" in err and "--data.data_dir" in err and "Traceback" not in err
 
 
-def test_regression_fit_is_refused_in_one_line(cli, capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        cli("fit", "--model=SingleModel", "--model.backbone=mlp", "--data=TabularDataModule",
-            "--data.dataset=diabetes", *TINY_TRAINER)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "regression needs" in err and "(not yet)" in err and "Traceback" not in err
+def test_a_regression_table_makes_a_regression_model(cli, tmp_path: Path) -> None:
+    cli("fit", "--model=SingleModel", "--model.backbone=mlp", "--data=TabularDataModule",
+        "--data.dataset=diabetes", *TINY_TRAINER, "--figures=false")  # fmt: skip
+    (run,) = run_dirs(tmp_path)
+    sets = read_results(run)["sets"]
+    assert set(sets) == {"diabetes", "diabetes_noise", "diabetes_gap"}
+    assert all(metrics["rmse"] > 0 and "acc" not in metrics for metrics in sets.values())
 
 
 @pytest.mark.slow

@@ -10,12 +10,16 @@ from torch import nn
 
 from ensemble_lab.connectivity.barriers import BARRIERS
 from ensemble_lab.evaluation.extended import ExtendedInputs
+from ensemble_lab.evaluation.regression_sets import pack
+from ensemble_lab.evaluation.regression_sets import set_metrics as regression_set_metrics
 from ensemble_lab.evaluation.sets import set_metrics
 from ensemble_lab.metrics import registry
 from ensemble_lab.metrics.classification import predictive_metrics
 from ensemble_lab.metrics.cost import measure_cost
 from ensemble_lab.metrics.ood import ood_metrics
+from ensemble_lab.metrics.regression import METRIC_FACTS
 from ensemble_lab.metrics.significance import bootstrap_replicates, metric_values
+from ensemble_lab.metrics.tasks import RegressionTask
 from ensemble_lab.metrics.weight_space import weight_space_summary
 from tests.conftest import REPO, TINY_TRAINER, read_results, run_dirs
 
@@ -96,7 +100,7 @@ def test_directions_agree_with_the_metrics():
     agree, split = torch.full((2, 20, 3), 0.01), torch.full((2, 20, 3), 0.01)
     agree[..., 0], split[0, :, 1], split[1, :, 2] = 0.98, 0.98, 0.98
     separated, backwards = ood_metrics(agree, split), ood_metrics(split, agree)
-    ood_rows = [r for r in registry.rows(needs_ood=True) if r.score in registry.OOD_SCORES]  # the logit scores: their own test
+    ood_rows = [r for r in registry.rows("classification", needs_ood=True) if r.score in registry.OOD_SCORES]  # the logit scores: their own test
     assert {r.name for r in ood_rows} == set(separated)
     for row in ood_rows:
         assert row.direction * (separated[row.name] - backwards[row.name]) > 0, row.name
@@ -136,13 +140,13 @@ def test_unknown_keys_strictly_and_leniently():
 
 def test_a_regression_row_can_be_added_and_read(monkeypatch):
     monkeypatch.setattr(registry, "_ROWS", dict(registry._ROWS))  # the rows of this test only
-    added = registry.add(registry.Metric("rmse", "regression", -1, "RMSE", "predictive", needs_labels=True))
-    assert registry.metric("rmse") is added and registry.direction("rmse") == -1 and registry.label("rmse") == "RMSE"
+    added = registry.add(registry.Metric("rmsle", "regression", -1, "RMSLE", "predictive", needs_labels=True))
+    assert registry.metric("rmsle") is added and registry.direction("rmsle") == -1 and registry.label("rmsle") == "RMSLE"
     regression = registry.names(task="regression")
-    assert "rmse" in regression and "parameters" in regression and "acc" not in regression  # "any" rows serve both tasks
-    assert "rmse" not in registry.names(task="classification")
+    assert "rmsle" in regression and "parameters" in regression and "acc" not in regression  # "any" rows serve both tasks
+    assert "rmsle" not in registry.names(task="classification")
     with pytest.raises(ValueError, match="already registered"):
-        registry.add(registry.Metric("rmse", "regression", -1))
+        registry.add(registry.Metric("rmsle", "regression", -1))
     with pytest.raises(ValueError, match="task"):
         registry.Metric("r2", "ranking", 1)
     with pytest.raises(ValueError, match="direction"):
@@ -172,3 +176,20 @@ def test_rows_of_the_new_metrics_match_their_modules_facts():
             sign, needs_labels, shown = facts[pattern]
             assert (row.direction, row.needs_labels, row.label) == (sign, needs_labels, shown.replace("<score>", row.score or ""))
     assert registry.metric("auroc_energy").needs_ood and not registry.metric("auroc_energy").recomputable
+
+
+def test_every_regression_key_has_a_regression_row():
+    generator = torch.Generator().manual_seed(3)
+    packed = {n: pack({"mean": torch.randn(2, 30, 1, generator=generator), "var": torch.rand(2, 30, 1, generator=generator) + 0.1}) for n in ("id", "gap")}
+    collected = {n: (p, torch.randn(30, 1, generator=generator)) for n, p in packed.items()}
+    sets = regression_set_metrics(collected, {"id": "id", "gap": "ood"}, RegressionTask())
+    keys = set(sets["gap"]) - RECORD_KEYS
+    assert {"rmse", "nll", "crps", "coverage_90", "epistemic_share", "auroc_variance", "fpr95_in_epistemic"} <= keys
+    for key in keys:
+        assert registry.metric(key).task in ("regression", "any"), key
+    # the registry's facts are the metric module's: direction (a nominal coverage is not ranked) and label
+    for fact in METRIC_FACTS:
+        row = registry.metric(fact.name)
+        assert row.direction == {"lower": -1, "higher": 1}.get(fact.direction, 0) and row.label == fact.display, fact.name
+    assert registry.REGRESSION_VAL_CURVES == ("nll", "rmse", "crps", "epistemic_share")
+    assert not set(registry.VAL_CURVES) - {"acc", "nll", "ece", "mi", "disagreement"}

@@ -1,0 +1,148 @@
+"""The evaluation of a regression model: what the store keeps, each set's metrics, calibration, files.
+
+The mixin (evaluation/mixin.py) hands a regression model's hooks to these functions; the numbers all come from
+the model's task (metrics/tasks.py RegressionTask), never from the method. A set's store row holds the
+members' means and variances side by side, ``(M, B, 2·D)`` = [mean | var] in the targets' original units,
+and its targets ``(B, D)`` in original units, so the one PredictionStore serves both tasks.
+"""
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ensemble_lab.evaluation.store import PredictionStore
+from ensemble_lab.io import atomic_write_bytes
+from ensemble_lab.metrics import regression as reg
+from ensemble_lab.metrics.tasks import Stored, Task
+
+#: the metrics of a regression set in the printed table
+REGRESSION_TABLE_COLUMNS = ("rmse", "mae", "nll", "crps", "coverage_90", "width_90", "qce", "epistemic_share", "auroc_variance", "auroc_epistemic")
+#: what ``--calibration`` fits for a regression model, whatever its value (other than none)
+VARIANCE_SCALING = "variance_scaling"
+
+
+def pack(stored: Stored) -> Tensor:
+    """Stored means and variances (M, B, D) each -> one store row (M, B, 2·D), [mean | var]."""
+    return torch.cat([stored["mean"], stored["var"]], dim=-1)
+
+
+def unpack(packed: Tensor) -> Stored:
+    """A store's (M, N, 2·D) -> {"mean", "var"} (M, N, D) each."""
+    mean, var = packed.chunk(2, dim=-1)
+    return {"mean": mean, "var": var}
+
+
+def batch_row(task: Task, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Member outputs (M, B, 2·D) and standardised targets (B, D) -> the store's (M, B, 2·D) and (B, D), original units."""
+    return pack(task.predictive(outputs)), task.evaluation_targets(targets)
+
+
+def store_batch(module: Any, store: PredictionStore, batch: Any) -> None:
+    """Add a batch (features, standardised targets, indices) of ``module``'s predictions to ``store``."""
+    packed, targets = batch_row(module.task, module(batch[0]), batch[1])
+    store.update(packed, targets, batch[2])
+
+
+def set_metrics(collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, str], task: Task) -> dict[str, dict[str, Any]]:
+    """Every set's ``{"role", **task.metrics}``; an ood set (the gap keeps its targets) also gets the OOD detection of
+    the total and the epistemic variance against the first id set: ``auroc_variance``, ``auroc_epistemic``, ....
+
+    Args:
+        collected: ``{name: (packed (M, N, 2·D), targets (N, D))}``, original units.
+        roles: ``{name: "id" | "shift" | "ood"}``.
+        task: the model's task.
+    """
+    sets = {name: {"role": roles[name], **task.metrics(unpack(p), t)} for name, (p, t) in collected.items()}
+    id_names = [n for n in collected if roles[n] == "id"]
+    for name in collected:
+        if roles[name] == "ood" and id_names:
+            sets[name].update(task.ood_metrics(unpack(collected[id_names[0]][0]), unpack(collected[name][0])))
+    return sets
+
+
+def validation_curves(task: Task, packed: Tensor, targets: Tensor, curves: tuple[str, ...]) -> dict[str, float]:
+    """``{"val/<name>": value}`` of the validation set for each name of ``curves`` (the registry's regression curves)."""
+    metrics = task.metrics(unpack(packed), targets)
+    return {f"val/{k}": float(metrics[k]) for k in curves}
+
+
+@torch.no_grad()
+def predict_sets(module: Any, datamodule: Any, stage: str = "test") -> dict[str, tuple[Tensor, Tensor]]:
+    """Every test set of ``datamodule`` (``stage`` "test"), or its validation split (``stage`` "validate", as "val"),
+    as ``{name: (packed (M, N, 2·D), targets (N, D))}`` in original units, with the random draws (MC Dropout's
+    masks) of a stream seeded with the run's seed; the outer stream is put back afterwards."""
+    datamodule.setup(stage)
+    if stage == "test":
+        loaders = dict(zip(dict(datamodule.test_set_roles), datamodule.test_dataloader()))
+    else:
+        loaders = {"val": datamodule.val_dataloader()}
+    device = module.device
+    collected = {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        for name, loader in loaders.items():
+            rows, targets = [], []
+            for batch in loader:
+                (features,) = datamodule.on_after_batch_transfer((batch[0].to(device),), 0)  # the eval preprocessing
+                packed, target = batch_row(module.task, module(features), batch[1].to(device))
+                rows.append(packed)
+                targets.append(target)
+            collected[name] = (torch.cat(rows, dim=1), torch.cat(targets))  # (M, N, 2·D), (N, D)
+    return collected
+
+
+def fit_calibration(module: Any, datamodule: Any) -> dict[str, Any]:
+    """Variance scaling fitted on the validation split's mixture NLL: the record results.json keeps."""
+    packed, targets = predict_sets(module, datamodule, "validate")["val"]
+    stored = unpack(packed.double())
+    scale = module.task.calibrate(stored, targets.double())
+    calibrated = module.task.apply_calibration(stored, scale)
+    nll = lambda s: float(-reg.mixture_log_likelihood(s["mean"], s["var"], targets.double()).mean())
+    return {
+        "method": VARIANCE_SCALING,
+        "variance_scale": float(scale),
+        "val_rows": int(targets.shape[0]),
+        "val_nll": nll(stored),
+        "val_nll_calibrated": nll(calibrated),
+        "warnings": [],
+    }
+
+
+def calibrated_sets(
+    collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, str], task: Task, record: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Every set's metrics with the member variances multiplied by the fitted scale."""
+    scale = torch.tensor(record["variance_scale"], dtype=torch.float64)
+    scaled = {name: (pack(task.apply_calibration(unpack(p), scale)), t) for name, (p, t) in collected.items()}
+    return set_metrics(scaled, roles, task)
+
+
+def write_predictions(results_dir: Path, set_name: str, packed: Tensor, targets: Tensor) -> Path:
+    """predictions/<set>.npz with ``mean`` and ``var`` float32 (M, N, D) and ``targets`` float32 (N, D), original units."""
+    stored = unpack(packed.cpu())
+    buffer = io.BytesIO()
+    np.savez(buffer, mean=stored["mean"].float().numpy(), var=stored["var"].float().numpy(), targets=targets.cpu().float().numpy())
+    path = Path(results_dir) / "predictions" / f"{set_name}.npz"
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def format_table(sets: dict[str, dict[str, Any]], calibration: dict[str, Any] | None = None) -> str:
+    """The printed table of a regression test: one row per set, every column for every set (the gap keeps its
+    targets); with ``calibration``, the fitted scale's line."""
+    header = ["set", "role", *REGRESSION_TABLE_COLUMNS]
+    rows = [[name, str(m.get("role", "")), *("-" if m.get(c) is None else f"{m[c]:.4f}" for c in REGRESSION_TABLE_COLUMNS)] for name, m in sets.items()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    table = "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+    if calibration is None:
+        return table
+    return (
+        f"{table}\nvariance scaling (s = {calibration['variance_scale']:.4f}; validation nll {calibration['val_nll']:.4f} -> "
+        f"{calibration['val_nll_calibrated']:.4f})"
+    )
