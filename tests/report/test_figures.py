@@ -295,7 +295,7 @@ def test_backbone_dims_read_the_runs_recorded_config():
     assert backbone_dims([doc(backbone="resnet18", width=32, hidden_sizes=[64, 32, 16])]) == {"width": 32}
     assert backbone_dims([doc(backbone="wide_resnet", depth=16, widen_factor=4)]) == {"depth": 16, "width": 4}
     assert backbone_dims([doc(backbone="mlp", hidden_sizes=[8]), doc(backbone="mlp", hidden_sizes=[16])]) is None  # runs disagree
-    assert backbone_dims([{}]) is None and backbone_dims([doc(backbone="vit")]) is None
+    assert backbone_dims([{}]) is None and backbone_dims([doc(backbone="no_such_backbone")]) is None
 
 
 def test_scale_figure_names_the_depth_and_the_width_line(tmp_path):
