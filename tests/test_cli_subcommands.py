@@ -51,7 +51,7 @@ def test_lightning_product_tips_are_dropped_and_other_info_kept(caplog):
     [
         (["studdy"], "unknown command 'studdy' (did you mean 'study'?); choose from fit, validate, test, predict, report, study"),
         (["fit", "--model.help", "BatchEnsembel"], "unknown class 'BatchEnsembel' for --model.help (did you mean 'BatchEnsemble'?)"),
-        (["fit", "--data.help", "Digits"], "unknown class 'Digits' for --data.help; choose from CIFAR10DataModule, DigitsDataModule"),
+        (["fit", "--data.help", "Digits"], "unknown class 'Digits' for --data.help; choose from DigitsDataModule, MNISTDataModule, TabularDataModule, CIFAR10DataModule, CIFAR100DataModule\n"),
     ],
 )
 def test_mistyped_command_or_help_class(capsys, argv, expected):

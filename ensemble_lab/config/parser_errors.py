@@ -224,13 +224,13 @@ def init_parameters(class_path: str) -> list[str]:
 
 
 def subclass_names(group: str) -> list[str]:
-    """Short names selectable for ``--model`` or ``--data`` (ensemble-lab's subclasses of the base)."""
+    """Short names selectable for ``--model`` or ``--data`` (ensemble-lab's concrete subclasses of the base)."""
     base = {"model": EnsembleModule, "data": EnsembleDataModule}.get(group)
     found: list[str] = []
     todo: list[type] = list(base.__subclasses__()) if base else []
     while todo:
         cls = todo.pop(0)
         todo += cls.__subclasses__()
-        if cls.__module__.startswith("ensemble_lab.") and cls.__name__ not in found:
+        if cls.__module__.startswith("ensemble_lab.") and not inspect.isabstract(cls) and cls.__name__ not in found:
             found.append(cls.__name__)
     return found

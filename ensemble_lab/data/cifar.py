@@ -5,6 +5,7 @@ chosen by ``ood_sets`` and each set's details (corruption, severity, near / far 
 readers and statistics.
 """
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ OOD_SETS = {
 }
 
 
-class CIFARDataModule(EnsembleDataModule):
+class CIFARDataModule(EnsembleDataModule, ABC):
     """The base of CIFAR10DataModule and CIFAR100DataModule: 32×32 colour images, their -C corruptions, OOD sets.
 
     Test sets: ``<name>`` (id, the test split), ``<name>c`` (shift: the chosen corruptions × severities
@@ -111,14 +112,17 @@ class CIFARDataModule(EnsembleDataModule):
         self.per_corruption = per_corruption
 
     # ---- what a subclass provides -----------------------------------------------------------------------
+    @abstractmethod
     def read_split(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
         """The training or test split from ``data_dir``: images uint8 (N, 3, 32, 32), labels int64 (N,)."""
         raise NotImplementedError
 
+    @abstractmethod
     def own_files(self) -> list[Path]:
         """The training and test files that must exist under ``data_dir``."""
         raise NotImplementedError
 
+    @abstractmethod
     def download_own(self) -> None:
         """Fetch the dataset and its -C copy into ``data_dir``."""
         raise NotImplementedError

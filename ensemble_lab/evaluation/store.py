@@ -41,12 +41,18 @@ class PredictionStore(Metric):
         self.indices.append(indices.detach())
 
     def compute(self) -> tuple[Tensor, Tensor]:
-        """Member probabilities (M, N, C) and targets (N,), one row per dataset index, in index order."""
-        outputs, targets = self.compute_outputs()
+        """Member probabilities (M, N, C) and targets (N,), one row per dataset index, in index order (torchmetrics
+        gathers the states of every rank before calling this)."""
+        outputs, targets = self._in_index_order()
         return (torch.softmax(outputs, dim=-1) if self.holds_logits else outputs), targets
 
     def compute_outputs(self) -> tuple[Tensor, Tensor]:
-        """What was stored, (M, N, C) member logits (or probabilities), and targets (N,), in dataset index order."""
+        """What was stored, (M, N, C) member logits (or probabilities), and targets (N,), in dataset index order,
+        gathered from every rank under DDP as ``compute`` is (call it on every rank)."""
+        with self.sync_context():  # torchmetrics syncs only inside compute(); here it is done by hand
+            return self._in_index_order()
+
+    def _in_index_order(self) -> tuple[Tensor, Tensor]:
         probs, targets, indices = (dim_zero_cat(s) for s in (self.probs, self.targets, self.indices))
         order = torch.argsort(indices, stable=True)
         indices, probs, targets = indices[order], probs[order], targets[order]
