@@ -3,9 +3,13 @@
 from ensemble_lab.metrics.corruptions import CORRUPTION_AVERAGES
 from ensemble_lab.metrics.registry import OOD_SCORES, ood_name
 
-#: columns of id and shift sets, and of ood sets (class-based metrics mean nothing on OOD data)
-ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement", *CORRUPTION_AVERAGES)  # c_*: only <corrupted>_mean sets have them
+#: regression's columns (a column no run of a table has is left out, so each task's table shows its own)
+REGRESSION_COLUMNS = ("rmse", "crps", "coverage_90", "width_90", "epistemic_share")
+#: columns of id and shift sets, and of ood sets (class-based metrics mean nothing on OOD data; a regression gap
+#: set keeps its targets, so its errors are shown beside the detection by total and epistemic variance)
+ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement", *REGRESSION_COLUMNS, *CORRUPTION_AVERAGES)  # c_*: only <corrupted>_mean sets
 OOD_COLUMNS = tuple(ood_name(m, s) for s in OOD_SCORES for m in ("auroc", "aupr", "fpr95")) + ("mi", "disagreement")
+OOD_COLUMNS += ("rmse", "nll", "crps", "auroc_variance", "auroc_epistemic")
 
 #: what a preset shows, per role (``{score}``: --ood_score; ``{positive}``: "_in" for --ood_positive id); single_basin: one
 #: table per id set, see report/tables.py

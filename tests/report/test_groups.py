@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ensemble_lab.cli import main
@@ -337,3 +338,24 @@ def test_runs_tested_alike_but_trained_differently_are_not_pooled_and_older_file
     rows = sorted((g.variant, sorted(r.parent.name for r in g.runs), g.stats["digits"]["acc"].mean) for g in groups)
     assert rows == [("dropout (fit)=0.1", ["low"], 0.6), ("dropout (fit)=0.3", ["high", "old"], pytest.approx(0.75))]
     assert "3 runs were trained or tested differently and are not pooled: 2 rows, by model.init_args.dropout (fit)" in capsys.readouterr().err
+
+
+def test_regression_runs_get_their_own_columns_and_the_gap_sets_errors(tmp_path: Path):
+    """A report of regression runs shows rmse, crps, coverage and the epistemic share (not blank classification
+    columns), and the gap (ood) set's errors beside its detection scores, each the mean over the runs."""
+    rng = np.random.default_rng(0)
+    values = {seed: {k: float(rng.uniform(1, 2)) for k in ("rmse", "nll", "crps", "coverage_90", "width_90", "epistemic_share", "auroc_variance")} for seed in (1, 2)}
+    for seed, v in values.items():
+        run = tmp_path / "be" / f"seed_{seed}"
+        run.mkdir(parents=True)
+        sets = {"diabetes": {"role": "id", **v}, "diabetes_gap": {"role": "ood", **v, "auroc_epistemic": None}}
+        (run / "results.json").write_text(json.dumps({"method": "BatchEnsemble", "num_members": 4, "seed": seed,
+                                                      "datamodule": "TabularDataModule", "sets": sets}))  # fmt: skip
+    (group,) = build_report([tmp_path])
+    assert {"rmse", "crps", "coverage_90", "width_90", "epistemic_share"} <= set(group.stats["diabetes"])
+    for key in ("rmse", "crps", "coverage_90", "epistemic_share"):
+        assert group.stats["diabetes"][key].mean == pytest.approx(np.mean([v[key] for v in values.values()]))
+    for key in ("rmse", "nll", "crps", "auroc_variance"):  # the gap keeps its targets: its errors are reported
+        assert group.stats["diabetes_gap"][key].mean == pytest.approx(np.mean([v[key] for v in values.values()]))
+    table = to_markdown([group])
+    assert "| rmse |" in table.replace("| nll | rmse |", "| rmse |") and "| acc |" not in table  # no blank classification column
