@@ -1,9 +1,10 @@
 """Snapshot ensembles (Huang et al., 2017): one network trained once, its weights at M moments kept as the members.
 
-``cycles`` (the paper's): the T optimizer steps of the fit are cut into M cycles of ⌈T/M⌉ steps; the learning rate
+``cycles`` (the paper's): the T optimizer steps of the fit are cut into M cycles of T/M steps; the learning rate
 restarts at the optimizer's lr at the start of every cycle and falls along a cosine towards 0 within it, step by step:
-lr(t) = lr₀/2 · (cos(π · (t mod ⌈T/M⌉) / ⌈T/M⌉) + 1), t = 0, 1, ... counting optimizer steps. The weights after
-a cycle's last step become member m. ``last_epochs`` (checkpoint ensembles): the recipe's own schedule, and the
+lr(t) = lr₀/2 · (cos(π · (t mod T/M) / (T/M)) + 1), t = 0, 1, ... counting optimizer steps (when M does not divide
+T, cycle m ends after step ⌊(m + 1)·T/M⌋ and its own length replaces T/M). The weights after cycle m's last step
+become member m. ``last_epochs`` (checkpoint ensembles): the recipe's own schedule, and the
 weights after each of the last M epochs.
 
 The members live in a Deep Ensemble's network (``network``: one grouped op per layer, member m in slice m), so the
@@ -12,6 +13,7 @@ being trained is ``current``, a plain one. Both are in the state_dict, with the 
 was taken (``snapshot_steps``, -1 while not taken), so a resumed fit keeps its snapshots.
 """
 
+import bisect
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -33,24 +35,33 @@ from ensemble_lab.nn.memory_format import use_channels_last
 SNAPSHOTS = ("cycles", "last_epochs")
 
 
-def cyclic_cosine_factor(step: int, cycle_steps: int) -> float:
-    """The factor of the initial learning rate at optimizer step ``step`` (0-based) of cycles of ``cycle_steps`` steps."""
-    return 0.5 * (math.cos(math.pi * (step % cycle_steps) / cycle_steps) + 1.0)
+def cycle_ends(total_steps: int, num_members: int) -> list[int]:
+    """The optimizer steps after which each of M cycles over ``total_steps`` steps ends: ⌊(m + 1)·T/M⌋, so cycles
+    differ by one step at most (all T/M steps long when M divides T); a ConfigError when T < M."""
+    if total_steps < num_members:
+        raise ConfigError(f"{total_steps} optimizer steps do not make {num_members} snapshot cycles; train longer (--trainer.max_epochs) or lower --model.num_members")
+    return [(k + 1) * total_steps // num_members for k in range(num_members)]
 
 
-def snapshot_steps(snapshot: str, num_members: int, total_steps: int, epochs: int) -> tuple[list[int], int]:
-    """(the optimizer steps after which members 0..M-1 are taken, the cycle length in steps) of a fit of
-    ``total_steps`` steps over ``epochs`` epochs; a ConfigError when the fit is too short for M members."""
+def cyclic_cosine_factor(step: int, ends: list[int]) -> float:
+    """The factor of the initial learning rate at optimizer step ``step`` (0-based) of the cycles ending after ``ends``:
+    ½ (cos(π · steps into the cycle / its length) + 1), 1 at a cycle's first step."""
+    cycle = bisect.bisect_right(ends, step)  # the cycle holding step `step` (steps ends[k-1] .. ends[k] - 1)
+    start = ends[cycle - 1] if cycle > 0 else 0
+    length = (ends[cycle] if cycle < len(ends) else step + 1) - start  # past the last end (not planned): one step
+    return 0.5 * (math.cos(math.pi * (step - start) / length) + 1.0)
+
+
+def snapshot_steps(snapshot: str, num_members: int, total_steps: int, epochs: int) -> list[int]:
+    """The optimizer steps after which members 0..M-1 are taken in a fit of ``total_steps`` steps over ``epochs``
+    epochs; a ConfigError when the fit is too short for M members."""
     m = num_members
     if snapshot == "cycles":
-        cycle = math.ceil(total_steps / m)  # the paper's ⌈T/M⌉: the last cycle is shorter when M does not divide T
-        if (m - 1) * cycle >= total_steps:
-            raise ConfigError(f"{total_steps} optimizer steps do not make {m} snapshot cycles; train longer (--trainer.max_epochs) or lower --model.num_members")
-        return [min((k + 1) * cycle, total_steps) for k in range(m)], cycle
+        return cycle_ends(total_steps, m)
     if epochs < m:
         raise ConfigError(f"--model.snapshot last_epochs takes the last {m} epochs' weights; --trainer.max_epochs is {epochs}: train at least {m} epochs")
     per_epoch = total_steps // epochs
-    return [(epochs - m + k + 1) * per_epoch for k in range(m)], per_epoch
+    return [(epochs - m + k + 1) * per_epoch for k in range(m)]
 
 
 class SnapshotEnsemble(EnsembleModule):
@@ -68,7 +79,7 @@ class SnapshotEnsemble(EnsembleModule):
         """
         Args:
             snapshot: where the members come from. ``cycles`` (Huang et al., 2017): the fit's optimizer steps are cut
-                into M equal cycles (⌈T/M⌉ steps, the last one shorter when M does not divide T); the learning rate
+                into M equal cycles (T/M steps; one step longer or shorter where M does not divide T); the learning rate
                 restarts at the optimizer's lr and falls along a cosine to about 0 within each cycle, set every
                 step; member m is the weights after cycle m (BatchNorm statistics included). This schedule replaces
                 --model.lr_scheduler, which is refused. ``last_epochs`` (checkpoint ensembles): the run's own
@@ -166,10 +177,10 @@ class SnapshotEnsemble(EnsembleModule):
         if trainer is None:  # the CLI checks the optimizer's options before the trainer exists: the steps come with it
             return configured
         assert trainer.max_epochs is not None  # setup checked it
-        self._planned, cycle = snapshot_steps(self.snapshot, self.num_members, int(trainer.estimated_stepping_batches), trainer.max_epochs)
+        self._planned = ends = snapshot_steps(self.snapshot, self.num_members, int(trainer.estimated_stepping_batches), trainer.max_epochs)
         if self.snapshot != "cycles":
             return configured
-        schedule = LambdaLR(configured, lambda step: cyclic_cosine_factor(step, cycle))  # lr₀ · factor at step `step`
+        schedule = LambdaLR(configured, lambda step: cyclic_cosine_factor(step, ends))  # lr₀ · factor at step `step`
         return {"optimizer": configured, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     @torch.no_grad()

@@ -12,6 +12,7 @@ from ensemble_lab.data.digits import DigitsDataModule
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.member_networks import member_state
 from ensemble_lab.methods import SnapshotEnsemble
+from ensemble_lab.methods.snapshot import cyclic_cosine_factor, snapshot_steps
 from ensemble_lab.metrics.cost import parameter_counts
 from ensemble_lab.metrics.weight_space import weight_cosine_stored
 
@@ -43,10 +44,10 @@ class Recorder(Callback):
             self.validated.append(pl_module(self.probe).shape[0])
 
 
-def trainer(tmp_path, *callbacks: Callback, every_n_train_steps: int | None = None, epochs: int = EPOCHS, batches: int = BATCHES) -> L.Trainer:
+def trainer(tmp_path, *callbacks: Callback, every_n_train_steps: int | None = None, epochs: int = EPOCHS, batches: int = BATCHES, val_batches: int = 1) -> L.Trainer:
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=every_n_train_steps, save_top_k=0)
     return L.Trainer(
-        max_epochs=epochs, limit_train_batches=batches, limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu",
+        max_epochs=epochs, limit_train_batches=batches, limit_val_batches=val_batches, num_sanity_val_steps=0, accelerator="cpu",
         logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[checkpoints, *callbacks],
     )  # fmt: skip
 
@@ -60,7 +61,7 @@ def fit(tmp_path, model_options: dict, *callbacks: Callback, seed: int = 3, **tr
 
 @pytest.fixture(scope="module")
 def cycles(tmp_path_factory):
-    """M = 3 cycles over T = 12 steps: cycles of ⌈12/3⌉ = 4 steps, members after steps 4, 8 and 12."""
+    """M = 3 cycles over T = 12 steps: cycles of 12/3 = 4 steps, members after steps 4, 8 and 12."""
     probe = torch.rand(5, 1, 8, 8)
     recorder = Recorder([4, 8, 12], probe)
     model = fit(tmp_path_factory.mktemp("cycles"), dict(num_members=3, **MLP), recorder)
@@ -83,10 +84,24 @@ def test_the_learning_rate_restarts_and_falls_along_a_cosine_every_step(cycles):
     _, recorder, _ = cycles
     steps, lrs = zip(*recorder.lrs)
     assert list(steps) == list(range(12))
-    cycle = math.ceil(12 / 3)
+    cycle = 12 // 3
     expected = [0.05 / 2 * (math.cos(math.pi * (t % cycle) / cycle) + 1) for t in range(12)]  # Huang et al., eq. (2)
     assert lrs == pytest.approx(expected, rel=1e-12, abs=1e-15)
     assert lrs[0] == lrs[4] == lrs[8] == 0.05 and lrs[3] < 0.01
+
+
+def test_cycles_that_do_not_divide_the_steps_differ_by_one_step_and_each_anneals():
+    """T = 12, M = 5: cycles end after ⌊12·(m + 1)/5⌋ = 2, 4, 7, 9, 12 steps; each restarts and anneals over its own length."""
+    ends = snapshot_steps("cycles", 5, 12, 4)
+    assert ends == [2, 4, 7, 9, 12]
+    starts = [0, 2, 4, 7, 9]
+    for t in range(12):
+        k = max(i for i, s in enumerate(starts) if s <= t)
+        length = ends[k] - starts[k]
+        assert cyclic_cosine_factor(t, ends) == pytest.approx(0.5 * (math.cos(math.pi * (t - starts[k]) / length) + 1), abs=1e-15)
+    assert snapshot_steps("last_epochs", 3, 12, 4) == [6, 9, 12]  # 3 steps an epoch: after epochs 1, 2, 3
+    with pytest.raises(ConfigError, match="4 optimizer steps do not make 5 snapshot cycles"):
+        snapshot_steps("cycles", 5, 4, 1)
 
 
 def expected_logits(model: SnapshotEnsemble, states: list[dict[str, torch.Tensor]], probe: torch.Tensor) -> torch.Tensor:
@@ -111,7 +126,7 @@ def test_snapshots_carry_their_batchnorm_statistics(tmp_path):
     """A ResNet of two one-step cycles: each member holds the running statistics of its moment."""
     probe = torch.rand(4, 1, 8, 8)
     recorder = Recorder([1, 2], probe)
-    model = fit(tmp_path, dict(num_members=2, **RESNET), recorder, epochs=2, batches=1)
+    model = fit(tmp_path, dict(num_members=2, **RESNET), recorder, epochs=2, batches=1, val_batches=0)
     plain = model.member_network()
     for m, step in enumerate([1, 2]):
         member = member_state(model.network, plain, m)
