@@ -31,6 +31,7 @@ class Recorder(Callback):
         self.lrs: list[tuple[int, float]] = []
         self.states: dict[int, dict[str, torch.Tensor]] = {}
         self.validated: list[int] = []
+        self.cosines: list[float | None] = []
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.lrs.append((trainer.global_step, optimizer.param_groups[0]["lr"]))  # the step about to be taken
@@ -42,6 +43,11 @@ class Recorder(Callback):
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self.validated.append(pl_module(self.probe).shape[0])
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            value = trainer.callback_metrics.get("val/weight_cosine")
+            self.cosines.append(None if value is None else float(value))
 
 
 def trainer(tmp_path, *callbacks: Callback, every_n_train_steps: int | None = None, epochs: int = EPOCHS, batches: int = BATCHES, val_batches: int = 1) -> L.Trainer:
@@ -120,6 +126,16 @@ def test_forward_is_a_loop_over_the_members_networks_and_validation_scores_the_s
     assert torch.allclose(model(probe), expected_logits(model, [recorder.states[s] for s in (4, 8, 12)], probe), atol=1e-6)
     # validation after epochs 0..3 (steps 3, 6, 9, 12): the members taken by then, plus the weights in training
     assert recorder.validated == [1, 1 + 1, 2 + 1, 3]
+
+
+def test_val_weight_cosine_is_the_snapshots_so_far(cycles):
+    _, recorder, _ = cycles
+    rows = torch.stack([torch.cat([v.flatten() for v in recorder.states[s].values()]).double() for s in (4, 8, 12)])  # MLP: every tensor a parameter
+    cosine = (rows @ rows.T) / torch.outer(rows.norm(dim=1), rows.norm(dim=1))
+    # validation after steps 3 and 6: fewer than two snapshots, no curve point; after 9: snapshots 0 and 1; after 12: all three
+    assert recorder.cosines[:2] == [None, None]
+    assert recorder.cosines[2] == pytest.approx(float(cosine[0, 1]), rel=1e-6)
+    assert recorder.cosines[3] == pytest.approx(float(cosine[[0, 0, 1], [1, 2, 2]].mean()), rel=1e-6)
 
 
 def test_snapshots_carry_their_batchnorm_statistics(tmp_path):
