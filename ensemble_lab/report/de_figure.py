@@ -36,19 +36,22 @@ def de_panels(groups: Sequence[RunGroup], docs: Sequence[Sequence[dict[str, Any]
     return ordered[:MAX_PANELS], ""
 
 
-def de_equivalent_figure(groups: Sequence[RunGroup], seen: Sequence[Look], docs: Sequence[Sequence[dict[str, Any]]]) -> tuple[Figure | None, str]:
+def de_equivalent_figure(
+    groups: Sequence[RunGroup], seen: Sequence[Look], docs: Sequence[Sequence[dict[str, Any]]], saved: Saved | None = None
+) -> tuple[Figure | None, str]:
     """The figure of the first datamodule whose rows can assemble Deep Ensembles, or None and why not.
 
     Args:
         groups: the report's rows (report/figure_rows.RunGroup), in table order.
         seen: each row's look (report/figure_rows.looks).
         docs: each row's runs' results.json.
+        saved: the cache of saved predictions and temperatures to read through (a new one by default).
     """
     by_data: dict[Any, list[int]] = {}
     for k, runs in enumerate(docs):
         by_data.setdefault(runs[0].get("datamodule") if runs else None, []).append(k)
     why = "no SingleModel or DeepEnsemble runs to assemble Deep Ensembles from"
-    saved = Saved()
+    saved = saved or Saved()
     for members in by_data.values():
         rows = [groups[k] for k in members]
         if not pool_of(rows)[0]:
@@ -96,6 +99,6 @@ def draw_de_figure(curves: dict[str, Curve], points: dict[str, list[tuple[Look, 
         ax.set_xlim(0.6, furthest + 0.4)
     source = "single runs and DeepEnsemble members" if any(c.with_de_members for c in curves.values()) else "single runs"
     pool = max(c.pool for c in curves.values())
-    fig.suptitle(f"Deep-Ensemble equivalent: each row at the size of a Deep Ensemble with its TS-NLL (ensembles of {pool} {source})")
+    fig.suptitle(f"Each row at the size of a Deep Ensemble with its TS-NLL (Deep Ensembles drawn from {pool} networks: {source})")
     fig.legend(loc="outside lower center", ncols=3)
     return fig
