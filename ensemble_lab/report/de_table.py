@@ -12,7 +12,8 @@ Per datamodule and id / shift set (report/de_curve.py assembles the Deep Ensembl
 
 A cell that cannot be computed shows "–" and the table says why below it. Only the columns the report asked for
 are filled (build_report puts them in a row's stats); in the default layout they are dropped for a datamodule
-with neither a SingleModel nor a DeepEnsemble row, for ood sets, calibrated (+T) sets and sets without NLL.
+with neither a SingleModel nor a DeepEnsemble row and for a set where none of them has a value in any row; always
+for ood sets, calibrated (+T) sets and sets without NLL.
 """
 
 import math
@@ -47,8 +48,7 @@ def add_de_equivalents(groups: Sequence[Group], explicit: bool = False, saved: S
         if not explicit and not any(g.method in (SINGLE, DEEP_ENSEMBLE) for g in rows):
             usable = []
         for name in (n for n in asked if n not in usable):
-            for g in (g for g in rows if name in g.stats):
-                g.stats[name] = {k: s for k, s in g.stats[name].items() if k not in DE_COLUMNS}
+            _drop(rows, name)
         if not usable:
             continue
         curves, reasons = de_curves(rows, usable, saved)
@@ -75,6 +75,15 @@ def add_de_equivalents(groups: Sequence[Group], explicit: bool = False, saved: S
                             blank[key] = why
                 if curve is not None and "dee" in stats:
                     g.notes[name] = [_curve_note(curve)]
+            if not explicit and not any(g.stats[name][k].n for g in rows if name in g.stats for k in DE_COLUMNS if k in g.stats[name]):
+                _drop(rows, name)  # the default layout: no column of dashes only (a lone run, no predictions and no DE row)
+
+
+def _drop(rows: Sequence[Group], name: str) -> None:
+    """Remove the Deep-Ensemble columns of set ``name`` from ``rows``."""
+    for g in (g for g in rows if name in g.stats):
+        g.stats[name] = {k: s for k, s in g.stats[name].items() if k not in DE_COLUMNS}
+        g.blank.pop(name, None)
 
 
 def _applicable(rows: Sequence[Group], name: str, cache: dict[Path, dict[str, Any]]) -> bool:
