@@ -95,8 +95,11 @@ def draw_de_figure(curves: dict[str, Curve], points: dict[str, list[tuple[Look, 
         if furthest > sizes[-1] and len(sizes) > 1:  # rows beyond K: the extension of the last segment they were read from
             slope = mean[-1] - mean[-2]
             ax.plot([sizes[-1], furthest], [mean[-1], mean[-1] + slope * (furthest - sizes[-1])], color="0.35", linestyle="--", linewidth=0.8)
-        ax.set(xlabel="Deep-Ensemble size (networks)", ylabel="NLL after temperature scaling", title=name)
-        ax.set_xlim(0.6, furthest + 0.4)
+        ax.set(xlabel="Deep-Ensemble size (networks, log scale)", ylabel="NLL after temperature scaling", title=name)
+        ax.set_xscale("log", base=2)  # the sizes where rows land (1 to M) get most of the width
+        ticks = [t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if t <= furthest * 1.05]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlim(0.9, furthest * 1.1)
     source = "single runs and DeepEnsemble members" if any(c.with_de_members for c in curves.values()) else "single runs"
     pool = max(c.pool for c in curves.values())
     fig.suptitle(f"Each row at the size of a Deep Ensemble with its TS-NLL (Deep Ensembles drawn from {pool} networks: {source})")
