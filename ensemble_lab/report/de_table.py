@@ -139,7 +139,8 @@ def _gain(
     fractions = [f for v in own if (f := fraction_of_de_gain(single_mean, v, deep_mean)) is not None]
     if not fractions:
         return Stat(None, None, 0), f"the Deep Ensemble's {metric} equals the single model's: no gain to share"
-    return summarize(fractions), None
+    stat = summarize(fractions)  # the single row's own: exactly 0 but for rounding, shown as 0.000 rather than -0.000
+    return Stat(0.0 if stat.mean is not None and abs(stat.mean) < 1e-12 else stat.mean, stat.std, stat.n, stat.values), None
 
 
 def _curve_note(curve: Curve) -> str:
