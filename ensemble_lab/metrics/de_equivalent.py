@@ -21,12 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from ensemble_lab.errors import ConfigError
-
-#: registry facts: (name, direction: +1 higher is better, needs labels, display name)
-FACTS: tuple[tuple[str, int, bool, str], ...] = (
-    ("dee", 1, True, "Deep-Ensemble equivalent"),
-    ("de_gain_<metric>", 1, True, "fraction of the DE's gain (<metric>)"),
-)
+from ensemble_lab.metrics.registry import DE_FACTS as FACTS  # noqa: F401  (the rows' one home is the registry)
 
 
 def deep_ensemble_equivalent(de_nll: Sequence[float], method_nll: float, extrapolate: bool = True) -> float | None:

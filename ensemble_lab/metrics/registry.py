@@ -245,6 +245,15 @@ CONFORMAL_FACTS: Facts = (
     ("conformal_interval_coverage", 0, True, "conformal interval coverage"),
     ("conformal_interval_width", -1, True, "conformal interval width"),
 )
+#: metrics/de_equivalent.py, computed by the report from a study's saved predictions (report/de_table.py), never by
+#: ``test``: a row's own temperature-scaled NLL, its Deep-Ensemble equivalent, and the fraction of the Deep
+#: Ensemble's gain in each of DE_GAIN_METRICS
+DE_GAIN_METRICS = ("nll", "ece", "acc")
+DE_FACTS: Facts = (
+    ("ts_nll", -1, True, "TS-NLL"),
+    ("dee", 1, True, "Deep-Ensemble equivalent"),
+    ("de_gain_<score>", 1, True, "fraction of the DE's gain (<score>)"),
+)
 
 
 def add_facts(facts: Facts, group: str, scores: tuple[str, ...] = (), task: str = "classification", **flags: object) -> list[Metric]:
@@ -265,7 +274,10 @@ add_facts(LOGIT_OOD_FACTS, "ood detection", LOGIT_SCORES, needs_ood=True)
 add_facts(JOINT_NLL_FACTS, "predictive")
 add_facts(CONFORMAL_FACTS[:2], "conformal", CONFORMAL_SCORES)
 add_facts(CONFORMAL_FACTS[2:], "conformal", task="regression")
+add_facts(DE_FACTS, "deep-ensemble equivalent", DE_GAIN_METRICS)
 
+#: the report's Deep-Ensemble columns (report/de_table.py): computed from a study's runs, not read from results.json
+DE_COLUMNS = names(group="deep-ensemble equivalent")
 #: the OOD-detection families (``<family>_<score>``), in registration order
 OOD_FAMILIES = tuple(dict.fromkeys(r.family for r in rows(needs_ood=True) if r.family))
 #: the metrics every validation epoch logs as ``val/<name>`` (the ones a checkpoint can monitor)

@@ -1,13 +1,14 @@
 """Which metrics a report shows: the default columns per set role and the presets (``--preset``)."""
 
 from ensemble_lab.metrics.corruptions import CORRUPTION_AVERAGES
-from ensemble_lab.metrics.registry import OOD_SCORES, ood_name
+from ensemble_lab.metrics.registry import DE_COLUMNS, OOD_SCORES, ood_name
 
 #: regression's columns (a column no run of a table has is left out, so each task's table shows its own)
 REGRESSION_COLUMNS = ("rmse", "crps", "coverage_90", "width_90", "epistemic_share")
 #: columns of id and shift sets, and of ood sets (class-based metrics mean nothing on OOD data; a regression gap
 #: set keeps its targets, so its errors are shown beside the detection by total and epistemic variance)
 ID_COLUMNS = ("acc", "nll", "ece", "mi", "disagreement", *REGRESSION_COLUMNS, *CORRUPTION_AVERAGES)  # c_*: only <corrupted>_mean sets
+ID_COLUMNS += DE_COLUMNS  # ts_nll, dee, de_gain_*: computed by the report where a study has single and DeepEnsemble rows
 OOD_COLUMNS = tuple(ood_name(m, s) for s in OOD_SCORES for m in ("auroc", "aupr", "fpr95")) + ("mi", "disagreement")
 OOD_COLUMNS += ("rmse", "nll", "crps", "auroc_variance", "auroc_epistemic")
 
@@ -20,6 +21,8 @@ PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
         "ood": ("aupr{positive}_{score}", "auroc_{score}", "fpr95{positive}_{score}", "mi"),
     },
     "single_basin": {"id": ("acc", "nll", "ece", "mi", "disagreement")},
+    # how many networks each row is worth: its TS-NLL, Deep-Ensemble equivalent and fraction of the DE's gain
+    "dee": {role: ("acc", "nll", "ece", *DE_COLUMNS) for role in ("id", "shift")},
     # calibration beyond one ECE, and the joint NLL beside the marginal one
     "calibration": {
         role: ("nll", "joint_nll_10", "ece", "ece_adaptive", "ece_classwise", "mce", "brier_reliability", "brier_resolution")

@@ -15,6 +15,8 @@
   ``be_m2``, ``be_m4`` ... join into one line, a variant at a single M such as ``be_rank2`` stays out; results.json alone);
 - ``severity_<corrupted>``: acc, NLL and ECE against corruption severity, a line per row, for runs tested with
   ``--data.per_corruption true`` at several ``--data.severities`` (results.json alone; report/severity.py);
+- ``deep_ensemble_equivalent``: TS-NLL against the size of Deep Ensembles assembled from the study's single runs, each
+  row placed at its Deep-Ensemble equivalent (needs the pool's and the rows' predictions; report/de_figure.py);
 - ``scale``: accuracy, diversity (mi, disagreement), weight cosine and AUROC (mi) against the parameters of one member's
   network, for methods whose rows differ in size (a width or depth sweep, a line each; results.json alone).
 
@@ -35,6 +37,7 @@ from ensemble_lab.figures.style import Look, check_formats, save_figure
 from ensemble_lab.metrics.classification import member_mean, uncertainty_scores
 from ensemble_lab.metrics.registry import OOD_SCORES
 from ensemble_lab.metrics.selective import risk_coverage_curve
+from ensemble_lab.report.de_figure import de_equivalent_figure
 from ensemble_lab.report.figure_rows import RunGroup, looks, run_results, saved_predictions, set_roles, skip
 from ensemble_lab.report.severity import severity_figures
 from ensemble_lab.report.sweeps import backbone_dims, ensemble_size_figure, member_lines, scale_figure, sweeps
@@ -149,6 +152,11 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
     else:
         skip("scale", "no method has rows of different sizes (vary --model.backbone.hidden_sizes / --model.backbone.width, as configs/study/scale_digits.yaml)")
     figures.update(severity_figures(seen, docs))  # acc / NLL / ECE against corruption severity (report/severity.py)
+    fig, why = de_equivalent_figure(groups, seen, docs)  # TS-NLL against Deep-Ensemble size (report/de_figure.py)
+    if fig is not None:
+        figures["deep_ensemble_equivalent"] = fig
+    else:
+        skip("deep_ensemble_equivalent", why)
     if not roles:
         skip("comparison", "no run has a readable results.json")
     return figures

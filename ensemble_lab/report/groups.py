@@ -32,7 +32,7 @@ from ensemble_lab.config.run_config import (
 )
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.figures.style import METHOD_ORDER
-from ensemble_lab.metrics.registry import lookup, names
+from ensemble_lab.metrics.registry import DE_COLUMNS, lookup, names
 from ensemble_lab.report.columns import ID_COLUMNS, OOD_COLUMNS
 from ensemble_lab.report.fill import fill_from_predictions
 from ensemble_lab.report.reading import find_results, load_results, read_document
@@ -85,6 +85,8 @@ class Group:
     stats: dict[str, dict[str, Stat]] = field(default_factory=dict)  # set name (or WEIGHTS) -> metric -> Stat
     significance: "dict[str, dict[str, Comparison]]" = field(default_factory=dict)  # set name -> metric -> against the baseline
     baseline: "Group | None" = field(default=None, repr=False)  # the row it was compared with (None: none, or it is the baseline)
+    blank: dict[str, dict[str, str]] = field(default_factory=dict)  # set -> metric -> why its cell shows "–" (report/de_table.py)
+    notes: dict[str, list[str]] = field(default_factory=dict)  # set -> lines under the tables of its columns (report/de_table.py)
 
 
 def _number(value: Any) -> float | None:
@@ -189,6 +191,7 @@ def _chosen_columns(
     in_sets = list(
         dict.fromkeys(k for d in docs for m in run_sets(d).values() if isinstance(m, dict) for k, v in m.items() if _number(v) is not None)
     )
+    in_sets += [c for c in DE_COLUMNS if c not in in_sets]  # the report computes them (report/de_table.py)
     unknown = [c for c in columns if c not in in_sets and c not in RUN_COLUMNS and c not in COST_KEYS]
     if unknown:
         raise ConfigError(

@@ -4,12 +4,12 @@ from collections.abc import Sequence
 
 from ensemble_lab.metrics.registry import direction
 from ensemble_lab.report.groups import Group, Stat, format_stat, row_name
-from ensemble_lab.report.layout import Table, best_rows, cell_mark, cell_stat, footnotes, table_layout, table_rows
+from ensemble_lab.report.layout import Table, best_rows, blank_mark, cell_mark, cell_stat, footnotes, shown, table_layout, table_rows
 
 #: LaTeX's special characters, and the symbols of the notes, as LaTeX
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$"}  # fmt: skip
-LATEX_SPECIAL.update({"α": r"$\alpha$", "≥": r"$\geq$", "<": r"$<$", ">": r"$>$"})  # < and > in text mode print as ¡ and ¿
+LATEX_SPECIAL.update({"α": r"$\alpha$", "≥": r"$\geq$", "<": r"$<$", ">": r"$>$", "–": "--", "−": "$-$"})  # < and > in text mode print as ¡ and ¿
 
 
 def latex_escape(text: str) -> str:
@@ -35,7 +35,7 @@ def to_latex(groups: list[Group], tables: Sequence[Table] | None = None, digits:
     parts = [r"% ensemble-lab report: needs \usepackage{booktabs}. Mean $\pm$ sample std over runs; best per column in bold."]
     for table in tables:
         rows = table_rows(groups, table)
-        table = Table(table.title, tuple(c for c in table.columns if any(cell_stat(g, c).n for g in rows)), table.role)  # no blank columns
+        table = Table(table.title, tuple(c for c in table.columns if shown(rows, c)), table.role)  # no blank columns
         best = [best_rows(rows, c, digits) for c in table.columns]
         lead = ["run", "$M$"] + (["data"] if several_data else []) + ["$n$"]
         header = lead + [latex_escape(c.header) + arrows[direction(c.metric)] for c in table.columns]
@@ -47,7 +47,10 @@ def to_latex(groups: list[Group], tables: Sequence[Table] | None = None, digits:
                 + ([latex_escape(str(g.datamodule))] if several_data else [])
                 + [str(len(g.runs))]
             )
-            cells += [latex_stat(cell_stat(g, c), len(g.runs), digits, k in best[i], cell_mark(g, c)) for i, c in enumerate(table.columns)]
+            cells += [
+                latex_stat(cell_stat(g, c), len(g.runs), digits, k in best[i], cell_mark(g, c)) or ("--" if blank_mark(g, c) else "")
+                for i, c in enumerate(table.columns)
+            ]
             lines.append(" & ".join(cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
         for note in footnotes(rows, table):

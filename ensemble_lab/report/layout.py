@@ -49,7 +49,7 @@ def table_layout(groups: Sequence[Group], preset: str | None = None, metrics: Se
         if not members:
             continue
         # no all-blank columns (e.g. CUDA's peak memory in a CPU study)
-        keys = [k for k in members[0].stats[name] if any(g.stats[name].get(k, Stat(None, None, 0)).n for g in members)]
+        keys = [k for k in members[0].stats[name] if any(g.stats[name].get(k, Stat(None, None, 0)).n or k in g.blank.get(name, {}) for g in members)]
         role = None if name in (WEIGHTS, COST) else _role(groups, name)
         if keys:
             tables.append(Table(name + (f" ({role})" if role else ""), tuple(Column(name, k, k) for k in keys), role))
@@ -72,6 +72,16 @@ def _single_basin(groups: Sequence[Group], name: str) -> Table:
 def cell_stat(group: Group, column: Column) -> Stat:
     """The row's statistic of ``column`` (an empty one where it has none)."""
     return group.stats.get(column.source, {}).get(column.metric) or Stat(None, None, 0)
+
+
+def blank_mark(group: Group, column: Column) -> str:
+    """A dash ("–") for a cell without a value whose row says why (report/de_table.py), else ""."""
+    return "–" if not cell_stat(group, column).n and column.metric in group.blank.get(column.source, {}) else ""
+
+
+def shown(rows: Sequence[Group], column: Column) -> bool:
+    """Whether ``column`` has a value, or a reason for its blank, in any of ``rows``."""
+    return any(cell_stat(g, column).n or blank_mark(g, column) for g in rows)
 
 
 def table_rows(groups: Sequence[Group], table: Table) -> list[Group]:
@@ -121,4 +131,21 @@ def footnotes(rows: Sequence[Group], table: Table) -> list[str]:
             f"seed-to-seed variation; {100 * (1 - alpha):g}% percentile intervals in the CSV's ci_low, ci_high)"
         )
         lines.append(f"{mark} differs from {bases}: {how}, p < {alpha:g} {corrected}.")
-    return lines
+    return lines + blank_notes(rows, table)
+
+
+def blank_notes(rows: Sequence[Group], table: Table) -> list[str]:
+    """The notes of ``table``'s rows about its columns (what a computed column means), then one line per reason a cell shows "–"."""
+    columns = [c for c in table.columns if any(c.metric in g.blank.get(c.source, {}) or g.notes.get(c.source) for g in rows)]
+    lines = list(dict.fromkeys(line for c in columns for g in rows for line in g.notes.get(c.source, [])))
+    why: dict[str, tuple[dict[str, None], dict[str, None]]] = {}  # reason -> (its columns, its rows), in order
+    for g in rows:
+        for c in columns:
+            if blank_mark(g, c):
+                headers, names = why.setdefault(g.blank[c.source][c.metric], ({}, {}))
+                headers[c.header], names[row_name(g)] = None, None
+    every = len({row_name(g) for g in rows})
+    return lines + [
+        f"– in {', '.join(headers)} of {'every row' if len(names) == every else ', '.join(names)}: {reason}."
+        for reason, (headers, names) in why.items()
+    ]

@@ -11,6 +11,7 @@ from ensemble_lab.errors import ConfigError
 from ensemble_lab.metrics.registry import OOD_SCORES
 from ensemble_lab.report import tables as report_tables
 from ensemble_lab.report.columns import PRESETS, preset_columns
+from ensemble_lab.report.de_table import add_de_equivalents
 from ensemble_lab.report.groups import DEFAULT_BASELINE, Group, build_report, run_groups
 from ensemble_lab.report.significance import add_significance, choose_baselines
 from ensemble_lab.report.tables import render, table_layout
@@ -118,6 +119,7 @@ def report_main(argv: Sequence[str]) -> None:
     options = read_options(argv)
     columns = preset_columns(options.preset, options.ood_score, options.ood_positive) if options.preset else options.metrics
     groups = build_report(options.paths, options.sets, columns)
+    add_de_equivalents(groups, explicit=columns is not None)  # dee, de_gain_*: from the study's runs (report/de_table.py)
     baselines = choose_baselines(groups, options.baseline)
     if not baselines:
         why = "--baseline none" if options.baseline else f"no {DEFAULT_BASELINE} row; give --baseline LABEL"

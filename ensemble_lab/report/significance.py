@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ensemble_lab.errors import ConfigError
+from ensemble_lab.metrics.registry import DE_COLUMNS
 from ensemble_lab.metrics.significance import (
     RECOMPUTABLE,
     Comparison,
@@ -80,6 +81,8 @@ def add_significance(
             for metric, stat in metrics.items():
                 other = base.stats[name].get(metric)
                 if other is None or not stat.n or not other.n:
+                    continue
+                if metric in DE_COLUMNS:  # derived from nll / ece / acc (their tests say it) or a summary of the runs (dee)
                     continue
                 if stat.n >= 2 and other.n >= 2:
                     result[metric] = welch(stat.values, other.values, alpha)

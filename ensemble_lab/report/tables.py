@@ -16,7 +16,7 @@ from ensemble_lab.config.run_config import MISSING, option_default
 from ensemble_lab.io import atomic_write_bytes
 from ensemble_lab.report.groups import COST, RUN_COLUMNS, WEIGHTS, Group, format_stat, row_name, run_groups
 from ensemble_lab.report.latex import to_latex
-from ensemble_lab.report.layout import Table, cell_mark, cell_stat, footnotes, table_layout, table_rows
+from ensemble_lab.report.layout import Table, blank_mark, cell_mark, cell_stat, footnotes, table_layout, table_rows
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -34,7 +34,7 @@ def to_markdown(groups: list[Group], tables: Sequence[Table] | None = None, digi
         rows = table_rows(groups, table)
         cells = [
             [row_name(g), str(g.num_members), str(g.datamodule), str(len(g.runs))]
-            + [format_stat(cell_stat(g, c), len(g.runs), digits) + (f" {mark}" if (mark := cell_mark(g, c)) else "") for c in table.columns]
+            + [(format_stat(cell_stat(g, c), len(g.runs), digits) or blank_mark(g, c)) + (f" {mark}" if (mark := cell_mark(g, c)) else "") for c in table.columns]
             for g in rows
         ]
         notes = footnotes(rows, table)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ensemble_lab.errors import EnsembleLabError
 from ensemble_lab.io import atomic_write_bytes, first_free_number
+from ensemble_lab.metrics.corruptions import CORRUPTION_AVERAGES
 from ensemble_lab.metrics.registry import lookup
 
 TABLE_COLUMNS = ("acc", "nll", "brier", "ece", "entropy", "mi", "disagreement", "auroc_msp", "auroc_mi", "fpr95_msp")
@@ -111,14 +112,16 @@ def format_table(sets: dict[str, dict[str, Any]], columns: tuple[str, ...] = TAB
     """A fixed-width text table, one row per test set; '-' where a metric does not apply.
 
     results.json keeps every key for every set; the table leaves out label-based metrics of ood sets (their
-    labels are not the model's classes; the registry's ``needs_labels``).
+    labels are not the model's classes; the registry's ``needs_labels``). An averages set (``cifar10c_mean``) has no
+    acc / nll / ece of its own: its row shows their averages over the corrupted sets (c_acc, c_nll, c_ece) there.
     """
+    averaged = {metric: average for average, metric in CORRUPTION_AVERAGES.items()}  # acc -> c_acc, ...
     header = ["set", "role", *columns]
     rows = []
     for name, metrics in sets.items():
         cells = [name, str(metrics.get("role", ""))]
         for col in columns:
-            value = None if metrics.get("role") == "ood" and lookup(col).needs_labels else metrics.get(col)
+            value = None if metrics.get("role") == "ood" and lookup(col).needs_labels else metrics.get(col, metrics.get(averaged.get(col, "")))
             cells.append("-" if value is None else f"{value:.4f}")
         rows.append(cells)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

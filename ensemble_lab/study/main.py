@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 
 from ensemble_lab.errors import EnsembleLabError
+from ensemble_lab.report.de_table import add_de_equivalents
 from ensemble_lab.report.groups import build_report
 from ensemble_lab.report.main import report_main, to_markdown, write_report
 from ensemble_lab.runs.interrupts import INTERRUPTED, InterruptWatch
@@ -38,6 +39,7 @@ def report(study: Study, failed: Sequence[str], seconds: float) -> None:
             report_main([*map(str, results), "--out", str(out), *study.report_args])
         else:
             groups = build_report(results)
+            add_de_equivalents(groups)
             print(to_markdown(groups))
             write_report(groups, out)
     except EnsembleLabError as error:

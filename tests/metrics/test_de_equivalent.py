@@ -51,3 +51,11 @@ def test_fraction_of_gain_by_hand() -> None:
 def test_bad_curve_is_a_one_line_error() -> None:
     with pytest.raises(ConfigError, match="de_nll"):
         deep_ensemble_equivalent([], 0.3)
+
+
+def test_a_hand_worked_curve() -> None:
+    # TS-NLL of Deep Ensembles of 1, 2, 3 networks: 0.50, 0.30, 0.25
+    nll = [0.50, 0.30, 0.25]
+    assert deep_ensemble_equivalent(nll, 0.40) == pytest.approx(1.5)  # halfway down the first segment (0.5 -> 0.3)
+    assert deep_ensemble_equivalent(nll, 0.27) == pytest.approx(2.6)  # 0.03 of the second segment's 0.05
+    assert deep_ensemble_equivalent(nll, 0.20) == pytest.approx(4.0)  # one more 0.05 step beyond size 3

@@ -17,6 +17,12 @@ def test_table_rows_values_and_blanks() -> None:
     assert len({len(line) for line in (header, id_row, ood_row)}) == 1
 
 
+def test_an_averages_set_shows_its_averages_not_dashes() -> None:
+    sets = {"cifar10c_mean": {"role": "shift", "corrupted": "cifar10c", "c_acc": 0.61, "c_nll": 1.25, "c_ece": 0.08, "averaged_sets": ["a", "b"]}}
+    _, _, row = format_table(sets, columns=("acc", "nll", "ece", "mi")).splitlines()
+    assert row.split() == ["cifar10c_mean", "shift", "0.6100", "1.2500", "0.0800", "-"]  # c_acc, c_nll, c_ece under acc, nll, ece
+
+
 def test_atomic_writes_replace_whole_files_readable_by_others(tmp_path):
     import os
 
