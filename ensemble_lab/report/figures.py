@@ -101,6 +101,7 @@ def _training_curves(groups: Sequence[RunGroup], seen: list[Look], tags: Sequenc
             series.append((look, scalars))
     if not series:
         return None
+    tags = [tag for tag in tags if any(tag in s for _, scalars in series for s in scalars)]  # no empty panel
     stats = [(look, {tag: mean_std([per_epoch(s, tag) for s in scalars]) for tag in tags}) for look, scalars in series]
     return draw.training_curves_figure(stats, tags, "epoch" if epochs else "step")
 
