@@ -14,6 +14,8 @@ from ensemble_lab.figures.regression import LEVELS
 from ensemble_lab.metrics.regression import regression_metrics
 from ensemble_lab.metrics.tasks import RegressionTask
 from ensemble_lab.report.figures import RunGroup, draw_figures
+from ensemble_lab.report.groups import build_report
+from ensemble_lab.report.tables import quality_cost
 from tests.report.test_figures import write_run as write_classification_run
 
 ROLES = {"diabetes": "id", "diabetes_gap": "ood"}
@@ -37,7 +39,8 @@ def write_regression_run(run: Path, method: str, members: int, error: float, see
         collected[name], stored[name] = (pack({"mean": mean, "var": var}), targets), (mean, var)
     sets = set_metrics(collected, ROLES, RegressionTask())
     run.mkdir(parents=True)
-    doc = {"method": method, "num_members": members, "seed": seed, "datamodule": "TabularDataModule", "sets": sets}
+    doc = {"method": method, "num_members": members, "seed": seed, "datamodule": "TabularDataModule", "sets": sets,
+           "cost": {"parameters": 1000 * members, "images_per_s": 500.0 / members}}  # fmt: skip
     (run / "results.json").write_text(json.dumps(doc))
     for name, (packed, targets) in collected.items():
         write_predictions(run, name, packed, targets)
@@ -92,3 +95,13 @@ def test_regression_comparison_figures_beside_classification_ones(tmp_path, caps
     assert tops == sorted(round(d["sets"][s]["rmse"], 6) for d in docs for s in ROLES)
     err = capsys.readouterr().err
     assert "no ood_roc_diabetes_gap_epistemic" not in err and "no training_curves_regression figure" in err  # drawn for DE (M = 4)
+
+
+def test_quality_against_cost_of_regression_rows_shows_rmse_nll_and_the_gap_auroc(tmp_path):
+    stored = write_regression_run(tmp_path / "single", "SingleModel", 1, error=60.0)
+    write_regression_run(tmp_path / "de", "DeepEnsemble", 4, error=25.0)
+    figure = quality_cost(build_report([tmp_path]))
+    rows = [ax.get_ylabel() for ax in figure.axes[::2]]  # two cost columns: parameters, images per s
+    assert rows == ["diabetes rmse", "diabetes nll", "diabetes_gap auroc_variance"]
+    drawn = [float(line.get_ydata()[0]) for line in figure.axes[0].get_lines() if line.get_marker() not in ("|", "_")]
+    assert len(drawn) == 2 and pytest.approx(regression_metrics(*stored["diabetes"], targets_of("diabetes"))["rmse"], rel=1e-5) in drawn
