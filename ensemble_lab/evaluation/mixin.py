@@ -115,12 +115,12 @@ class UncertaintyEvalMixin(_Base):
             return
         if self.task.name == "regression":
             self.log_dict(regression.validation_curves(self.task, *store.compute(), REGRESSION_VAL_CURVES), sync_dist=False)
-            return
-        member_probs, targets = store.compute()  # complete set on every rank
-        metrics = predictive_metrics(member_probs, targets)
-        # Values are identical on every rank after the gather, so no further sync is needed.
-        self.log_dict({f"val/{k}": float(metrics[k]) for k in VAL_CURVES}, prog_bar=False, sync_dist=False)
-        self.log("val/acc_bar", float(metrics["acc"]), prog_bar=True, logger=False)
+        else:
+            member_probs, targets = store.compute()  # complete set on every rank
+            metrics = predictive_metrics(member_probs, targets)
+            # Values are identical on every rank after the gather, so no further sync is needed.
+            self.log_dict({f"val/{k}": float(metrics[k]) for k in VAL_CURVES}, prog_bar=False, sync_dist=False)
+            self.log("val/acc_bar", float(metrics["acc"]), prog_bar=True, logger=False)
         # the effective weight cosine's curve beside val/mi and val/disagreement (factored: cheap)
         cosine = self.validation_weight_cosine()
         mean = off_diagonal_mean(cosine) if cosine is not None else None  # None for M = 1 too
@@ -330,11 +330,11 @@ class UncertaintyEvalMixin(_Base):
                 val_logits, val_targets = self._val_split
                 val_probs = torch.softmax(val_logits.float(), dim=-1)
                 write_predictions(results_dir, VAL_SPLIT, val_probs.cpu().numpy(), val_targets.cpu().numpy(), val_logits.float().cpu().numpy())
-        if outputs.options.figures and self.task.name == "classification":  # no regression figures yet
+        if outputs.options.figures:  # a regression model's own figures: evaluation/regression_sets.py
             from ensemble_lab.figures.per_run import write_figures  # matplotlib only when drawing
-
             step = self.global_step if outputs.record.logging_step is None else outputs.record.logging_step
-            write_figures(results_dir, collected, self.test_set_roles(), self.test_results, self.loggers, step)
+            draw = regression.write_figures if self.task.name == "regression" else write_figures
+            draw(results_dir, collected, self.test_set_roles(), self.test_results, self.loggers, step)
         path = write_results(results_dir, self.test_results)  # last: results.json marks a complete test
         cost = self.test_results.get("cost")
         cost_line = "" if cost is None else format_cost(cost, self.device.type) + "\n"

@@ -132,6 +132,19 @@ def write_predictions(results_dir: Path, set_name: str, packed: Tensor, targets:
     return path
 
 
+def write_figures(
+    results_dir: Path, collected: dict[str, tuple[Tensor, Tensor]], roles: dict[str, str], results: dict[str, Any],
+    loggers: Any = (), step: int = 0,
+) -> list[Path]:  # fmt: skip
+    """Draw a regression run's figures (figures/regression.py: interval coverage, predictive bands) into
+    ``<results_dir>/figures/`` and TensorBoard; ``collected`` holds each set's store rows (M, N, 2·D) and targets (N, D)."""
+    from ensemble_lab.figures.regression import write_regression_figures  # matplotlib only when drawing
+
+    stored = {name: (unpack(packed.cpu()), targets.cpu()) for name, (packed, targets) in collected.items()}
+    sets = {name: (s["mean"], s["var"], targets) for name, (s, targets) in stored.items()}
+    return write_regression_figures(results_dir, sets, roles, results, loggers, step)
+
+
 def format_table(sets: dict[str, dict[str, Any]], calibration: dict[str, Any] | None = None) -> str:
     """The printed table of a regression test: one row per set, every column for every set (the gap keeps its
     targets); with ``calibration``, the fitted scale's line."""

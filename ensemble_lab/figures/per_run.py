@@ -245,10 +245,16 @@ def write_figures(
     Returns:
         The paths of the PNG files written.
     """
+    return save_run_figures(results_dir, build_figures(collected, roles, results), loggers, step)
+
+
+def save_run_figures(results_dir: Path, figures: dict[str, Figure], loggers: Iterable[Any] = (), step: int = 0) -> list[Path]:
+    """Save each figure as ``<results_dir>/figures/<name>.png`` and add it to TensorBoard loggers as ``test/figures/<name>``
+    at global step ``step``; returns the paths of the PNG files written."""
     from lightning.pytorch.loggers import TensorBoardLogger  # Lightning only when a logger is given
 
     paths = []
-    for name, fig in build_figures(collected, roles, results).items():
+    for name, fig in figures.items():
         paths.append(save_png(fig, Path(results_dir) / "figures" / f"{name}.png"))
         for logger in loggers:
             if isinstance(logger, TensorBoardLogger):

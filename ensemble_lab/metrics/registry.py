@@ -40,7 +40,8 @@ class Metric:
         needs_labels: computed against the true classes / targets; an OOD set has none of the model's
             classes, so such a metric means nothing there (tables leave it out of ood sets).
         needs_ood: measured on an OOD set against an in-distribution set (OOD detection).
-        recomputable: the report's bootstrap can recompute it from saved member probabilities.
+        recomputable: the report's bootstrap can recompute it from saved predictions (member probabilities, or a
+            regression model's means and variances).
         val_curve: logged as ``val/<name>`` every validation epoch (and so a checkpoint can monitor it).
         place: "set", "run" or "cost" (see :data:`PLACES`).
         per_member: a list (or matrix) over members rather than one number.
@@ -184,11 +185,12 @@ for _name, _direction, _label, _group in (
 ):  # fmt: skip
     _labels = _group in ("predictive", "calibration") or _name == "error_correlation"
     _curve = _name in ("rmse", "crps", "epistemic_share")
-    add(Metric(_name, "regression", _direction, _label, _group, needs_labels=_labels, val_curve=_curve))  # no bootstrap of regression yet
+    # the report's bootstrap recomputes every one but error_correlation (metrics/regression_bootstrap.py)
+    add(Metric(_name, "regression", _direction, _label, _group, needs_labels=_labels, recomputable=_name != "error_correlation", val_curve=_curve))
 # OOD detection by a regression model's total variance and its epistemic variance (metrics/regression.py ood_scores)
 REGRESSION_OOD_SCORES = ("variance", "epistemic")
 for _family, _direction, _label in (("auroc", 1, "AUROC"), ("aupr", 1, "AUPR"), ("fpr95", -1, "FPR95"), ("aupr_in", 1, "AUPR-in"), ("fpr95_in", -1, "FPR95-in")):
-    add_ood_family(_family, _direction, _label, task="regression", scores=REGRESSION_OOD_SCORES, recomputable=False)
+    add_ood_family(_family, _direction, _label, task="regression", scores=REGRESSION_OOD_SCORES)
 # the members' weights (metrics/weight_space.py): M×M matrices and their off-diagonal means; weight_cosine is
 # also the val/weight_cosine curve
 for _name, _label in (("weight_cosine", "weight cosine (effective)"), ("weight_cosine_stored", "weight cosine (stored)")):

@@ -231,6 +231,20 @@ def pit_values(mean: Tensor, var: Tensor, targets: Tensor) -> Tensor:
     return torch.cat([mixture_cdf(mean[:, rows], var[:, rows], targets[rows]) for rows in chunks])  # (N, D)
 
 
+def coverage_curve(pit: Tensor, levels: Tensor) -> Tensor:
+    """Empirical coverage of the mixture's central intervals at each nominal level, (L,), from PIT values.
+
+    The central interval of level q, [Q((1 − q)/2), Q((1 + q)/2)], holds y exactly when (1 − q)/2 ≤ F(y) ≤ (1 + q)/2
+    (F is continuous and increasing), so its coverage is the share of |PIT − ½| ≤ q/2, with no quantile search.
+
+    Args:
+        pit: PIT values F(y) (any shape), from :func:`pit_values`.
+        levels: nominal levels q in [0, 1], (L,).
+    """
+    distance = (pit.reshape(1, -1).to(reduce_dtype(pit)) - 0.5).abs()  # (1, N·D)
+    return (distance <= levels.to(distance).unsqueeze(1) / 2).to(distance.dtype).mean(1)  # (L,)
+
+
 def quantile_calibration_error(pit: Tensor, levels: tuple[float, ...] = QCE_LEVELS) -> float:
     """Quantile calibration error (Kuleshov et al. 2018): mean_j (p_j − freq(PIT ≤ p_j))² over the levels p_j.
 

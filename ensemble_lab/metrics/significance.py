@@ -41,7 +41,7 @@ from ensemble_lab.metrics.ood import ood_detection_weighted, ood_metrics
 from ensemble_lab.metrics.registry import OOD_FAMILIES, OOD_SCORES, lookup, names, ood_name
 
 #: the per-set metrics recomputed from member probabilities by ``predictive_metrics`` (OOD detection aside)
-RECOMPUTABLE = names(recomputable=True, needs_ood=False)
+RECOMPUTABLE = names("classification", recomputable=True, needs_ood=False)
 #: bootstrap counts held at once (resamples × samples), about 128 MB of float64
 _COUNTS_PER_CHUNK = 2**24
 
@@ -76,9 +76,10 @@ class Comparison:
 
 
 def is_ood_detection(metric: str) -> bool:
-    """True for ``auroc_<score>``, ``aupr_<score>``, ``fpr95_<score>`` and the ``_in`` ones: metrics of an OOD set against an id set."""
+    """True for ``auroc_<score>``, ``aupr_<score>``, ``fpr95_<score>`` and the ``_in`` ones that the bootstrap recomputes: metrics
+    of an OOD set against an id set, by msp / entropy / mi (or a regression model's variance / epistemic)."""
     row = lookup(metric)
-    return row.needs_ood and row.score in OOD_SCORES  # the logit scores' (maxlogit, energy, ...) are not bootstrapped
+    return row.needs_ood and row.recomputable  # the logit scores' (maxlogit, energy, ...) are not bootstrapped
 
 
 def welch(values: Sequence[float], baseline: Sequence[float], alpha: float = 0.05) -> Comparison:
@@ -138,7 +139,7 @@ def metric_values(member_probs: Tensor, targets: Tensor, metrics: Sequence[str],
 
 def _checked_metrics(metrics: Sequence[str]) -> None:
     """Raise a ValueError naming the metrics that cannot be recomputed from member probabilities."""
-    unknown = [m for m in metrics if not lookup(m).recomputable]
+    unknown = [m for m in metrics if not lookup(m).recomputable or lookup(m).task == "regression"]  # regression: regression_bootstrap.py
     if unknown:
         raise ValueError(f"cannot recompute {', '.join(unknown)} from member probabilities")
 

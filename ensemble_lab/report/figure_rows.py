@@ -59,12 +59,30 @@ def run_results(run: Path) -> dict[str, Any]:
 
 
 def saved_predictions(run: Path, set_name: str) -> tuple[Tensor, Tensor] | None:
-    """A run's saved member probabilities (M, N, C) and targets (N,) of one set, or None."""
+    """A run's saved member probabilities (M, N, C) and targets (N,) of one set, or None (also for a regression run's file)."""
     path = Path(run) / "predictions" / f"{set_name}.npz"
     if not path.is_file():
         return None
     with np.load(path) as saved:
+        if "member_probs" not in saved.files:
+            return None
         return torch.from_numpy(saved["member_probs"]), torch.from_numpy(saved["targets"])
+
+
+def saved_regression(run: Path, set_name: str) -> tuple[Tensor, Tensor, Tensor] | None:
+    """A regression run's saved member means and variances (M, N, D) and targets (N, D) of one set, original units, or None."""
+    path = Path(run) / "predictions" / f"{set_name}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        if "mean" not in saved.files:
+            return None
+        return torch.from_numpy(saved["mean"]), torch.from_numpy(saved["var"]), torch.from_numpy(saved["targets"])
+
+
+def regression_sets(docs: Sequence[dict[str, Any]]) -> set[str]:
+    """The names of the sets that some run measured as regression (its metrics have ``rmse``)."""
+    return {name for doc in docs for name, m in (doc.get("sets") or {}).items() if isinstance(m, dict) and "rmse" in m}
 
 
 def set_roles(docs: Sequence[dict[str, Any]]) -> dict[str, str]:

@@ -27,6 +27,7 @@ are those of all its runs' samples together (the tables' numbers are means over 
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from matplotlib.figure import Figure
@@ -38,14 +39,16 @@ from ensemble_lab.metrics.classification import member_mean, uncertainty_scores
 from ensemble_lab.metrics.registry import OOD_SCORES
 from ensemble_lab.metrics.selective import risk_coverage_curve
 from ensemble_lab.report.de_figure import de_equivalent_figure
-from ensemble_lab.report.figure_rows import RunGroup, looks, run_results, saved_predictions, set_roles, skip
+from ensemble_lab.report.figure_rows import RunGroup, looks, regression_sets, run_results, saved_predictions, set_roles, skip
+from ensemble_lab.report.regression_figures import regression_figures
 from ensemble_lab.report.severity import severity_figures
 from ensemble_lab.report.sweeps import backbone_dims, ensemble_size_figure, member_lines, scale_figure, sweeps
-from ensemble_lab.report.training_curves import CURVE_TAGS, has_epochs, mean_std, per_epoch, read_scalars
+from ensemble_lab.report.training_curves import CURVE_TAGS, REGRESSION_CURVE_TAGS, has_epochs, mean_std, per_epoch, read_scalars
 
 #: names the tests and report/groups.py, report/tables.py import from here
 __all__ = ["RunGroup", "backbone_dims", "draw_figures", "draw_report_figures", "looks", "member_lines", "set_roles", "skip", "sweeps"]
 
+T = TypeVar("T")
 #: the uncertainty scores of the OOD curves
 SCORES = OOD_SCORES
 #: (x, y) panels of the diversity figure: label metrics on id / shift sets, detection on ood sets
@@ -92,25 +95,43 @@ def _ood_curves(groups: Sequence[RunGroup], seen: list[Look], id_set: str, ood_s
     return curves
 
 
-def _training_curves(groups: Sequence[RunGroup], seen: list[Look]) -> Figure | None:
+def _training_curves(groups: Sequence[RunGroup], seen: list[Look], tags: Sequence[str] = CURVE_TAGS) -> Figure | None:
     series, epochs = [], True
     for group, look in zip(groups, seen):
-        scalars = [s for run in group.runs if (s := read_scalars(run, CURVE_TAGS))]
-        if any(tag in s for s in scalars for tag in CURVE_TAGS):
+        scalars = [s for run in group.runs if (s := read_scalars(run, tags))]
+        if any(tag in s for s in scalars for tag in tags):
             epochs = epochs and all(has_epochs(s) for s in scalars)
             series.append((look, scalars))
     if not series:
         return None
-    stats = [(look, {tag: mean_std([per_epoch(s, tag) for s in scalars]) for tag in CURVE_TAGS}) for look, scalars in series]
-    return draw.training_curves_figure(stats, CURVE_TAGS, "epoch" if epochs else "step")
+    tags = [tag for tag in tags if any(tag in s for _, scalars in series for s in scalars)]  # no empty panel
+    stats = [(look, {tag: mean_std([per_epoch(s, tag) for s in scalars]) for tag in tags}) for look, scalars in series]
+    return draw.training_curves_figure(stats, tags, "epoch" if epochs else "step")
+
+
+def _where(rows: Sequence[T], keep: Sequence[bool]) -> list[T]:
+    """The rows whose ``keep`` is true."""
+    return [row for row, kept in zip(rows, keep) if kept]
 
 
 def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
     """Every comparison figure the groups' runs allow, by name; says on stderr which could not be drawn and why."""
-    seen = looks(groups)
-    docs = [[d for run in g.runs if (d := run_results(run))] for g in groups]
-    roles = set_roles([d for runs in docs for d in runs])
-    figures: dict[str, Figure] = {}
+    every_look = looks(groups)
+    every_doc = [[d for run in g.runs if (d := run_results(run))] for g in groups]
+    every_role = set_roles([d for runs in every_doc for d in runs])
+    regression = regression_sets([d for runs in every_doc for d in runs])  # their figures: report/regression_figures.py
+    figures = regression_figures(groups, every_look, every_doc, every_role, regression)
+    is_regression = [any(set(d.get("sets") or {}) & regression for d in runs) for runs in every_doc]
+    if any(is_regression) and (fig := _training_curves(_where(groups, is_regression), _where(every_look, is_regression), REGRESSION_CURVE_TAGS)):
+        figures["training_curves_regression"] = fig
+    elif any(is_regression):
+        skip("training_curves_regression", "no regression run has TensorBoard event files with val/ curves (the default logger)")
+    # the classification figures: its rows and sets alone
+    classification = [not r for r in is_regression]
+    groups, seen, docs = _where(groups, classification), _where(every_look, classification), _where(every_doc, classification)
+    roles = {n: r for n, r in every_role.items() if n not in regression}
+    if not groups:
+        return figures
     save_hint = "no run has saved predictions of it (test with --save_predictions true)"
     for name, role in roles.items():
         if role != "ood":
@@ -157,7 +178,7 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
         figures["deep_ensemble_equivalent"] = fig
     else:
         skip("deep_ensemble_equivalent", why)
-    if not roles:
+    if not every_role:
         skip("comparison", "no run has a readable results.json")
     return figures
 

@@ -50,7 +50,8 @@ def fill_from_predictions(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
         return doc
     first_id = next((n for n, role in roles.items() if role == "id"), None)
     wanted = lacking + ([first_id] if first_id and any(roles[n] == "ood" for n in lacking) else [])
-    loaded = {name: arrays for name in dict.fromkeys(wanted) if (arrays := load_predictions(folder / f"{name}.npz")) is not None}
+    # a regression run's files (mean, var) have nothing to fill: test writes every regression metric
+    loaded = {n: a for n in dict.fromkeys(wanted) if (a := load_predictions(folder / f"{n}.npz")) is not None and "member_probs" in a}
     # an ood set is scored against the first id set: without its predictions, none of the ood sets is
     usable = {n: a for n, a in loaded.items() if roles[n] != "ood" or (first_id in loaded)}
     if not usable:

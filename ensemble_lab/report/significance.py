@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.metrics.registry import DE_COLUMNS
+from ensemble_lab.metrics.regression_bootstrap import bootstrap_regression, recomputable
 from ensemble_lab.metrics.significance import (
     RECOMPUTABLE,
     Comparison,
@@ -112,7 +113,7 @@ def _bootstrap_set(
     result = {
         m: Comparison(None, reason="not recomputable from predictions")
         for m in metrics
-        if m not in RECOMPUTABLE and not is_ood_detection(m)
+        if m not in RECOMPUTABLE and not is_ood_detection(m) and not recomputable(m)
     }
     metrics = [m for m in metrics if m not in result]
     ood = any(is_ood_detection(m) for m in metrics)
@@ -141,6 +142,9 @@ def _bootstrap_set(
         probs = [found[(r, name)][0] for r in row.runs]
         targets = found[(row.runs[0], name)][1]
         id_probs = [found[(r, id_name)][0] for r in row.runs] if ood and id_name else None
+        if targets.dim() == 2:  # a regression set: [means | variances] (M, N, 2·D) per run (see _predictions)
+            pairs = lambda packed: [tuple(p.chunk(2, dim=-1)) for p in packed]  # (M, N, D) each
+            return bootstrap_regression(pairs(probs), targets, metrics, resamples, seed, name, None if id_probs is None else pairs(id_probs))
         full = [metric_values(p, targets, metrics, None if id_probs is None else id_probs[k]) for k, p in enumerate(probs)]
         point = {m: float(np.mean([v[m] for v in full])) for m in metrics}
         return point, bootstrap_replicates(probs, targets, metrics, resamples, seed, name, id_probs)
@@ -153,12 +157,15 @@ def _bootstrap_set(
 
 
 def _predictions(run: Path, name: str) -> tuple[Tensor, Tensor] | None:
-    """Member probabilities (M, N, C) and targets (N,) of <run>/predictions/<name>.npz; None without one (or an unreadable one)."""
+    """Member probabilities (M, N, C) and targets (N,) of <run>/predictions/<name>.npz, or a regression run's member means
+    and variances side by side (M, N, 2·D) and targets (N, D); None without one (or an unreadable one)."""
     path = run / "predictions" / f"{name}.npz"
     if not path.exists():
         return None
     try:
         with np.load(path) as saved:
+            if "mean" in saved.files:  # regression: mean and var (M, N, D), targets (N, D)
+                return torch.cat([torch.from_numpy(saved["mean"]), torch.from_numpy(saved["var"])], dim=-1), torch.from_numpy(saved["targets"])
             return torch.from_numpy(saved["member_probs"]), torch.from_numpy(saved["targets"])
     except (OSError, ValueError, KeyError) as error:
         print(f"ensemble-lab report: ignoring {path}: {error}", file=sys.stderr)

@@ -199,7 +199,8 @@ def quality_cost(groups: list[Group]) -> Any:
 
     id_set = next((n for g in measured for n, role in g.roles.items() if role == "id"), None)
     ood_set = next((n for g in measured for n, role in g.roles.items() if role == "ood"), None)
-    quality = [(id_set, "acc"), (id_set, "nll"), (ood_set, "auroc_msp")]
+    regression = any(getattr(g.stats.get(id_set or "", {}).get("rmse"), "n", 0) for g in measured)  # a run measured rmse on the id set
+    quality = [(id_set, "rmse"), (id_set, "nll"), (ood_set, "auroc_variance")] if regression else [(id_set, "acc"), (id_set, "nll"), (ood_set, "auroc_msp")]
     cost = {"images_per_s": 1.0, "parameters": 1.0, "peak_tensor_bytes": 2.0**-20}  # key -> scale (bytes shown in MiB)
     shown = {"peak_tensor_bytes": "peak_tensor_MiB"}
     points = []

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble_lab.metrics.registry import VAL_CURVES
+from ensemble_lab.metrics.registry import REGRESSION_VAL_CURVES, VAL_CURVES
 
 #: the curves of the comparison figure: what the mixin logs each validation epoch, and the weight cosine
 CURVE_TAGS = tuple(f"val/{k}" for k in VAL_CURVES if k != "ece") + ("val/weight_cosine",)
+#: the curves of a regression run's training: its validation NLL (of the mixture), rmse, crps and epistemic share
+REGRESSION_CURVE_TAGS = tuple(f"val/{k}" for k in REGRESSION_VAL_CURVES) + ("val/weight_cosine",)
 EPOCH_TAG = "epoch"
 
 

@@ -16,7 +16,7 @@ QUICK = [
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
     "--model.backbone.hidden_sizes=[8]",
-    "--figures=false",
+    "--figures=true",
     "--save_predictions=true",
 ]
 
@@ -57,3 +57,7 @@ def test_regression_results_are_the_saved_predictions_metrics(cli, tmp_path):
     assert {"val/nll", "val/rmse", "val/crps", "val/epistemic_share", "train/loss_epoch"} <= columns
     assert {"val/diabetes_gap/rmse", "val/diabetes_gap/auroc_variance"} <= columns  # --eval_sets_every
     assert "train/acc" not in columns and "val/acc" not in columns
+    assert "val/weight_cosine" in columns  # the members' weight cosine, as for classification
+    # the regression figures (figures/regression.py), not the classification ones
+    assert sorted(p.name for p in (run / "figures").iterdir()) == ["coverage_calibration.png", "predictive_bands.png"]
+    assert all(p.stat().st_size > 10_000 for p in (run / "figures").iterdir())

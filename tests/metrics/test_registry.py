@@ -122,9 +122,9 @@ def test_label_metrics_are_exactly_those_the_labels_change():
 
 def test_recomputable_rows_are_those_the_bootstrap_recomputes():
     probs, targets = probabilities(2, 30, 3, seed=7), torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(8))
-    per_set = registry.names(recomputable=True, needs_ood=False)
+    per_set = registry.names("classification", recomputable=True, needs_ood=False)  # regression's: tests/metrics/test_regression_bootstrap.py
     assert set(metric_values(probs, targets, per_set)) == set(per_set)
-    detection = registry.names(recomputable=True, needs_ood=True)
+    detection = registry.names("classification", recomputable=True, needs_ood=True)
     assert set(metric_values(probs, targets, detection, id_member_probs=probabilities(2, 20, 3, seed=9))) == set(detection)
     with pytest.raises(ValueError, match="member_acc"):  # a list per member: nothing to resample
         bootstrap_replicates([probs], targets, ["member_acc"], resamples=2)

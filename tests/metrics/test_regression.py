@@ -237,3 +237,27 @@ def test_bad_inputs_raise_one_line_errors(change, error):
     with pytest.raises(error) as info:
         reg.regression_metrics(*change(*gaussians(2, 5, 2, seed=16)))
     assert "\n" not in str(info.value)
+
+
+def test_coverage_curve_points_equal_a_count_on_a_known_gaussian():
+    """Each point of the calibration curve of interval coverage is the share of targets inside μ ± σ Φ⁻¹((1 + q)/2)."""
+    gen = torch.Generator().manual_seed(11)
+    num_rows = 2000
+    mu = torch.randn(1, num_rows, 2, generator=gen, dtype=torch.float64)
+    var = torch.rand(1, num_rows, 2, generator=gen, dtype=torch.float64) + 0.5
+    targets = mu[0] + 1.3 * var[0].sqrt() * torch.randn(num_rows, 2, generator=gen, dtype=torch.float64)  # too narrow a predictive
+    levels = torch.tensor([0.0, 0.1, 0.5, 0.8, 0.9, 0.95, 1.0], dtype=torch.float64)
+    got = reg.coverage_curve(reg.pit_values(mu, var, targets), levels).numpy()
+    y, m, sd = targets.numpy(), mu.numpy()[0], var.sqrt().numpy()[0]
+    expected = [np.mean(np.abs(y - m) <= sd * norm.ppf((1 + q) / 2)) if q < 1 else 1.0 for q in levels.tolist()]
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    assert got[0] == 0.0 and got[-1] == 1.0 and got[4] < 0.9  # 1.3 σ of noise: the 90 % intervals cover less
+
+
+def test_coverage_curve_of_a_mixture_agrees_with_its_interval_coverage():
+    mean, var, targets = gaussians(3, 400, 1, seed=12)
+    levels = torch.tensor(reg.COVERAGE_LEVELS, dtype=torch.float64)
+    curve = reg.coverage_curve(reg.pit_values(mean, var, targets), levels)
+    intervals = reg.interval_metrics(mean, var, targets)  # bisection on the mixture's quantiles (checked against brentq above)
+    for q, value in zip(reg.COVERAGE_LEVELS, curve.tolist()):
+        assert value == pytest.approx(intervals[f"coverage_{round(100 * q)}"], abs=1e-12)
