@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ensemble_lab.errors import CheckpointMismatchError
 from ensemble_lab.nn.members import check_num_members, gram_of_rows, rows_per_member
 
 #: modules whose parameters are left out of the effective weight cosine, as the library's own norm layers
@@ -63,6 +64,17 @@ class StackedMembers(nn.Module):
     def member_state(self, i: int) -> dict[str, Tensor]:
         """Member i's full state dict, as one ``make()`` network holds it (detached)."""
         return {name: tensor[i].detach() for name, tensor in self.network.state_dict(keep_vars=True).items()}
+
+    @torch.no_grad()
+    def fill_member(self, i: int, state: dict[str, Tensor], source: str) -> None:
+        """Member i's tensors from ``state``, one plain network's full state dict (a SingleModel checkpoint's);
+        a CheckpointMismatchError naming ``source`` where the names or shapes differ."""
+        mine = self.network.state_dict(keep_vars=True)
+        if mine.keys() != state.keys() or any(mine[k].shape[1:] != state[k].shape for k in mine):
+            differ = sorted(set(mine) ^ set(state)) or [k for k in mine if mine[k].shape[1:] != state[k].shape]
+            raise CheckpointMismatchError(f"{source} does not hold this network's tensors (first difference: {differ[0]})")
+        for key, tensor in mine.items():
+            tensor[i].copy_(state[key])
 
     @torch.no_grad()
     def member_gram(self) -> Tensor:

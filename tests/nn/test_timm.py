@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ensemble_lab.errors import ConfigError
+from ensemble_lab.errors import CheckpointMismatchError, ConfigError
 from ensemble_lab.evaluation.member_networks import member_states
 from ensemble_lab.methods import MIMO, BatchEnsemble, DeepEnsemble, LowRankEnsemble, Masksembles, MCDropout, PackedEnsemble
 from ensemble_lab.metrics.weight_space import weight_cosine
@@ -193,3 +193,18 @@ def test_per_member_norms_start_as_timms_norm_in_every_member():
     torch.testing.assert_close(norm.weight, reference.blocks[0].norm1.weight.expand(M, -1))
     resnet = ensemble(BatchEnsemble, RESNET, 5, norm="per_member")
     assert isinstance(resnet.network.bn1, EnsembleBatchNorm2d)
+
+
+def test_a_deep_ensemble_of_a_timm_model_is_assembled_from_single_model_checkpoints(tmp_path):
+    from tests.methods.test_assemble import trained_singles
+
+    options = dict(input_shape=SHAPE, num_classes=CLASSES, backbone=VIT)
+    singles, paths = trained_singles(tmp_path, options, 2)
+    model = DeepEnsemble(member_checkpoints=paths, **options).eval()
+    x = torch.randn(B, *SHAPE)
+    with torch.no_grad():
+        logits = model(x)
+        for i, single in enumerate(singles):
+            torch.testing.assert_close(logits[i], single(x)[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(CheckpointMismatchError, match="x.ckpt does not hold this network's tensors"):
+        model.network.fill_member(0, {k: v for k, v in singles[0].network.state_dict().items() if k != "head.bias"}, "x.ckpt")
