@@ -101,6 +101,9 @@ def test_low_rank_attention_adapters_go_on_timms_attention_projections_and_class
     model = ensemble(LowRankEnsemble, VIT, 0, adapters="attention")
     adapted = sorted(name for name, m in model.network.named_modules() if isinstance(m, LowRankLinear))
     assert adapted == ["blocks.0.attn.proj", "blocks.0.attn.qkv", "head"]
+    frozen = ensemble(LowRankEnsemble, VIT, 0, adapters="attention", freeze_shared=True)  # LoRA-Ensemble fine-tuning
+    trained = {name for name, p in frozen.named_parameters() if p.requires_grad}
+    assert trained == {f"network.{layer}.{t}" for layer in adapted for t in ("A", "B", "bias")}
     everywhere = ensemble(LowRankEnsemble, VIT, 0)
     assert {type(m) for m in everywhere.network.modules()} >= {LowRankLinear, LowRankConv2d}
     assert not any(type(m) is nn.Linear for m in everywhere.network.modules())
