@@ -96,6 +96,8 @@ class TimmOptions(BackboneOptions):
         ask = getattr(model, "get_classifier", None)
         classifier = ask() if callable(ask) else None
         converted = convert_layers(model, layers, classifier if isinstance(classifier, nn.Linear) else None)
+        if layers.dropout is not nn.Dropout:  # MC Dropout: timm's fused attention drops only in training; its matmul form calls attn_drop
+            unfused(converted)
         if dropout > 0 and layers.dropout is not nn.Dropout and not any(type(m) is layers.dropout for m in converted.modules()):
             raise ConfigError(
                 f"timm's {self.model_name} applies its dropout as a function (no dropout layer), which MC Dropout cannot keep on "

@@ -162,6 +162,8 @@ def test_mc_dropout_keeps_timms_dropout_layers_on_at_test_time():
     assert any(isinstance(m, AlwaysOnDropout) for m in model.network.modules())
     logits = model(torch.randn(B, *SHAPE))  # eval mode: the M samples still differ
     assert not torch.allclose(logits[0], logits[1])
+    attention = ensemble(MCDropout, TimmOptions(VIT.model_name, dict(VIT_ARGS, attn_drop_rate=0.3)), 4, dropout=0.2).network.blocks[0].attn
+    assert isinstance(attention.attn_drop, AlwaysOnDropout) and not attention.fused_attn  # the form that calls attn_drop
     with pytest.raises(ConfigError, match="applies its dropout as a function"):
         ensemble(MCDropout, RESNET, 4, dropout=0.2)
 
