@@ -3,7 +3,8 @@
 The layers say what their members are: a layer with per-member tensors answers ``member_state(i)``
 with the tensors a plain nn.Linear / nn.Conv2d / nn.BatchNorm2d would hold for member i (BatchEnsemble:
 W ∘ F_i and b_i; low-rank: W + A_i B_i; Deep Ensemble: slice i). A layer shared by every member
-(BatchEnsemble's shared BatchNorm) gives its own state. Member i's network is the method's
+(BatchEnsemble's shared BatchNorm) gives its own state; a network answering ``member_state(i)`` itself (a
+Deep Ensemble of a timm model: stacked copies) gives member i's whole state at once. Member i's network is the method's
 ``member_network()``: the backbone built from plain layers at the members' widths (the SingleModel
 network, or a narrower one for Packed-Ensembles), its layers paired with the ensemble's in order of
 appearance, as assembling a Deep Ensemble from SingleModel checkpoints pairs them the other way.
@@ -26,6 +27,12 @@ def stateful_layers(network: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, module) for name, module in network.named_modules() if owns(module)]
 
 
+def own_state(module: nn.Module) -> State:
+    """The tensors ``module`` holds itself (not its children's), as its state dict names them (detached)."""
+    persistent = [(k, v) for k, v in module.named_buffers(recurse=False) if k not in module._non_persistent_buffers_set]
+    return {k: v.detach() for k, v in list(module.named_parameters(recurse=False)) + persistent}
+
+
 def has_member_layers(network: nn.Module) -> bool:
     """Whether any layer holds per-member tensors (answers ``member_state``); False: the members share every weight."""
     return any(callable(getattr(module, "member_state", None)) for module in network.modules())
@@ -41,15 +48,21 @@ def member_state(network: nn.Module, plain: nn.Module, i: int, method: str = "th
     Raises an EnsembleLabError naming the first layer that does not pair (another layer count, other
     tensor names or shapes): that method's members are not plain networks of the backbone.
     """
-    ours, theirs = stateful_layers(network), stateful_layers(plain)
     unsupported = f"connectivity is not supported for {method}: its members are not plain networks of the backbone"
+    whole = getattr(network, "member_state", None)
+    if callable(whole):  # a network that answers for all its layers at once (stacked copies: nn.stacked)
+        given, wanted = whole(i), plain.state_dict()
+        if given.keys() != wanted.keys() or any(given[k].shape != wanted[k].shape for k in wanted):
+            raise EnsembleLabError(f"{unsupported} (the network gives {_shapes(given)}; one member's plain network holds {_shapes(wanted)})")
+        return given
+    ours, theirs = stateful_layers(network), stateful_layers(plain)
     if len(ours) != len(theirs):
         raise EnsembleLabError(f"{unsupported} ({len(ours)} layers with tensors, one member's plain network has {len(theirs)})")
     state: State = {}
     for (name, layer), (plain_name, plain_layer) in zip(ours, theirs):
         ask = getattr(layer, "member_state", None)
-        given = ask(i) if callable(ask) else {k: v.detach() for k, v in layer.state_dict().items()}  # shared by every member
-        wanted = plain_layer.state_dict()
+        given = ask(i) if callable(ask) else own_state(layer)  # shared by every member
+        wanted = own_state(plain_layer)
         if given.keys() != wanted.keys() or any(given[k].shape != wanted[k].shape for k in wanted):
             raise EnsembleLabError(
                 f"{unsupported} (layer {name} gives {_shapes(given)}; one member's plain {plain_name or 'network'} holds {_shapes(wanted)})"

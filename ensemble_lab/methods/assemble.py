@@ -20,7 +20,15 @@ from torch import Tensor, nn
 from ensemble_lab.errors import CheckpointMismatchError, ConfigError
 from ensemble_lab.methods.checkpoint_state import architecture, flat_architecture, read_checkpoint
 from ensemble_lab.methods.single import SingleModel
-from ensemble_lab.nn import EnsembleBatchNorm2d, EnsembleConv2d, EnsembleLayerNorm, EnsembleLinear, EnsembleTokenEmbedding, TokenEmbedding
+from ensemble_lab.nn import (
+    EnsembleBatchNorm2d,
+    EnsembleConv2d,
+    EnsembleLayerNorm,
+    EnsembleLinear,
+    EnsembleTokenEmbedding,
+    StackedMembers,
+    TokenEmbedding,
+)
 from ensemble_lab.runs.layout import run_dir_of_checkpoint
 
 #: ensemble layer -> the plain layer whose tensors fill one member slice
@@ -81,6 +89,9 @@ def _copy(target: Tensor | None, source: Tensor | None, where: str) -> None:
 @torch.no_grad()
 def fill_member(ensemble: nn.Module, member: nn.Module, i: int, path: Path) -> None:
     """Copy plain network ``member`` into member slice ``i`` of every layer of ``ensemble``."""
+    if isinstance(ensemble, StackedMembers):  # a Deep Ensemble of a timm model: every tensor stacked, names kept
+        ensemble.fill_member(i, member.state_dict(), f"member checkpoint {path}")
+        return
     targets = _layers(ensemble, tuple(MEMBER_OF))
     sources = _layers(member, tuple(MEMBER_OF.values()))
     if len(targets) != len(sources):
@@ -132,7 +143,8 @@ def refuse_duplicates(paths: list[str]) -> None:
 def warn_identical_members(ensemble: nn.Module, paths: list[str]) -> None:
     """Warn for every pair of members whose weights are equal (say, two runs with one seed and one config)."""
     layers = [layer for _, layer in _layers(ensemble, tuple(MEMBER_OF))]
-    tensors = [t for layer in layers for t in layer.parameters(recurse=False)]  # every per-member tensor (M, ...)
+    tensors: list[Tensor] = [t for layer in layers for t in layer.parameters(recurse=False)]  # every per-member tensor (M, ...)
+    tensors += [t for stacked in ensemble.modules() if isinstance(stacked, StackedMembers) for t in stacked.member_parameters()]
     for i in range(len(paths)):
         for j in range(i + 1, len(paths)):
             if all(torch.equal(t[i], t[j]) for t in tensors):

@@ -10,6 +10,7 @@ from typing import Any
 from ensemble_lab.errors import CheckpointMismatchError, ConfigError
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.nn import LayerFactory, low_rank_layers
+from ensemble_lab.nn.factories import ADAPTERS
 from ensemble_lab.nn.low_rank import LowRankLayer, check_low_rank_options
 
 
@@ -28,6 +29,7 @@ class LowRankEnsemble(EnsembleModule):
         factor_init: str = "zero",
         lora_alpha: float | None = None,
         freeze_shared: bool = False,
+        adapters: str = "all",
         **kwargs,
     ) -> None:
         """
@@ -49,19 +51,33 @@ class LowRankEnsemble(EnsembleModule):
                 a fixed random network plus its learned rank-k corrections, which fits far less than
                 training W (an ablation of LoRA-Ensemble's recipe, not the recipe). The parameter count
                 is the same; only fewer tensors are in the optimizer.
+            adapters: where the factors go: "all" (every linear and convolution) or "attention"
+                (LoRA-Ensemble: the qkv and output projections of every attention layer, and the
+                classifier so that each member has its own head; every other layer is one plain layer
+                shared by the members). "attention" needs a backbone with attention: vit or a timm
+                transformer.
         """
         check_low_rank_options(rank, factor_init, lora_alpha)
+        if adapters not in ADAPTERS:
+            raise ConfigError(f"--model.adapters {adapters!r} is not known; allowed: {', '.join(ADAPTERS)}")
         if not isinstance(freeze_shared, bool):
             raise ConfigError(f"--model.freeze_shared must be true or false, got {freeze_shared!r}")
-        self.rank, self.factor_init, self.lora_alpha = rank, factor_init, lora_alpha
+        self.rank, self.factor_init, self.lora_alpha, self.adapters = rank, factor_init, lora_alpha, adapters
         super().__init__(**kwargs)
+        if adapters == "attention" and sum(isinstance(m, LowRankLayer) for m in self.network.modules()) < 2:
+            raise ConfigError(
+                f"--model.adapters attention puts the factors on attention's projections, and the {self.backbone.name} backbone "
+                "has none; pass --model.adapters all, or a backbone with attention (vit, a timm transformer)"
+            )
         self.freeze_shared = freeze_shared
         if freeze_shared:
             self._freeze_shared_parameters()
         self._warn_rank_above_layer_sizes()
 
     def layer_factory(self) -> LayerFactory:
-        return low_rank_layers(self.num_members, rank=self.rank, factor_init=self.factor_init, lora_alpha=self.lora_alpha)
+        return low_rank_layers(
+            self.num_members, rank=self.rank, factor_init=self.factor_init, lora_alpha=self.lora_alpha, adapters=self.adapters
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the tensors' shapes do not show the scaling: W + c·A_i B_i under another c is another network

@@ -1,6 +1,7 @@
 """MIMO: M subnetworks in one plain network, M inputs in and M outputs out (Havasi et al., ICLR 2021)."""
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -84,7 +85,7 @@ class MIMO(EnsembleModule):
         super().__init__(**kwargs)
 
     def layer_factory(self) -> LayerFactory:
-        return plain_layers()
+        return replace(plain_layers(), conversion=None)  # its first and last layers are reshaped: no timm model
 
     def build_network(
         self, backbone: str, input_shape: tuple[int, ...], num_classes: int, dropout: float, options: dict[str, Any]

@@ -1,7 +1,7 @@
 """Layers and backbones. Every layer consumes member-major rows (M*B, ...): BatchEnsemble (``batch_linear``,
 ``batch_conv``, ``fast_weights``), Deep / Packed ensemble (``ensemble_linear``, ``ensemble_conv``,
 ``grouped_linear``), ``low_rank``, Masksembles ``masks``, MC ``dropout``, transformer ``tokens`` and
-``attention``; backbones (``mlp``, ``resnet``, ``wide_resnet``, ``vit``, ``backbones``; each with its options object,
+``attention``; backbones (``mlp``, ``resnet``, ``wide_resnet``, ``vit``, ``timm_backbone`` with ``timm_surgery`` and ``stacked``, ``backbones``; each with its options object,
 ``backbone_options``) are built once from the layer ``factories``, so one definition serves every
 method; ``members`` holds the member-row helpers."""
 
@@ -29,6 +29,8 @@ from ensemble_lab.nn.masks import MemberMasks
 from ensemble_lab.nn.members import rows_per_member, tile_members
 from ensemble_lab.nn.mlp import MLPOptions, mlp
 from ensemble_lab.nn.resnet import ResNet18Options
+from ensemble_lab.nn.stacked import StackedMembers
+from ensemble_lab.nn.timm_backbone import TimmOptions
 from ensemble_lab.nn.tokens import EnsembleLayerNorm, EnsembleTokenEmbedding, TokenEmbedding
 from ensemble_lab.nn.vit import ViT, ViTOptions, vit
 from ensemble_lab.nn.wide_resnet import WideResNetOptions
@@ -38,6 +40,8 @@ __all__ = [
     "BackboneOptions",
     "MLPOptions",
     "ResNet18Options",
+    "StackedMembers",
+    "TimmOptions",
     "ViTOptions",
     "WideResNetOptions",
     "backbone_from",

@@ -53,8 +53,8 @@ class SelfAttention(nn.Module):
         """
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = layers.linear(dim, 3 * dim, bias=True)
-        self.proj = layers.linear(dim, dim, bias=True)
+        self.qkv = layers.attention_linear(dim, 3 * dim, bias=True)
+        self.proj = layers.attention_linear(dim, dim, bias=True)
         self.dropout = layers.dropout(dropout) if dropout > 0 else nn.Identity()
         # kept as a module so that MC Dropout's always-on dropout is told apart from the ordinary one
         self.attention_dropout = layers.dropout(attention_dropout) if attention_dropout > 0 else None

@@ -1,5 +1,5 @@
 """Registry of backbones: short name -> its options class (``MLPOptions``, ``ResNet18Options``,
-``WideResNetOptions``, ``ViTOptions``, each beside its builder) and the options it owns, with their defaults.
+``WideResNetOptions``, ``ViTOptions``, ``TimmOptions``, each beside its builder) and the options it owns, with their defaults.
 
 A backbone brings its own options object (``--model.backbone mlp --model.backbone.hidden_sizes [64,32]``);
 ``backbone_from`` turns what a config or a checkpoint records into one. ``build_backbone`` fills in the defaults of options left out (or None) and
@@ -21,6 +21,7 @@ from ensemble_lab.nn.backbone_options import BackboneOptions, Resize, options_of
 from ensemble_lab.nn.factories import LayerFactory
 from ensemble_lab.nn.mlp import MLPOptions
 from ensemble_lab.nn.resnet import ResNet18Options
+from ensemble_lab.nn.timm_backbone import TimmOptions, timm_from
 from ensemble_lab.nn.vit import ViTOptions
 from ensemble_lab.nn.wide_resnet import WideResNetOptions
 
@@ -45,7 +46,7 @@ def _entry(cls: type[BackboneOptions], derived: tuple[str, ...] = ()) -> tuple[s
 
 #: short name -> the backbone; a new backbone adds its options class here
 BACKBONES: dict[str, Backbone] = dict(
-    [_entry(MLPOptions), _entry(ResNet18Options), _entry(WideResNetOptions, ("stem_width",)), _entry(ViTOptions)]
+    [_entry(MLPOptions), _entry(ResNet18Options), _entry(WideResNetOptions, ("stem_width",)), _entry(ViTOptions), _entry(TimmOptions)]
 )
 
 
@@ -71,7 +72,7 @@ def backbone_from(value: "BackboneOptions | str | Mapping[str, Any]") -> Backbon
     if isinstance(value, BackboneOptions):
         return value.options_class()(**value.options())  # its own copy (a signature's default object is shared)
     if isinstance(value, str):
-        return options_class(value)()
+        return timm_from(value) or options_class(value)()  # "timm/<model name>": that timm model
     if isinstance(value, Mapping) and isinstance(value.get("class_path"), str):
         cls = options_class(value["class_path"])
         given = dict(value.get("init_args") or {})
@@ -80,7 +81,7 @@ def backbone_from(value: "BackboneOptions | str | Mapping[str, Any]") -> Backbon
             takes = ", ".join(f"--model.backbone.{o}" for o in BACKBONES[cls.name].options)
             raise ConfigError(f"--model.backbone.{unknown[0]} is not an option of the {cls.name} backbone; it takes {takes}")
         return cls(**given)
-    raise ConfigError(f"--model.backbone must name a backbone ({', '.join(BACKBONES)}), got {value!r}")
+    raise ConfigError(f"--model.backbone must name a backbone ({', '.join(BACKBONES)}, timm/<model name>), got {value!r}")
 
 
 def _plain(value: Any) -> Any:

@@ -65,9 +65,24 @@ class LayerFactory:
     #: token_embedding(num_patches, dim, class_token): a ViT's class token and position embedding; shared by
     #: default, EnsembleTokenEmbedding (one per member) for methods whose members share no parameter
     token_embedding: Callable[..., nn.Module] = TokenEmbedding
+    #: a transformer's attention projections (qkv and output) and its classifier, as ``linear`` takes them; left
+    #: out: ``linear`` (LowRank's ``adapters attention`` puts its factors on these two roles only)
+    attention_linear: Callable[..., nn.Module] = None  # type: ignore[assignment]
+    classifier_linear: Callable[..., nn.Module] = None  # type: ignore[assignment]
+    #: how a network built elsewhere (a timm model) becomes this method's: "layers" (each nn.Linear, nn.Conv2d,
+    #: norm and dropout replaced by this factory's, weights copied), "stacked" (M independent copies, their
+    #: parameters stacked and run as one vectorised call), None (the method shapes the network itself: refused)
+    conversion: str | None = None
 
     def __post_init__(self) -> None:
-        for role, default in (("input_conv2d", self.conv2d), ("input_linear", self.linear), ("block_entry_conv2d", self.conv2d)):
+        roles = (
+            ("input_conv2d", self.conv2d),
+            ("input_linear", self.linear),
+            ("block_entry_conv2d", self.conv2d),
+            ("attention_linear", self.linear),
+            ("classifier_linear", self.linear),
+        )
+        for role, default in roles:
             if getattr(self, role) is None:
                 object.__setattr__(self, role, default)  # frozen: the roles a method leaves out are its plain layers
 
@@ -82,6 +97,7 @@ def plain_layers(num_members: int = 1, mc_dropout: bool = False) -> LayerFactory
         norm2d=nn.BatchNorm2d,
         dropout=AlwaysOnDropout if mc_dropout else nn.Dropout,
         dropout2d=AlwaysOnDropout2d if mc_dropout else nn.Dropout2d,
+        conversion="layers",
     )
 
 
@@ -115,6 +131,7 @@ def batch_ensemble_layers(
         conv2d=partial(BatchConv2d, num_members=num_members, fast_weights=fast_weights, perturbation=perturbation),
         norm2d=nn.BatchNorm2d if norm == "shared" else partial(EnsembleBatchNorm2d, num_members=num_members),
         layer_norm=nn.LayerNorm if norm == "shared" else partial(EnsembleLayerNorm, num_members=num_members),
+        conversion="layers",
     )
 
 
@@ -135,10 +152,17 @@ def deep_ensemble_layers(num_members: int) -> LayerFactory:
         leave_maps=partial(ChannelsToMembers, num_members),
         layer_norm=partial(EnsembleLayerNorm, num_members=num_members),
         token_embedding=partial(EnsembleTokenEmbedding, num_members=num_members),
+        conversion="stacked",
     )
 
 
-def low_rank_layers(num_members: int, rank: int = 1, factor_init: str = "zero", lora_alpha: float | None = None) -> LayerFactory:
+#: where LowRank puts its factors: every linear and conv, or a transformer's attention projections (and classifier)
+ADAPTERS = ("all", "attention")
+
+
+def low_rank_layers(
+    num_members: int, rank: int = 1, factor_init: str = "zero", lora_alpha: float | None = None, adapters: str = "all"
+) -> LayerFactory:
     """LowRankLinear / LowRankConv2d: a shared weight plus a rank-``rank`` update c·A_i B_i per member.
 
     Args:
@@ -146,18 +170,27 @@ def low_rank_layers(num_members: int, rank: int = 1, factor_init: str = "zero", 
         rank: k >= 1, the rank of every member's update.
         factor_init: "zero" (A = 0, members identical at the start, as LoRA) or "small" (A slightly random).
         lora_alpha: LoRA's α: the update is scaled by c = α / k; None: c = 1.
+        adapters: "all" (every linear and conv) or "attention" (LoRA-Ensemble: attention's qkv and output
+            projections and the classifier; every other layer a plain one shared by the members).
 
     BatchNorm and a ViT's LayerNorms, class token and position embedding are shared by the members' rows,
     like batch_ensemble_layers' default.
     """
     check_num_members(num_members)
     check_low_rank_options(rank, factor_init, lora_alpha)
+    if adapters not in ADAPTERS:
+        raise ConfigError(f"--model.adapters {adapters!r} is not known; allowed: {', '.join(ADAPTERS)}")
     options: dict[str, Any] = dict(num_members=num_members, rank=rank, factor_init=factor_init, lora_alpha=lora_alpha)
+    member_linear = partial(LowRankLinear, **options)
+    everywhere = adapters == "all"
     return LayerFactory(
         num_members=num_members,
-        linear=partial(LowRankLinear, **options),
-        conv2d=partial(LowRankConv2d, **options),
+        linear=member_linear if everywhere else nn.Linear,
+        conv2d=partial(LowRankConv2d, **options) if everywhere else nn.Conv2d,
         norm2d=nn.BatchNorm2d,
+        attention_linear=member_linear,
+        classifier_linear=member_linear,
+        conversion="layers",
     )
 
 

@@ -79,9 +79,30 @@ def test_method_parameter_counts_at_cifar10_against_formulas():
     assert count(DeepEnsemble(num_members=m, **CIFAR)) == m * single
     # Packed-Ensembles α = 2, M = 4, γ = 1: M independent ViTs of α·D/M = 96 features per token
     assert count(PackedEnsemble(num_members=m, alpha=2.0, **CIFAR)) == m * single_vit_count(d=d // 2)
+    # LowRank on attention only (LoRA-Ensemble): factors and member biases on qkv, proj of every block and the head
+    adapted = [(d, 3 * d), (d, d)] * 12 + [(d, 10)]
+    attention_only = LowRankEnsemble(num_members=m, rank=k, adapters="attention", **CIFAR)
+    assert count(attention_only) == single + sum(m * k * (i + o) + m * o - o for i, o in adapted)
+    assert sum(isinstance(layer, LowRankLinear) for layer in attention_only.modules()) == len(adapted)
     # per-member LayerNorms add (M - 1)·2D per norm
     per_member = count(BatchEnsemble(num_members=m, norm="per_member", **CIFAR)) - count(BatchEnsemble(num_members=m, **CIFAR))
     assert per_member == (2 * 12 + 1) * (m - 1) * 2 * d
+
+
+def test_low_rank_attention_adapters_leave_the_other_linears_shared_and_members_match_a_loop():
+    model = LowRankEnsemble(num_members=2, factor_init="small", adapters="attention", **TINY).eval()
+    blocks = model.network.blocks
+    assert type(blocks[0].mlp.fc1) is nn.Linear and type(model.network.patch_embed) is nn.Linear
+    assert isinstance(blocks[0].attention.qkv, LowRankLinear) and isinstance(model.network.head, LowRankLinear)
+    x = torch.randn(3, 1, 8, 8)
+    plain = model.member_network().eval()
+    with torch.no_grad():
+        logits = model(x)
+        for i, state in enumerate(member_states(model.network, plain, 2, "LowRankEnsemble")):
+            plain.load_state_dict(state)
+            torch.testing.assert_close(logits[i], plain(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="adapters attention puts the factors on attention's projections"):
+        LowRankEnsemble(num_members=2, adapters="attention")  # the MLP backbone has no attention
 
 
 def test_packed_gamma_2_splits_every_hidden_linear_in_blocks():
