@@ -144,12 +144,13 @@ def _shown_option(config: dict[str, Any], key: str) -> str:
 
 
 def row_differences(groups: Sequence[Group]) -> list[str]:
-    """For each method with several rows (labels or variants): the options in which its rows' configurations differ."""
+    """For each method with several rows (labels or variants) of one architecture: the options in which its rows'
+    configurations differ (rows of different backbones differ in the backbone's options anyway)."""
     lines = []
-    by_method: dict[str | None, list[Group]] = {}
+    by_method: dict[tuple[str | None, str | None], list[Group]] = {}
     for group in groups:
-        by_method.setdefault(group.method, []).append(group)
-    for method, members in by_method.items():
+        by_method.setdefault((group.method, group.architecture), []).append(group)
+    for (method, _), members in by_method.items():
         configs = {row_name(g): g.config for g in members if g.config}
         if len(configs) < 2:
             continue
