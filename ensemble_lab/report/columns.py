@@ -12,8 +12,8 @@ ID_COLUMNS += DE_COLUMNS  # ts_nll, dee, de_gain_*: computed by the report where
 OOD_COLUMNS = tuple(ood_name(m, s) for s in OOD_SCORES for m in ("auroc", "aupr", "fpr95")) + ("mi", "disagreement")
 OOD_COLUMNS += ("rmse", "nll", "crps", "auroc_variance", "auroc_epistemic")
 
-#: what a preset shows, per role (``{score}``: --ood_score; ``{positive}``: "_in" for --ood_positive id); single_basin: one
-#: table per id set, see report/tables.py
+#: what a preset shows, per role (``{score}``: --ood_score; ``{positive}``: "_in" for --ood_positive id); single_basin and
+#: diversity: one table per id set, see report/layout.py
 PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
     "paper": {
         "id": ("acc", "nll", "ece"),
@@ -23,6 +23,8 @@ PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
     "single_basin": {"id": ("acc", "nll", "ece", "mi", "disagreement")},
     # how many networks each row is worth: its TS-NLL, Deep-Ensemble equivalent and fraction of the DE's gain
     "dee": {role: ("acc", "nll", "ece", *DE_COLUMNS) for role in ("id", "shift")},
+    # the architectures study's table: calibration beside the diversity of predictions and of weights
+    "diversity": {"id": ("acc", "nll", "ece", "mi", "disagreement")},
     # calibration beyond one ECE, and the joint NLL beside the marginal one
     "calibration": {
         role: ("nll", "joint_nll_10", "ece", "ece_adaptive", "ece_classwise", "mce", "brier_reliability", "brier_resolution")

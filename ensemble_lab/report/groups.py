@@ -33,6 +33,7 @@ from ensemble_lab.config.run_config import (
 from ensemble_lab.errors import ConfigError, EnsembleLabError
 from ensemble_lab.figures.style import METHOD_ORDER
 from ensemble_lab.metrics.registry import DE_COLUMNS, lookup, names
+from ensemble_lab.report.architecture import architecture, architecture_order
 from ensemble_lab.report.columns import ID_COLUMNS, OOD_COLUMNS
 from ensemble_lab.report.fill import fill_from_predictions
 from ensemble_lab.report.reading import find_results, load_results, read_document
@@ -87,6 +88,7 @@ class Group:
     baseline: "Group | None" = field(default=None, repr=False)  # the row it was compared with (None: none, or it is the baseline)
     blank: dict[str, dict[str, str]] = field(default_factory=dict)  # set -> metric -> why its cell shows "–" (report/de_table.py)
     notes: dict[str, list[str]] = field(default_factory=dict)  # set -> lines under the tables of its columns (report/de_table.py)
+    architecture: str | None = None  # its runs' backbone (report/architecture.py); None: unrecorded
 
 
 def _number(value: Any) -> float | None:
@@ -117,7 +119,7 @@ def build_report(
             the available ones); or a mapping role -> metrics (a preset; roles it leaves out keep their defaults).
 
     Returns:
-        Groups in the paper's row order (per datamodule: single, MC Dropout, Deep Ensemble, BatchEnsemble, others).
+        Groups in the paper's row order (per datamodule and architecture: single, MC Dropout, Deep Ensemble, BatchEnsemble, others).
     """
     files = find_results(paths)
     runs = [(f, d) for f in files if (d := load_results(f)) is not None]
@@ -131,7 +133,8 @@ def build_report(
     docs: dict[tuple, list[dict[str, Any]]] = {}
     for (key, variant), members in split_by_config(runs).items():
         method, num_members, datamodule, label = key
-        groups[(key, variant)] = Group(method, num_members, datamodule, label, variant, _trained_as(members[0][1]))
+        group = Group(method, num_members, datamodule, label, variant, _trained_as(members[0][1]), architecture=architecture(members[0][1]))
+        groups[(key, variant)] = group
         docs[(key, variant)] = [doc for _, doc in members]
         for path, doc in members:
             _add_run(groups[(key, variant)], path, doc)
@@ -171,7 +174,7 @@ def build_report(
     order: dict[str | None, int] = {name: i for i, name in enumerate(METHOD_ORDER)}
     return sorted(
         groups.values(),
-        key=lambda g: (str(g.datamodule), order.get(g.method, len(order)), str(g.method), natural(str(g.label)), g.num_members or 0, str(g.variant)),
+        key=lambda g: (str(g.datamodule), architecture_order(g.architecture), order.get(g.method, len(order)), str(g.method), natural(str(g.label)), g.num_members or 0, str(g.variant)),
     )
 
 

@@ -4,7 +4,18 @@ from collections.abc import Sequence
 
 from ensemble_lab.metrics.registry import direction
 from ensemble_lab.report.groups import Group, Stat, format_stat, row_name
-from ensemble_lab.report.layout import Table, best_rows, blank_mark, cell_mark, cell_stat, footnotes, shown, table_layout, table_rows
+from ensemble_lab.report.layout import (
+    Table,
+    architecture_cells,
+    best_rows,
+    blank_mark,
+    cell_mark,
+    cell_stat,
+    footnotes,
+    shown,
+    table_layout,
+    table_rows,
+)
 
 #: LaTeX's special characters, and the symbols of the notes, as LaTeX
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
@@ -37,13 +48,15 @@ def to_latex(groups: list[Group], tables: Sequence[Table] | None = None, digits:
         rows = table_rows(groups, table)
         table = Table(table.title, tuple(c for c in table.columns if shown(rows, c)), table.role)  # no blank columns
         best = [best_rows(rows, c, digits) for c in table.columns]
-        lead = ["run", "$M$"] + (["data"] if several_data else []) + ["$n$"]
+        arch = architecture_cells(rows)
+        lead = [*arch(None), "run", "$M$"] + (["data"] if several_data else []) + ["$n$"]
         header = lead + [latex_escape(c.header) + arrows[direction(c.metric)] for c in table.columns]
         lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{latex_escape(table.title)}}}",
                  rf"\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]  # fmt: skip
         for k, g in enumerate(rows):
             cells = (
-                [latex_escape(row_name(g)), str(g.num_members)]
+                [latex_escape(c) for c in arch(g)]
+                + [latex_escape(row_name(g)), str(g.num_members)]
                 + ([latex_escape(str(g.datamodule))] if several_data else [])
                 + [str(len(g.runs))]
             )

@@ -2,15 +2,18 @@
 
 A :class:`Table` is a list of columns, each a (set, metric) pair, with one row per group that has any of them.
 The default layout is one table per test set, a weight-space and a cost table; ``--metrics`` keeps the
-chosen columns; ``--preset paper`` the paper's columns per role; ``--preset single_basin`` one table per id set.
+chosen columns; ``--preset paper`` the paper's columns per role; ``--preset single_basin`` and ``--preset diversity``
+one table per id set.
 A cell is ``mean ± std`` over the row's runs, with † when Welch's t-test over seeds finds it different from the
 baseline row's, ‡ when a paired bootstrap over test samples does (a row or its baseline has a single run); a
 table's footnotes explain only the marks its cells can carry. The best value of a ranked column (the metric
-registry's direction) is bold in LaTeX. The renderings are report/tables.py (Markdown, CSV, JSON) and
+registry's direction) is bold in LaTeX. Rows of several backbones are compared and ranked only within their
+architecture (report/architecture.py): each has its own baseline row and its own best value, and the tables
+lead with the architecture and method columns. The renderings are report/tables.py (Markdown, CSV, JSON) and
 report/latex.py.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ensemble_lab.metrics.registry import direction
@@ -41,8 +44,8 @@ class Table:
 def table_layout(groups: Sequence[Group], preset: str | None = None, metrics: Sequence[str] | None = None) -> list[Table]:
     """The tables of the report: the default layout, the columns ``metrics`` chose (build_report kept only those), or a preset's."""
     names = list(dict.fromkeys(n for g in groups for n in g.stats if n not in (WEIGHTS, COST)))
-    if preset == "single_basin":
-        return [_single_basin(groups, name) for name in names if _role(groups, name) == "id" and not name.endswith(CALIBRATED.format(""))]
+    if preset in ONE_TABLE:
+        return [_one_table(groups, name, preset) for name in names if _role(groups, name) == "id" and not name.endswith(CALIBRATED.format(""))]
     tables = []
     for name in names + ([WEIGHTS, COST] if preset is None else []):
         members = [g for g in groups if name in g.stats]
@@ -60,13 +63,27 @@ def _role(groups: Sequence[Group], name: str) -> str | None:
     return next((g.roles[name] for g in groups if name in g.roles), None)
 
 
-def _single_basin(groups: Sequence[Group], name: str) -> Table:
-    """id acc, nll, ece, ece after temperature scaling, mi, disagreement and the mean loss barrier of set ``name``."""
+#: the presets of one table per id set: their run-level column (report/groups.py WEIGHTS) and the tables' title
+ONE_TABLE = {"single_basin": ("barrier_loss_mean", "single basin"), "diversity": ("weight_cosine_mean", "diversity")}
+
+
+def _one_table(groups: Sequence[Group], name: str, preset: str) -> Table:
+    """id acc, nll, ece, ece after temperature scaling, mi, disagreement and the preset's run-level column (the mean
+    loss barrier of single_basin, the effective weights' mean cosine of diversity) of set ``name``."""
+    run_level, title = ONE_TABLE[preset]
     calibrated = CALIBRATED.format(name)
     wanted = [Column(name, m, m) for m in ("acc", "nll", "ece")] + [Column(calibrated, "ece", "ece +T")]
-    wanted += [Column(name, m, m) for m in ("mi", "disagreement")] + [Column(WEIGHTS, "barrier_loss_mean", "barrier_loss_mean")]
+    wanted += [Column(name, m, m) for m in ("mi", "disagreement")] + [Column(WEIGHTS, run_level, run_level)]
     present = [c for c in wanted if any(cell_stat(g, c).n for g in groups)]
-    return Table(f"{name}: single basin", tuple(present), "id")
+    return Table(f"{name}: {title}", tuple(present), "id")
+
+
+def architecture_cells(rows: Sequence[Group]) -> Callable[[Group | None], list[str]]:
+    """The leading cells of a row (of the header for None): its architecture and method when ``rows`` span several
+    architectures (report/architecture.py), none otherwise."""
+    if len({g.architecture for g in rows}) < 2:
+        return lambda group: []
+    return lambda group: ["architecture", "method"] if group is None else [str(group.architecture), str(group.method)]
 
 
 def cell_stat(group: Group, column: Column) -> Stat:
@@ -96,13 +113,17 @@ def cell_mark(group: Group, column: Column) -> str:
 
 
 def best_rows(rows: Sequence[Group], column: Column, digits: int) -> set[int]:
-    """Indices of the rows with the best shown mean of ``column`` (ties all bold); none for unranked metrics."""
+    """Indices of the rows with the best shown mean of ``column`` among the rows of their architecture (ties
+    all bold; rows of different backbones are never ranked together); none for unranked metrics."""
     sign = direction(column.metric)
-    means = [(k, round(s.mean, digits)) for k, g in enumerate(rows) if (s := cell_stat(g, column)).mean is not None]
-    if not sign or len(means) < 2:
-        return set()
-    best = max(sign * v for _, v in means)
-    return {k for k, v in means if sign * v == best}
+    best: set[int] = set()
+    for architecture in dict.fromkeys(g.architecture for g in rows):
+        means = [(k, round(s.mean, digits)) for k, g in enumerate(rows)
+                 if g.architecture == architecture and (s := cell_stat(g, column)).mean is not None]  # fmt: skip
+        if sign and len(means) >= 2:
+            top = max(sign * v for _, v in means)
+            best |= {k for k, v in means if sign * v == top}
+    return best
 
 
 def footnotes(rows: Sequence[Group], table: Table) -> list[str]:

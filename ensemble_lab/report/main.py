@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
         choices=tuple(PRESETS),
         default=None,
         help="paper: id / shift acc, nll, ece and ood aupr, auroc, fpr95, mi; single_basin: one table of id acc, nll, ece, "
-        "ece after temperature scaling, mi, disagreement, loss barrier; calibration: id / shift nll, joint_nll_10, ece, adaptive, "
+        "ece after temperature scaling, mi, disagreement, loss barrier; diversity: the same with the effective weights' mean "
+        "cosine instead of the barrier; calibration: id / shift nll, joint_nll_10, ece, adaptive, "
         "classwise and maximum ECE, Brier reliability and resolution; selective: id / shift AURC, AUGRC, risk at 80%% coverage, "
         "coverage at 5%% risk (of --ood_score's confidence), APS conformal coverage and set size, and ood AUROC of --ood_score, "
         "max logit, energy, variation ratio and expected entropy",

@@ -1,4 +1,4 @@
-"""The report's significance marks: each row against its datamodule's baseline row (statistics: metrics/significance.py).
+"""The report's significance marks: each row against the baseline row of its datamodule and architecture (statistics: metrics/significance.py).
 
 Welch's t-test over seeds when both rows have two or more values of a metric; otherwise a paired bootstrap over
 the test samples of the runs' predictions/<set>.npz (``test --save_predictions true``). A row's tests on one set
@@ -31,12 +31,21 @@ from ensemble_lab.metrics.significance import (
 )
 from ensemble_lab.report.groups import CALIBRATED, COST, DEFAULT_BASELINE, WEIGHTS, Group, row_name
 
+#: the rows one baseline row serves: those of one datamodule and one architecture (report/architecture.py)
+Block = tuple[str | None, str | None]
 
-def choose_baselines(groups: Sequence[Group], baseline: str | None = None) -> dict[str | None, Group]:
-    """The reference row of each datamodule: the row named ``baseline`` (its label, method class or row name), by
-    default the single model's (label or method SingleModel); "none" or no such row: {}.
 
-    Raises ConfigError for a ``baseline`` no row has, or one naming several rows of a datamodule.
+def block(group: Group) -> Block:
+    """The rows ``group`` is compared and ranked among: its datamodule's, of its architecture."""
+    return group.datamodule, group.architecture
+
+
+def choose_baselines(groups: Sequence[Group], baseline: str | None = None) -> dict[Block, Group]:
+    """The reference row of each datamodule and architecture (rows of different backbones are never compared):
+    the row named ``baseline`` (its label, method class or row name), by default the single model's (label or
+    method SingleModel); "none" or no such row: {}.
+
+    Raises ConfigError for a ``baseline`` no row has, or one naming several rows of a datamodule and architecture.
     """
     if baseline is not None and baseline.lower() == "none":
         return {}
@@ -45,22 +54,23 @@ def choose_baselines(groups: Sequence[Group], baseline: str | None = None) -> di
     if baseline is not None and not matches:
         names = ", ".join(dict.fromkeys(row_name(g) for g in groups))
         raise ConfigError(f"--baseline {baseline}: no row has that label or method; give one of: {names} (or none)")
-    chosen: dict[str | None, Group] = {}
-    for datamodule in dict.fromkeys(g.datamodule for g in matches):
-        candidates = [g for g in matches if g.datamodule == datamodule]
+    chosen: dict[Block, Group] = {}
+    for key in dict.fromkeys(map(block, matches)):
+        candidates = [g for g in matches if block(g) == key]
         exact = [g for g in candidates if row_name(g) == wanted]
         if len(candidates) > 1 and not exact and baseline is not None:
             names = ", ".join(row_name(g) for g in candidates)
-            raise ConfigError(f"--baseline {baseline} names several rows of {datamodule} ({names}); give one row's full name")
-        chosen[datamodule] = (exact or candidates)[0]  # by default the first single-model row, in table order
+            where = key[0] if key[1] is None else f"{key[0]} ({key[1]})"
+            raise ConfigError(f"--baseline {baseline} names several rows of {where} ({names}); give one row's full name")
+        chosen[key] = (exact or candidates)[0]  # by default the first single-model row, in table order
     return chosen
 
 
 def add_significance(
-    groups: Sequence[Group], baselines: Mapping[str | None, Group], alpha: float = 0.05, resamples: int = 1000, seed: int = 0,
+    groups: Sequence[Group], baselines: Mapping[Block, Group], alpha: float = 0.05, resamples: int = 1000, seed: int = 0,
     correction: str = "holm",
 ) -> list[str]:  # fmt: skip
-    """Compare every metric of every row with its datamodule's baseline (metrics/significance.py), into ``group.significance``.
+    """Compare every metric of every row with its datamodule's (and architecture's) baseline (metrics/significance.py), into ``group.significance``.
 
     Welch's t-test over seeds when both rows have two or more values; otherwise a paired bootstrap over the
     test samples of the runs' predictions/<set>.npz. ``correction`` ("holm" or "none") is applied over each
@@ -70,7 +80,7 @@ def add_significance(
     loaded: Predictions = {}
     baseline_replicates: dict[tuple[int, str, tuple[str, ...]], Replicates] = {}
     for group in groups:
-        base = baselines.get(group.datamodule)
+        base = baselines.get(block(group))
         if base is None or base is group:
             continue
         group.baseline = base

@@ -16,7 +16,7 @@ from ensemble_lab.config.run_config import MISSING, option_default
 from ensemble_lab.io import atomic_write_bytes
 from ensemble_lab.report.groups import COST, RUN_COLUMNS, WEIGHTS, Group, format_stat, row_name, run_groups
 from ensemble_lab.report.latex import to_latex
-from ensemble_lab.report.layout import Table, blank_mark, cell_mark, cell_stat, footnotes, table_layout, table_rows
+from ensemble_lab.report.layout import Table, architecture_cells, blank_mark, cell_mark, cell_stat, footnotes, table_layout, table_rows
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -32,15 +32,16 @@ def to_markdown(groups: list[Group], tables: Sequence[Table] | None = None, digi
     parts = [f"Mean ± sample std over runs (n = runs per row); {total} run{'s' if total != 1 else ''}."]
     for table in tables:
         rows = table_rows(groups, table)
+        lead = architecture_cells(rows)
         cells = [
-            [row_name(g), str(g.num_members), str(g.datamodule), str(len(g.runs))]
+            lead(g) + [row_name(g), str(g.num_members), str(g.datamodule), str(len(g.runs))]
             + [(format_stat(cell_stat(g, c), len(g.runs), digits) or blank_mark(g, c)) + (f" {mark}" if (mark := cell_mark(g, c)) else "") for c in table.columns]
             for g in rows
         ]
         notes = footnotes(rows, table)
         parts.append(
             f"### {table.title}\n\n"
-            + _markdown_table(["run", "M", "data", "n", *(c.header for c in table.columns)], cells)
+            + _markdown_table([*lead(None), "run", "M", "data", "n", *(c.header for c in table.columns)], cells)
             + "".join(f"\n\n{note}" for note in notes)
         )
     if differences := row_differences(groups):
@@ -51,7 +52,7 @@ def to_markdown(groups: list[Group], tables: Sequence[Table] | None = None, digi
 
 
 #: the long format's columns: what the row is, the cell, and the test against the baseline
-CSV_FIELDS = ("method", "label", "run", "num_members", "datamodule", "set", "role", "metric", "mean", "std", "n",
+CSV_FIELDS = ("method", "label", "run", "architecture", "num_members", "datamodule", "set", "role", "metric", "mean", "std", "n",
               "baseline", "test", "difference", "p", "correction", "p_adjusted", "ci_low", "ci_high", "significant")  # fmt: skip
 
 
@@ -66,7 +67,8 @@ def to_rows(groups: list[Group], tables: Sequence[Table] | None = None) -> list[
                 seen.add((id(g), column.source, column.metric))
                 s, c = cell_stat(g, column), g.significance.get(column.source, {}).get(column.metric)
                 low, high = c.ci if c is not None and c.ci is not None else (None, None)
-                rows.append({"method": g.method, "label": g.label, "run": row_name(g), "num_members": g.num_members,
+                rows.append({"method": g.method, "label": g.label, "run": row_name(g), "architecture": g.architecture,
+                             "num_members": g.num_members,
                              "datamodule": g.datamodule, "set": "" if column.source in (WEIGHTS, COST) else column.source,
                              "role": g.roles.get(column.source, ""), "metric": column.metric, "mean": s.mean, "std": s.std, "n": s.n,
                              "baseline": row_name(g.baseline) if g.baseline is not None else None, "test": c and c.test,
@@ -94,6 +96,7 @@ def to_json(groups: list[Group]) -> str:
                 "label": g.label,
                 "variant": g.variant,
                 "run": row_name(g),
+                "architecture": g.architecture,
                 "num_members": g.num_members,
                 "datamodule": g.datamodule,
                 "n": len(g.runs),
@@ -141,12 +144,13 @@ def _shown_option(config: dict[str, Any], key: str) -> str:
 
 
 def row_differences(groups: Sequence[Group]) -> list[str]:
-    """For each method with several rows (labels or variants): the options in which its rows' configurations differ."""
+    """For each method with several rows (labels or variants) of one architecture: the options in which its rows'
+    configurations differ (rows of different backbones differ in the backbone's options anyway)."""
     lines = []
-    by_method: dict[str | None, list[Group]] = {}
+    by_method: dict[tuple[str | None, str | None], list[Group]] = {}
     for group in groups:
-        by_method.setdefault(group.method, []).append(group)
-    for method, members in by_method.items():
+        by_method.setdefault((group.method, group.architecture), []).append(group)
+    for (method, _), members in by_method.items():
         configs = {row_name(g): g.config for g in members if g.config}
         if len(configs) < 2:
             continue
