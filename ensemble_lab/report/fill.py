@@ -51,6 +51,7 @@ def fill_from_predictions(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
     first_id = next((n for n, role in roles.items() if role == "id"), None)
     wanted = lacking + ([first_id] if first_id and any(roles[n] == "ood" for n in lacking) else [])
     loaded = {name: arrays for name in dict.fromkeys(wanted) if (arrays := load_predictions(folder / f"{name}.npz")) is not None}
+    loaded = {name: arrays for name, arrays in loaded.items() if "member_probs" in arrays}  # regression saves mean / var: nothing to fill
     # an ood set is scored against the first id set: without its predictions, none of the ood sets is
     usable = {n: a for n, a in loaded.items() if roles[n] != "ood" or (first_id in loaded)}
     if not usable:
