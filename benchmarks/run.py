@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning
 import torch
 
-from benchmarks import epochs, pipeline, steps
+from benchmarks import epochs, pipeline, steps, tabular
 from benchmarks.settings import MODES, Settings, Sizes
 from benchmarks.timing import Figure, format_table
 
@@ -36,6 +36,7 @@ GROUPS = {
     "i": steps.efficient_methods,
     "j": epochs.training_epochs,
     "k": steps.packed_stem,
+    "l": tabular.tabular_steps,
 }
 
 
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks of the training-epoch figures (j)")
     parser.add_argument("--methods", default=None, metavar="A,B,...",
                         help="the methods of figure (j), names of configs/cifar10/<name>.yaml (default: all of them)")
-    parser.add_argument("--only", default="abcdefghijk", help="run only these figure groups, e.g. --only be")
+    parser.add_argument("--only", default="abcdefghijkl", help="run only these figure groups, e.g. --only be")
     parser.add_argument("--pairs", type=int, default=None, help="override the number of interleaved pairs per figure")
     parser.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
                         help="override one size of the mode, e.g. --size width=64 --size batch=8 (see benchmarks/settings.py)")
