@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning
 import torch
 
-from benchmarks import epochs, pipeline, steps, transformers
+from benchmarks import epochs, pipeline, steps, tabular, transformers
 from benchmarks.settings import MODES, Settings, Sizes
 from benchmarks.timing import Figure, format_table
 
@@ -37,6 +37,7 @@ GROUPS = {
     "j": epochs.training_epochs,
     "k": steps.packed_stem,
     "l": transformers.vit_steps,
+    "m": tabular.tabular_steps,
 }
 
 

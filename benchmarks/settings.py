@@ -32,20 +32,25 @@ class Sizes:
     vit_dim: int = 192
     vit_depth: int = 12
     vit_heads: int = 3
+    tabular_features: int = 16  # input width of the tabular MLP (m)
+    tabular_width: int = 128  # its hidden width, 3 hidden layers as TabM's default depth (m)
+    tabular_batch: int = 64  # rows per member of a tabular step (m)
+    tabm_members: int = 32  # TabM's k (m)
 
 
 MODES = {
     # Seconds, to keep the suite from rotting in the tests; the figures mean nothing.
     "micro": Sizes(members=2, batch=4, features=16, channels=4, conv_size=8, width=2, image=8, mlp_batch=8,
                    train_images=24, test_images=12, pairs=2, epoch_pairs=2, warmup=1, min_time=0.0,
-                   vit_dim=8, vit_depth=1, vit_heads=2),
+                   vit_dim=8, vit_depth=1, vit_heads=2, tabular_features=5, tabular_width=8, tabular_batch=4, tabm_members=4),
     # Under 3 minutes on 2 CPU cores: ResNet-18 at width 16 on 32×32 random images.
     "quick": Sizes(members=4, batch=16, features=256, channels=32, conv_size=16, width=16, image=32, mlp_batch=128,
                    train_images=128, test_images=96, pairs=21, epoch_pairs=7, warmup=2, min_time=0.05, figures_row=False,
                    vit_dim=96, vit_depth=2, vit_heads=3),
     # The paper's shapes: ResNet-18 width 64, CIFAR-10 batches of 128, M = 4 (meant for a GPU).
     "full": Sizes(members=4, batch=128, features=512, channels=64, conv_size=32, width=64, image=32, mlp_batch=128,
-                  train_images=5120, test_images=2048, pairs=31, epoch_pairs=11, warmup=3, min_time=0.2),
+                  train_images=5120, test_images=2048, pairs=31, epoch_pairs=11, warmup=3, min_time=0.2,
+                  tabular_width=512, tabular_batch=256),  # TabM's published width and batch
 }
 
 

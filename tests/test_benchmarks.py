@@ -11,7 +11,7 @@ def test_micro_suite_writes_every_figure(tmp_path, capsys):
     figures = main(["--micro", "--out", str(out)])
     document = json.loads(out.read_text())
     names = [f["name"] for f in document["figures"]]
-    assert len(names) == len(figures) and {name[:3] for name in names} == {f"({c})" for c in "abcdefghijkl"}
+    assert len(names) == len(figures) and {name[:3] for name in names} == {f"({c})" for c in "abcdefghijklm"}
     for figure in document["figures"]:
         assert figure["pairs"] >= 1 and figure["ratio_median"] > 0
         assert figure["ratio_q25"] <= figure["ratio_median"] <= figure["ratio_q75"]

@@ -16,6 +16,7 @@ import yaml
 from ensemble_lab.connectivity.command import load_run
 from tests.conftest import REPO, TINY_TRAINER, read_results, run_dirs
 from tests.data import paper_fixtures as fx
+from tests.data.tabular_formats import COLUMNS, write_native
 
 SMALL = [*TINY_TRAINER, "--trainer.limit_train_batches=2", "--trainer.num_sanity_val_steps=0", "--trainer.precision=32"]
 NO_FIGURES = "--figures=false"  # matplotlib would double the time of every test run
@@ -106,11 +107,21 @@ def test_mnist_single_model_then_assembled_deep_ensemble(cli, tmp_path):
 CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("configs/**/*.yaml"))
 
 
+def uci_files(root, study: dict) -> None:
+    """Tiny native files under ``root/data`` for the downloaded tables a study file names (``<table>.<method>``)."""
+    for table in {name.split(".")[0] for name in study["methods"]}:
+        write_native(root / "data", table, np.random.default_rng(0).uniform(1.0, 2.0, (60, COLUMNS[table])))
+
+
 @pytest.mark.parametrize("config", CONFIGS)
-def test_every_shipped_config_parses(cli, capsys, config):
-    """Run configs print their full resolved config; study files (a ``methods`` grid) list their runs."""
+def test_every_shipped_config_parses(cli, capsys, tmp_path, monkeypatch, config):
+    """Run configs print their full resolved config; study files (a ``methods`` grid) list their runs (the UCI
+    studies' on tiny files in the native formats: parsing builds the datamodule, which reads its table)."""
     text = (REPO / config).read_text()
     study = "methods" in (yaml.safe_load(text) or {})
+    if config.startswith("configs/study/uci"):
+        monkeypatch.chdir(tmp_path)
+        uci_files(tmp_path, yaml.safe_load(text))
     command = ["study", "--dry_run"] if study else ["fit", "--print_config"]
     args = [command[0], f"--config={REPO / config}", command[1]]
     if config.startswith("configs/ablations/"):  # an overlay: parse it as its header's command puts it on a base

@@ -15,7 +15,13 @@ TRAIN_BATCHES = ("tile", "split")
 
 
 class BatchEnsemble(EnsembleModule):
-    """M members from one shared network. Every option's default is the paper's recipe."""
+    """M members from one shared network. Every option's default is the paper's recipe.
+
+    The training loss is the mean of the M members' losses (each the mean over its rows), as in the
+    BatchEnsemble and TabM papers: a Deep Ensemble sums them instead. TabM (Gorishniy et al., ICLR 2025) is
+    ``--model.fast_weight_init tabm --model.head independent`` on the MLP backbone with
+    ``--data.train_batch independent`` (configs/tabular/tabm.yaml).
+    """
 
     def __init__(
         self,
@@ -30,6 +36,7 @@ class BatchEnsemble(EnsembleModule):
         norm: str = "shared",
         fast_weight_lr_scale: float = 0.5,
         fast_weight_decay: bool = False,
+        head: str = "fast_weights",
         **kwargs,
     ) -> None:
         """
@@ -39,8 +46,10 @@ class BatchEnsemble(EnsembleModule):
                 "kernel" (r over input channels × kernel positions). Linear layers are always channel-wise;
                 "kernel" needs a backbone with convolutions.
             fast_weight_init: "normal" (r, s ~ N(fast_weight_mean, fast_weight_std), the paper's), "random_sign"
-                (±1, the original BatchEnsemble paper's) or "ones" (all members identical at the start: the
-                degenerate control). Above rank 1, s is divided by k.
+                (±1, the original BatchEnsemble paper's), "ones" (all members identical at the start: the
+                degenerate control) or "tabm" (TabM's: only the first layer's r random, each entry ±1 with
+                probability 1/2; that layer's s and every other r and s exactly 1; members' biases start
+                equal). Above rank 1, s is divided by k.
             fast_weight_mean: mean of the "normal" init (1.0 in the authors' code; 0.0 as one summary of the paper says).
             fast_weight_std: standard deviation of the "normal" init.
             unperturbed_first_member: member 0 uses W itself (its r and s fixed at 1, never trained), as in the
@@ -58,6 +67,9 @@ class BatchEnsemble(EnsembleModule):
                 recipe; 1.0 in the peer library's config, configs/cifar10/batch_ensemble_peer.yaml).
             fast_weight_decay: apply the optimizer's weight decay to r and s too (off in the original BatchEnsemble
                 recipe; on in the peer library's config).
+            head: the MLP's output layer: "fast_weights" (a BatchEnsemble layer like the others, the paper's) or
+                "independent" (M independent linear heads, each member its own weight and bias: TabM's k
+                prediction heads); "independent" needs the mlp backbone.
         """
         if train_batch not in TRAIN_BATCHES:
             raise ConfigError(f"--model.train_batch {train_batch!r} is not known; allowed: {', '.join(TRAIN_BATCHES)}")
@@ -69,16 +81,18 @@ class BatchEnsemble(EnsembleModule):
             unperturbed_first_member=unperturbed_first_member,
             gradient_blocking=gradient_blocking,
         )
-        self.perturbation, self.norm, self.train_batch = perturbation, norm, train_batch
+        self.perturbation, self.norm, self.train_batch, self.head = perturbation, norm, train_batch, head
         self.fast_weight_lr_scale, self.fast_weight_decay = fast_weight_lr_scale, fast_weight_decay
         super().__init__(**kwargs)
         self._refuse_options_without_layers()
 
     def layer_factory(self) -> LayerFactory:
-        return batch_ensemble_layers(self.num_members, self.fast_weights, perturbation=self.perturbation, norm=self.norm)
+        return batch_ensemble_layers(self.num_members, self.fast_weights, perturbation=self.perturbation, norm=self.norm, head=self.head)
 
     def _refuse_options_without_layers(self) -> None:
         backbone = self.backbone.name
+        if self.head == "independent" and backbone != "mlp":
+            raise ConfigError(f"--model.head independent applies to the mlp backbone's output layer, not {backbone}'s (drop it)")
         modules = list(self.network.modules())
         if self.perturbation == "kernel" and not any(isinstance(m, BatchConv2d) for m in modules):
             raise ConfigError(f"--model.perturbation kernel applies to convolutions; the {backbone} backbone has none (drop it)")

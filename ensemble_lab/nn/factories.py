@@ -6,7 +6,7 @@ EnsembleLinear weights (Deep Ensemble). Every layer consumes member-major rows (
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -32,6 +32,8 @@ from ensemble_lab.nn.tokens import EnsembleLayerNorm, EnsembleTokenEmbedding, To
 
 #: BatchEnsemble's norm layers: one for all members, or one per member
 NORMS = ("shared", "per_member")
+#: BatchEnsemble's output layer: fast weights like every other layer, or M independent heads (TabM's)
+HEADS = ("fast_weights", "independent")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ class LayerFactory:
     #: the untiled batch (B, ...), so its network takes the images as they come.
     input_conv2d: Callable[..., nn.Module] = None  # type: ignore[assignment]  # None: set in __post_init__
     input_linear: Callable[..., nn.Module] = None  # type: ignore[assignment]
+    #: the network's output layer (the MLP's after its hidden layers, a ViT's head, a timm model's classifier), as
+    #: linear takes it; left out: linear
+    head_linear: Callable[..., nn.Module] = None  # type: ignore[assignment]
     #: the first conv of a ResNet-18 basic block; left out: conv2d (Packed-Ensembles keeps its members dense there)
     block_entry_conv2d: Callable[..., nn.Module] = None  # type: ignore[assignment]
     #: layer_norm(features, eps=...): a transformer's LayerNorm over the last dim of (M*B, T, D) tokens; one for
@@ -65,10 +70,9 @@ class LayerFactory:
     #: token_embedding(num_patches, dim, class_token): a ViT's class token and position embedding; shared by
     #: default, EnsembleTokenEmbedding (one per member) for methods whose members share no parameter
     token_embedding: Callable[..., nn.Module] = TokenEmbedding
-    #: a transformer's attention projections (qkv and output) and its classifier, as ``linear`` takes them; left
-    #: out: ``linear`` (LowRank's ``adapters attention`` puts its factors on these two roles only)
+    #: a transformer's attention projections (qkv and output), as ``linear`` takes them; left out: ``linear``
+    #: (LowRank's ``adapters attention`` puts its factors on this role and ``head_linear`` only)
     attention_linear: Callable[..., nn.Module] = None  # type: ignore[assignment]
-    classifier_linear: Callable[..., nn.Module] = None  # type: ignore[assignment]
     #: how a network built elsewhere (a timm model) becomes this method's: "layers" (each nn.Linear, nn.Conv2d,
     #: norm and dropout replaced by this factory's, weights copied), "stacked" (M independent copies, their
     #: parameters stacked and run as one vectorised call), None (the method shapes the network itself: refused)
@@ -78,9 +82,9 @@ class LayerFactory:
         roles = (
             ("input_conv2d", self.conv2d),
             ("input_linear", self.linear),
+            ("head_linear", self.linear),
             ("block_entry_conv2d", self.conv2d),
             ("attention_linear", self.linear),
-            ("classifier_linear", self.linear),
         )
         for role, default in roles:
             if getattr(self, role) is None:
@@ -106,9 +110,10 @@ def batch_ensemble_layers(
     fast_weights: FastWeights | None = None,
     perturbation: str = "channel",
     norm: str = "shared",
+    head: str = "fast_weights",
     **fast_weight_options: Any,
 ) -> LayerFactory:
-    """BatchLinear / BatchConv2d with a shared weight.
+    """BatchLinear / BatchConv2d with a shared weight; the layer reading the input gets ``first_layer`` fast weights.
 
     Args:
         num_members: number of members M.
@@ -117,6 +122,8 @@ def batch_ensemble_layers(
         perturbation: BatchConv2d's "channel" or "kernel" fast weights (linear layers are channel-wise).
         norm: "shared" (one BatchNorm2d / LayerNorm for all members' rows) or "per_member" (each member its own
             statistics and affine: EnsembleBatchNorm2d; a ViT's LayerNorms: EnsembleLayerNorm, its own affine).
+        head: the MLP's output layer: "fast_weights" (a BatchLinear like the others) or "independent" (M
+            independent weights and biases, EnsembleLinear: TabM's k prediction heads).
     """
     if fast_weights is None:
         renamed = {key.removeprefix("fast_weight_"): value for key, value in fast_weight_options.items()}
@@ -125,11 +132,19 @@ def batch_ensemble_layers(
         raise TypeError(f"give fast_weights or its fields by keyword, not both: {sorted(fast_weight_options)}")
     if norm not in NORMS:
         raise ConfigError(f"--model.norm {norm!r} is not known; allowed: {', '.join(NORMS)}")
+    if head not in HEADS:
+        raise ConfigError(f"--model.head {head!r} is not known; allowed: {', '.join(HEADS)}")
+    first = replace(fast_weights, first_layer=True)
+    linear = partial(BatchLinear, num_members=num_members, fast_weights=fast_weights)
+    conv2d = partial(BatchConv2d, num_members=num_members, perturbation=perturbation)
     return LayerFactory(
         num_members=num_members,
-        linear=partial(BatchLinear, num_members=num_members, fast_weights=fast_weights),
-        conv2d=partial(BatchConv2d, num_members=num_members, fast_weights=fast_weights, perturbation=perturbation),
+        linear=linear,
+        conv2d=partial(conv2d, fast_weights=fast_weights),
         norm2d=nn.BatchNorm2d if norm == "shared" else partial(EnsembleBatchNorm2d, num_members=num_members),
+        input_conv2d=partial(conv2d, fast_weights=first),
+        input_linear=partial(BatchLinear, num_members=num_members, fast_weights=first),
+        head_linear=linear if head == "fast_weights" else partial(EnsembleLinear, num_members=num_members),
         layer_norm=nn.LayerNorm if norm == "shared" else partial(EnsembleLayerNorm, num_members=num_members),
         conversion="layers",
     )
@@ -189,7 +204,7 @@ def low_rank_layers(
         conv2d=partial(LowRankConv2d, **options) if everywhere else nn.Conv2d,
         norm2d=nn.BatchNorm2d,
         attention_linear=member_linear,
-        classifier_linear=member_linear,
+        head_linear=member_linear,
         conversion="layers",
     )
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.nn.members import check_num_members, gram_of_rows
 
-FAST_WEIGHT_INITS = ("normal", "random_sign", "ones")
+FAST_WEIGHT_INITS = ("normal", "random_sign", "ones", "tabm")
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,11 @@ class FastWeights:
     Args:
         rank: k ≥ 1 rank-1 terms per member: F_i = Σ_k s_ik r_ikᵀ.
         init: "normal" draws r, s ~ N(mean, std); "random_sign" draws ±1; "ones" sets every
-            member's F_i to all ones (members identical at the start: the degenerate control).
+            member's F_i to all ones (members identical at the start: the degenerate control); "tabm"
+            is TabM's (Gorishniy et al., ICLR 2025): r of the network's first layer (``first_layer``)
+            ±1 at random (each entry +1 or −1 with probability 1/2), its s and every other layer's r
+            and s exactly 1, so the members differ at the start only by the signs of their input
+            features. With "ones" and "tabm" every member's bias starts equal (one draw shared by all).
             Above rank 1, s is divided by k so that Σ_k s_ik r_ikᵀ keeps the rank-1 mean; its spread
             falls as 1/√k, so rank-k members start closer together (normal init, mean 1, std 0.5:
             effective weight cosine at init 0.64, 0.79, 0.86 at k = 1, 2, 4).
@@ -35,6 +39,8 @@ class FastWeights:
         unperturbed_first_member: member 0 uses W itself: its F_0 is all ones, fixed, never trained.
         gradient_blocking: members 1..M−1 see W detached, so W learns from member 0's rows alone
             (the authors' MNIST code); their fast weights and biases still train.
+        first_layer: the layer reads the network's input (set by the layer factory, not an option):
+            the one layer whose r the "tabm" init draws at random.
     """
 
     rank: int = 1
@@ -43,6 +49,7 @@ class FastWeights:
     std: float = 0.5
     unperturbed_first_member: bool = False
     gradient_blocking: bool = False
+    first_layer: bool = False
 
     def __post_init__(self) -> None:
         """Refuse values no layer could build, naming the method option to change."""
@@ -56,12 +63,13 @@ class FastWeights:
             raise ConfigError(f"--model.fast_weight_std must be a finite number >= 0, got {self.std}")
 
 
-def _fill(tensor: Tensor, fast: FastWeights) -> None:
+def _fill(tensor: Tensor, fast: FastWeights, random: bool = True) -> None:
+    """Draw ``tensor`` as ``fast.init`` says; ``random`` False (TabM's s, and r outside the first layer): ones."""
     if fast.init == "normal":
         tensor.normal_(fast.mean, fast.std)
-    elif fast.init == "random_sign":
+    elif fast.init == "random_sign" or (fast.init == "tabm" and random):
         tensor.bernoulli_(0.5).mul_(2).sub_(1)
-    else:  # "ones"
+    else:  # "ones", and TabM's adapters other than the first layer's r
         tensor.fill_(1.0)
 
 
@@ -88,15 +96,15 @@ class FastWeightLayer(nn.Module):
     @torch.no_grad()
     def _reset_fast_weights(self, bias_bound: float) -> None:
         fast = self.fast
-        _fill(self.r, fast)
-        _fill(self.s, fast)
+        _fill(self.r, fast, random=fast.first_layer)  # "tabm": random in the first layer only
+        _fill(self.s, fast, random=False)
         self.s.div_(fast.rank)
         if fast.unperturbed_first_member:  # stored as used: r_0k = 1, s_0k = 1/k, so F_0 = 1
             self.r[0] = 1.0
             self.s[0] = 1.0 / fast.rank
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bias_bound, bias_bound)
-            if fast.init == "ones":  # identical members need identical biases too
+            if fast.init in ("ones", "tabm"):  # identical members need identical biases too (TabM: one shared draw)
                 self.bias.copy_(self.bias[:1].expand_as(self.bias))
 
     # ---- the members' fast weights and weights --------------------------------------------------

@@ -21,7 +21,8 @@ def mlp(
 ) -> nn.Sequential:
     """Flatten -> [linear -> ReLU -> member masks -> dropout] per hidden size -> linear to ``num_classes``.
 
-    Member masks (``layers.member_masks``, site "hidden": Masksembles) follow each hidden activation,
+    The output layer is ``layers.head_linear`` (``layers.linear`` unless the method gives its own, e.g.
+    TabM's independent heads). Member masks (``layers.member_masks``, site "hidden": Masksembles) follow each hidden activation,
     where dropout goes: the input of every linear but the first, which reads the raw input (the
     authors' MNIST example masks there too, and both placements do). The default factory's identity
     adds no module, so other methods' layer indices (state_dict keys) stay as they were.
@@ -50,7 +51,7 @@ def mlp(
         if dropout > 0:
             blocks.append(layers.dropout(dropout))
         width = hidden
-    blocks.append((layers.linear if sizes else layers.input_linear)(width, num_classes))
+    blocks.append((layers.head_linear if sizes else layers.input_linear)(width, num_classes))
     return nn.Sequential(*blocks)
 
 

@@ -1,7 +1,7 @@
 """Module surgery: a network built elsewhere (a timm model) made into a method's ensemble, layer by layer.
 
 Every ``nn.Linear`` becomes the factory's linear (``attention_linear`` inside an attention module,
-``classifier_linear`` for the model's classifier), every ``nn.Conv2d`` its conv2d, every
+``head_linear`` for the model's classifier), every ``nn.Conv2d`` its conv2d, every
 ``nn.LayerNorm`` / ``nn.BatchNorm2d`` its norm and every ``nn.Dropout`` with p > 0 its dropout. The new
 layer gets the old one's weights: its shared weight is the old weight, every member's bias and norm
 affine a copy of the old one. Where the factory's layer is the plain torch class, the old module stays
@@ -57,7 +57,7 @@ def _replacement(
     build: Callable[..., nn.Module]
     if isinstance(module, nn.Linear):
         build = (
-            layers.classifier_linear if module is classifier else layers.attention_linear if _in_attention(name, classes) else layers.linear
+            layers.head_linear if module is classifier else layers.attention_linear if _in_attention(name, classes) else layers.linear
         )
         return build(module.in_features, module.out_features, bias=module.bias is not None)
     if type(module) is nn.Conv2d:
@@ -88,7 +88,7 @@ def _norm(name: str, module: nn.Module, layers: LayerFactory) -> nn.Module:
 
 def convert_layers(model: nn.Module, layers: LayerFactory, classifier: nn.Module | None = None) -> nn.Module:
     """``model`` with every linear, conv, norm and dropout replaced by ``layers``' (see the module docstring),
-    in place; ``classifier``: the model's output layer (``classifier_linear``). Returns ``model``."""
+    in place; ``classifier``: the model's output layer (``head_linear``). Returns ``model``."""
     classes = {name: type(module).__name__ for name, module in model.named_modules()}
     for name, module in list(model.named_modules()):
         new = _replacement(name, module, layers, classes, classifier)

@@ -127,7 +127,7 @@ class ViT(nn.Module):
         self.norm = layers.layer_norm(d, eps=LAYER_NORM_EPS)
         self.head_masks = layers.member_masks(d, "classifier_input")
         self.dropout = layers.dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = layers.classifier_linear(d, num_classes, bias=True)
+        self.head = layers.head_linear(d, num_classes, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
         """(M*B, C, H, W) member-major images -> (M*B, num_classes) logits (a Packed network: (B, C, H, W) in)."""

@@ -15,6 +15,9 @@ A study file (YAML) names the grid::
         args: [--model.num_members=4]           # optional
       be_rank2:                                 # a list: a base and a variant on top (repeated --config)
         config: [../digits/batch_ensemble.yaml, ../ablations/digits/rank2.yaml]
+      uci_split:                                # "{seed}" in an argument is the run's seed: here each
+        config: ../tabular/tabm.yaml            # seed trains and tests on its own UCI split
+        args: ["--data.split={seed}"]
       be_distilled:                             # trains against deep_ensemble's run of the same seed,
         config: ../digits/batch_ensemble.yaml   # after it (--model.distillation.teacher=<its last.ckpt>)
         teacher: deep_ensemble
@@ -68,6 +71,11 @@ def _string_list(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
         raise ConfigError(f"{where} must be a list of CLI-style arguments such as [--trainer.max_epochs=5], got {value!r}")
     return tuple(str(v) for v in value)
+
+
+def with_seed(args: tuple[str, ...], seed: int) -> tuple[str, ...]:
+    """``args`` with every ``{seed}`` replaced by the run's seed (e.g. ``--data.split={seed}``: one split per seed)."""
+    return tuple(arg.replace("{seed}", str(seed)) for arg in args)
 
 
 def _resolve_configs(raw: Any, study_file: Path, where: str) -> tuple[Path, ...]:
@@ -132,7 +140,9 @@ def load_spec(study_file: Path, out: Path | None = None) -> Study:
         step = connectivity_step(method["connectivity"], f"{where}.connectivity") if "connectivity" in method else study_connectivity
         teacher = method.get("teacher")
         upstream = {run.seed: run for run in runs if run.name == teacher}  # teachers come first
-        runs += [Run(name, seed, configs, overrides, out / name / f"seed_{seed}", teacher, step, upstream.get(seed)) for seed in seeds]
+        runs += [
+            Run(name, seed, configs, with_seed(overrides, seed), out / name / f"seed_{seed}", teacher, step, upstream.get(seed)) for seed in seeds
+        ]
     report_args = _string_list(spec.get("report"), f"{study_file}: 'report'")
     return Study(tuple(runs), out, report_args, dict(spec.get("slurm") or {}))
 

@@ -56,3 +56,15 @@ def test_without_saved_predictions_nothing_is_filled(tmp_path):
         path.unlink()
     doc = json.loads((run / "results.json").read_text())
     assert fill_from_predictions(run / "results.json", doc) == doc
+
+
+def test_regression_predictions_fill_nothing(tmp_path):
+    """A regression run saves mean / var, not member_probs: its results.json is read as it is (the report used to
+    stop on a KeyError there)."""
+    run = tmp_path / "run"
+    (run / "predictions").mkdir(parents=True)
+    doc = {"sets": {"diabetes": {"role": "id", "rmse": 50.0}, "diabetes_gap": {"role": "ood", "rmse": 60.0}}}
+    (run / "results.json").write_text(json.dumps(doc))
+    for name in ("diabetes", "diabetes_gap"):
+        np.savez(run / "predictions" / f"{name}.npz", mean=np.zeros((2, 3, 1)), var=np.ones((2, 3, 1)), targets=np.zeros((3, 1)))
+    assert fill_from_predictions(run / "results.json", doc) == doc

@@ -359,3 +359,15 @@ def test_regression_runs_get_their_own_columns_and_the_gap_sets_errors(tmp_path:
         assert group.stats["diabetes_gap"][key].mean == pytest.approx(np.mean([v[key] for v in values.values()]))
     table = to_markdown([group])
     assert "| rmse |" in table.replace("| nll | rmse |", "| rmse |") and "| acc |" not in table  # no blank classification column
+
+
+def test_runs_of_one_method_on_other_uci_splits_are_pooled_but_not_other_tables(tmp_path):
+    """A tabular run's --data.split is a replicate, like its seed (the UCI benchmark is the mean over splits);
+    another --data.dataset is another experiment."""
+    for seed, table in [(0, "yacht"), (1, "yacht"), (2, "energy")]:
+        run = with_config(write_run(tmp_path, f"tabm/seed_{seed}", "BatchEnsemble", 32, seed, 0.5 + seed / 10), run_name="tabm")
+        doc = json.loads((run / "results.json").read_text())
+        doc["config"]["data"] = {"class_path": "TabularDataModule", "init_args": {"dataset": table, "split": seed}}
+        (run / "results.json").write_text(json.dumps(doc))
+    groups = build_report([tmp_path])
+    assert sorted((g.variant, len(g.runs)) for g in groups) == [("data.init_args.dataset=energy", 1), ("data.init_args.dataset=yacht", 2)]

@@ -271,6 +271,20 @@ def test_relative_config_paths_and_defaults(tmp_path, monkeypatch):
         assert {r.configs[0].name for r in paper} == {"single.yaml", "mc_dropout.yaml", "deep_ensemble.yaml", "batch_ensemble.yaml"}
 
 
+def test_the_tabular_and_uci_studies(tmp_path):
+    """The tabular study: 7 methods on each of the 3 bundled tables, each table's runs its own methods; the UCI
+    study: seed s trains on split s ("{seed}" in an argument is replaced by the run's seed)."""
+    runs = load_study(REPO / "configs" / "study" / "tabular.yaml", out=tmp_path / "tabular")
+    assert len(runs) == 7 * 3 * 5
+    for table in ("diabetes", "breast_cancer", "wine"):
+        own = [r for r in runs if r.name.startswith(f"{table}.")]
+        assert len(own) == 7 * 5 and all(f"--data.dataset={table}" in r.overrides for r in own)
+    uci = load_study(REPO / "configs" / "study" / "uci.yaml", out=tmp_path / "uci")
+    assert {r.seed for r in uci} == set(range(20))
+    assert all(f"--data.split={r.seed}" in r.overrides and not any("{seed}" in a for a in r.overrides) for r in uci)
+    assert {r.seed for r in load_study(REPO / "configs" / "study" / "uci_protein.yaml", out=tmp_path / "p")} == set(range(5))
+
+
 @pytest.mark.parametrize(
     "spec,message",
     [
