@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks of the training-epoch figures (j)")
     parser.add_argument("--methods", default=None, metavar="A,B,...",
                         help="the methods of figure (j), names of configs/cifar10/<name>.yaml (default: all of them)")
-    parser.add_argument("--only", default="abcdefghijkl", help="run only these figure groups, e.g. --only be")
+    parser.add_argument("--only", default="".join(GROUPS), help="run only these figure groups, e.g. --only be")
     parser.add_argument("--pairs", type=int, default=None, help="override the number of interleaved pairs per figure")
     parser.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
                         help="override one size of the mode, e.g. --size width=64 --size batch=8 (see benchmarks/settings.py)")
