@@ -15,6 +15,9 @@
   ``be_m2``, ``be_m4`` ... join into one line, a variant at a single M such as ``be_rank2`` stays out; results.json alone);
 - ``severity_<corrupted>``: acc, NLL and ECE against corruption severity, a line per row, for runs tested with
   ``--data.per_corruption true`` at several ``--data.severities`` (results.json alone; report/severity.py);
+- ``single_basin_<set>`` and ``spawn_<set>``: for the first id set, acc and NLL against the members' mean loss barrier
+  (raw and aligned, from connectivity.json), and acc, NLL, disagreement and the barrier against the spawn epoch t
+  (report/single_basin.py);
 - ``scale``: accuracy, diversity (mi, disagreement), weight cosine and AUROC (mi) against the parameters of one member's
   network, for methods whose rows differ in size (a width or depth sweep, a line each; results.json alone).
 
@@ -37,6 +40,7 @@ from ensemble_lab.metrics.registry import OOD_SCORES
 from ensemble_lab.metrics.selective import risk_coverage_curve
 from ensemble_lab.report.figure_rows import RunGroup, looks, run_results, saved_predictions, set_roles, skip
 from ensemble_lab.report.severity import severity_figures
+from ensemble_lab.report.single_basin import single_basin_figures
 from ensemble_lab.report.sweeps import backbone_dims, ensemble_size_figure, member_lines, scale_figure, sweeps
 from ensemble_lab.report.training_curves import CURVE_TAGS, has_epochs, mean_std, per_epoch, read_scalars
 
@@ -149,6 +153,7 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
     else:
         skip("scale", "no method has rows of different sizes (vary --model.backbone.hidden_sizes / --model.backbone.width, as configs/study/scale_digits.yaml)")
     figures.update(severity_figures(seen, docs))  # acc / NLL / ECE against corruption severity (report/severity.py)
+    figures.update(single_basin_figures(groups, seen, roles))  # quality against the barrier and the spawn epoch
     if not roles:
         skip("comparison", "no run has a readable results.json")
     return figures

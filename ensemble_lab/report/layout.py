@@ -61,10 +61,11 @@ def _role(groups: Sequence[Group], name: str) -> str | None:
 
 
 def _single_basin(groups: Sequence[Group], name: str) -> Table:
-    """id acc, nll, ece, ece after temperature scaling, mi, disagreement and the mean loss barrier of set ``name``."""
+    """id acc, nll, ece, ece after temperature scaling, mi, disagreement and the mean loss barrier (raw, aligned) of set ``name``."""
     calibrated = CALIBRATED.format(name)
     wanted = [Column(name, m, m) for m in ("acc", "nll", "ece")] + [Column(calibrated, "ece", "ece +T")]
-    wanted += [Column(name, m, m) for m in ("mi", "disagreement")] + [Column(WEIGHTS, "barrier_loss_mean", "barrier_loss_mean")]
+    wanted += [Column(name, m, m) for m in ("mi", "disagreement")]
+    wanted += [Column(WEIGHTS, m, m) for m in ("barrier_loss_mean", "aligned_barrier_loss_mean")]
     present = [c for c in wanted if any(cell_stat(g, c).n for g in groups)]
     return Table(f"{name}: single basin", tuple(present), "id")
 
