@@ -122,10 +122,15 @@ class UncertaintyEvalMixin(_Base):
         self.log_dict({f"val/{k}": float(metrics[k]) for k in VAL_CURVES}, prog_bar=False, sync_dist=False)
         self.log("val/acc_bar", float(metrics["acc"]), prog_bar=True, logger=False)
         # the effective weight cosine's curve beside val/mi and val/disagreement (factored: cheap)
-        cosine = weight_cosine(self)
+        cosine = self.validation_weight_cosine()
         mean = off_diagonal_mean(cosine) if cosine is not None else None  # None for M = 1 too
         if mean is not None:
             self.log("val/weight_cosine", mean, sync_dist=False)
+
+    def validation_weight_cosine(self) -> Tensor | None:
+        """The (M, M) effective weight cosine that val/weight_cosine averages (None: no curve point). A method whose
+        members are not all formed during fit (SnapshotEnsemble) gives those that are."""
+        return weight_cosine(self)
 
     def _log_test_sets_during_fit(self) -> None:
         """val/<set>/<metric> of every test set, on rank 0 only (evaluation/sets.py says why)."""

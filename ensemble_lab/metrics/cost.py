@@ -1,6 +1,6 @@
 """What a method costs, beside what it scores: parameters, FLOPs per image, test throughput, peak memory.
 
-- ``parameters``: every parameter of the model. ``parameters_per_member``: what one member computes
+- ``parameters``: every parameter the members compute with (a snapshot ensemble's network in training left out). ``parameters_per_member``: what one member computes
   with: the shared parameters in full, plus 1/M of those the layers declare per member
   (``member_parameters()``), e.g. BatchEnsemble's W plus one member's r, s and biases.
 - ``flops_per_image``: torch's FlopCounterMode over one test forward pass of all M members (matmuls
@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ensemble_lab.metrics.registry import names
 from ensemble_lab.metrics.tensor_memory import TensorMemory
-from ensemble_lab.nn.members import member_owned_parameters
+from ensemble_lab.nn.members import member_network_parameters, member_owned_parameters
 
 #: results.json's "cost" keys (the registry's rows placed there)
 COST_KEYS = names(place="cost")
@@ -35,8 +35,9 @@ MEASURED = names(measured=True)
 def parameter_counts(model: nn.Module, num_members: int) -> tuple[int, int]:
     """(all parameters, the parameters one member computes with)."""
     own = {id(p): p.numel() for p in member_owned_parameters(model)}
-    total = sum(p.numel() for p in model.parameters())
-    shared = sum(p.numel() for p in model.parameters() if id(p) not in own)
+    used = member_network_parameters(model)  # a snapshot ensemble's network in training is not a member's
+    total = sum(p.numel() for p in used)
+    shared = sum(p.numel() for p in used if id(p) not in own)
     return total, shared + sum(own.values()) // num_members
 
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ensemble_lab.nn.members import gram_of_rows, member_owned_parameters
+from ensemble_lab.nn.members import gram_of_rows, member_network_parameters, member_owned_parameters
 
 
 def _sum(grams: list[Tensor]) -> Tensor | None:
@@ -53,7 +53,7 @@ def stored_member_gram(model: nn.Module) -> Tensor | None:
     gram = _sum([gram_of_rows(p) for p in own])
     if gram is None:
         return None
-    shared = [p for p in model.parameters() if id(p) not in own_ids]
+    shared = [p for p in member_network_parameters(model) if id(p) not in own_ids]
     shared_sq = sum(float(p.detach().to(torch.float64).square().sum()) for p in shared)  # every member holds them all
     return gram + shared_sq
 

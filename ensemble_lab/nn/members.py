@@ -50,3 +50,11 @@ def gram_of_rows(*tensors: Tensor | None) -> Tensor:
 def member_owned_parameters(model: nn.Module) -> list[Tensor]:
     """Every stored tensor whose row i is member i's own, as the layers declare them (``member_parameters()``)."""
     return [p for module in model.modules() if callable(ask := getattr(module, "member_parameters", None)) for p in ask()]
+
+
+def member_network_parameters(model: nn.Module) -> list[Tensor]:
+    """Every parameter the members compute with: all of ``model``'s, less those its ``training_only_parameters()``
+    names (a snapshot ensemble's network in training, which no member runs)."""
+    ask = getattr(model, "training_only_parameters", None)
+    left_out = {id(p) for p in ask()} if callable(ask) else set()
+    return [p for p in model.parameters() if id(p) not in left_out]
