@@ -36,6 +36,11 @@ def _numbers(values: Sequence[float | None]) -> np.ndarray:
     return np.array([v for v in values if v is not None], dtype=float)
 
 
+def _height(rows: int, least: float) -> float:
+    """A figure height (inches) that fits a legend of ``rows`` rows (two lines each at most) and its three keys."""
+    return max(least, 0.34 * (rows + 3) + 0.4)
+
+
 def _legend(ax: Axes, looks: Sequence[Look], extra: Sequence[Line2D]) -> None:
     """Every row's marker, then what the marker kinds and lines mean, in the spare axes ``ax``."""
     ax.set_axis_off()
@@ -46,7 +51,7 @@ def _legend(ax: Axes, looks: Sequence[Look], extra: Sequence[Line2D]) -> None:
 @paper_style
 def barrier_figure(rows: Sequence[tuple[Look, Sequence[RunPoint]]], set_name: str) -> Figure:
     """Accuracy and NLL of ``set_name`` (y) against the mean loss barrier (x), one marker per run and barrier kind."""
-    fig = Figure(figsize=(TEXT_WIDTH, 2.8), layout="constrained")
+    fig = Figure(figsize=(TEXT_WIDTH, _height(len(rows), 2.8)), layout="constrained")
     grid = fig.add_gridspec(1, 3, width_ratios=[1.0, 1.0, 0.9])
     axes = [fig.add_subplot(grid[0, k]) for k in range(2)]
     for ax, metric in zip(axes, ("acc", "nll")):
@@ -73,7 +78,7 @@ def barrier_figure(rows: Sequence[tuple[Look, Sequence[RunPoint]]], set_name: st
 def spawn_figure(rows: Sequence[tuple[Look, Sequence[RunPoint]]], set_name: str) -> Figure:
     """Accuracy, NLL, disagreement and loss barrier (y) against the spawn epoch t (x): per run a marker, per row
     with a t its mean as a line; the other rows as dashed horizontal lines at their mean."""
-    fig = Figure(figsize=(TEXT_WIDTH, 4.4), layout="constrained")
+    fig = Figure(figsize=(TEXT_WIDTH, _height(len(rows), 4.4)), layout="constrained")
     grid = fig.add_gridspec(2, 3, width_ratios=[1.0, 1.0, 0.9])
     axes = [fig.add_subplot(grid[k // 2, k % 2]) for k in range(4)]
     spawned = [(look, points) for look, points in rows if any(p.spawn_epoch is not None for p in points)]
