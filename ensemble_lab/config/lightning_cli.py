@@ -2,12 +2,16 @@
 subcommand (resume, outputs, refusals before anything is written) and the Ctrl-C watch."""
 
 import secrets
+import shutil
+import tempfile
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -33,6 +37,7 @@ from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.outputs import EvaluationOutputs, add_evaluation_outputs
 from ensemble_lab.methods.base import EnsembleModule
+from ensemble_lab.methods.spawn import spawned_checkpoint
 from ensemble_lab.runs.checkpoint_files import load_checkpoint
 from ensemble_lab.runs.checkpoints import check_monitors, checkpoint_record, settle_monitors
 from ensemble_lab.runs.interrupts import stopped_command_exits
@@ -254,6 +259,8 @@ class EnsembleLabCLI(LightningCLI):
         self.model.configure_optimizers()  # torch checks the optimizer's values here, before the run directory exists
         self._check_monitors()
         ckpt_path = self._resolve_ckpt_path()
+        if ckpt_path is None and getattr(self.model, "spawn_from", None):  # a resume continues its own last.ckpt instead
+            ckpt_path = self._spawn(str(getattr(self.model, "spawn_from")))
         outputs = self._configure_outputs(None)
         run_dir = continue_run(self.trainer, ckpt_path) if ckpt_path and ckpt_path not in SPECIAL else None
         if run_dir is None or ckpt_path is None:  # (a run_dir comes only with a ckpt_path)
@@ -264,6 +271,18 @@ class EnsembleLabCLI(LightningCLI):
         if self._subcommand_config().get("test_after_fit", True):  # refuse before training, not after
             check_can_write(run_dir, outputs.options.overwrite)
         rank_zero_info(f"ensemble-lab: resuming {run_dir} from {Path(ckpt_path).name}")
+
+    def _spawn(self, parent: str) -> str:
+        """A spawned run starts where its parent checkpoint stands: that checkpoint made this model's (every member
+        the parent, methods/spawn.py) in a temporary file the fit resumes from; the run itself is a new one."""
+        checkpoint = spawned_checkpoint(parent, self.model, self.trainer.max_epochs)
+        folder = tempfile.mkdtemp(prefix="ensemble-lab-spawn-")
+        weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)  # read once, when the fit starts
+        path = str(Path(folder) / "spawned.ckpt")
+        torch.save(checkpoint, path)
+        self.config_init[self.subcommand]["ckpt_path"] = path
+        rank_zero_info(f"ensemble-lab: spawning {type(self.model).__name__} from {parent} (after epoch {int(checkpoint.get('epoch', -1)) + 1})")
+        return path
 
     def _check_monitors(self) -> None:
         """A monitored metric the model never logs is refused before the run directory exists (Lightning

@@ -19,9 +19,11 @@ DISPLAY = frozenset({"trainer.enable_progress_bar", "trainer.enable_model_summar
 #: never compared: where a run is and what it prints
 UNCOMPARED = PLACEMENT | DISPLAY
 #: keys that make runs of one experiment differ by design; report pools over them (a distilled run's
-#: teacher is its own seed's run of the teacher method: students of one study row differ in it)
-#: (a tabular run's --data.split too: the UCI benchmark reports the mean over its 20 splits)
-REPLICATE = frozenset({"seed_everything", "model.init_args.member_checkpoints", "model.init_args.distillation.teacher", "data.init_args.split"})
+#: teacher is its own seed's run of the teacher method: students of one study row differ in it; so does a
+#: spawned run's parent checkpoint; and a tabular run's --data.split: the UCI benchmark reports the mean over its splits)
+REPLICATE = frozenset(
+    {"seed_everything", "model.init_args.member_checkpoints", "model.init_args.distillation.teacher", "model.init_args.spawn_from", "data.init_args.split"}
+)
 #: what a run writes to results.json and the report prints, not what it trains
 OUTPUT = frozenset({"save_predictions", "figures", "overwrite", "test_after_fit", "eval_sets_every", "calibration", "conformal_alpha"})
 #: options only training reads: a later test's value of them changes nothing it computes, so what a run

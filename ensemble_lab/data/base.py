@@ -5,7 +5,7 @@ is no per-sample Python or PIL work. Conversion to float, augmentation and norma
 ``on_after_batch_transfer``, i.e. after the batch reached the device.
 """
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import lightning as L
 import torch
@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from ensemble_lab.data.augment import normalize, random_crop, random_hflip, to_float
 from ensemble_lab.data.options import check_at_least, check_val_size
 from ensemble_lab.data.sampler import ResumableTrainOrder
+from ensemble_lab.errors import ConfigError
 
 ROLES = ("id", "shift", "ood")
 
@@ -75,6 +76,7 @@ class EnsembleDataModule(ResumableTrainOrder, L.LightningDataModule):
         augment: bool = True,
         split_seed: int = 0,
         num_workers: int = 0,
+        train_batch: Literal["shared", "independent"] = "shared",
     ) -> None:
         """
         Args:
@@ -84,8 +86,14 @@ class EnsembleDataModule(ResumableTrainOrder, L.LightningDataModule):
             augment: random crop (4-pixel padding) and horizontal flip of training batches, where the dataset uses them.
             split_seed: seed of the train / validation split, independent of the training seed.
             num_workers: DataLoader workers; 0 is right for in-memory tensors.
+            train_batch: "shared" (every member trains on the same batch) or "independent" (each member draws its
+                own ``batch_size`` images from its own shuffle, for the methods that tile the batch: a Deep
+                Ensemble's members then see the data in their own orders, as separately trained networks do).
         """
         super().__init__()
+        if train_batch not in ("shared", "independent"):
+            raise ConfigError(f"--data.train_batch {train_batch!r} is not known; allowed: shared, independent")
+        self.train_batch = train_batch
         check_at_least("batch_size", batch_size, 1)
         if eval_batch_size is not None:
             check_at_least("eval_batch_size", eval_batch_size, 1, " (or null for 2 × batch_size)")

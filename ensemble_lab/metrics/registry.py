@@ -197,7 +197,8 @@ for _name, _label in (("weight_cosine", "weight cosine (effective)"), ("weight_c
     add(Metric(_name, "any", 0, _label, "weight space", place="run", per_member=True))
     add(Metric(f"{_name}_mean", "any", 0, _label, "weight space", place="run"))
 # loss / error barriers between members (connectivity.json, ensemble-lab connectivity): described, not ranked
-for _name in ("barrier_loss_mean", "barrier_error_mean", "frankle_barrier_loss_mean", "frankle_barrier_error_mean"):
+for _name in ("barrier_loss_mean", "barrier_error_mean", "frankle_barrier_loss_mean", "frankle_barrier_error_mean",
+              "aligned_barrier_loss_mean", "aligned_barrier_error_mean"):  # fmt: skip
     add(Metric(_name, "any", 0, group="connectivity", place="run"))
 # what a method costs (results.json "cost", metrics/cost.py)
 for _name in ("parameters", "parameters_per_member", "flops_per_image", "images_per_s", "peak_memory_bytes", "peak_tensor_bytes"):

@@ -17,6 +17,9 @@
   ``--data.per_corruption true`` at several ``--data.severities`` (results.json alone; report/severity.py);
 - ``deep_ensemble_equivalent``: TS-NLL against the size of Deep Ensembles assembled from the study's single runs, each
   row placed at its Deep-Ensemble equivalent (needs the pool's and the rows' predictions; report/de_figure.py);
+- ``single_basin_<set>`` and ``spawn_<set>``: for the first id set, acc and NLL against the members' mean loss barrier
+  (raw and aligned, from connectivity.json), and acc, NLL, disagreement and the barrier against the spawn epoch t
+  (report/single_basin.py);
 - ``scale``: accuracy, diversity (mi, disagreement), weight cosine and AUROC (mi) against the parameters of one member's
   network, for methods whose rows differ in size (a width or depth sweep, a line each; results.json alone).
 
@@ -42,6 +45,7 @@ from ensemble_lab.report.de_figure import de_equivalent_figure
 from ensemble_lab.report.figure_rows import RunGroup, looks, regression_sets, run_results, saved_predictions, set_roles, skip
 from ensemble_lab.report.regression_figures import regression_figures
 from ensemble_lab.report.severity import severity_figures
+from ensemble_lab.report.single_basin import single_basin_figures
 from ensemble_lab.report.sweeps import backbone_dims, ensemble_size_figure, member_lines, scale_figure, sweeps
 from ensemble_lab.report.training_curves import CURVE_TAGS, REGRESSION_CURVE_TAGS, has_epochs, mean_std, per_epoch, read_scalars
 
@@ -178,6 +182,7 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
         figures["deep_ensemble_equivalent"] = fig
     else:
         skip("deep_ensemble_equivalent", why)
+    figures.update(single_basin_figures(groups, seen, roles))  # quality against the barrier and the spawn epoch
     if not every_role:
         skip("comparison", "no run has a readable results.json")
     return figures

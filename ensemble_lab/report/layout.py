@@ -63,17 +63,20 @@ def _role(groups: Sequence[Group], name: str) -> str | None:
     return next((g.roles[name] for g in groups if name in g.roles), None)
 
 
-#: the presets of one table per id set: their run-level column (report/groups.py WEIGHTS) and the tables' title
-ONE_TABLE = {"single_basin": ("barrier_loss_mean", "single basin"), "diversity": ("weight_cosine_mean", "diversity")}
+#: the presets of one table per id set: their run-level columns (report/groups.py WEIGHTS) and the tables' title
+ONE_TABLE = {
+    "single_basin": (("barrier_loss_mean", "aligned_barrier_loss_mean"), "single basin"),
+    "diversity": (("weight_cosine_mean",), "diversity"),
+}
 
 
 def _one_table(groups: Sequence[Group], name: str, preset: str) -> Table:
-    """id acc, nll, ece, ece after temperature scaling, mi, disagreement and the preset's run-level column (the mean
-    loss barrier of single_basin, the effective weights' mean cosine of diversity) of set ``name``."""
+    """id acc, nll, ece, ece after temperature scaling, mi, disagreement and the preset's run-level columns (the mean
+    loss barrier, raw and aligned, of single_basin; the effective weights' mean cosine of diversity) of set ``name``."""
     run_level, title = ONE_TABLE[preset]
     calibrated = CALIBRATED.format(name)
     wanted = [Column(name, m, m) for m in ("acc", "nll", "ece")] + [Column(calibrated, "ece", "ece +T")]
-    wanted += [Column(name, m, m) for m in ("mi", "disagreement")] + [Column(WEIGHTS, run_level, run_level)]
+    wanted += [Column(name, m, m) for m in ("mi", "disagreement")] + [Column(WEIGHTS, m, m) for m in run_level]
     present = [c for c in wanted if any(cell_stat(g, c).n for g in groups)]
     return Table(f"{name}: {title}", tuple(present), "id")
 

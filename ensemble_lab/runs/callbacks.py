@@ -1,6 +1,7 @@
 """Callbacks the CLI registers by default (``--checkpoint.*``, ``--nan_guard.*``, ``--early_stopping.*``)."""
 
 import math
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,9 @@ from torch import Tensor
 
 from ensemble_lab.compat import last_checkpoint_save_step, save_last_checkpoint_now, set_last_checkpoint_save_step
 from ensemble_lab.errors import ConfigError, NonFiniteLossError
+
+#: the name a parent run gives its checkpoint after epoch t (``--checkpoint.keep_epochs``)
+SPAWN_CHECKPOINT = "spawn-epoch={epoch}.ckpt"
 
 
 class NonFiniteLossGuard(Callback):
@@ -108,6 +112,37 @@ class FinalLastCheckpoint(ModelCheckpoint):
     steps), not only when the monitored value improved.
     """
 
+    def __init__(self, *args: Any, keep_epochs: list[int] | None = None, **kwargs: Any) -> None:
+        """
+        Args:
+            keep_epochs: after each of these epochs (counted from 1: 5 is the end of the fifth), keep a copy of
+                last.ckpt as ``spawn-epoch=<t>.ckpt`` beside it: the parent checkpoints spawned ensembles start
+                from (``--model.spawn_from``). The other options are Lightning's ModelCheckpoint's.
+        """
+        super().__init__(*args, **kwargs)
+        if keep_epochs is not None and any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in keep_epochs):
+            raise ConfigError(f"--checkpoint.keep_epochs takes epochs counted from 1 (the end of the first epoch), got {keep_epochs}")
+        self.keep_epochs = sorted(set(keep_epochs or []))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._keep_epoch(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._keep_epoch(trainer)
+
+    def _keep_epoch(self, trainer: L.Trainer) -> None:
+        """Copy last.ckpt to spawn-epoch=<t>.ckpt when it was just written at the end of epoch t, one of keep_epochs."""
+        finished = trainer.current_epoch + 1
+        if finished not in self.keep_epochs or trainer.sanity_checking or not self.last_model_path:
+            return
+        at_epoch_end = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch  # not a validation within the epoch
+        if not at_epoch_end or last_checkpoint_save_step(self) != trainer.global_step or not trainer.is_global_zero:
+            return
+        last = Path(self.last_model_path)
+        shutil.copyfile(last, last.with_name(SPAWN_CHECKPOINT.format(epoch=finished)))
+
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
         super()._save_topk_checkpoint(trainer, monitor_candidates)
         if self.save_last is True and self.monitor is not None:
@@ -133,6 +168,16 @@ class FinalLastCheckpoint(ModelCheckpoint):
                 save_last_checkpoint_now(self, trainer)
         finally:
             self._saving_at_train_end = False
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_end(trainer, pl_module)
+        # a fit with nothing left to train (spawned at its last epoch) skips on_train_end: last.ckpt still gets its weights
+        if self.save_last and not self.last_model_path and trainer.state.fn == TrainerFn.FITTING and not trainer.interrupted:
+            self._saving_at_train_end = True
+            try:
+                save_last_checkpoint_now(self, trainer)
+            finally:
+                self._saving_at_train_end = False
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(trainer, pl_module, checkpoint)

@@ -142,19 +142,23 @@ class Connectivity:
 
     points: int = 11  # interpolation points per pair of members, ends included
     set: str | None = None  # evaluation set; None: the command's default (the validation split)
+    align: str = "none"  # "weight_matching": every pair walked raw and aligned (--align)
+
+
+ALIGNS = ("none", "weight_matching")
 
 
 def connectivity_step(raw: Any, where: str) -> Connectivity | None:
-    """``false`` / ``true`` / ``{points: N, set: NAME}`` as a Connectivity step (None: none)."""
+    """``false`` / ``true`` / ``{points: N, set: NAME, align: none | weight_matching}`` as a Connectivity step (None: none)."""
     if raw is None or raw is False:
         return None
     if raw is True:
         return Connectivity()
-    if isinstance(raw, dict) and not set(raw) - {"points", "set"}:
-        points, name = raw.get("points", 11), raw.get("set")
-        if isinstance(points, int) and not isinstance(points, bool) and points >= 2 and isinstance(name, (str, type(None))):
-            return Connectivity(points, name)
-    raise ConfigError(f"{where} must be false, true or a mapping {{points: N >= 2, set: NAME}}, got {raw!r}")
+    if isinstance(raw, dict) and not set(raw) - {"points", "set", "align"}:
+        points, name, align = raw.get("points", 11), raw.get("set"), raw.get("align", "none")
+        if isinstance(points, int) and not isinstance(points, bool) and points >= 2 and isinstance(name, (str, type(None))) and align in ALIGNS:
+            return Connectivity(points, name, align)
+    raise ConfigError(f"{where} must be false, true or a mapping {{points: N >= 2, set: NAME, align: none | weight_matching}}, got {raw!r}")
 
 
 def teachers_first(names: list[str], teachers: dict[str, str | None], study_file: Path) -> list[str]:

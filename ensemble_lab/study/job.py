@@ -81,7 +81,7 @@ def teacher_failure(run: Run) -> str | None:
     """Why ``run`` cannot start because of its teacher (its run has no results.json), else None."""
     if run.teacher_dir is None or (run.teacher_dir / "results.json").exists():
         return None
-    return f"teacher failed: {run.teacher} seed {run.seed} has no results.json ({run.teacher_dir})"
+    return f"{run.role} failed: {run.teacher} seed {run.seed} has no results.json ({run.teacher_dir})"
 
 
 def run_job(run: Run, log: Path | None = None, job: str | None = None) -> str | None:
@@ -114,7 +114,7 @@ def _from_dict(raw: dict[str, Any]) -> Run:
     step = Connectivity(**raw["connectivity"]) if raw.get("connectivity") else None
     configs, overrides = tuple(Path(p) for p in raw["configs"]), tuple(raw["overrides"])
     upstream = _from_dict(raw["upstream"]) if raw.get("upstream") else None
-    run = Run(raw["name"], raw["seed"], configs, overrides, Path(raw["run_dir"]), raw.get("teacher"), step, upstream)
+    run = Run(raw["name"], raw["seed"], configs, overrides, Path(raw["run_dir"]), raw.get("teacher"), step, upstream, raw.get("spawn_epoch"))
     remember_resolved(run, raw["resolved"])
     return run
 

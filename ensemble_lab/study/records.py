@@ -15,11 +15,14 @@ from ensemble_lab.config.lightning_cli import check_arguments
 from ensemble_lab.config.run_config import comparable, differences, flatten
 from ensemble_lab.errors import EnsembleLabError
 from ensemble_lab.io import first_free_number
+from ensemble_lab.runs.callbacks import SPAWN_CHECKPOINT
 from ensemble_lab.runs.legacy_keys import translate_argv, translate_flat
 from ensemble_lab.study.args import Connectivity, describe_change
 
 #: the option a student's teacher checkpoint is given in (fit_args) and recorded under
 TEACHER_KEY = "model.init_args.distillation.teacher"
+#: the option a spawned run's parent checkpoint is given in
+SPAWN_KEY = "model.init_args.spawn_from"
 RECORD = "study_run.json"  # in each run directory: {"argv": the fit arguments the study last used, "config", "state", ...}
 
 
@@ -32,10 +35,18 @@ class Run:
     configs: tuple[Path, ...]  # config files (resolved), later ones overriding earlier ones
     overrides: tuple[str, ...]  # the study's args, then the method's args
     run_dir: Path  # <out>/<name>/seed_<seed>
-    teacher: str | None = None  # another method of the study: this run trains against its run of the same seed
+    #: another method of the study: this run trains against its run of the same seed (with ``spawn_epoch``: starts
+    #: from that run's checkpoint after epoch spawn_epoch, its spawn parent)
+    teacher: str | None = None
     connectivity: Connectivity | None = None  # the connectivity step after the test, if asked for
     #: the teacher's run of the same seed (it has its own upstream): its inputs are part of this run's inputs
     upstream: "Run | None" = field(default=None, compare=False, repr=False)
+    spawn_epoch: int | None = None  # a spawned run: the epoch of its parent (``teacher``) it starts from; 0: no parent
+
+    @property
+    def role(self) -> str:
+        """What ``teacher`` is to this run: "teacher", or "spawn parent"."""
+        return "spawn parent" if self.spawn_epoch else "teacher"
 
     @property
     def label(self) -> str:
@@ -63,7 +74,19 @@ class Run:
         return "resume" if self.last_ckpt.exists() else "new"
 
     def _teacher_args(self) -> list[str]:
-        return [] if self.teacher_dir is None else [f"--model.distillation.teacher={self.teacher_dir / 'checkpoints' / 'last.ckpt'}"]
+        if self.teacher_dir is None:
+            return []
+        if self.spawn_epoch:
+            return [f"--model.spawn_from={self.source_checkpoint}"]
+        return [f"--model.distillation.teacher={self.source_checkpoint}"]
+
+    @property
+    def source_checkpoint(self) -> Path | None:
+        """The checkpoint of ``teacher``'s run this run learns from (its last.ckpt) or spawns from (spawn-epoch=<t>.ckpt)."""
+        if self.teacher_dir is None:
+            return None
+        name = SPAWN_CHECKPOINT.format(epoch=self.spawn_epoch) if self.spawn_epoch else "last.ckpt"
+        return self.teacher_dir / "checkpoints" / name
 
     def fit_args(self, resume: bool) -> list[str]:
         """Arguments of ``ensemble-lab`` for this run; the study's own options come last and win.
@@ -88,7 +111,8 @@ class Run:
         if self.connectivity is None:
             return []
         args = ["connectivity", "--config", str(self.run_dir / "config.yaml"), "--ckpt_path", str(self.last_ckpt)]
-        return args + ["--points", str(self.connectivity.points)] + (["--set", self.connectivity.set] if self.connectivity.set else [])
+        args += ["--points", str(self.connectivity.points)] + (["--set", self.connectivity.set] if self.connectivity.set else [])
+        return args + (["--align", self.connectivity.align] if self.connectivity.align != "none" else [])
 
     def resolved(self) -> dict[str, Any]:
         """The run's resolved configuration today (config files read, defaults filled in), as flat comparable keys."""
@@ -96,17 +120,17 @@ class Run:
 
     def teacher_checkpoint(self) -> str | None:
         """The sha256 of the teacher's last.ckpt (what this run learns from); None without a teacher or checkpoint."""
-        return None if self.teacher_dir is None else checkpoint_digest(self.teacher_dir / "checkpoints" / "last.ckpt")
+        return None if self.source_checkpoint is None else checkpoint_digest(self.source_checkpoint)
 
     def _teacher_change(self, record: dict[str, Any]) -> list[str]:
         """Whether the teacher was (or is to be) made again since this run learnt from it."""
         if self.teacher_dir is None:
             return []
         if not (self.teacher_dir / "results.json").exists():  # it trains (again) before this run: other weights
-            return [f"teacher {self.teacher} seed {self.seed} has no finished run ({self.teacher_dir}), so it is trained again first"]
+            return [f"{self.role} {self.teacher} seed {self.seed} has no finished run ({self.teacher_dir}), so it is trained again first"]
         recorded = record.get("teacher_checkpoint")
         if recorded is not None and recorded != self.teacher_checkpoint():
-            return [f"teacher {self.teacher} seed {self.seed} was trained again since (its last.ckpt is not the one this run learnt from)"]
+            return [f"{self.role} {self.teacher} seed {self.seed} was trained again since (its checkpoint is not the one this run started from)"]
         return []
 
     def lineage(self) -> list[dict[str, Any]]:
@@ -163,10 +187,11 @@ class Run:
     def _within_study(self, flat: dict[str, Any]) -> dict[str, Any]:
         """``flat`` with the study's own teacher checkpoint as a path inside the study (<teacher>/seed_<s>/...),
         so that a study directory moved or reached by another path still matches its students' records."""
-        teacher = flat.get(TEACHER_KEY)
+        key = SPAWN_KEY if self.spawn_epoch else TEACHER_KEY
+        teacher = flat.get(key)
         if self.teacher is None or not isinstance(teacher, str):
             return flat
-        return {**flat, TEACHER_KEY: str(Path(*Path(teacher).parts[-4:]))}  # <teacher>/seed_<s>/checkpoints/last.ckpt
+        return {**flat, key: str(Path(*Path(teacher).parts[-4:]))}  # <teacher>/seed_<s>/checkpoints/last.ckpt
 
     def state(self) -> str:
         """``status()``, or "changed" for a finished or interrupted run made with other arguments."""

@@ -21,6 +21,11 @@ A study file (YAML) names the grid::
       be_distilled:                             # trains against deep_ensemble's run of the same seed,
         config: ../digits/batch_ensemble.yaml   # after it (--model.distillation.teacher=<its last.ckpt>)
         teacher: deep_ensemble
+      de_t5:                                    # a spawned Deep Ensemble: every member starts from single's run of
+        config: ../digits/deep_ensemble.yaml    # the same seed after epoch 5 (--model.spawn_from=<its
+        spawn: {from: single, epoch: 5}         # spawn-epoch=5.ckpt>); single keeps that checkpoint
+                                                # (--checkpoint.keep_epochs gets every epoch its children need);
+                                                # epoch 0: no parent, the members start apart (the plain Deep Ensemble)
 
 Run ``<method>`` with seed ``s`` lives in ``<out>/<method>/seed_<s>/`` (TensorBoard logs,
 config.yaml, checkpoints/last.ckpt, results.json, figures/, study.log for a run in its own process,
@@ -51,7 +56,7 @@ from ensemble_lab.study.args import connectivity_step, teachers_first
 from ensemble_lab.study.records import Run
 
 STUDY_KEYS = {"out", "seeds", "args", "methods", "connectivity", "report", "slurm"}
-METHOD_KEYS = {"config", "args", "teacher", "connectivity"}
+METHOD_KEYS = {"config", "args", "teacher", "connectivity", "spawn"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -95,6 +100,17 @@ def _resolve_config(raw: Any, study_file: Path, where: str) -> Path:
     raise ConfigError(f"{where}: config {raw!r} not found (looked at {', '.join(str(c) for c in candidates)})")
 
 
+def _spawn(raw: Any, where: str) -> tuple[str | None, int | None]:
+    """A method's ``spawn: {from: NAME, epoch: T}`` as (parent, T); (None, None) without one."""
+    if raw is None:
+        return None, None
+    if isinstance(raw, dict) and set(raw) == {"from", "epoch"} and isinstance(raw["from"], str):
+        epoch = raw["epoch"]
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
+            return raw["from"], epoch
+    raise ConfigError(f"{where}.spawn must be a mapping {{from: PARENT_METHOD, epoch: T >= 0}}, got {raw!r}")
+
+
 def load_spec(study_file: Path, out: Path | None = None) -> Study:
     """Read a study file: its runs, method by method (teachers first), seed by seed, and its options.
 
@@ -131,17 +147,32 @@ def load_spec(study_file: Path, out: Path | None = None) -> Study:
         if not isinstance(method.get("teacher"), (str, type(None))):
             raise ConfigError(f"{where}.teacher must be the name of another method of this study, got {method['teacher']!r}")
         methods[name] = method
+    spawns = {name: _spawn(method.get("spawn"), f"{study_file}: methods.{name}") for name, method in methods.items()}
+    depends = {name: method.get("teacher") for name, method in methods.items()}
+    keep: dict[str, set[int]] = {}  # parent -> the epochs its children spawn at
+    for name, (parent, epoch) in spawns.items():
+        if parent is not None and depends[name] is not None:
+            raise ConfigError(f"{study_file}: methods.{name} has a teacher and a spawn parent; give it one of them")
+        if parent is not None and epoch:
+            depends[name] = parent
+            keep.setdefault(parent, set()).add(epoch)
     study_connectivity = connectivity_step(spec.get("connectivity"), f"{study_file}: 'connectivity'")
     runs: list[Run] = []
-    for name in teachers_first(list(methods), {n: m.get("teacher") for n, m in methods.items()}, study_file):
+    for parent in {parent for parent, _ in spawns.values() if parent is not None}:
+        if parent not in methods:
+            raise ConfigError(f"{study_file}: a spawn parent {parent!r} is not a method of this study; choose from {list(methods)}")
+    for name in teachers_first(list(methods), depends, study_file):
         method, where = methods[name], f"{study_file}: methods.{name}"
         configs = _resolve_configs(method.get("config"), study_file, f"{where}.config")
         overrides = common + _string_list(method.get("args"), f"{where}.args")
+        if name in keep:  # a spawn parent keeps its checkpoint after every epoch a child starts from
+            overrides += (f"--checkpoint.keep_epochs=[{','.join(map(str, sorted(keep[name])))}]",)
         step = connectivity_step(method["connectivity"], f"{where}.connectivity") if "connectivity" in method else study_connectivity
-        teacher = method.get("teacher")
+        teacher, spawn_epoch = depends[name], spawns[name][1]
         upstream = {run.seed: run for run in runs if run.name == teacher}  # teachers come first
         runs += [
-            Run(name, seed, configs, with_seed(overrides, seed), out / name / f"seed_{seed}", teacher, step, upstream.get(seed)) for seed in seeds
+            Run(name, seed, configs, with_seed(overrides, seed), out / name / f"seed_{seed}", teacher, step, upstream.get(seed), spawn_epoch)
+            for seed in seeds
         ]
     report_args = _string_list(spec.get("report"), f"{study_file}: 'report'")
     return Study(tuple(runs), out, report_args, dict(spec.get("slurm") or {}))

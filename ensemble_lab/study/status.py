@@ -43,7 +43,7 @@ def run_state(run: Run) -> tuple[str, str]:
     if record.get("state") == "submitted":
         return "pending", f"queued{job} at {record.get('updated')}"
     waiting = {"new": "not started", "resume": f"interrupted; resumes from {run.last_ckpt}", "connectivity": "its connectivity step"}
-    return "pending", waiting[state] + (f", after its teacher {run.teacher}" if run.teacher and state == "new" else "")
+    return "pending", waiting[state] + (f", after its {run.role} {run.teacher}" if run.teacher and state == "new" else "")
 
 
 def print_status(runs: Sequence[Run]) -> None:

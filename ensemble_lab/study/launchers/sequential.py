@@ -21,7 +21,7 @@ def prepare(run: Run, label: str, done: dict[Path, bool]) -> str | None:
     if state == "changed":  # refuse_changed() stops the study otherwise; first, so a failure below is not recorded in the old run
         print(f"study: {label}: arguments changed ({run.change()}); old run moved to {move_aside(run.run_dir)}", flush=True)
     if run.teacher_dir is not None and done.get(run.teacher_dir) is False:
-        failure = f"teacher failed: {run.teacher} seed {run.seed} did not finish"
+        failure = f"{run.role} failed: {run.teacher} seed {run.seed} did not finish"
         write_record(run, "failed", error=failure)
         print(f"study: {label}: FAILED: {failure}", flush=True)
         return failure
