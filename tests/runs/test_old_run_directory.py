@@ -41,8 +41,9 @@ def _old_style(new_run: Path, old_run: Path) -> None:
     new_options = config["model"]["init_args"]
     optimizer, lr_scheduler = new_options["optimizer"], new_options["lr_scheduler"]
     old_options = {**OLD_MODEL_OPTIONS, "optimizer": optimizer, "lr_scheduler": lr_scheduler, **OLD_TAIL}
-    # today's record differs from that release's in the renamed keys only, and the regression options added since
-    assert set(new_options) - {"backbone", "distillation", "repulsion", "regression"} == set(old_options) - RENAMED
+    # today's record differs from that release's in the renamed keys only, and the options added since (regression,
+    # TabM's independent heads)
+    assert set(new_options) - {"backbone", "distillation", "repulsion", "regression", "head"} == set(old_options) - RENAMED
     config["model"]["init_args"] = old_options
     (old_run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     for checkpoint_path in (old_run / "checkpoints").glob("*.ckpt"):
