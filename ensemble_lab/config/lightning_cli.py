@@ -1,6 +1,7 @@
 """LightningCLI for ``ensemble-lab fit / validate / test / predict``: the options, the hooks around each
 subcommand (resume, outputs, refusals before anything is written) and the Ctrl-C watch."""
 
+import functools
 import secrets
 import shutil
 import tempfile
@@ -310,6 +311,14 @@ class _ArgumentCheck(EnsembleLabCLI):
     checking_only = True
 
 
+@functools.cache
+def _argument_check(subcommand: str) -> type[_ArgumentCheck]:
+    """The checking CLI with ``subcommand``'s parser only: a check parses one command, and building the parsers of
+    the other three subcommands was most of its cost (a study checks every one of its runs)."""
+    only = {subcommand: LightningCLI.subcommands()[subcommand]}
+    return type(f"_ArgumentCheck_{subcommand}", (_ArgumentCheck,), {"subcommands": staticmethod(lambda: only)})
+
+
 def check_arguments(argv: Sequence[str]) -> dict[str, Any]:
     """Parse ``ensemble-lab <argv>`` and build its model and datamodule (so their option checks run), writing
     and running nothing. Returns the resolved configuration (what config.yaml would hold); raises the
@@ -322,7 +331,8 @@ def check_run(argv: Sequence[str]) -> tuple[dict[str, Any], Any]:
     quiet_known_warnings()
     check_config_files(argv)
     try:
-        checked = _ArgumentCheck(args=list(argv))
+        command = argv[0] if argv and argv[0] in LightningCLI.subcommands() else None
+        checked = (_argument_check(command) if command else _ArgumentCheck)(args=list(argv))
         return checked.resolved_config(), checked.datamodule
     except SystemExit:  # --help and the like
         raise
