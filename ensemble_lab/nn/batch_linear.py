@@ -13,8 +13,9 @@ class BatchLinear(FastWeightLayer):
     """A linear layer shared by M members, each perturbed by fast weights.
 
     Member i uses W_i = W ∘ F_i, F_i = Σ_k s_ik r_ikᵀ, and its own bias b_i. At rank 1 all members
-    run as one factored op, y = ((x ∘ r_i) Wᵀ) ∘ s_i + b_i; above rank 1 the member weights are
-    built (M·out·in, less than the k-fold factored matmul) and applied in one batched matmul.
+    run as one factored op, y = ((x ∘ r_i) Wᵀ) ∘ s_i + b_i, unless the rows far outnumber the weight
+    (a transformer's tokens): then, and always above rank 1, the member weights are built
+    (M·out·in) and applied with their biases in one batched matmul.
     """
 
     def __init__(
@@ -50,15 +51,28 @@ class BatchLinear(FastWeightLayer):
         m = self.num_members
         rows_per_member(shape[0], m)  # a ConfigError unless the rows are member-major
         x = x.reshape(m, -1, self.in_features)  # (M, B·T, in): a member's tokens are its rows
-        if self.fast.rank == 1:
+        if self.fast.rank == 1 and not self._builds_member_weights(x.shape[1]):
             r, s = self.fast_factors()  # (M, 1, in), (M, 1, out): broadcast over the B rows
             y = self._apply_shared(lambda rows, w: rows @ w.t(), x * r)  # (M, B, out)
             # Cast to the matmul's dtype: under autocast a float32 s or bias would promote the output back to float32.
-            y = y * s.to(y.dtype)
+            y = self._add_bias(y * s.to(y.dtype))
         else:
-            weights = self.member_weights()  # (M, out, in)
-            y = torch.bmm(x, weights.transpose(1, 2))  # (M, B, out)
-        return self._add_bias(y).reshape(*shape[:-1], self.out_features)  # (M*B, ..., out)
+            weights = self.member_weights().transpose(1, 2)  # (M, in, out)
+            if self.bias is None:
+                y = torch.bmm(x, weights)  # (M, B, out)
+            else:  # the bias added inside the matmul, as nn.Linear's addmm does
+                y = torch.baddbmm(self.bias.unsqueeze(1), x, weights)  # (M, 1, out) + (M, B, in) @ (M, in, out)
+        return y.reshape(*shape[:-1], self.out_features)  # (M*B, ..., out)
+
+    def _builds_member_weights(self, rows: int) -> bool:
+        """Whether M weights W ∘ s_i r_iᵀ and one batched matmul beat the factored form on ``rows`` rows per member.
+
+        The factored form passes over the activations twice more (x ∘ r, y ∘ s; rows · (in + out) per member,
+        forward and backward); building the weights passes over in · out per member, and its batched matmul
+        is slower than one large matmul for few rows. On the CPU (benchmarks/README.md, figure (l)) building
+        wins once the activations are about 5 times the weight: a ViT's tokens, not an MLP's batch.
+        """
+        return rows * (self.in_features + self.out_features) > 5 * self.in_features * self.out_features
 
     def _broadcast(self, f: Tensor) -> Tensor:
         return f  # (M, out, in): already W's layout

@@ -62,6 +62,7 @@ def member_loop(layer, x: torch.Tensor) -> torch.Tensor:
 
 LAYERS = {
     "linear-rank1": lambda fast: BatchLinear(5, 4, M, fast_weights=fast),
+    "linear-rank1-tokens": lambda fast: BatchLinear(5, 4, M, fast_weights=fast),  # fed TOKENS rows: builds member weights
     "linear-rank3": lambda fast: BatchLinear(5, 4, M, fast_weights=FastWeights(**{**vars(fast), "rank": 3})),
     "conv-channel-rank2": lambda fast: BatchConv2d(
         3, 4, 3, M, padding=1, bias=True, fast_weights=FastWeights(**{**vars(fast), "rank": 2})
@@ -79,8 +80,13 @@ VARIANTS = {
 }
 
 
-def layer_input(layer, batch: int = 2) -> torch.Tensor:
+TOKENS = 12  # 2 images of 12 tokens: 24 rows per member, > 5·5·4 / (5 + 4), so "linear-rank1-tokens" builds member weights
+
+
+def layer_input(layer, batch: int = 2, tokens: int | None = None) -> torch.Tensor:
     shape = (layer.in_features,) if isinstance(layer, BatchLinear) else (layer.in_channels, 6, 5)
+    if tokens is not None:
+        shape = (tokens, *shape)
     return torch.randn(M * batch, *shape, dtype=torch.float64)
 
 
@@ -89,7 +95,9 @@ def layer_input(layer, batch: int = 2) -> torch.Tensor:
 def test_forward_and_gradients_equal_a_loop_over_member_weights(name, variant):
     torch.manual_seed(0)
     layer = LAYERS[name](VARIANTS[variant]).double()
-    x = layer_input(layer).requires_grad_()
+    x = layer_input(layer, tokens=TOKENS if name.endswith("tokens") else None).requires_grad_()
+    if isinstance(layer, BatchLinear) and layer.fast.rank == 1:  # each rank-1 path is the one named
+        assert layer._builds_member_weights(x.numel() // (M * layer.in_features)) == name.endswith("tokens")
     y = layer(x)
     expected = member_loop(layer, x)
     torch.testing.assert_close(y, expected)

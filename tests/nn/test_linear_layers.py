@@ -87,11 +87,12 @@ def test_tile_members_is_member_major():
     torch.testing.assert_close(tiled, torch.cat([x, x]))
 
 
+@pytest.mark.parametrize("rows", [4, 200])  # BatchLinear: factored, then member weights built (200·24 > 5·16·8)
 @pytest.mark.parametrize("layer_cls", [BatchLinear, EnsembleLinear])
-def test_bf16_autocast_gives_bf16_close_to_the_float32_member_loop(layer_cls):
+def test_bf16_autocast_gives_bf16_close_to_the_float32_member_loop(layer_cls, rows):
     torch.manual_seed(0)
     layer = layer_cls(16, 8, num_members=3)
-    x = torch.randn(3 * 4, 16)
+    x = torch.randn(3 * rows, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(x)
     assert out.dtype == torch.bfloat16  # a float32 fast weight or bias must not promote it back
