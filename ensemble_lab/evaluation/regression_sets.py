@@ -1,7 +1,7 @@
 """The evaluation of a regression model: what the store keeps, each set's metrics, calibration, files.
 
-The mixin (evaluation/mixin.py) hands a regression model's hooks to these functions; the numbers all come from
-the model's task (metrics/tasks.py RegressionTask), never from the method. A set's store row holds the
+RegressionEvaluation (the mixin's TaskEvaluation of a regression model, evaluation/task_evaluation.py) calls these
+functions; the numbers all come from the model's task (metrics/tasks.py RegressionTask), never from the method. A set's store row holds the
 members' means and variances side by side, ``(M, B, 2·D)`` = [mean | var] in the targets' original units,
 and its targets ``(B, D)`` in original units, so the one PredictionStore serves both tasks.
 """
@@ -11,13 +11,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 
+from ensemble_lab.evaluation.outputs import EvaluationOptions
 from ensemble_lab.evaluation.store import PredictionStore
+from ensemble_lab.evaluation.task_evaluation import Metrics, Sets, TaskEvaluation
 from ensemble_lab.io import atomic_write_bytes
 from ensemble_lab.metrics import regression as reg
+from ensemble_lab.metrics.registry import REGRESSION_VAL_CURVES
 from ensemble_lab.metrics.tasks import Stored, Task
 
 #: the metrics of a regression set in the printed table
@@ -159,3 +163,76 @@ def format_table(sets: dict[str, dict[str, Any]], calibration: dict[str, Any] | 
         f"{table}\nvariance scaling (s = {calibration['variance_scale']:.4f}; validation nll {calibration['val_nll']:.4f} -> "
         f"{calibration['val_nll_calibrated']:.4f})"
     )
+
+
+class RegressionEvaluation(TaskEvaluation):
+    """Members' Gaussians scored in the targets' units (the task's metrics); variance scaling as the calibration.
+
+    Every store, ``outputs`` and ``collected`` set holds the packed ``(M, N, 2·D)`` [mean | var] and targets (N, D).
+    """
+
+    val_curves = REGRESSION_VAL_CURVES
+
+    def new_store(self) -> PredictionStore:
+        """A store of packed means and variances, kept as they are."""
+        return PredictionStore(logits=False)
+
+    def store_batch(self, module: L.LightningModule, store: PredictionStore, batch: Any) -> None:
+        """The batch's packed means and variances and its targets, in original units."""
+        store_batch(module, store, batch)
+
+    def collect(self, outputs: Sets) -> Sets:
+        """The stored sets as they are."""
+        return outputs
+
+    def validation_metrics(self, stored: Tensor, targets: Tensor) -> tuple[dict[str, float], dict[str, float]]:
+        """The registry's regression curves; nothing for the progress bar."""
+        return validation_curves(self.task, stored, targets, REGRESSION_VAL_CURVES), {}
+
+    def fit_set_metrics(self, module: L.LightningModule, datamodule: Any) -> Metrics:
+        """The task's metrics of every test set."""
+        return set_metrics(predict_sets(module, datamodule), dict(datamodule.test_set_roles), self.task)
+
+    def fit_calibration(self, module: L.LightningModule, datamodule: Any, method: str) -> dict[str, Any]:
+        """Variance scaling, whatever ``method`` names."""
+        return fit_calibration(module, datamodule)
+
+    def test_metrics(self, outputs: Sets, collected: Sets, roles: dict[str, str], options: EvaluationOptions) -> Metrics:
+        """The task's metrics of every set, and the OOD detection of an ood set."""
+        return set_metrics(collected, roles, self.task)
+
+    def calibrated_metrics(self, collected: Sets, roles: dict[str, str], calibration: dict[str, Any], options: EvaluationOptions) -> Metrics:
+        """Every set's metrics with the variances scaled by the fitted s."""
+        return calibrated_sets(collected, roles, self.task, calibration)
+
+    def write_predictions(self, results_dir: Path, outputs: Sets, collected: Sets) -> None:
+        """``mean``, ``var`` (M, N, D) and ``targets`` (N, D) of every set."""
+        for name, (packed, targets) in collected.items():
+            write_predictions(results_dir, name, packed, targets)
+
+    def write_figures(
+        self, results_dir: Path, collected: Sets, roles: dict[str, str], results: dict[str, Any], loggers: Any, step: int
+    ) -> None:  # fmt: skip
+        """Interval coverage and predictive bands (figures/regression.py)."""
+        write_figures(results_dir, collected, roles, results, loggers, step)
+
+    def summary(self, results: dict[str, Any], cost_line: str) -> str:
+        """The sets' table, the variance-scaled sets' table, then the cost line."""
+        table = format_table(results["sets"])
+        if results.get("calibration") is not None:
+            table += "\nafter variance scaling:\n" + format_table(results["sets_calibrated"], results["calibration"])
+        return f"{table}\n{cost_line}"
+
+    def predict_batch(self, module: L.LightningModule, batch: Any) -> Tensor:
+        """The members' packed means and variances (M, B, 2·D) = [mean | var], in the targets' units."""
+        return pack(self.task.predictive(module(batch[0])))
+
+    def predicted_targets(self, targets: Tensor) -> Tensor:
+        """Standardised targets (B, D) back in the targets' units."""
+        return self.task.evaluation_targets(targets)
+
+    def write_predicted(self, results_dir: Path, name: str, predicted: Tensor, targets: Tensor, method: str) -> str:
+        """predictions/<name>.npz with ``mean``, ``var`` (M, N, D) and ``targets`` (N, D), as a test writes them."""
+        path = write_predictions(results_dir, name, predicted, targets)
+        m, n, d = predicted.shape[0], predicted.shape[1], predicted.shape[2] // 2
+        return f"{method} (M={m}) member means and variances of {name} ({n} rows, {d} target{'s' * (d != 1)}, original units) -> {path}"

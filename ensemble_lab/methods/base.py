@@ -306,10 +306,9 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         self.log_dict(logged, sync_dist=False)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        """Member probabilities (M, B, C)."""
-        if self.task.name != "classification":
-            raise ConfigError("predict writes member probabilities of a classifier; for regression use test --save_predictions true")
-        return torch.softmax(self(batch[0]).float(), dim=-1)
+        """The member predictions that predict writes: a classifier's probabilities (M, B, C), a regression model's
+        means and variances side by side (M, B, 2·D) in the targets' units (the task's evaluation says which)."""
+        return self.evaluation.predict_batch(self, batch)
 
     # ---- optimisation -----------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
