@@ -1,12 +1,12 @@
 """UncertaintyEvalMixin: the one evaluation shared by every method.
 
-It consumes only ``self(x)`` -> member outputs (M, B, K); what they mean (class logits, a Gaussian per target) is
-the business of the module's TaskEvaluation (evaluation/task_evaluation.py), chosen once from its task
-(evaluation/by_task.py). Validation logs the curves that show how
-accuracy, calibration and diversity evolve (with ``eval_sets_every`` K, also every test set's, every K
-epochs: evaluation/sets.py); test evaluates every test set the datamodule names
-(roles id / shift / ood), writes results.json / results.csv (rank 0, atomically), optionally the
-member predictions, and prints a table; predict writes the member predictions of the first id set.
+It consumes only ``self(x)`` -> member outputs (M, B, K); what they mean (class logits, a Gaussian per
+target) is the business of the module's TaskEvaluation (evaluation/task_evaluation.py), chosen once from its
+task (evaluation/by_task.py). Validation logs the curves that show how the predictions, their calibration and
+diversity evolve (with ``eval_sets_every`` K, also every test set's, every K epochs: evaluation/sets.py); test
+evaluates every test set the datamodule names (roles id / shift / ood), writes results.json / results.csv
+(rank 0, atomically), optionally the member predictions, and prints a table; predict writes the member
+predictions of the first id set.
 """
 
 import os
