@@ -13,7 +13,7 @@ from ensemble_lab.evaluation.classification_eval import ClassificationEvaluation
 from ensemble_lab.evaluation.regression_sets import RegressionEvaluation
 from ensemble_lab.methods import DeepEnsemble, SingleModel
 from ensemble_lab.metrics.regression_losses import MIN_VARIANCE
-from ensemble_lab.metrics.tasks import ClassificationTask, RegressionTask, Stored
+from ensemble_lab.metrics.tasks import ClassificationTask, RegressionTask
 from tests.conftest import REPO, run_dirs
 
 FEATURES, TARGETS = 5, 2
@@ -24,9 +24,6 @@ class RankingTask(ClassificationTask):
     """A task no evaluation serves: only its name differs from a classifier's."""
 
     name = "ranking"
-
-    def metrics(self, stored: Stored, targets: torch.Tensor) -> dict:
-        return {}
 
 
 def test_the_evaluation_follows_the_modules_task_and_its_replacement():
