@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ensemble_lab.compat import attached_trainer
 from ensemble_lab.errors import CheckpointMismatchError, ConfigError
-from ensemble_lab.nn import backbone_from
+from ensemble_lab.nn import backbone_from, weights_from_checkpoint
 from ensemble_lab.runs.checkpoint_files import load_checkpoint
 from ensemble_lab.runs.legacy_keys import BACKBONE_KEYS, predated_options, translate_model_args
 
@@ -154,7 +154,8 @@ class CheckpointStateMixin(_Base):
         """LightningModule.load_from_checkpoint, reading the hyper-parameters of an earlier release as the CLI reads
         its config.yaml: old flat options in today's places, and an option the record predates at the value its
         run was trained with (Masksembles' ``mask_placement``, ...; see ``runs.legacy_keys.predated_options``).
-        Options given as ``kwargs`` win, as in Lightning's."""
+        Options given as ``kwargs`` win, as in Lightning's. A timm backbone is built without downloading its
+        pretrained weights (the checkpoint's replace them)."""
         recorded = dict(load_checkpoint(checkpoint_path).get("hyper_parameters") or {})  # tensors memory-mapped, not read
         method = str(recorded.get("_class_path") or cls.__name__)
         translated, found = translate_model_args(recorded, method)
@@ -162,7 +163,8 @@ class CheckpointStateMixin(_Base):
         # EnsembleModule as legacy options and translate to the same objects)
         upgraded = {k: v for k, v in translated.items() if k in ("backbone", "distillation", "repulsion")} if found else {}
         options = {**upgraded, **predated_options(recorded, method), **kwargs}
-        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, **options)
+        with weights_from_checkpoint():  # the checkpoint holds every weight: a timm backbone fetches no pretrained ones
+            return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, **options)
 
     #: the generators' states when validation began; restored when it ends (see on_validation_start)
     _rng_outside_validation: dict[str, Any] | None = None
