@@ -39,18 +39,14 @@ from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.outputs import EvaluationOutputs, add_evaluation_outputs
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.methods.spawn import spawned_checkpoint
+from ensemble_lab.nn import weights_from_checkpoint
 from ensemble_lab.runs.checkpoint_files import load_checkpoint
 from ensemble_lab.runs.checkpoints import check_monitors, checkpoint_record, settle_monitors
 from ensemble_lab.runs.interrupts import stopped_command_exits
 from ensemble_lab.runs.layout import remove_unstarted_run, run_dir_of_checkpoint
 from ensemble_lab.runs.metrics_csv import MetricsCSV
 from ensemble_lab.runs.results import check_can_write
-from ensemble_lab.runs.resume import (
-    SPECIAL,
-    RunConfigSaver,
-    continue_run,
-    resolve_ckpt_path,
-)
+from ensemble_lab.runs.resume import SPECIAL, RunConfigSaver, continue_run, resolve_ckpt_path, weights_replaced
 
 #: importable from here as before (other modules and tests do)
 __all__ = ["EnsembleLabCLI", "check_arguments", "check_config_files", "check_run", "quiet_known_warnings", "run_lightning_cli"]
@@ -132,15 +128,17 @@ class EnsembleLabCLI(LightningCLI):
         super()._set_seed()
 
     def instantiate_classes(self) -> None:
-        if not self.checking_only:
-            return super().instantiate_classes()
-        # the options' own checks run when the classes are built; no Trainer (it may name devices this machine lacks)
-        self.config_init = self.parser.instantiate_classes(self.config)
-        self.datamodule = cli_instance(self, self.config_init, "data")
-        self.model = cli_instance(self, self.config_init, "model")
-        if self.subcommand == "fit":
-            self.model.configure_optimizers()  # torch checks the optimizer's and scheduler's values as they are built
-            self._check_monitors()
+        config = self._subcommand_config()  # with a checkpoint to load, a timm backbone fetches no pretrained weights
+        with weights_from_checkpoint(weights_replaced(config.get("ckpt_path"), config.get("model.init_args.spawn_from"), self.subcommand == "fit")):
+            if not self.checking_only:
+                return super().instantiate_classes()
+            # the options' own checks run when the classes are built; no Trainer (it may name devices this machine lacks)
+            self.config_init = self.parser.instantiate_classes(self.config)
+            self.datamodule = cli_instance(self, self.config_init, "data")
+            self.model = cli_instance(self, self.config_init, "model")
+            if self.subcommand == "fit":
+                self.model.configure_optimizers()  # torch checks the optimizer's and scheduler's values as they are built
+                self._check_monitors()
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run it; a user error before the first training step removes the run directory it made (nothing in it is a result)."""

@@ -15,25 +15,27 @@ Only parameters count in the objective (weights, biases, norm affines); the runn
 layer are permuted with their channels but carry no information about the weights.
 """
 
+import inspect
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+import ensemble_lab.methods
 from ensemble_lab.connectivity.permutations import NotPermutable, PermutationSpec, permutation_spec
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.member_networks import State
+from ensemble_lab.methods.base import EnsembleModule
+from ensemble_lab.nn.backbones import BACKBONES
 from ensemble_lab.nn.members import member_owned_parameters
 
 #: the --align choices
 ALIGNMENTS = ("none", "weight_matching")
-#: which runs --align weight_matching takes, for the error that refuses another
-ALIGNABLE = (
-    "DeepEnsemble (joint, or assembled from SingleModel checkpoints) and PackedEnsemble with gamma 1, "
-    "on the mlp, resnet18 and wide_resnet backbones"
-)
+#: the small MLP each exported method is probed on (wide enough for every method to build)
+_PROBE_MLP = {"backbone": "mlp", "hidden_sizes": [16, 16]}
 
 
 @dataclass
@@ -119,20 +121,53 @@ def weight_matching(
     return result
 
 
-def check_alignable(network: nn.Module, plain: nn.Module, method: str) -> PermutationSpec:
-    """The permutation spec of ``plain`` (one member of ensemble ``network``); a ConfigError, naming the runs
-    --align takes, when the members share weights or their network holds a layer that cannot be permuted."""
+def _passes(method: type[EnsembleModule], **options: object) -> bool:
+    """Whether ``method`` built with ``options`` (on the meta device: no memory, no initialisation) passes the check."""
+    try:
+        with torch.device("meta"):
+            model = method(num_members=2, **options)  # type: ignore[arg-type]
+        _check(model.network, model.member_network(), method.__name__, "")
+    except Exception:  # noqa: BLE001 - a probe: whatever stops a method or backbone from building or aligning counts as "not aligned"
+        return False
+    return True
+
+
+@cache
+def alignable() -> str:
+    """Which runs --align weight_matching takes, for the error that refuses another: found by building every method
+    ensemble_lab.methods exports on a small MLP, then every backbone (default options) with the first such method."""
+    exported = (getattr(ensemble_lab.methods, name) for name in ensemble_lab.methods.__all__)
+    classes = [c for c in exported if inspect.isclass(c) and issubclass(c, EnsembleModule) and c is not EnsembleModule]
+    methods = [c for c in classes if _passes(c, **_PROBE_MLP)]
+    backbones = [name for name in BACKBONES if methods and _passes(methods[0], backbone=name)]
+    names = [c.__name__ for c in methods]
+    listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
+    also = " (a DeepEnsemble also when assembled from SingleModel checkpoints)" if "DeepEnsemble" in names else ""
+    return f"{listed} with their default options{also}, on the {', '.join(backbones)} backbones"
+
+
+def _check(network: nn.Module, plain: nn.Module, method: str, takes: str) -> PermutationSpec:
+    """check_alignable, its errors ending with ``takes`` (what --align takes)."""
     owned = {id(p) for p in member_owned_parameters(network)}
     shared = [name for name, p in network.named_parameters() if id(p) not in owned]
     if shared:
         raise ConfigError(
             f"--align weight_matching: {method}'s members share weights ({shared[0]}, ...), so permuting one member's units "
-            f"would permute the others' too: alignment is meaningless there; it aligns {ALIGNABLE}"
+            f"would permute the others' too: alignment is meaningless there{takes}"
         )
     try:
         return permutation_spec(plain)
     except NotPermutable as error:
-        raise ConfigError(f"--align weight_matching cannot align {method}'s members: {error}; it aligns {ALIGNABLE}") from None
+        raise ConfigError(f"--align weight_matching cannot align {method}'s members: {error}{takes}") from None
+
+
+def check_alignable(network: nn.Module, plain: nn.Module, method: str) -> PermutationSpec:
+    """The permutation spec of ``plain`` (one member of ensemble ``network``); a ConfigError, naming the runs
+    --align takes, when the members share weights or their network holds a layer that cannot be permuted."""
+    try:
+        return _check(network, plain, method, "")
+    except ConfigError as error:  # the list of what works is probed only when it is needed
+        raise ConfigError(f"{error}; it aligns {alignable()}") from None
 
 
 def align(plain: nn.Module, spec: PermutationSpec, a: State, b: State, seed: int = 0) -> tuple[State, Alignment]:

@@ -11,6 +11,7 @@ from ensemble_lab.config.lightning_cli import EnsembleLabCLI, quiet_known_warnin
 from ensemble_lab.data.base import EnsembleDataModule, LabeledImages
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.base import EnsembleModule
+from ensemble_lab.nn import weights_from_checkpoint
 from ensemble_lab.runs.checkpoint_files import load_checkpoint
 
 #: the name --set gives the validation split (held out of the training set)
@@ -26,7 +27,8 @@ class _LoadRun(EnsembleLabCLI):
 def load_run(config_path: str | Path) -> tuple[EnsembleModule, EnsembleDataModule]:
     """(model, datamodule) built from ``config_path`` exactly as ``ensemble-lab test --config`` builds them."""
     quiet_known_warnings()
-    loaded = _LoadRun(args=["test", "--config", str(config_path)])
+    with weights_from_checkpoint():  # load_weights replaces every weight: a timm backbone fetches no pretrained ones
+        loaded = _LoadRun(args=["test", "--config", str(config_path)])
     return loaded.model, loaded.datamodule
 
 

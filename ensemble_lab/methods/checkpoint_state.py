@@ -20,9 +20,9 @@ from torch import Tensor
 
 from ensemble_lab.compat import attached_trainer
 from ensemble_lab.errors import CheckpointMismatchError, ConfigError
-from ensemble_lab.nn import backbone_from
+from ensemble_lab.nn import backbone_from, weights_from_checkpoint
 from ensemble_lab.runs.checkpoint_files import load_checkpoint
-from ensemble_lab.runs.legacy_keys import BACKBONE_KEYS, translate_model_args
+from ensemble_lab.runs.legacy_keys import BACKBONE_KEYS, predated_options, translate_model_args
 
 KEY = "ensemble_lab"
 
@@ -145,6 +145,26 @@ class CheckpointStateMixin(_Base):
     def checkpoint_identity(self) -> dict[str, Any]:
         """This model's method, num_members and num_classes."""
         return {"method": type(self).__name__, "num_members": int(self.num_members), "num_classes": int(self.hparams["num_classes"])}
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, map_location: Any = None, hparams_file: str | Path | None = None,
+        strict: bool | None = None, **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        """LightningModule.load_from_checkpoint, reading the hyper-parameters of an earlier release as the CLI reads
+        its config.yaml: old flat options in today's places, and an option the record predates at the value its
+        run was trained with (Masksembles' ``mask_placement``, ...; see ``runs.legacy_keys.predated_options``).
+        Options given as ``kwargs`` win, as in Lightning's. A timm backbone is built without downloading its
+        pretrained weights (the checkpoint's replace them)."""
+        recorded = dict(load_checkpoint(checkpoint_path).get("hyper_parameters") or {})  # tensors memory-mapped, not read
+        method = str(recorded.get("_class_path") or cls.__name__)
+        translated, found = translate_model_args(recorded, method)
+        # an old flat record: its option objects given in their new form (the flat keys still in the record reach
+        # EnsembleModule as legacy options and translate to the same objects)
+        upgraded = {k: v for k, v in translated.items() if k in ("backbone", "distillation", "repulsion")} if found else {}
+        options = {**upgraded, **predated_options(recorded, method), **kwargs}
+        with weights_from_checkpoint():  # the checkpoint holds every weight: a timm backbone fetches no pretrained ones
+            return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, **options)
 
     #: the generators' states when validation began; restored when it ends (see on_validation_start)
     _rng_outside_validation: dict[str, Any] | None = None

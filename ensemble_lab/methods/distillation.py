@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from ensemble_lab.errors import CheckpointMismatchError, ConfigError, EnsembleLabError
 from ensemble_lab.methods.checkpoint_state import CheckpointStateMixin, architecture, read_checkpoint
 from ensemble_lab.methods.training_batch import TrainingBatch
+from ensemble_lab.nn import weights_from_checkpoint
 from ensemble_lab.runs.checkpoint_files import load_checkpoint
 from ensemble_lab.runs.legacy_keys import translate_model_args
 
@@ -72,7 +73,8 @@ def _checkpoint_teacher(path: Path) -> "EnsembleModule":
     translated, _ = translate_model_args(recorded, recorded.get("_class_path"))  # a checkpoint written before options had objects
     options = {k: v for k, v in translated.items() if not k.startswith("_")}
     try:
-        teacher = cls(**{**options, **{k: v for k, v in REBUILD_OVERRIDES.items() if k in options}})
+        with weights_from_checkpoint():  # its state_dict replaces every weight: no pretrained timm download
+            teacher = cls(**{**options, **{k: v for k, v in REBUILD_OVERRIDES.items() if k in options}})
         teacher.load_state_dict(checkpoint["state_dict"], strict=True)
     except (TypeError, RuntimeError, EnsembleLabError) as e:
         reason = str(e).splitlines()[0]

@@ -30,7 +30,7 @@ from ensemble_lab.nn.members import rows_per_member, tile_members
 from ensemble_lab.nn.mlp import MLPOptions, mlp
 from ensemble_lab.nn.resnet import ResNet18Options
 from ensemble_lab.nn.stacked import StackedMembers
-from ensemble_lab.nn.timm_backbone import TimmOptions
+from ensemble_lab.nn.timm_backbone import TimmOptions, weights_from_checkpoint
 from ensemble_lab.nn.tokens import EnsembleLayerNorm, EnsembleTokenEmbedding, TokenEmbedding
 from ensemble_lab.nn.vit import ViT, ViTOptions, vit
 from ensemble_lab.nn.wide_resnet import WideResNetOptions
@@ -45,6 +45,7 @@ __all__ = [
     "ViTOptions",
     "WideResNetOptions",
     "backbone_from",
+    "weights_from_checkpoint",
     "AlwaysOnDropout",
     "AlwaysOnDropout2d",
     "BatchConv2d",

@@ -9,7 +9,9 @@ timm is an optional dependency, imported only when such a model is built.
 """
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from types import ModuleType
 from typing import Any
 
@@ -27,6 +29,20 @@ TAKES_TIMM = "SingleModel, BatchEnsemble, LowRankEnsemble, DeepEnsemble and MCDr
 PREFIX = "timm/"
 #: keywords the data or the model's own options set: a model_args entry may not give them
 LINKED = {"num_classes": "the data (num_classes)", "in_chans": "the data (input_shape)", "pretrained": "--model.backbone.pretrained"}
+#: true while a model is built only to have a checkpoint's weights loaded into it (see weights_from_checkpoint)
+_FROM_CHECKPOINT: ContextVar[bool] = ContextVar("ensemble_lab_weights_from_checkpoint", default=False)
+
+
+@contextmanager
+def weights_from_checkpoint(active: bool = True) -> Iterator[None]:
+    """Within it (when ``active``), a timm backbone is built without timm's pretrained weights, whatever
+    ``pretrained`` says: the checkpoint loaded next replaces every weight, so fetching them would be a wasted
+    download (or an error on a machine without network access). The options keep ``pretrained`` as recorded."""
+    token = _FROM_CHECKPOINT.set(active or _FROM_CHECKPOINT.get())
+    try:
+        yield
+    finally:
+        _FROM_CHECKPOINT.reset(token)
 
 
 def import_timm() -> ModuleType:
@@ -81,7 +97,7 @@ class TimmOptions(BackboneOptions):
         extra: dict[str, Any] = {"drop_rate": dropout} if dropout > 0 else {}
         try:
             return timm.create_model(
-                self.model_name, pretrained=self.pretrained, num_classes=num_classes, in_chans=input_shape[0], **extra, **self.model_args
+                self.model_name, pretrained=self.pretrained and not _FROM_CHECKPOINT.get(), num_classes=num_classes, in_chans=input_shape[0], **extra, **self.model_args
             )
         except (RuntimeError, TypeError, ValueError, AssertionError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

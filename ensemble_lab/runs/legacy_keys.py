@@ -104,6 +104,21 @@ def translate_model_args(args: Mapping[str, Any], method: str | None = None, str
     return new, found
 
 
+def predated_options(hparams: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """The options of ``PREDATED`` a checkpoint's hyper-parameters lack, at the values their run was trained with.
+
+    Unlike a config file (a missing option takes today's default), a checkpoint's record holds every option its
+    release had: one it lacks was added since, and the run was trained as that release behaved. ``method``: the
+    class name (or path) the record belongs to.
+    """
+    translated, _ = translate_model_args(hparams, method)
+    missing: dict[str, Any] = {}
+    for when, defaults in PREDATED.get(method.rsplit(".", 1)[-1], []):
+        if when(translated):
+            missing.update({key: value for key, value in defaults.items() if key not in hparams})
+    return missing
+
+
 def translate_config(config: Any) -> Any:
     """A (sub)command's configuration (config.yaml, a config file) with its model's old keys translated."""
     if not isinstance(config, Mapping) or not isinstance(config.get("model"), Mapping):

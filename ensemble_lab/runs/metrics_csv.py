@@ -52,6 +52,7 @@ class MetricsCSV(Callback):
         self._path: Path | None = None
         self._trainer: L.Trainer | None = None
         self._restored: list[dict[str, Any]] | None = None  # the rows of the checkpoint a fit resumes
+        self._first_epoch = 0  # the first epoch this fit trains (a resumed or spawned fit starts later)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -68,6 +69,8 @@ class MetricsCSV(Callback):
         self._seen = dict(trainer.logged_metrics)  # only what this fit logs from now on goes into rows
         # resumed: the checkpoint's rows replace whatever the interrupted attempt left; a new fit starts empty
         self._rows, self._restored = self._restored or [], None
+        # epochs done before this fit (a spawned run's parent's, an old checkpoint's without rows) logged nothing here
+        self._first_epoch = _processed_epochs(trainer)
         self._write(trainer)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -88,9 +91,8 @@ class MetricsCSV(Callback):
         """Add the row of the last complete epoch, once; write the file."""
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return
-        # the last epoch whose batches all ran (the fit loop's tracker counts processed epochs; typed as its base class)
-        epoch = int(getattr(trainer.fit_loop.epoch_progress.current, "processed")) - 1
-        if epoch < 0 or (self._rows and self._rows[-1]["epoch"] >= epoch):
+        epoch = _processed_epochs(trainer) - 1  # the last epoch whose batches all ran
+        if epoch < self._first_epoch or (self._rows and self._rows[-1]["epoch"] >= epoch):
             return
         logged = dict(trainer.logged_metrics)
         fresh = {k: v for k, v in logged.items() if self._seen.get(k) is not v and not k.endswith("_step") and k not in INDEX}
@@ -108,3 +110,8 @@ class MetricsCSV(Callback):
         writer.writeheader()
         writer.writerows(self._rows)
         atomic_write_bytes(self._path, buffer.getvalue().encode())
+
+
+def _processed_epochs(trainer: L.Trainer) -> int:
+    """How many epochs' batches have all run (the fit loop's tracker counts them; typed as its base class)."""
+    return int(getattr(trainer.fit_loop.epoch_progress.current, "processed"))

@@ -49,6 +49,12 @@ def find_last_checkpoint(root: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def weights_replaced(ckpt_path: str | None, spawn_from: str | None, fitting: bool) -> bool:
+    """Whether a subcommand loads a checkpoint over every weight of the model it builds first: any ``--ckpt_path``
+    but fit's "last" (which, finding no run, trains from scratch), or ``--model.spawn_from``."""
+    return bool(spawn_from) or (bool(ckpt_path) and not (fitting and ckpt_path == "last"))
+
+
 def resolve_ckpt_path(trainer: L.Trainer, ckpt_path: str | None, fitting: bool) -> str | None:
     """A concrete checkpoint file for ``ckpt_path`` ("last" and "best" included), or None to start fresh.
 

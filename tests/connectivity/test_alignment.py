@@ -14,7 +14,16 @@ from ensemble_lab.connectivity.barriers import all_pairs, grid
 from ensemble_lab.connectivity.permutations import NotPermutable, permutation_spec
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.member_networks import State
-from ensemble_lab.methods import BatchEnsemble, DeepEnsemble, LowRankEnsemble, PackedEnsemble
+from ensemble_lab.methods import (
+    MIMO,
+    BatchEnsemble,
+    DeepEnsemble,
+    LowRankEnsemble,
+    Masksembles,
+    MCDropout,
+    PackedEnsemble,
+    SnapshotEnsemble,
+)
 
 MLP = {"backbone": "mlp", "hidden_sizes": [12, 8]}
 RESNET = {"backbone": "resnet18", "width": 2}
@@ -178,7 +187,7 @@ def test_members_that_share_weights_are_refused_in_one_line(method):
         check_alignable(model.network, model.member_network(), method.__name__)
     message = str(info.value)
     assert "\n" not in message and f"{method.__name__}'s members share weights" in message and "meaningless" in message
-    assert "DeepEnsemble" in message and "PackedEnsemble with gamma 1" in message
+    assert "DeepEnsemble" in message and "PackedEnsemble" in message and "SnapshotEnsemble" in message
 
 
 def test_grouped_packed_members_are_refused_naming_the_layer():
@@ -187,3 +196,24 @@ def test_grouped_packed_members_are_refused_naming_the_layer():
         check_alignable(model.network, model.member_network(), "PackedEnsemble")
     deep = DeepEnsemble(num_members=2, **MLP)
     assert check_alignable(deep.network, deep.member_network(), "DeepEnsemble").sizes == {"1": 12, "3": 8}
+
+
+def test_the_refusal_lists_exactly_the_methods_and_backbones_alignment_works_on():
+    with pytest.raises(ConfigError) as info:
+        model = BatchEnsemble(num_members=2, **MLP)
+        check_alignable(model.network, model.member_network(), "BatchEnsemble")
+    message = str(info.value)
+    assert "\n" not in message
+    takes = message.split("; it aligns ", 1)[1]
+    listed, backbones = takes.split(", on the ")
+    works = {"DeepEnsemble", "PackedEnsemble", "SnapshotEnsemble"}  # members own their weights, as a run loads them
+    refused = {"BatchEnsemble", "LowRankEnsemble", "MCDropout", "MIMO", "Masksembles"}
+    assert all(name in listed for name in works) and not any(name in listed for name in refused)
+    assert backbones == "mlp, resnet18, wide_resnet backbones"  # the ViT cannot be traced, timm's resnet has a max pool
+    for method in (DeepEnsemble, PackedEnsemble, SnapshotEnsemble):  # each listed method aligns a real network
+        built = method(num_members=2, **MLP)
+        assert check_alignable(built.network, built.member_network(), method.__name__).sizes == {"1": 12, "3": 8}
+    for method in (MCDropout, MIMO, Masksembles):  # the others share weights between members
+        built = method(num_members=2, backbone="mlp", hidden_sizes=[16, 16])
+        with pytest.raises(ConfigError, match="share weights"):
+            check_alignable(built.network, built.member_network(), method.__name__)

@@ -1,6 +1,7 @@
 """Spawned ensembles: members start as one parent network after epoch t, then train apart; resumes in the
 parent's and in the children's phase reproduce uninterrupted runs."""
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -131,3 +132,12 @@ def test_spawning_from_another_method_or_past_the_last_epoch_is_one_line(parent,
         spawned_checkpoint(bad, model, max_epochs=3)
     with pytest.raises(ConfigError, match="counted from 1"):
         FinalLastCheckpoint(keep_epochs=[0, 2])
+
+
+def test_a_spawned_runs_metrics_csv_has_a_row_per_epoch_it_trained_and_no_blank_row(child):
+    with open(child / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # spawned after epoch 1 of 3 (3 steps each): the run trains 0-based epochs 1 and 2, ending at steps 6 and 9
+    assert [(row["epoch"], row["step"]) for row in rows] == [("1", "6"), ("2", "9")]
+    assert all(value != "" for row in rows for value in row.values())  # each epoch logs every column
+    assert {"train/loss_epoch", "val/acc"} <= set(rows[0])
