@@ -32,18 +32,16 @@ def validate(study: Study) -> None:
     a run's fit arguments (the CLI's parser), its connectivity step (the command's parser and its --set
     against the sets the run's datamodule has) and the closing report's arguments (the report's parser).
 
-    Every distinct argument list of a method is parsed once: seeds whose arguments are the same differ only
-    in ``--seed_everything``, where they write and their teacher's run, which no check depends on (parsing
-    builds the model and datamodule: seconds for a ResNet grid), so one of them stands for all; a ``{seed}``
-    in an argument makes each seed's list its own, and each is parsed.
+    One run per method is parsed: its seeds differ only in ``--seed_everything`` and where they write,
+    which no check depends on (parsing builds the model and datamodule: seconds for a ResNet grid).
     """
     from ensemble_lab.connectivity import command as connectivity  # imported on use: it loads matplotlib
 
-    checked: set[tuple[str, tuple[str, ...]]] = set()
+    checked: set[str] = set()
     for run in study.runs:
-        if (run.name, run.overrides) in checked:
+        if run.name in checked:
             continue
-        checked.add((run.name, run.overrides))
+        checked.add(run.name)
         step = "fit"
         try:
             argv = tuple(run.fit_args(resume=False))

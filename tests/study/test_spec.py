@@ -10,9 +10,8 @@ import yaml
 
 from ensemble_lab.cli import main
 from ensemble_lab.errors import ConfigError
-from ensemble_lab.study import checks
 from ensemble_lab.study.args import describe_change
-from ensemble_lab.study.spec import load_spec, load_study
+from ensemble_lab.study.spec import load_study
 from tests.conftest import REPO, TINY_TRAINER
 from tests.run_helpers import sigint_once
 
@@ -483,35 +482,3 @@ def test_a_record_of_the_last_release_with_old_option_names_is_not_changed(tmp_p
     out_lines = capsys.readouterr().out
     assert states(out_lines) == ["changed"]
     assert "model.init_args.backbone.init_args.hidden_sizes: [8] -> [64, 32, 16]" in out_lines
-
-
-def test_a_seed_whose_args_are_broken_stops_the_study_before_any_run(tmp_path, capsys):
-    # SingleModel is one network: "--model.num_members={seed}" is valid for seed 1 only
-    methods = {"single": {"config": str(DIGITS / "single.yaml"), "args": ["--model.num_members={seed}"]}}
-    study = write_study(tmp_path / "s.yaml", methods, seeds=(1, 2))
-    out = tmp_path / "out"
-    for extra in ([], ["--dry_run"]):
-        with pytest.raises(SystemExit) as exit_info:
-            main(["study", "--config", str(study), "--out", str(out), *extra])
-        captured = capsys.readouterr()
-        assert exit_info.value.code == 2 and not out.exists()
-        [line] = captured.err.splitlines()
-        assert line.startswith(f"ensemble-lab: error: study run single seed 2 ({out / 'single' / 'seed_2'}): ")
-        assert "num_members" in line and "running" not in captured.out
-
-
-def test_the_check_parses_each_distinct_argument_list_once(tmp_path, monkeypatch):
-    parsed: list[tuple[str, ...]] = []
-    monkeypatch.setattr(checks, "check_run", lambda argv: (parsed.append(argv), ({}, None))[1])
-    methods = {"per_seed": {"config": str(DIGITS / "single.yaml"), "args": ["--data.val_fraction=0.{seed}"]},
-               "shared": {"config": str(DIGITS / "single.yaml")}}  # fmt: skip
-    study = load_spec(write_study(tmp_path / "s.yaml", methods, seeds=(1, 2, 3)), tmp_path / "out")
-    checks.validate(study)
-
-    def value(argv: tuple[str, ...], flag: str) -> str:
-        return next(arg.split("=", 1)[1] for arg in argv if arg.startswith(f"{flag}="))
-
-    # every seed of per_seed has its own arguments; shared's seeds differ only in the seed and where they write
-    checked = sorted((value(argv, "--run_name"), value(argv, "--seed_everything")) for argv in parsed)
-    assert checked == [("per_seed", "1"), ("per_seed", "2"), ("per_seed", "3"), ("shared", "1")]
-    assert {value(argv, "--data.val_fraction") for argv in parsed if "--run_name=per_seed" in argv} == {"0.1", "0.2", "0.3"}
