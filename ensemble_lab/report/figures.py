@@ -41,6 +41,7 @@ from ensemble_lab.figures.style import Look, check_formats, save_figure
 from ensemble_lab.metrics.classification import member_mean, uncertainty_scores
 from ensemble_lab.metrics.registry import OOD_SCORES
 from ensemble_lab.metrics.selective import risk_coverage_curve
+from ensemble_lab.report.de_curve import Saved
 from ensemble_lab.report.de_figure import de_equivalent_figure
 from ensemble_lab.report.figure_rows import RunGroup, looks, regression_sets, run_results, saved_predictions, set_roles, skip
 from ensemble_lab.report.regression_figures import regression_figures
@@ -118,8 +119,14 @@ def _where(rows: Sequence[T], keep: Sequence[bool]) -> list[T]:
     return [row for row, kept in zip(rows, keep) if kept]
 
 
-def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
-    """Every comparison figure the groups' runs allow, by name; says on stderr which could not be drawn and why."""
+def draw_figures(groups: Sequence[RunGroup], saved: Saved | None = None) -> dict[str, Figure]:
+    """Every comparison figure the groups' runs allow, by name; says on stderr which could not be drawn and why.
+
+    Args:
+        groups: the report's rows, in table order.
+        saved: the report's cache of saved predictions, fitted temperatures and Deep-Ensemble curves
+            (report/de_curve.py): pass the one the Deep-Ensemble columns filled, so the figure reuses their fits.
+    """
     every_look = looks(groups)
     every_doc = [[d for run in g.runs if (d := run_results(run))] for g in groups]
     every_role = set_roles([d for runs in every_doc for d in runs])
@@ -177,7 +184,7 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
     else:
         skip("scale", "no method has rows of different sizes (vary --model.backbone.hidden_sizes / --model.backbone.width, as configs/study/scale_digits.yaml)")
     figures.update(severity_figures(seen, docs))  # acc / NLL / ECE against corruption severity (report/severity.py)
-    fig, why = de_equivalent_figure(groups, seen, docs)  # TS-NLL against Deep-Ensemble size (report/de_figure.py)
+    fig, why = de_equivalent_figure(groups, seen, docs, saved)  # TS-NLL against Deep-Ensemble size (report/de_figure.py)
     if fig is not None:
         figures["deep_ensemble_equivalent"] = fig
     else:
@@ -188,12 +195,13 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
     return figures
 
 
-def draw_report_figures(groups: Sequence[RunGroup], out: Path, formats: Sequence[str] = ("png",), dpi: int = 200) -> list[Path]:
+def draw_report_figures(groups: Sequence[RunGroup], out: Path, formats: Sequence[str] = ("png",), dpi: int = 200,
+                        saved: Saved | None = None) -> list[Path]:  # fmt: skip
     """Draw every comparison figure the runs allow into <out>/figures/, one file per figure and format; return the paths written.
     A figure the runs cannot give (no saved predictions, no event files, a single M) is skipped with one line on stderr saying why
-    and how to get it."""
+    and how to get it. ``saved``: as in :func:`draw_figures`."""
     check_formats(formats, dpi)  # before any drawing: a bad option fails fast
     paths = []
-    for name, fig in draw_figures(groups).items():
+    for name, fig in draw_figures(groups, saved).items():
         paths += save_figure(fig, Path(out) / "figures" / name, formats, dpi)
     return paths
