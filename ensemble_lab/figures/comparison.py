@@ -6,7 +6,7 @@ Each function returns a ``matplotlib.figure.Figure`` (no pyplot) and takes plain
 
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,8 +63,35 @@ def reliability_comparison(panels: Sequence[tuple[Look, Tensor, Tensor, int]], s
     return fig
 
 
+#: one row of an OOD figure: (look, id scores (N_id,), ood scores (N_ood,)), higher = more OOD
+OodRow = tuple[Look, Tensor, Tensor]
+#: the OOD figures of each score: ROC and precision-recall
+OOD_KINDS = ("roc", "pr")
+
+
+def ood_curve(id_scores: Tensor, ood_scores: Tensor, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (x, y) points of separating ``ood_scores`` (the positive class) from ``id_scores``, as the figures draw them.
+
+    Args:
+        id_scores: the in-distribution samples' scores (N_id,).
+        ood_scores: the OOD samples' scores (N_ood,); higher = more OOD.
+        kind: "roc" (x: false-positive rate, y: true-positive rate) or "pr" (x: recall, y: precision).
+    """
+    from sklearn.metrics import precision_recall_curve, roc_curve  # heavy: only when drawing
+
+    if kind not in OOD_KINDS:
+        raise ValueError(f"an OOD curve is roc or pr, got {kind!r}")
+    labels = np.concatenate([np.zeros(id_scores.numel()), np.ones(ood_scores.numel())])  # (N_id + N_ood,)
+    scores = np.concatenate([id_scores.cpu().numpy(), ood_scores.cpu().numpy()])  # (N_id + N_ood,)
+    if kind == "roc":
+        x, y, _ = roc_curve(labels, scores)
+        return x, y
+    y, x, _ = precision_recall_curve(labels, scores)
+    return x, y
+
+
 @paper_style
-def ood_curve_figure(curves: Sequence[tuple[Look, Tensor, Tensor]], kind: str, ood_set: str, id_set: str, score: str) -> Figure:
+def ood_curve_figure(curves: Sequence[OodRow], kind: str, ood_set: str, id_set: str, score: str) -> Figure:
     """ROC (``kind="roc"``) or precision-recall (``"pr"``) curves of separating ``ood_set`` from ``id_set``, one per row.
 
     Args:
@@ -74,24 +101,15 @@ def ood_curve_figure(curves: Sequence[tuple[Look, Tensor, Tensor]], kind: str, o
         id_set: the in-distribution set, for the title.
         score: the uncertainty score's name (msp, entropy, mi), for the title.
     """
-    from sklearn.metrics import precision_recall_curve, roc_curve  # heavy: only when drawing
-
     names = [_wrap(look.name, 44) for look, _, _ in curves]
     legend_lines = sum(name.count("\n") + 1 for name in names) + 1
     fig = Figure(figsize=(COLUMN_WIDTH, 2.6 + 0.13 * legend_lines), layout="constrained")
     ax = fig.add_subplot()
     positives = 0.0
     for (look, id_scores, ood_scores), name in zip(curves, names):
-        labels = np.concatenate([np.zeros(id_scores.numel()), np.ones(ood_scores.numel())])  # (N_id + N_ood,)
-        scores = np.concatenate([id_scores.cpu().numpy(), ood_scores.cpu().numpy()])  # (N_id + N_ood,)
-        quality = ood_detection(id_scores, ood_scores)
-        positives = labels.mean()
-        if kind == "roc":
-            x, y, _ = roc_curve(labels, scores)
-            value = quality["auroc"]
-        else:
-            y, x, _ = precision_recall_curve(labels, scores)
-            value = quality["aupr"]
+        x, y = ood_curve(id_scores, ood_scores, kind)
+        positives = ood_scores.numel() / (id_scores.numel() + ood_scores.numel())
+        value = ood_detection(id_scores, ood_scores)["auroc" if kind == "roc" else "aupr"]
         ax.plot(x, y, color=look.colour, linestyle=look.linestyle, label=f"{name}: {value:.3f}")
     if kind == "roc":
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
@@ -105,6 +123,18 @@ def ood_curve_figure(curves: Sequence[tuple[Look, Tensor, Tensor]], kind: str, o
     fig.legend(loc="outside lower center", title=f"{heading} (runs pooled)", title_fontsize=7)
     ax.set_title(f"{ood_set} vs {id_set}, score: {score}")
     return fig
+
+
+def ood_curve_figures(curves: Mapping[str, Sequence[OodRow]], ood_set: str, id_set: str) -> dict[str, Figure]:
+    """``ood_roc_<ood_set>_<score>`` and ``ood_pr_<ood_set>_<score>`` of every score with rows (a score without any is left out).
+
+    Args:
+        curves: {score: its rows (:data:`OodRow`)}, e.g. {"msp": [...], "mi": [...]}.
+        ood_set: the OOD set, for the names and titles.
+        id_set: the in-distribution set, for the titles.
+    """
+    return {f"ood_{kind}_{ood_set}_{score}": ood_curve_figure(rows, kind, ood_set, id_set, score)
+            for score, rows in curves.items() if rows for kind in OOD_KINDS}  # fmt: skip
 
 
 @paper_style

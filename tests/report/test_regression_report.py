@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from ensemble_lab.cli import main
 from ensemble_lab.evaluation.regression_sets import pack, set_metrics, write_predictions
@@ -105,3 +106,28 @@ def test_quality_against_cost_of_regression_rows_shows_rmse_nll_and_the_gap_auro
     assert rows == ["diabetes rmse", "diabetes nll", "diabetes_gap auroc_variance"]
     drawn = [float(line.get_ydata()[0]) for line in figure.axes[0].get_lines() if line.get_marker() not in ("|", "_")]
     assert len(drawn) == 2 and pytest.approx(regression_metrics(*stored["diabetes"], targets_of("diabetes"))["rmse"], rel=1e-5) in drawn
+
+
+def test_regression_ood_curves_are_scikit_learns_on_the_pooled_variances(tmp_path):
+    """The gap set's ROC / PR curves of each row: scikit-learn's curves of the mixture's variance and of the variance of
+    the member means (numpy, from the saved predictions), the runs of a row pooled; the single model has no epistemic one."""
+    stored = {name: write_regression_run(tmp_path / name, "DeepEnsemble", 3, error=25.0 + 10 * k, seed=k) for k, name in enumerate(("a", "b"))}
+    write_regression_run(tmp_path / "single", "SingleModel", 1, error=60.0)
+    groups = [RunGroup("DeepEnsemble", "DeepEnsemble", "DeepEnsemble", 3, (tmp_path / "a", tmp_path / "b")),
+              RunGroup("SingleModel", "SingleModel", "SingleModel", 1, (tmp_path / "single",))]  # fmt: skip
+    figures = draw_figures(groups)
+    assert "ood_roc_diabetes_gap_epistemic" in figures and "ood_pr_diabetes_gap_variance" in figures
+
+    def scores(run: str, name: str, score: str) -> np.ndarray:
+        mean, var = (t.float().double().numpy()[..., 0] for t in stored[run][name])  # (M, N): saved as float32
+        return var.mean(0) + mean.var(0) if score == "variance" else mean.var(0)
+
+    for score in ("variance", "epistemic"):
+        id_scores = np.concatenate([scores(r, "diabetes", score) for r in ("a", "b")])
+        ood = np.concatenate([scores(r, "diabetes_gap", score) for r in ("a", "b")])
+        labels, pooled = np.r_[np.zeros(len(id_scores)), np.ones(len(ood))], np.r_[id_scores, ood]
+        for kind, (x, y) in (("roc", roc_curve(labels, pooled)[:2]), ("pr", precision_recall_curve(labels, pooled)[1::-1])):
+            lines = [line for line in figures[f"ood_{kind}_diabetes_gap_{score}"].axes[0].get_lines() if not line.get_label().startswith("_")]
+            assert [line.get_label().split(":")[0] for line in lines] == (["DeepEnsemble, M=3", "SingleModel, M=1"] if score == "variance" else ["DeepEnsemble, M=3"])
+            np.testing.assert_allclose(lines[0].get_xdata(), x, rtol=1e-5, atol=1e-9)
+            np.testing.assert_allclose(lines[0].get_ydata(), y, rtol=1e-5, atol=1e-9)
