@@ -21,16 +21,22 @@ from ensemble_lab.metrics.registry import label as axis_label
 
 #: most reliability panels in one row of the comparison
 PANELS_PER_ROW = 4
+#: most markers on one validation curve: a longer run marks every k-th epoch, each row from its own offset
+CURVE_MARKERS = 8
+#: the edge width of the curves' open markers, and the sizes of the last and the first row's (points)
+CURVE_MARKER_EDGE = 0.8
+CURVE_MARKER_SIZES = (3.0, 6.0)
 
 
 def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width)) or text
 
 
-def _legend_beside(ax: Axes, looks: Sequence[Look], markers: bool = True) -> None:
-    """A legend of every look in the spare axes ``ax`` (its frame hidden); lines only when not ``markers``."""
+def _legend_beside(ax: Axes, looks: Sequence[Look], markers: bool = True, hollow: bool = False) -> None:
+    """A legend of every look in the spare axes ``ax`` (its frame hidden); lines only when not ``markers``, open markers if ``hollow``."""
     ax.set_axis_off()
-    handles = [ax.plot([], [], color=k.colour, marker=k.marker if markers else "", linestyle=k.linestyle)[0] for k in looks]
+    face: dict[str, Any] = {"markerfacecolor": "none", "markeredgewidth": CURVE_MARKER_EDGE} if hollow else {}
+    handles = [ax.plot([], [], color=k.colour, marker=k.marker if markers else "", linestyle=k.linestyle, **face)[0] for k in looks]
     ax.legend(handles, [_wrap(k.name, 30) for k in looks], loc="center", borderaxespad=0)
 
 
@@ -189,7 +195,8 @@ def diversity_figure(points: Sequence[tuple[Look, Sequence[dict[str, Any]]]], se
 @paper_style
 def training_curves_figure(series: Sequence[tuple[Look, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]],
                            tags: Sequence[str], x_label: str = "epoch") -> Figure:  # fmt: skip
-    """Per-epoch curves, mean line and ± std band over each row's runs; a panel per tag.
+    """Per-epoch curves, mean line and ± std band over each row's runs; a panel per tag. Each line carries its row's
+    marker, open, at most CURVE_MARKERS of them, so lines that coincide stay told apart.
 
     Args:
         series: (look, {tag: (x, mean, std, runs) from training_curves.mean_std}) per row.
@@ -201,17 +208,22 @@ def training_curves_figure(series: Sequence[tuple[Look, dict[str, tuple[np.ndarr
     fig = Figure(figsize=(TEXT_WIDTH, 2.0 * rows + 0.3), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax, tag in zip(axes, tags):
-        for look, curves in series:
+        for row, (look, curves) in enumerate(series):
             if tag not in curves or not len(curves[tag][0]):
                 continue
             x, mean, std, _ = curves[tag]
-            ax.plot(x, mean, color=look.colour, linestyle=look.linestyle)
+            # open markers, each row's own shape, at staggered epochs, the later rows' smaller: a row whose curve lies on
+            # another's (the Deep Ensemble's and the Packed Ensemble's weight cosine, both ≈ 0) still shows around it
+            step = max(1, math.ceil(len(x) / CURVE_MARKERS))
+            size = CURVE_MARKER_SIZES[1] - (CURVE_MARKER_SIZES[1] - CURVE_MARKER_SIZES[0]) * row / max(1, len(series) - 1)
+            ax.plot(x, mean, color=look.colour, linestyle=look.linestyle, marker=look.marker, markevery=(row % step, step),
+                    markersize=size, markerfacecolor="none", markeredgewidth=CURVE_MARKER_EDGE)  # fmt: skip
             ax.fill_between(x, mean - std, mean + std, color=look.colour, alpha=0.2, linewidth=0)
         key = tag.removeprefix("val/")
         ax.set(xlabel=x_label, ylabel=axis_label(key), title=tag)
     for ax in axes[len(tags) + 1 :]:
         ax.set_axis_off()
-    _legend_beside(axes[len(tags)], [look for look, _ in series], markers=False)
+    _legend_beside(axes[len(tags)], [look for look, _ in series], hollow=True)
     fig.suptitle("validation curves during training (mean ± std over seeds)")
     return fig
 
