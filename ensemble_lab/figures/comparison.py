@@ -6,7 +6,7 @@ Each function returns a ``matplotlib.figure.Figure`` (no pyplot) and takes plain
 
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,16 +21,22 @@ from ensemble_lab.metrics.registry import label as axis_label
 
 #: most reliability panels in one row of the comparison
 PANELS_PER_ROW = 4
+#: most markers on one validation curve: a longer run marks every k-th epoch, each row from its own offset
+CURVE_MARKERS = 8
+#: the edge width of the curves' open markers, and the sizes of the last and the first row's (points)
+CURVE_MARKER_EDGE = 0.8
+CURVE_MARKER_SIZES = (3.0, 6.0)
 
 
 def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width)) or text
 
 
-def _legend_beside(ax: Axes, looks: Sequence[Look], markers: bool = True) -> None:
-    """A legend of every look in the spare axes ``ax`` (its frame hidden); lines only when not ``markers``."""
+def _legend_beside(ax: Axes, looks: Sequence[Look], markers: bool = True, hollow: bool = False) -> None:
+    """A legend of every look in the spare axes ``ax`` (its frame hidden); lines only when not ``markers``, open markers if ``hollow``."""
     ax.set_axis_off()
-    handles = [ax.plot([], [], color=k.colour, marker=k.marker if markers else "", linestyle=k.linestyle)[0] for k in looks]
+    face: dict[str, Any] = {"markerfacecolor": "none", "markeredgewidth": CURVE_MARKER_EDGE} if hollow else {}
+    handles = [ax.plot([], [], color=k.colour, marker=k.marker if markers else "", linestyle=k.linestyle, **face)[0] for k in looks]
     ax.legend(handles, [_wrap(k.name, 30) for k in looks], loc="center", borderaxespad=0)
 
 
@@ -63,8 +69,35 @@ def reliability_comparison(panels: Sequence[tuple[Look, Tensor, Tensor, int]], s
     return fig
 
 
+#: one row of an OOD figure: (look, id scores (N_id,), ood scores (N_ood,)), higher = more OOD
+OodRow = tuple[Look, Tensor, Tensor]
+#: the OOD figures of each score: ROC and precision-recall
+OOD_KINDS = ("roc", "pr")
+
+
+def ood_curve(id_scores: Tensor, ood_scores: Tensor, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (x, y) points of separating ``ood_scores`` (the positive class) from ``id_scores``, as the figures draw them.
+
+    Args:
+        id_scores: the in-distribution samples' scores (N_id,).
+        ood_scores: the OOD samples' scores (N_ood,); higher = more OOD.
+        kind: "roc" (x: false-positive rate, y: true-positive rate) or "pr" (x: recall, y: precision).
+    """
+    from sklearn.metrics import precision_recall_curve, roc_curve  # heavy: only when drawing
+
+    if kind not in OOD_KINDS:
+        raise ValueError(f"an OOD curve is roc or pr, got {kind!r}")
+    labels = np.concatenate([np.zeros(id_scores.numel()), np.ones(ood_scores.numel())])  # (N_id + N_ood,)
+    scores = np.concatenate([id_scores.cpu().numpy(), ood_scores.cpu().numpy()])  # (N_id + N_ood,)
+    if kind == "roc":
+        x, y, _ = roc_curve(labels, scores)
+        return x, y
+    y, x, _ = precision_recall_curve(labels, scores)
+    return x, y
+
+
 @paper_style
-def ood_curve_figure(curves: Sequence[tuple[Look, Tensor, Tensor]], kind: str, ood_set: str, id_set: str, score: str) -> Figure:
+def ood_curve_figure(curves: Sequence[OodRow], kind: str, ood_set: str, id_set: str, score: str) -> Figure:
     """ROC (``kind="roc"``) or precision-recall (``"pr"``) curves of separating ``ood_set`` from ``id_set``, one per row.
 
     Args:
@@ -74,24 +107,15 @@ def ood_curve_figure(curves: Sequence[tuple[Look, Tensor, Tensor]], kind: str, o
         id_set: the in-distribution set, for the title.
         score: the uncertainty score's name (msp, entropy, mi), for the title.
     """
-    from sklearn.metrics import precision_recall_curve, roc_curve  # heavy: only when drawing
-
     names = [_wrap(look.name, 44) for look, _, _ in curves]
     legend_lines = sum(name.count("\n") + 1 for name in names) + 1
     fig = Figure(figsize=(COLUMN_WIDTH, 2.6 + 0.13 * legend_lines), layout="constrained")
     ax = fig.add_subplot()
     positives = 0.0
     for (look, id_scores, ood_scores), name in zip(curves, names):
-        labels = np.concatenate([np.zeros(id_scores.numel()), np.ones(ood_scores.numel())])  # (N_id + N_ood,)
-        scores = np.concatenate([id_scores.cpu().numpy(), ood_scores.cpu().numpy()])  # (N_id + N_ood,)
-        quality = ood_detection(id_scores, ood_scores)
-        positives = labels.mean()
-        if kind == "roc":
-            x, y, _ = roc_curve(labels, scores)
-            value = quality["auroc"]
-        else:
-            y, x, _ = precision_recall_curve(labels, scores)
-            value = quality["aupr"]
+        x, y = ood_curve(id_scores, ood_scores, kind)
+        positives = ood_scores.numel() / (id_scores.numel() + ood_scores.numel())
+        value = ood_detection(id_scores, ood_scores)["auroc" if kind == "roc" else "aupr"]
         ax.plot(x, y, color=look.colour, linestyle=look.linestyle, label=f"{name}: {value:.3f}")
     if kind == "roc":
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
@@ -105,6 +129,18 @@ def ood_curve_figure(curves: Sequence[tuple[Look, Tensor, Tensor]], kind: str, o
     fig.legend(loc="outside lower center", title=f"{heading} (runs pooled)", title_fontsize=7)
     ax.set_title(f"{ood_set} vs {id_set}, score: {score}")
     return fig
+
+
+def ood_curve_figures(curves: Mapping[str, Sequence[OodRow]], ood_set: str, id_set: str) -> dict[str, Figure]:
+    """``ood_roc_<ood_set>_<score>`` and ``ood_pr_<ood_set>_<score>`` of every score with rows (a score without any is left out).
+
+    Args:
+        curves: {score: its rows (:data:`OodRow`)}, e.g. {"msp": [...], "mi": [...]}.
+        ood_set: the OOD set, for the names and titles.
+        id_set: the in-distribution set, for the titles.
+    """
+    return {f"ood_{kind}_{ood_set}_{score}": ood_curve_figure(rows, kind, ood_set, id_set, score)
+            for score, rows in curves.items() if rows for kind in OOD_KINDS}  # fmt: skip
 
 
 @paper_style
@@ -159,7 +195,8 @@ def diversity_figure(points: Sequence[tuple[Look, Sequence[dict[str, Any]]]], se
 @paper_style
 def training_curves_figure(series: Sequence[tuple[Look, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]],
                            tags: Sequence[str], x_label: str = "epoch") -> Figure:  # fmt: skip
-    """Per-epoch curves, mean line and ± std band over each row's runs; a panel per tag.
+    """Per-epoch curves, mean line and ± std band over each row's runs; a panel per tag. Each line carries its row's
+    marker, open, at most CURVE_MARKERS of them, so lines that coincide stay told apart.
 
     Args:
         series: (look, {tag: (x, mean, std, runs) from training_curves.mean_std}) per row.
@@ -171,17 +208,22 @@ def training_curves_figure(series: Sequence[tuple[Look, dict[str, tuple[np.ndarr
     fig = Figure(figsize=(TEXT_WIDTH, 2.0 * rows + 0.3), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax, tag in zip(axes, tags):
-        for look, curves in series:
+        for row, (look, curves) in enumerate(series):
             if tag not in curves or not len(curves[tag][0]):
                 continue
             x, mean, std, _ = curves[tag]
-            ax.plot(x, mean, color=look.colour, linestyle=look.linestyle)
+            # open markers, each row's own shape, at staggered epochs, the later rows' smaller: a row whose curve lies on
+            # another's (the Deep Ensemble's and the Packed Ensemble's weight cosine, both ≈ 0) still shows around it
+            step = max(1, math.ceil(len(x) / CURVE_MARKERS))
+            size = CURVE_MARKER_SIZES[1] - (CURVE_MARKER_SIZES[1] - CURVE_MARKER_SIZES[0]) * row / max(1, len(series) - 1)
+            ax.plot(x, mean, color=look.colour, linestyle=look.linestyle, marker=look.marker, markevery=(row % step, step),
+                    markersize=size, markerfacecolor="none", markeredgewidth=CURVE_MARKER_EDGE)  # fmt: skip
             ax.fill_between(x, mean - std, mean + std, color=look.colour, alpha=0.2, linewidth=0)
         key = tag.removeprefix("val/")
         ax.set(xlabel=x_label, ylabel=axis_label(key), title=tag)
     for ax in axes[len(tags) + 1 :]:
         ax.set_axis_off()
-    _legend_beside(axes[len(tags)], [look for look, _ in series], markers=False)
+    _legend_beside(axes[len(tags)], [look for look, _ in series], hollow=True)
     fig.suptitle("validation curves during training (mean ± std over seeds)")
     return fig
 

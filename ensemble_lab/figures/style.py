@@ -89,11 +89,13 @@ def method_order_key(method: str | None, label: str) -> tuple[int, str, str]:
 def label_colours(labels: Iterable[tuple[str, str | None]]) -> dict[str, tuple[str, str]]:
     """{label: (colour, marker)} for (label, method class) pairs, in the paper's row order.
 
-    The same set of labels always gets the same colours, whatever order the pairs come in.
+    The same set of labels always gets the same colours, whatever order the pairs come in; labels that share a
+    colour (more labels than PALETTE has) get different markers.
     """
     methods = dict(labels)  # label -> method (the first one given)
     ordered = sorted(methods, key=lambda label: method_order_key(methods[label], label))
-    return {label: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, label in enumerate(ordered)}
+    # past the palette's end the colours repeat: the markers then shift by one, so no two labels share both
+    return {label: (PALETTE[i % len(PALETTE)], MARKERS[(i + i // len(PALETTE)) % len(MARKERS)]) for i, label in enumerate(ordered)}
 
 
 def who(method: str | None, num_members: int | None, label: str | None = None) -> str:

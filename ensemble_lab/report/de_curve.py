@@ -63,13 +63,26 @@ def ts_nll(member_log_probs: Tensor, targets: Tensor, temperature: Tensor) -> fl
     return float(ensemble_nll(member_log_probs, targets, temperature))
 
 
+#: a pool as a cache key: its networks (run, member index) in order
+PoolKey = tuple[tuple[Path, int], ...]
+
+
 class Saved:
-    """The runs' saved predictions and fitted temperatures, each read or fitted once (one per report)."""
+    """The runs' saved predictions, fitted temperatures and Deep-Ensemble curves, each read or computed once.
+
+    One per report call: the Deep-Ensemble columns (report/de_table.py) fill it and the figure (report/de_figure.py)
+    reads the same temperatures, curves and TS-NLLs back, so the two never disagree and nothing is fitted twice.
+    """
 
     def __init__(self) -> None:
         """An empty cache."""
         self._predictions: dict[tuple[Path, str], tuple[Tensor, Tensor] | None] = {}
         self._temperatures: dict[Path, Tensor | None] = {}
+        self._run_ts_nll: dict[tuple[Path, str], float | None] = {}
+        #: per pool: each assembled subset's temperature, fitted on the validation split (every set uses it)
+        self.subset_temperatures: dict[PoolKey, dict[tuple[int, ...], Tensor]] = {}
+        #: per pool and set: its curve, or why it has none
+        self.curves: dict[tuple[PoolKey, str], Curve | str] = {}
 
     def predictions(self, run: Path, set_name: str) -> tuple[Tensor, Tensor] | None:
         """Member log probabilities (M, N, C), float64, and targets (N,) of <run>/predictions/<set_name>.npz (the saved
@@ -88,8 +101,11 @@ class Saved:
 
     def run_ts_nll(self, run: Path, set_name: str) -> float | None:
         """A run's TS-NLL on ``set_name`` (its temperature fitted on its own validation split); None without the predictions."""
-        temperature, test = self.temperature(run), self.predictions(run, set_name)
-        return None if temperature is None or test is None else ts_nll(test[0], test[1], temperature)
+        key = (Path(run), set_name)
+        if key not in self._run_ts_nll:
+            temperature, test = self.temperature(run), self.predictions(run, set_name)
+            self._run_ts_nll[key] = None if temperature is None or test is None else ts_nll(test[0], test[1], temperature)
+        return self._run_ts_nll[key]
 
 
 def _read(path: Path) -> tuple[Tensor, Tensor] | None:
@@ -150,24 +166,30 @@ def de_curves(rows: Sequence[Row], set_names: Sequence[str], saved: Saved | None
     """
     saved = saved or Saved()
     pool, with_de = pool_of(rows)
-    reasons: dict[str, str] = {}
     if not pool:
         return {}, dict.fromkeys(set_names, "no SingleModel or DeepEnsemble runs to assemble Deep Ensembles from")
-    val = _members(saved, pool, VAL_SPLIT)
-    if isinstance(val, str):
-        return {}, dict.fromkeys(set_names, val + " (test with --save_predictions true)")
-    drawn = [s for k in range(1, min(len(pool), MAX_SIZE) + 1) for s in subsets(len(pool), k)]
-    temperature = {s: fit_temperature(val[0][list(s)], val[1]) for s in drawn}  # one fit per subset, every set uses it
-    curves = {}
-    for name in set_names:
-        test = _members(saved, pool, name)
-        if isinstance(test, str):
-            reasons[name] = test
-            continue
-        by_size: dict[int, list[float]] = {}
-        for s in drawn:
-            by_size.setdefault(len(s), []).append(ts_nll(test[0][list(s)], test[1], temperature[s]))
-        mean = tuple(float(np.mean(v)) for v in by_size.values())
-        std = tuple(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in by_size.values())
-        curves[name] = Curve(mean, std, len(pool), with_de)
-    return curves, reasons
+    key = tuple(pool)
+    found = {name: saved.curves.get((key, name)) or _curve(saved, pool, with_de, name) for name in set_names}
+    saved.curves.update({(key, name): found[name] for name in set_names})
+    return {n: c for n, c in found.items() if isinstance(c, Curve)}, {n: c for n, c in found.items() if isinstance(c, str)}
+
+
+def _curve(saved: Saved, pool: Sequence[tuple[Path, int]], with_de: bool, name: str) -> Curve | str:
+    """The curve of set ``name`` from ``pool``, or why there is none; the subsets' temperatures fitted once per pool."""
+    key = tuple(pool)
+    if key not in saved.subset_temperatures:
+        val = _members(saved, pool, VAL_SPLIT)
+        if isinstance(val, str):
+            return val + " (test with --save_predictions true)"
+        drawn = [s for k in range(1, min(len(pool), MAX_SIZE) + 1) for s in subsets(len(pool), k)]
+        saved.subset_temperatures[key] = {s: fit_temperature(val[0][list(s)], val[1]) for s in drawn}  # every set uses it
+    temperature = saved.subset_temperatures[key]
+    test = _members(saved, pool, name)
+    if isinstance(test, str):
+        return test
+    by_size: dict[int, list[float]] = {}
+    for s, t in temperature.items():
+        by_size.setdefault(len(s), []).append(ts_nll(test[0][list(s)], test[1], t))
+    mean = tuple(float(np.mean(v)) for v in by_size.values())
+    std = tuple(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in by_size.values())
+    return Curve(mean, std, len(pool), with_de)

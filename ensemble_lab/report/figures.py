@@ -41,8 +41,10 @@ from ensemble_lab.figures.style import Look, check_formats, save_figure
 from ensemble_lab.metrics.classification import member_mean, uncertainty_scores
 from ensemble_lab.metrics.registry import OOD_SCORES
 from ensemble_lab.metrics.selective import risk_coverage_curve
+from ensemble_lab.report.de_curve import Saved
 from ensemble_lab.report.de_figure import de_equivalent_figure
 from ensemble_lab.report.figure_rows import RunGroup, looks, regression_sets, run_results, saved_predictions, set_roles, skip
+from ensemble_lab.report.ood_figures import ood_figures
 from ensemble_lab.report.regression_figures import regression_figures
 from ensemble_lab.report.severity import severity_figures
 from ensemble_lab.report.single_basin import single_basin_figures
@@ -83,20 +85,10 @@ def _risk_coverage(groups: Sequence[RunGroup], seen: list[Look], set_name: str) 
     return draw.risk_coverage_figure(curves, set_name) if curves else None
 
 
-def _ood_curves(groups: Sequence[RunGroup], seen: list[Look], id_set: str, ood_set: str) -> dict[str, list[tuple[Look, Tensor, Tensor]]]:
-    """{score: [(look, pooled id scores, pooled ood scores)]} of the groups with both sets' predictions."""
-    curves: dict[str, list[tuple[Look, Tensor, Tensor]]] = {s: [] for s in SCORES}
-    for group, look in zip(groups, seen):
-        id_scores, ood_scores = [], []
-        for run in group.runs:
-            pair = saved_predictions(run, id_set), saved_predictions(run, ood_set)
-            if pair[0] is not None and pair[1] is not None:
-                id_scores.append(uncertainty_scores(pair[0][0]))
-                ood_scores.append(uncertainty_scores(pair[1][0]))
-        for score in SCORES:
-            if id_scores and not (score == "mi" and group.num_members == 1):  # a single model's mi is 0 everywhere
-                curves[score].append((look, torch.cat([s[score] for s in id_scores]), torch.cat([s[score] for s in ood_scores])))
-    return curves
+def _class_scores(run: Path, set_name: str) -> dict[str, Tensor] | None:
+    """A classification run's uncertainty scores of one set (msp, entropy, mi), or None without its saved predictions."""
+    saved = saved_predictions(run, set_name)
+    return None if saved is None else uncertainty_scores(saved[0])
 
 
 def _training_curves(groups: Sequence[RunGroup], seen: list[Look], tags: Sequence[str] = CURVE_TAGS) -> Figure | None:
@@ -118,8 +110,14 @@ def _where(rows: Sequence[T], keep: Sequence[bool]) -> list[T]:
     return [row for row, kept in zip(rows, keep) if kept]
 
 
-def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
-    """Every comparison figure the groups' runs allow, by name; says on stderr which could not be drawn and why."""
+def draw_figures(groups: Sequence[RunGroup], saved: Saved | None = None) -> dict[str, Figure]:
+    """Every comparison figure the groups' runs allow, by name; says on stderr which could not be drawn and why.
+
+    Args:
+        groups: the report's rows, in table order.
+        saved: the report's cache of saved predictions, fitted temperatures and Deep-Ensemble curves
+            (report/de_curve.py): pass the one the Deep-Ensemble columns filled, so the figure reuses their fits.
+    """
     every_look = looks(groups)
     every_doc = [[d for run in g.runs if (d := run_results(run))] for g in groups]
     every_role = set_roles([d for runs in every_doc for d in runs])
@@ -147,16 +145,7 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
                 figures[f"risk_coverage_{name}"] = fig
             else:
                 skip(f"risk_coverage_{name}", save_hint)
-    id_set = next((n for n, r in roles.items() if r == "id"), None)
-    for name in (n for n, r in roles.items() if r == "ood"):
-        curves = _ood_curves(groups, seen, id_set, name) if id_set else {}
-        for score in SCORES:
-            if not curves.get(score):
-                why = "no id set to compare with" if id_set is None else save_hint.replace("of it", f"of {id_set} and {name}")
-                skip(f"ood_roc_{name}_{score}", why + ("" if score != "mi" else "; mi needs M > 1"))
-                continue
-            for kind in ("roc", "pr"):
-                figures[f"ood_{kind}_{name}_{score}"] = draw.ood_curve_figure(curves[score], kind, name, id_set or "", score)
+    figures.update(ood_figures(groups, seen, roles, _class_scores, SCORES, "mi"))  # ROC / PR per ood set and score
     for name, role in roles.items():
         axes = DIVERSITY_AXES["ood" if role == "ood" else "id"]
         # a set without the axes' metrics (an averages set such as cifar10c_mean) gets no empty figure
@@ -177,7 +166,7 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
     else:
         skip("scale", "no method has rows of different sizes (vary --model.backbone.hidden_sizes / --model.backbone.width, as configs/study/scale_digits.yaml)")
     figures.update(severity_figures(seen, docs))  # acc / NLL / ECE against corruption severity (report/severity.py)
-    fig, why = de_equivalent_figure(groups, seen, docs)  # TS-NLL against Deep-Ensemble size (report/de_figure.py)
+    fig, why = de_equivalent_figure(groups, seen, docs, saved)  # TS-NLL against Deep-Ensemble size (report/de_figure.py)
     if fig is not None:
         figures["deep_ensemble_equivalent"] = fig
     else:
@@ -188,12 +177,13 @@ def draw_figures(groups: Sequence[RunGroup]) -> dict[str, Figure]:
     return figures
 
 
-def draw_report_figures(groups: Sequence[RunGroup], out: Path, formats: Sequence[str] = ("png",), dpi: int = 200) -> list[Path]:
+def draw_report_figures(groups: Sequence[RunGroup], out: Path, formats: Sequence[str] = ("png",), dpi: int = 200,
+                        saved: Saved | None = None) -> list[Path]:  # fmt: skip
     """Draw every comparison figure the runs allow into <out>/figures/, one file per figure and format; return the paths written.
     A figure the runs cannot give (no saved predictions, no event files, a single M) is skipped with one line on stderr saying why
-    and how to get it."""
+    and how to get it. ``saved``: as in :func:`draw_figures`."""
     check_formats(formats, dpi)  # before any drawing: a bad option fails fast
     paths = []
-    for name, fig in draw_figures(groups).items():
+    for name, fig in draw_figures(groups, saved).items():
         paths += save_figure(fig, Path(out) / "figures" / name, formats, dpi)
     return paths

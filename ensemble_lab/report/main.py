@@ -11,6 +11,7 @@ from ensemble_lab.errors import ConfigError
 from ensemble_lab.metrics.registry import OOD_SCORES
 from ensemble_lab.report import tables as report_tables
 from ensemble_lab.report.columns import PRESETS, preset_columns
+from ensemble_lab.report.de_curve import Saved
 from ensemble_lab.report.de_table import add_de_equivalents
 from ensemble_lab.report.groups import DEFAULT_BASELINE, Group, build_report, run_groups
 from ensemble_lab.report.significance import add_significance, choose_baselines
@@ -120,7 +121,8 @@ def report_main(argv: Sequence[str]) -> None:
     options = read_options(argv)
     columns = preset_columns(options.preset, options.ood_score, options.ood_positive) if options.preset else options.metrics
     groups = build_report(options.paths, options.sets, columns)
-    add_de_equivalents(groups, explicit=columns is not None)  # dee, de_gain_*: from the study's runs (report/de_table.py)
+    saved = Saved()  # the Deep-Ensemble fits of this report: the columns fill it, the figure reads it back
+    add_de_equivalents(groups, explicit=columns is not None, saved=saved)  # dee, de_gain_*: from the study's runs (report/de_table.py)
     baselines = choose_baselines(groups, options.baseline)
     if not baselines:
         why = "--baseline none" if options.baseline else f"no {DEFAULT_BASELINE} row; give --baseline LABEL"
@@ -134,15 +136,16 @@ def report_main(argv: Sequence[str]) -> None:
         for path in report_tables.write_report(groups, options.out, options.digits, tables, options.alpha):
             print(f"wrote {path}", file=notes)
     if options.figures:
-        for path in draw_figures(groups, options.out, options.figure_format, options.dpi):
+        for path in draw_figures(groups, options.out, options.figure_format, options.dpi, saved):
             print(f"wrote {path}", file=notes)
 
 
-def draw_figures(groups: Sequence[Group], out: Path, formats: Sequence[str] = ("png",), dpi: int = 200) -> list[Path]:
-    """Every comparison figure of the rows (report/figures.py), into <out>/figures/; rows in table order."""
+def draw_figures(groups: Sequence[Group], out: Path, formats: Sequence[str] = ("png",), dpi: int = 200, saved: Saved | None = None) -> list[Path]:
+    """Every comparison figure of the rows (report/figures.py), into <out>/figures/; rows in table order. ``saved``: the
+    cache add_de_equivalents filled for these rows, so the Deep-Ensemble figure reuses its temperature fits."""
     from ensemble_lab.report import figures as report_figures  # matplotlib only when drawing
 
-    return report_figures.draw_report_figures(run_groups(groups), Path(out), tuple(formats), dpi)
+    return report_figures.draw_report_figures(run_groups(groups), Path(out), tuple(formats), dpi, saved)
 
 
 def to_markdown(groups: list[Group], digits: int = 3) -> str:

@@ -14,6 +14,7 @@ classification figures leave those sets out.
 """
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from ensemble_lab.figures.style import Look
 from ensemble_lab.metrics.registry import REGRESSION_OOD_SCORES
 from ensemble_lab.metrics.regression import coverage_curve, ood_scores, pit_values
 from ensemble_lab.report.figure_rows import RunGroup, saved_regression, skip
+from ensemble_lab.report.ood_figures import ood_figures
 
 #: the panels of the regression_metrics figure
 METRIC_PANELS = ("rmse", "nll", "crps", "coverage_90", "width_90", "epistemic_share")
@@ -46,16 +48,10 @@ def _coverage(groups: Sequence[RunGroup], seen: Sequence[Look], set_name: str) -
     return coverage_figure(lines, f"interval coverage on {set_name} (runs pooled)") if lines else None
 
 
-def _ood_curves(groups: Sequence[RunGroup], seen: Sequence[Look], id_set: str, ood_set: str) -> dict[str, list[tuple[Look, Tensor, Tensor]]]:
-    """{score: [(look, pooled id scores, pooled ood scores)]} of the rows with both sets' predictions."""
-    curves: dict[str, list[tuple[Look, Tensor, Tensor]]] = {s: [] for s in REGRESSION_OOD_SCORES}
-    for group, look in zip(groups, seen):
-        pairs = [(i, o) for run in group.runs if (i := saved_regression(run, id_set)) and (o := saved_regression(run, ood_set))]
-        for score in REGRESSION_OOD_SCORES:
-            if pairs and not (score == "epistemic" and group.num_members == 1):  # a single model's epistemic variance is 0
-                id_scores = torch.cat([ood_scores(*i[:2])[score] for i, _ in pairs])
-                curves[score].append((look, id_scores, torch.cat([ood_scores(*o[:2])[score] for _, o in pairs])))
-    return curves
+def _regression_scores(run: Path, set_name: str) -> dict[str, Tensor] | None:
+    """A regression run's OOD scores of one set (variance, epistemic), or None without its saved predictions."""
+    saved = saved_regression(run, set_name)
+    return None if saved is None else ood_scores(*saved[:2])
 
 
 def regression_figures(groups: Sequence[RunGroup], seen: Sequence[Look], docs: Sequence[Sequence[dict[str, Any]]], roles: dict[str, str],
@@ -92,14 +88,5 @@ def regression_figures(groups: Sequence[RunGroup], seen: Sequence[Look], docs: S
         points = [(look, [m for d in runs if isinstance(m := (d.get("sets") or {}).get(name), dict) and axes[0][0] in m]) for look, runs in zip(seen, docs)]
         if points := [p for p in points if p[1]]:
             figures[f"diversity_{name}"] = draw.diversity_figure(points, name, axes)
-    id_set = next((n for n, r in sets.items() if r == "id"), None)
-    for name in (n for n, r in sets.items() if r == "ood"):
-        curves = _ood_curves(groups, seen, id_set, name) if id_set else {}
-        for score in REGRESSION_OOD_SCORES:
-            if not curves.get(score):
-                why = "no regression id set to compare with" if id_set is None else SAVE_HINT.replace("of it", f"of {id_set} and {name}")
-                skip(f"ood_roc_{name}_{score}", why + ("; the epistemic score needs M > 1" if score == "epistemic" else ""))
-                continue
-            for kind in ("roc", "pr"):
-                figures[f"ood_{kind}_{name}_{score}"] = draw.ood_curve_figure(curves[score], kind, name, id_set or "", score)
+    figures.update(ood_figures(groups, seen, sets, _regression_scores, REGRESSION_OOD_SCORES, "epistemic", "regression "))
     return figures

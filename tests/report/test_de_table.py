@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from ensemble_lab.cli.app import main
+from ensemble_lab.metrics.de_equivalent import deep_ensemble_equivalent
+from ensemble_lab.report import de_curve, de_figure, figures
 from ensemble_lab.report.columns import preset_columns
 from ensemble_lab.report.de_curve import Saved, pool_of
 from ensemble_lab.report.de_figure import de_equivalent_figure
@@ -157,3 +159,45 @@ def test_too_few_single_runs_pool_the_deep_ensembles_members() -> None:
     pool, with_members = pool_of(rows)
     assert with_members and pool == [(Path("s0"), 0), (Path("d0"), 0), (Path("d0"), 1), (Path("d1"), 0), (Path("d1"), 1)]
     assert pool_of([row("SingleModel", 1, ["s0", "s1"]), row("DeepEnsemble", 2, ["d0"])]) == ([(Path("s0"), 0), (Path("s1"), 0)], False)
+
+
+def test_figure_reuses_the_tables_fits_one_temperature_fit_per_subset(study, tmp_path, monkeypatch) -> None:
+    """`report --preset dee --figures`: every subset's and every run's temperature is fitted once, and the figure places
+    each row at the table's own dee and ts_nll (report.json), on the table's curve."""
+    root, truth = study
+    fits: list[bytes] = []
+    real_fit = de_curve.fit_temperature
+
+    def counted(member_log_probs, targets):
+        fits.append(member_log_probs.numpy().tobytes())  # what was fitted: one subset's (or run's) validation logits
+        return real_fit(member_log_probs, targets)
+
+    drawn: list[tuple[dict, dict]] = []
+    in_figure: list[int] = []  # the fits made while the figure was computed
+    real_draw, real_figure = de_figure.draw_de_figure, figures.de_equivalent_figure
+
+    def figure(*args, **kwargs):
+        before = len(fits)
+        result = real_figure(*args, **kwargs)
+        in_figure.append(len(fits) - before)
+        return result
+
+    monkeypatch.setattr(de_curve, "fit_temperature", counted)
+    monkeypatch.setattr(de_figure, "draw_de_figure", lambda curves, points: drawn.append((curves, points)) or real_draw(curves, points))
+    monkeypatch.setattr(figures, "de_equivalent_figure", figure)
+    main(["report", str(root), "--preset", "dee", "--figures", "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "figures" / "deep_ensemble_equivalent.png").is_file() and len(drawn) == 1
+    # 3 single networks in the pool: 3 + 3 + 1 subsets, each fitted once; and each run with a validation split once
+    # (3 single + 2 DeepEnsemble; a size-1 subset has a single run's logits, so the inputs repeat 3 times)
+    assert len(fits) == 7 + 5 and len(set(fits)) == 7 + 2 and in_figure == [0]
+    rows = {g["method"]: g["stats"]["digits"] for g in json.loads((tmp_path / "out" / "report.json").read_text())}
+    curves, points = drawn[0]
+    placed = {look.name.split(",")[0]: value for look, value in points["digits"]}
+    assert set(placed) == {"SingleModel", "DeepEnsemble"}  # BatchEnsemble saved no predictions
+    for method, value in placed.items():
+        assert value == rows[method]["ts_nll"]["mean"]  # the same number, not a refit that agrees to a tolerance
+        assert deep_ensemble_equivalent(curves["digits"].ts_nll, value) == rows[method]["dee"]["mean"]
+    singles = truth["nets"]["single"]
+    numpy_curve = [np.mean([ts_nll(stacked([singles[i] for i in s], truth["targets"], VAL_SPLIT), stacked([singles[i] for i in s], truth["targets"], "digits"))
+                            for s in combinations(range(3), k)]) for k in (1, 2, 3)]  # fmt: skip
+    assert np.allclose(curves["digits"].ts_nll, numpy_curve, rtol=1e-4)

@@ -57,6 +57,18 @@ def write_run(run_dir, method, label, num_members, seed, predictions=True, resum
     return run_dir, collected, doc
 
 
+def write_curves(run_dir, curves, suffix=".0"):
+    """TensorBoard event files as fit leaves them: ``epoch`` and each {tag: [value per epoch]} at every epoch's last step."""
+    writer = SummaryWriter(str(run_dir), filename_suffix=suffix)
+    for epoch in range(max(len(values) for values in curves.values())):
+        step = (epoch + 1) * STEPS_PER_EPOCH - 1
+        writer.add_scalar("epoch", epoch, step)
+        for tag, values in curves.items():
+            if epoch < len(values):
+                writer.add_scalar(tag, values[epoch], step)
+    writer.close()
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """Groups of a synthetic study: a single model (2 seeds), a Deep Ensemble (2 seeds, one resumed), BatchEnsemble at M = 2 and 4."""
@@ -197,6 +209,15 @@ def test_colours_per_label_in_paper_order():
     colours = label_colours(pairs)
     assert colours == label_colours(reversed(pairs))  # independent of the order rows come in
     assert [colours[label][0] for label in ("single", "de", "be_rank2", "mine")] == list(PALETTE[:4])
+
+
+def test_labels_beyond_the_palette_share_a_colour_never_a_marker_too():
+    """A report of more labels than colours (a tabular study's 3 tables x 7 methods): the colours repeat, the (colour,
+    marker) pairs do not, so a line's marker still tells two rows of one colour apart."""
+    pairs = [(f"label_{k:02d}", None) for k in range(3 * len(PALETTE))]
+    looks_of = label_colours(pairs)
+    assert [looks_of[label][0] for label, _ in pairs] == [PALETTE[k % len(PALETTE)] for k in range(len(pairs))]
+    assert len(set(looks_of.values())) == len(pairs)
 
 
 def test_draw_report_figures_writes_formats(tmp_path):

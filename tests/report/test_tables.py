@@ -14,6 +14,7 @@ from scipy import stats
 from ensemble_lab.cli import main
 from ensemble_lab.metrics.classification import predictive_metrics
 from ensemble_lab.metrics.ood import ood_metrics
+from ensemble_lab.report.de_curve import Saved
 from ensemble_lab.report.main import report_main
 
 #: per row: (method, run_name, M, per-seed id acc, nll, ece, mi); shift and ood metrics derive from them
@@ -324,12 +325,13 @@ def test_figures_wiring(study, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(
         report_figures,
         "draw_report_figures",
-        lambda groups, out, formats=("png",), dpi=200: calls.append((groups, out, formats, dpi)) or [],
+        lambda groups, out, formats=("png",), dpi=200, saved=None: calls.append((groups, out, formats, dpi, saved)) or [],
     )
     out = tmp_path / "out"
     report(capsys, study, "--out", out, "--figures", "--figure_format", "png", "pdf", "--dpi", "150")
-    ((groups, where, formats, dpi),) = calls
+    ((groups, where, formats, dpi, saved),) = calls
     assert where == out and tuple(formats) == ("png", "pdf") and dpi == 150
+    assert isinstance(saved, Saved)  # the Deep-Ensemble columns' cache: the figure reuses their fits
     assert [(g.name, g.label, g.method, g.num_members) for g in groups] == [
         ("SingleModel, M=1", "SingleModel", "SingleModel", 1),
         ("DeepEnsemble, M=4", "DeepEnsemble", "DeepEnsemble", 4),
