@@ -173,7 +173,7 @@ def run_connectivity(
     check_grid(plane_grid := 11 if plane_grid is None else plane_grid)
     resolve_device(device)  # before the run is read: a bad --device fails first
     model, datamodule = load_run(config_path)
-    if model.task.name != "classification":  # its barriers are of cross-entropy and error rate
+    if not model.task.has_classes:  # its barriers are of cross-entropy and error rate
         raise ConfigError(f"connectivity measures cross-entropy and error barriers: classification runs only; {config_path} is a {model.task.name} run")
     name = check_set(set_name, datamodule)
     members = parse_plane(plane, model.num_members) if plane is not None else None

@@ -8,7 +8,6 @@ import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from ensemble_lab.compat import attached_trainer
 from ensemble_lab.errors import ConfigError
@@ -25,11 +24,6 @@ from ensemble_lab.runs.legacy_keys import BACKBONE_KEYS, LEGACY_MODEL_KEYS, tran
 
 #: checkpoint entry holding the training sums of the epoch a checkpoint was written in
 EPOCH_SUMS = "ensemble_lab_epoch_sums"
-
-
-def member_targets(targets: Tensor, num_members: int) -> Tensor:
-    """Labels per member, (M, B): ``targets`` (B,) repeated for every member, or (M, B) as given."""
-    return targets.expand(num_members, -1) if targets.dim() == 1 else targets
 
 
 class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModule):
@@ -118,9 +112,9 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
             self.repulsion_options.check_members(num_members)
         self.regression_options = regression_from(regression)
         self.task = build_task(task, self.regression_options)
-        if task == "regression" and (self.distillation_options is not None or self.repulsion_options is not None):
+        if not self.task.has_classes and (self.distillation_options is not None or self.repulsion_options is not None):
             name = "--model.distillation" if self.distillation_options is not None else "--model.repulsion"
-            raise ConfigError(f"{name} is classification-only (it compares class probabilities); drop it for a regression dataset")
+            raise ConfigError(f"{name} is classification-only (it compares class probabilities); drop it for a {self.task.name} dataset")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "legacy_options"])
         # checkpoints record plain values (weights_only loading reads them): the backbone built, the objectives' options
         for old in set(LEGACY_MODEL_KEYS) - {"repulsion"}:  # a subclass's **kwargs passed old names on: not recorded
@@ -210,13 +204,10 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         return TrainingBatch(self(x), y, torch.arange(x.shape[0], device=x.device))
 
     def training_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Cross-entropy averaged over members and rows; ``targets`` (N,) or (M, N) as ``training_batch`` returns them.
-
-        Regression: the task's loss (Gaussian NLL by default) averaged over members, targets (N, D) or (M, N, D)."""
-        if self.task.name != "classification":
-            return self.task.loss(logits, targets)
-        m, b, c = logits.shape
-        return F.cross_entropy(logits.reshape(m * b, c), member_targets(targets, m).reshape(m * b))  # (M*B, C) vs (M*B,)
+        """The task's loss averaged over members and rows, ``targets`` as ``training_batch`` returns them:
+        classification, cross-entropy with labels (N,) or (M, N); regression, the Gaussian NLL by default with
+        targets (N, D) or (M, N, D)."""
+        return self.task.loss(logits, targets)
 
     def logged_loss(self, loss: Tensor, logits: Tensor) -> Tensor:
         """The training loss as logged (train/loss_step, train/loss_epoch); the default is ``loss`` itself.
@@ -240,19 +231,15 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         # epoch (each self.log costs ~0.5 ms of CPU); the step loss (this rank's, no collective)
         # reaches the logger every log_every_n_steps and never the progress bar.
         with torch.no_grad():
-            if self.task.name != "classification":  # regression: train/loss only
-                correct = torch.zeros((), device=loss.device)
-            elif targets.dim() == 1:  # every member saw these images: the ensemble's accuracy
-                correct = (logits.softmax(-1).mean(0).argmax(-1) == targets).sum()
-            else:  # each member saw its own images: the members' mean accuracy, counted per row
-                correct = (logits.argmax(-1) == targets).float().mean(0).sum()
+            correct = self.task.correct(logits, targets)  # None for a task without an accuracy (regression)
             if self._epoch_sums is None:
                 self._epoch_sums = torch.zeros(3, device=loss.device)  # loss × images, correct, images
             elif self._epoch_sums.device != loss.device:  # restored from a checkpoint before the model reached its device
                 self._epoch_sums = self._epoch_sums.to(loss.device)
             images = logits.shape[1]  # rows each member trained on
             self._epoch_sums[0] += logged.float() * images
-            self._epoch_sums[1] += correct
+            if correct is not None:
+                self._epoch_sums[1] += correct
             self._epoch_sums[2] += images
         self.log("train/loss_step", logged, on_step=True, on_epoch=False)
         return loss
@@ -270,8 +257,8 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         super().setup(stage)
         datamodule = getattr(attached_trainer(self), "datamodule", None)
         mean, std = getattr(datamodule, "target_mean", None), getattr(datamodule, "target_std", None)
-        if self.task.name == "regression" and mean is not None:
-            self.task = build_task("regression", self.regression_options, mean, std)
+        if mean is not None:  # a classifier's task stays as it is
+            self.task = self.task.with_target_scaling(mean, std)
         if stage == "fit" and getattr(datamodule, "train_batch", "shared") == "independent":
             if not self.tiles_training_batch or getattr(self, "train_batch", "tile") != "tile":
                 raise ConfigError(f"--data.train_batch independent gives tiled members their own rows; {type(self).__name__} chooses its own training rows: drop one of them")
@@ -300,9 +287,9 @@ class EnsembleModule(CheckpointStateMixin, UncertaintyEvalMixin, L.LightningModu
         if self._epoch_sums is None:
             return
         loss_sum, correct, images = self.trainer.strategy.reduce(self._epoch_sums, reduce_op="sum")  # over DDP ranks
-        logged = {"train/loss_epoch": loss_sum / images, "train/acc": correct / images}
-        if self.task.name != "classification":
-            del logged["train/acc"]
+        logged = {"train/loss_epoch": loss_sum / images}
+        if self.task.has_classes:  # a task without classes has no accuracy
+            logged["train/acc"] = correct / images
         self.log_dict(logged, sync_dist=False)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:

@@ -4,11 +4,10 @@ import warnings
 from typing import Any
 
 from torch import Tensor
-from torch.nn import functional as F
 
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.assemble import load_member_checkpoints, member_seed, refuse_duplicates, warn_identical_members
-from ensemble_lab.methods.base import EnsembleModule, member_targets
+from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.methods.spawn_option import SpawnOption
 from ensemble_lab.nn import LayerFactory, deep_ensemble_layers
 
@@ -58,14 +57,11 @@ class DeepEnsemble(SpawnOption, EnsembleModule):
         return deep_ensemble_layers(self.num_members)
 
     def training_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """SUM over members of each member's mean cross-entropy: every member gets the gradient it
-        would get if it were trained alone (a mean would shrink each member's step by 1/M). Regression: the
-        sum of the members' task losses (Gaussian NLL by default)."""
-        m, b, c = logits.shape
-        if self.task.name != "classification":
-            return super().training_loss(logits, targets) * m  # the task's mean over members, times M
-        per_row = F.cross_entropy(logits.reshape(m * b, c), member_targets(targets, m).reshape(m * b), reduction="none")  # (M*B,)
-        return per_row.view(m, b).mean(dim=1).sum()
+        """SUM over members of each member's mean task loss (classification: cross-entropy; regression: the Gaussian
+        NLL by default): every member gets the gradient it would get if it were trained alone (a mean would shrink
+        each member's step by 1/M). Every member has as many rows as the others, so the sum is M times the task's
+        mean over members and rows."""
+        return self.task.loss(logits, targets) * logits.shape[0]  # logits (M, B, K)
 
     def logged_loss(self, loss: Tensor, logits: Tensor) -> Tensor:
         """The mean member loss (the sum / M), comparable with the other methods' curves."""

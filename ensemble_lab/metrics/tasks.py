@@ -5,6 +5,12 @@ method. Both tasks have the same small interface:
 
 - ``output_size(n)``: K for n classes (classification: n) or n targets (regression: 2·n).
 - ``loss(outputs, targets)``: the training loss, a mean over members and rows.
+- ``correct(outputs, targets)``: the training step's count of correct predictions, None for a task without an
+  accuracy (``has_classes`` False: no train/acc).
+- ``with_target_scaling(mean, std)``: the task told the training targets' scaling (regression; a classifier is
+  unchanged).
+- ``has_classes``: whether members output class logits, which an accuracy, distillation, repulsion and the
+  connectivity barriers need.
 - ``predictive(outputs)``: what the evaluation keeps per batch, a dict of (M, B, ·) tensors whose rows
   concatenate along dim 1 (the keys of ``--save_predictions``' npz files).
 - ``evaluation_targets(targets)``: batch targets in the units the metrics use.
@@ -49,6 +55,9 @@ class Task(ABC):
     name: str
     #: the scores of ``ood_scores`` that measure disagreement between members (constant when M = 1)
     epistemic_scores: tuple[str, ...] = ()
+    #: whether members output class logits: the task has an accuracy (``correct``) and class probabilities, which
+    #: distillation and repulsion compare and whose cross-entropy and error barriers ``connectivity`` measures
+    has_classes: bool = False
 
     @abstractmethod
     def output_size(self, size: int) -> int:
@@ -57,6 +66,16 @@ class Task(ABC):
     @abstractmethod
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """The training loss of member outputs (M, B, K): a scalar, the mean over members and rows."""
+
+    def correct(self, outputs: Tensor, targets: Tensor) -> Tensor | None:
+        """How many of the rows member outputs (M, B, K) predict correctly, a scalar tensor on their device; None
+        (the default) for a task without an accuracy. ``targets`` as ``loss`` takes them."""
+        return None
+
+    def with_target_scaling(self, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor | None) -> "Task":
+        """This task for training targets standardised with ``mean`` and ``std`` (per target); the default, for
+        targets without units (class labels), is the task itself."""
+        return self
 
     @abstractmethod
     def predictive(self, outputs: Tensor) -> Stored:
@@ -103,6 +122,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     epistemic_scores = ("mi",)
+    has_classes = True
 
     def __init__(self, per_member_temperature: bool = False) -> None:
         """
@@ -120,6 +140,13 @@ class ClassificationTask(Task):
         m, b, c = outputs.shape
         member_targets = targets.expand(m, -1) if targets.dim() == 1 else targets  # (M, B)
         return F.cross_entropy(outputs.reshape(m * b, c), member_targets.reshape(m * b))  # (M*B, C) vs (M*B,)
+
+    def correct(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Labels (B,), every member's rows: the rows the ensemble (the mean of the members' probabilities) gets
+        right. Labels (M, B), each member its own rows: the members' mean accuracy, summed over the B rows."""
+        if targets.dim() == 1:
+            return (outputs.softmax(-1).mean(0).argmax(-1) == targets).sum()  # (M, B, C) -> (B, C) -> (B,)
+        return (outputs.argmax(-1) == targets).float().mean(0).sum()  # (M, B) -> (B,)
 
     def predictive(self, outputs: Tensor) -> Stored:
         """The members' softmax probabilities (M, B, C), computed in float32 (also under mixed precision)."""
@@ -197,6 +224,11 @@ class RegressionTask(Task):
         """The mean over members of ``member_losses``; targets (B, D) or (M, B, D), standardised."""
         mean, var = split_outputs(outputs, self.variance, self.min_variance)
         return member_losses(self.loss_name, mean, var, targets, self.beta).mean()
+
+    def with_target_scaling(self, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor | None) -> "RegressionTask":
+        """The same loss and head for targets standardised with ``mean`` and ``std`` (D values each), so that
+        predictions and metrics are in the targets' own units."""
+        return RegressionTask(self.loss_name, self.beta, self.variance, self.min_variance, target_mean=mean, target_std=std)
 
     def _scaling(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """(target mean, target std) on the device and dtype of ``like``, defaulting to (0, 1)."""

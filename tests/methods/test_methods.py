@@ -223,6 +223,33 @@ def test_logged_training_loss_is_the_mean_member_loss(cls, tmp_path):
     assert float(trainer.callback_metrics["train/loss_step"]) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("own_rows", [False, True], ids=["labels-N", "labels-MN"])
+def test_deep_ensemble_loss_is_the_sum_of_a_per_member_cross_entropy_loop(own_rows):
+    """The sum over members of each member's mean loss (what each member would get trained alone)."""
+    gen = torch.Generator().manual_seed(1)
+    model = DeepEnsemble(num_members=3, **MLP)
+    logits = torch.randn(3, 7, 10, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (3, 7) if own_rows else (7,), generator=gen)
+    expected = sum(F.cross_entropy(logits[m], y[m] if own_rows else y) for m in range(3))
+    torch.testing.assert_close(model.training_loss(logits, y), expected, rtol=1e-12, atol=0)
+
+
+def test_train_acc_is_the_ensembles_accuracy(tmp_path):
+    """train/acc counts the rows the mean of the members' probabilities gets right (lr 0: the weights stay)."""
+    torch.manual_seed(2)
+    model = DeepEnsemble(num_members=3, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), **MLP)
+    x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 10, (12,))
+    trainer = L.Trainer(
+        max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=6))
+    with torch.no_grad():
+        probs = model(x).softmax(-1).numpy()  # (M, B, C)
+    expected = (probs.mean(0).argmax(-1) == y.numpy()).mean()
+    assert float(trainer.callback_metrics["train/acc"]) == pytest.approx(expected, abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

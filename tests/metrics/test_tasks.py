@@ -122,3 +122,53 @@ def test_regression_task_rejects_bad_options_in_one_line(options, words):
     with pytest.raises(ConfigError, match=words) as info:
         RegressionTask(**options)
     assert "\n" not in str(info.value)
+
+
+# ---- what the training step asks the task ---------------------------------------------------------
+@pytest.mark.parametrize("own_rows", [False, True], ids=["labels-N", "labels-MN"])
+def test_classification_loss_is_the_mean_of_a_per_member_cross_entropy_loop(own_rows):
+    gen = torch.Generator().manual_seed(5)
+    outputs = torch.randn(4, 9, 6, generator=gen, dtype=torch.float64)
+    targets = torch.randint(0, 6, (4, 9) if own_rows else (9,), generator=gen)
+    per_member = [F.cross_entropy(outputs[m], targets[m] if own_rows else targets) for m in range(4)]
+    expected = torch.stack(per_member).mean()
+    torch.testing.assert_close(ClassificationTask().loss(outputs, targets), expected, rtol=1e-12, atol=0)
+
+
+def test_classification_correct_counts_the_ensembles_or_the_members_hits_as_numpy_does():
+    gen = torch.Generator().manual_seed(6)
+    outputs = torch.randn(3, 25, 4, generator=gen)
+    shared, own = torch.randint(0, 4, (25,), generator=gen), torch.randint(0, 4, (3, 25), generator=gen)
+    task = ClassificationTask()
+    logits = outputs.numpy().astype(np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    # labels (N,): every member saw the rows, the ensemble's prediction counts
+    assert float(task.correct(outputs, shared)) == np.count_nonzero(probs.mean(0).argmax(-1) == shared.numpy())
+    # labels (M, N): each member its own rows, the members' mean accuracy summed over rows
+    hits = np.count_nonzero(logits.argmax(-1) == own.numpy())
+    assert float(task.correct(outputs, own)) == pytest.approx(hits / 3, rel=1e-6)
+    assert task.has_classes
+
+
+def test_regression_has_no_classes_and_no_accuracy():
+    outputs, targets = regression_outputs(2, 6, 1, seed=7)
+    task = RegressionTask()
+    assert not task.has_classes and task.correct(outputs, targets) is None
+
+
+def test_target_scaling_gives_the_task_built_with_it_and_leaves_a_classifier_alone():
+    outputs, _ = regression_outputs(2, 6, 2, seed=8)
+    mean, std = [5.0, -1.0], [2.0, 0.1]
+    built = RegressionTask("beta_nll", 0.3, "log", 1e-4, target_mean=mean, target_std=std)
+    scaled = RegressionTask("beta_nll", 0.3, "log", 1e-4).with_target_scaling(mean, std)
+    assert isinstance(scaled, RegressionTask)
+    assert (scaled.loss_name, scaled.beta, scaled.variance, scaled.min_variance) == ("beta_nll", 0.3, "log", 1e-4)
+    torch.testing.assert_close(scaled.target_mean, torch.tensor(mean, dtype=torch.float64))
+    torch.testing.assert_close(scaled.target_std, torch.tensor(std, dtype=torch.float64))
+    for key, value in built.predictive(outputs).items():
+        torch.testing.assert_close(scaled.predictive(outputs)[key], value)
+    with pytest.raises(ConfigError, match="target_std"):
+        RegressionTask().with_target_scaling(mean, [1.0, 0.0])  # the scaling is checked as the constructor checks it
+    classifier = ClassificationTask(per_member_temperature=True)
+    assert classifier.with_target_scaling(mean, std) is classifier
