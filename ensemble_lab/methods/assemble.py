@@ -28,6 +28,7 @@ from ensemble_lab.nn import (
     EnsembleTokenEmbedding,
     StackedMembers,
     TokenEmbedding,
+    weights_from_checkpoint,
 )
 from ensemble_lab.runs.layout import run_dir_of_checkpoint
 
@@ -65,7 +66,8 @@ def check_single(path: Path, hparams: dict[str, Any], expected: dict[str, Any]) 
 def single_network(path: Path, hparams: dict[str, Any], state_dict: dict[str, Tensor]) -> nn.Module:
     """The checkpoint's network, rebuilt as a SingleModel and loaded strictly."""
     arch = architecture(hparams)
-    model = SingleModel(dropout=float(hparams.get("dropout", 0.0)), **arch)
+    with weights_from_checkpoint():  # the state_dict below replaces every weight: a timm backbone fetches no pretrained ones
+        model = SingleModel(dropout=float(hparams.get("dropout", 0.0)), **arch)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:  # other layers (BatchEnsemble's r, s; a Deep Ensemble's member axis)

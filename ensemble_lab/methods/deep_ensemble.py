@@ -9,7 +9,7 @@ from ensemble_lab.errors import ConfigError
 from ensemble_lab.methods.assemble import load_member_checkpoints, member_seed, refuse_duplicates, warn_identical_members
 from ensemble_lab.methods.base import EnsembleModule
 from ensemble_lab.methods.spawn_option import SpawnOption
-from ensemble_lab.nn import LayerFactory, deep_ensemble_layers
+from ensemble_lab.nn import LayerFactory, deep_ensemble_layers, weights_from_checkpoint
 
 
 class DeepEnsemble(SpawnOption, EnsembleModule):
@@ -35,7 +35,8 @@ class DeepEnsemble(SpawnOption, EnsembleModule):
             kwargs["num_members"] = len(member_checkpoints)
         if member_checkpoints is not None and spawn_from is not None:
             raise ConfigError("model.member_checkpoints and model.spawn_from exclude each other: an assembled ensemble is not trained")
-        super().__init__(**kwargs)
+        with weights_from_checkpoint(bool(member_checkpoints)):  # the checkpoints fill every member: no pretrained timm download
+            super().__init__(**kwargs)
         self.spawn_from = None if spawn_from is None else str(spawn_from)
         if member_checkpoints is None and self.num_members == 1:
             warnings.warn(

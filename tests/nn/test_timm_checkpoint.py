@@ -7,7 +7,7 @@ import torch
 
 from ensemble_lab.config.lightning_cli import check_arguments
 from ensemble_lab.connectivity.loading import load_run
-from ensemble_lab.methods import SingleModel
+from ensemble_lab.methods import DeepEnsemble, SingleModel
 from ensemble_lab.nn import TimmOptions
 
 timm = pytest.importorskip("timm")
@@ -68,3 +68,30 @@ def test_commands_that_load_a_checkpoint_build_the_model_without_fetching(checkp
                       f"      init_args: {{model_name: resnet18, model_args: {RESNET_ARGS}, pretrained: true}}\ndata: DigitsDataModule\n")  # fmt: skip
     model, _ = load_run(config)
     assert model.backbone.pretrained is True
+
+
+def test_deep_ensemble_assembled_from_pretrained_runs_fetches_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(builder, "load_pretrained", lambda *args, **kwargs: None)  # the runs were built from (no-op) weights
+    backbone = dict(backbone=TimmOptions("resnet18", RESNET_ARGS, pretrained=True), input_shape=SHAPE, num_classes=CLASSES)
+    singles, paths = [], []
+    for i in range(2):  # two runs of their own seeds
+        torch.manual_seed(10 + i)
+        single = SingleModel(**backbone)
+        hparams = {**single.hparams, "_class_path": "ensemble_lab.methods.SingleModel"}
+        paths.append(str(tmp_path / f"run{i}.ckpt"))
+        torch.save({"state_dict": single.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": L.__version__}, paths[-1])
+        singles.append(single.eval())
+    monkeypatch.setattr(builder, "load_pretrained", _refuse)
+    ensemble = DeepEnsemble(member_checkpoints=paths, **backbone).eval()
+    assert ensemble.backbone.pretrained is True  # the record keeps what the runs were trained from
+    x = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits = ensemble(x)  # (M, B, C)
+        for i, single in enumerate(singles):  # member i is run i's network
+            torch.testing.assert_close(logits[i], single(x)[0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(logits[0], logits[1])
+    # as the CLI builds it: `test --model DeepEnsemble --model.member_checkpoints [...]`, no --ckpt_path
+    member_cli = [a.replace("SingleModel", "DeepEnsemble") for a in CLI]
+    check_arguments(["test", *member_cli, f"--model.member_checkpoints=[{paths[0]},{paths[1]}]"])
+    with pytest.raises(Fetched):  # a Deep Ensemble trained from timm's weights still fetches them
+        DeepEnsemble(num_members=2, **backbone)

@@ -30,11 +30,13 @@ ACC = {
 }
 
 
-def write_run(run: Path, arch: str, method: str, seed: int) -> None:
+def write_run(run: Path, arch: str, method: str, seed: int, acc_table: dict = ACC, backbone: dict | None = None) -> None:
+    """``backbone``: the run's recorded backbone keys (flat, below model.init_args.backbone); else ``arch``'s class."""
     run.mkdir(parents=True)
     cls, members = METHODS[method]
-    acc = ACC[(arch, method)][SEEDS.index(seed)]
-    config = {"seed_everything": seed, "model.class_path": f"ensemble_lab.methods.{cls}", "model.init_args.backbone.class_path": CLASS_PATHS[arch]}
+    acc = acc_table[(arch, method)][SEEDS.index(seed)]
+    recorded = {"class_path": CLASS_PATHS[arch]} if backbone is None else backbone
+    config = {"seed_everything": seed, "model.class_path": f"ensemble_lab.methods.{cls}", **{f"model.init_args.backbone.{k}": v for k, v in recorded.items()}}
     doc = {
         "method": cls, "run_name": f"{arch}.{method}", "num_members": members, "seed": seed, "datamodule": "DigitsDataModule",
         "config": config, "weight_cosine_mean": 0.5 if members > 1 else None,
@@ -60,6 +62,11 @@ def test_architecture_from_the_recorded_backbone():
     assert architecture({"config": {"model.init_args.backbone": "mlp", "model.init_args.hidden_sizes": [8]}}) == "mlp"
     assert architecture({"config": {"model.init_args.backbone": "timm/vit_tiny_patch16_224"}}) == "timm/vit_tiny_patch16_224"
     assert architecture({"config": {"model.init_args.backbone.class_path": "mypackage.MyNetOptions"}}) == "MyNetOptions"
+    # a timm backbone in its long spelling: the model it built, as the short spelling names it
+    timm_vit = {"model.init_args.backbone.class_path": "ensemble_lab.nn.TimmOptions", "model.init_args.backbone.init_args.model_name": "vit_tiny_patch16_224"}
+    assert architecture({"config": timm_vit}) == "timm/vit_tiny_patch16_224"
+    assert architecture({"config": {**timm_vit, "model.init_args.backbone.init_args.model_name": "timm/resnet18"}}) == "timm/resnet18"
+    assert architecture({"config": {"model.init_args.backbone.class_path": "TimmOptions"}}) == "timm/resnet18"  # the option's default
     assert architecture({"config": {}}) is None and architecture({}) is None
 
 
@@ -114,3 +121,43 @@ def test_one_architecture_reads_as_before(study, capsys):
     markdown = capsys.readouterr().out
     assert "architecture" not in markdown and "| run | M | data | n |" in markdown
     assert "† differs from mlp.single (SingleModel)" in markdown  # DE against the single model, as always
+
+
+#: id acc of two timm models and an MLP: each timm model's Deep Ensemble far better than its own single model
+TIMM_ACC = {
+    ("timm_resnet", "single"): [0.80, 0.81, 0.82],
+    ("timm_resnet", "deep_ensemble"): [0.90, 0.91, 0.905],
+    ("timm_vit", "single"): [0.60, 0.61, 0.62],
+    ("timm_vit", "deep_ensemble"): [0.70, 0.71, 0.72],
+    ("mlp", "single"): [0.85, 0.86, 0.87],
+}
+TIMM_BACKBONES = {
+    "timm_resnet": {"class_path": "ensemble_lab.nn.TimmOptions", "init_args.model_name": "resnet18", "init_args.pretrained": True},
+    "timm_vit": {"class_path": "ensemble_lab.nn.TimmOptions", "init_args.model_name": "vit_tiny_patch16_224", "init_args.pretrained": True},
+    "mlp": None,
+}
+#: what each group of runs must read as
+TIMM_NAMES = {"timm_resnet": "timm/resnet18", "timm_vit": "timm/vit_tiny_patch16_224", "mlp": "mlp"}
+
+
+def test_two_timm_models_are_two_architectures(tmp_path, capsys):
+    root = tmp_path / "study"
+    for arch, method in TIMM_ACC:
+        for seed in SEEDS:
+            write_run(root / f"{arch}.{method}" / f"seed_{seed}", arch, method, seed, TIMM_ACC, TIMM_BACKBONES[arch])
+    main(["report", str(root), "--preset", "diversity", "--out", str(tmp_path / "out")])
+    markdown = capsys.readouterr().out
+    rows = [line.split(" | ") for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| architecture")]
+    shown = {(r[0].removeprefix("| "), r[2].split(" ")[0]) for r in rows}
+    assert shown == {(TIMM_NAMES[arch], f"{arch}.{method}") for arch, method in TIMM_ACC}
+    assert "| timm |" not in markdown
+    with open(tmp_path / "out" / "report.csv") as f:
+        cells = [r for r in csv.DictReader(f) if r["metric"] == "acc"]
+    assert len(cells) == len(TIMM_ACC)
+    for cell in cells:
+        arch, method = cell["label"].split(".")
+        assert cell["architecture"] == TIMM_NAMES[arch]
+        if method == "deep_ensemble":  # each timm model's ensemble against its own single model, not the other's
+            assert cell["baseline"] == f"{arch}.single (SingleModel)"
+            p = stats.ttest_ind(TIMM_ACC[(arch, method)], TIMM_ACC[(arch, "single")], equal_var=False).pvalue
+            assert float(cell["p"]) == pytest.approx(p, rel=1e-6)
