@@ -21,6 +21,7 @@ from ensemble_lab.connectivity.alignment import ALIGNMENTS, align, check_alignab
 from ensemble_lab.connectivity.barriers import (
     ALIGNED_BARRIERS,
     BARRIERS,
+    REPAIRED_BARRIERS,
     all_pairs,
     connectivity_figure,
     format_barriers,
@@ -30,6 +31,7 @@ from ensemble_lab.connectivity.barriers import (
 from ensemble_lab.connectivity.loading import VALIDATION, check_set, load_run, load_weights, resolve_device, set_data, training_batches
 from ensemble_lab.connectivity.permutations import PermutationSpec
 from ensemble_lab.connectivity.plane import check_grid, evaluate_plane, parse_plane, plane_figure, plane_summary
+from ensemble_lab.connectivity.repair import repairable_layers, repairer
 from ensemble_lab.data.base import EnsembleDataModule
 from ensemble_lab.errors import ConfigError
 from ensemble_lab.evaluation.member_networks import State, has_member_layers, member_states
@@ -44,11 +46,13 @@ __all__ = ["check_set", "connectivity_main", "load_run", "parser", "run_connecti
 FIGURES = ("connectivity.png", "connectivity_plane.png")
 
 
-def _document(model: EnsembleModule, set_name: str, t: list[float], reset_norm: bool, checkpoint: str | None, align: str) -> dict[str, Any]:
+def _document(model: EnsembleModule, set_name: str, t: list[float], reset_norm: bool, checkpoint: str | None, align: str,
+              repair: bool) -> dict[str, Any]:
     return {"method": type(model).__name__, "num_members": int(model.num_members), "set": set_name, "points": len(t), "t": t,
-            "reset_norm": reset_norm, "checkpoint": checkpoint, "applicable": True, "reason": None, "align": align, "pairs": [],
-            **{f"{key}_{stat}": None for key in BARRIERS + ALIGNED_BARRIERS for stat in ("mean", "std")}, "norm_batches": 0,
-            "plane": None}  # fmt: skip
+            "reset_norm": reset_norm, "checkpoint": checkpoint, "applicable": True, "reason": None, "align": align, "repair": repair,
+            "repaired_layers": None, "repair_batches": 0, "pairs": [],
+            **{f"{key}_{stat}": None for key in BARRIERS + ALIGNED_BARRIERS + REPAIRED_BARRIERS for stat in ("mean", "std")},
+            "norm_batches": 0, "plane": None}  # fmt: skip
 
 
 def _not_applicable(model: EnsembleModule) -> str | None:
@@ -70,7 +74,7 @@ def _write_tensorboard(log_dir: Path, document: dict[str, Any], figures: dict[st
     with SummaryWriter(log_dir=str(log_dir)) as writer:
         for suffix, figure in figures.items():
             writer.add_figure(f"connectivity/{document['set']}{suffix}", figure, global_step=step, close=False)
-        for key in (f"{barrier}_mean" for barrier in BARRIERS + ALIGNED_BARRIERS):
+        for key in (f"{barrier}_mean" for barrier in BARRIERS + ALIGNED_BARRIERS + REPAIRED_BARRIERS):
             if document[key] is not None:
                 writer.add_scalar(f"connectivity/{document['set']}/{key}", document[key], global_step=step)
 
@@ -87,9 +91,12 @@ def _measure(
     spec: PermutationSpec | None,
     plane: tuple[int, int, int] | None,
     plane_grid: int,
+    repair: bool = False,
+    repair_batches: int = 20,
 ) -> dict[str, Any]:
-    """The curves and barriers of every pair of members, aligned too with a ``spec``, and the plane through the
-    members ``plane`` (``norm_batches`` 0: statistics interpolated, not re-estimated)."""
+    """The curves and barriers of every pair of members, aligned too with a ``spec`` (and repaired with ``repair``, its
+    statistics on ``repair_batches`` training batches), and the plane through the members ``plane`` (``norm_batches`` 0:
+    statistics interpolated, not re-estimated)."""
     run_on = resolve_device(device)
     plain = model.member_network().to(run_on)
     states = member_states(model.network, plain, model.num_members, type(model).__name__)
@@ -100,7 +107,13 @@ def _measure(
     progress = show_progress if show_progress is not None else sys.stderr.isatty()
     aligned = None if spec is None else (lambda a, b: align(plain, spec, a, b)[0])
     size = datamodule.eval_batch_size
-    measured = {"norm_batches": len(batches), **all_pairs(plain, states, t, evaluated, size, batches, progress, aligned)}
+    fixer, layers, repair_on = None, None, []
+    if repair and spec is not None:  # the same seeded training batches the norms are re-estimated on
+        layers = repairable_layers(plain, spec)
+        repair_on = [b.to(run_on) for b in training_batches(datamodule, repair_batches, norm_seed)]
+        fixer = repairer(plain, layers, repair_on)
+    measured = {"norm_batches": len(batches), "repaired_layers": layers, "repair_batches": len(repair_on),
+                **all_pairs(plain, states, t, evaluated, size, batches, progress, aligned, fixer)}  # fmt: skip
     if plane is not None:
         i, j, k = plane
         chosen: list[State] = [states[i], *(states[m] if aligned is None else aligned(states[i], states[m]) for m in (j, k))]
@@ -139,6 +152,7 @@ def run_connectivity(
     align: str = "none",
     plane: str | None = None,
     plane_grid: int | None = None,
+    repair: bool = False,
 ) -> dict[str, Any]:
     """Linear mode connectivity of a run's members: writes connectivity.json (and the figures) and returns its document.
 
@@ -161,6 +175,9 @@ def run_connectivity(
             match member i's (Ainsworth et al. 2023); the plane's members j and k are aligned to i too.
         plane: "i,j,k": also evaluate the plane through members i, j and k (Garipov et al. 2018); None: no plane.
         plane_grid: points along each side of the plane (>= 2; default 11); only with ``plane``.
+        repair: also walk the aligned path with REPAIR (Jordan et al. 2023): at every point the hidden units of each
+            layer not followed by a BatchNorm get the interpolated mean and std of the two members' units, measured
+            on ``norm_batches`` training batches; only with ``align`` "weight_matching".
     """
     if not isinstance(points, int) or points < 2:
         raise ConfigError(f"--points must be an integer >= 2 (t = 0 and t = 1 included), got {points!r}")
@@ -168,6 +185,8 @@ def run_connectivity(
         raise ConfigError(f"--norm_batches must be an integer >= 1, got {norm_batches!r}")
     if align not in ALIGNMENTS:
         raise ConfigError(f"--align {align!r} is not known; choose one of: {', '.join(ALIGNMENTS)}")
+    if repair and align != "weight_matching":
+        raise ConfigError("--repair true repairs the aligned path: add --align weight_matching")
     if plane is None and plane_grid is not None:
         raise ConfigError("--grid sets the plane's resolution: give it with --plane i,j,k")
     check_grid(plane_grid := 11 if plane_grid is None else plane_grid)
@@ -182,14 +201,14 @@ def run_connectivity(
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; give a directory (it is created if missing)")
     t = grid(points)
-    document = _document(model, name, t, reset_norm, str(ckpt_path) if ckpt_path is not None else None, align)
+    document = _document(model, name, t, reset_norm, str(ckpt_path) if ckpt_path is not None else None, align, repair)
     if (reason := _not_applicable(model)) is not None:
         document.update(applicable=False, reason=reason)
     else:
         method = type(model).__name__
         spec = check_alignable(model.network, model.member_network(), method) if align != "none" else None  # before any work
         measured = _measure(model, datamodule, name, t, norm_batches if reset_norm else 0, norm_seed, device, show_progress,
-                            spec, members, plane_grid)  # fmt: skip
+                            spec, members, plane_grid, repair, norm_batches)  # fmt: skip
         document.update(measured)
     path = out_dir / "connectivity.json"
     kept = keep_previous(out_dir)
@@ -253,6 +272,11 @@ def parser() -> argparse.ArgumentParser:
         help="also evaluate loss and error on the plane through members I, J and K (Garipov et al. 2018), "
         "drawn as figures/connectivity_plane.png; with --align, J and K are aligned to I first",
     )  # fmt: skip
+    p.add_argument(
+        "--repair", type=_bool, default=False,
+        help="with --align weight_matching: walk every aligned pair a third time with REPAIR (Jordan et al. 2023), giving each "
+        "hidden unit not followed by a BatchNorm the interpolated mean and std of the members' units (default false)",
+    )  # fmt: skip
     p.add_argument("--grid", dest="plane_grid", type=int, default=None, metavar="N", help="points along each side of the plane (default 11; with --plane)")
     return p
 
@@ -263,5 +287,5 @@ def connectivity_main(argv: Sequence[str]) -> None:
     run_connectivity(
         options.config, options.ckpt_path, options.points, options.set_name, options.reset_norm,
         options.norm_batches, options.norm_seed, options.out, options.device,
-        align=options.align, plane=options.plane, plane_grid=options.plane_grid,
+        align=options.align, plane=options.plane, plane_grid=options.plane_grid, repair=options.repair,
     )  # fmt: skip

@@ -143,22 +143,29 @@ class Connectivity:
     points: int = 11  # interpolation points per pair of members, ends included
     set: str | None = None  # evaluation set; None: the command's default (the validation split)
     align: str = "none"  # "weight_matching": every pair walked raw and aligned (--align)
+    repair: bool = False  # with align weight_matching: the aligned pairs walked a third time with REPAIR (--repair)
 
 
 ALIGNS = ("none", "weight_matching")
 
 
 def connectivity_step(raw: Any, where: str) -> Connectivity | None:
-    """``false`` / ``true`` / ``{points: N, set: NAME, align: none | weight_matching}`` as a Connectivity step (None: none)."""
+    """``false`` / ``true`` / ``{points: N, set: NAME, align: none | weight_matching, repair: BOOL}`` as a Connectivity step
+    (None: none); ``repair: true`` only with ``align: weight_matching``."""
     if raw is None or raw is False:
         return None
     if raw is True:
         return Connectivity()
-    if isinstance(raw, dict) and not set(raw) - {"points", "set", "align"}:
-        points, name, align = raw.get("points", 11), raw.get("set"), raw.get("align", "none")
+    if isinstance(raw, dict) and not set(raw) - {"points", "set", "align", "repair"}:
+        points, name, align, repair = raw.get("points", 11), raw.get("set"), raw.get("align", "none"), raw.get("repair", False)
         if isinstance(points, int) and not isinstance(points, bool) and points >= 2 and isinstance(name, (str, type(None))) and align in ALIGNS:
-            return Connectivity(points, name, align)
-    raise ConfigError(f"{where} must be false, true or a mapping {{points: N >= 2, set: NAME, align: none | weight_matching}}, got {raw!r}")
+            if repair is True and align != "weight_matching":
+                raise ConfigError(f"{where}: repair: true repairs the aligned path; add align: weight_matching")
+            if isinstance(repair, bool):
+                return Connectivity(points, name, align, repair)
+    raise ConfigError(
+        f"{where} must be false, true or a mapping {{points: N >= 2, set: NAME, align: none | weight_matching, repair: true | false}}, got {raw!r}"
+    )
 
 
 def teachers_first(names: list[str], teachers: dict[str, str | None], study_file: Path) -> list[str]:

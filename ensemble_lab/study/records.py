@@ -112,7 +112,8 @@ class Run:
             return []
         args = ["connectivity", "--config", str(self.run_dir / "config.yaml"), "--ckpt_path", str(self.last_ckpt)]
         args += ["--points", str(self.connectivity.points)] + (["--set", self.connectivity.set] if self.connectivity.set else [])
-        return args + (["--align", self.connectivity.align] if self.connectivity.align != "none" else [])
+        args += ["--align", self.connectivity.align] if self.connectivity.align != "none" else []
+        return args + (["--repair", "true"] if self.connectivity.repair else [])
 
     def resolved(self) -> dict[str, Any]:
         """The run's resolved configuration today (config files read, defaults filled in), as flat comparable keys."""
