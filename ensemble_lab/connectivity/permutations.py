@@ -134,7 +134,7 @@ def _spatial_mean(node: fx.Node) -> bool:
     return isinstance(dims, (tuple, list)) and all(isinstance(d, int) and d >= 2 for d in dims)
 
 
-class _LayersAsLeaves(fx.Tracer):
+class LayersAsLeaves(fx.Tracer):
     """Traces through containers and blocks, stopping at torch's modules and at any module with tensors of its own."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -148,7 +148,7 @@ def permutation_spec(network: nn.Module) -> PermutationSpec:
     Raises NotPermutable naming the first layer or operation the rules do not cover.
     """
     try:  # a module holding tensors of its own is a leaf: the rules judge it whole, never its internals
-        graph = _LayersAsLeaves().trace(network)
+        graph = LayersAsLeaves().trace(network)
     except Exception as error:  # fx raises many kinds; any means the dataflow cannot be read
         raise NotPermutable(f"{type(network).__name__} cannot be traced ({error})") from None
     modules = dict(network.named_modules())

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ensemble_lab.connectivity.barriers import norm_layers, reestimate_norms
-from ensemble_lab.connectivity.permutations import NORMS, PermutationSpec, _LayersAsLeaves
+from ensemble_lab.connectivity.permutations import NORMS, LayersAsLeaves, PermutationSpec
 from ensemble_lab.evaluation.member_networks import State, interpolate
 
 #: per repaired layer: the (mean, std) of each of its units' pre-activations, float64 (n,) each
@@ -44,7 +44,7 @@ def _followed_by_norm(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 def repairable_layers(plain: nn.Module, spec: PermutationSpec) -> list[str]:
     """The layers REPAIR corrects, in forward order: every Linear / Conv2d with a bias whose outputs are hidden
     units (a permutation group of ``spec``, so not the logits) and whose output does not go into a BatchNorm."""
-    graph = _LayersAsLeaves().trace(plain)  # spec was derived from the same trace, so it succeeds
+    graph = LayersAsLeaves().trace(plain)  # spec was derived from the same trace, so it succeeds
     modules = dict(plain.named_modules())
     hidden = {key for key, axes in spec.axes.items() if any(axis == 0 for axis, _ in axes)}
     layers = []
