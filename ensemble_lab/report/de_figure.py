@@ -66,7 +66,8 @@ def de_equivalent_figure(
             for name in curves
         }
         return draw_de_figure(curves, points), ""
-    return None, why + " (test with --save_predictions true)"
+    hint = " (test with --save_predictions true)"
+    return None, why if why.endswith(hint) else why + hint  # a curve's reason may already carry the hint
 
 
 @paper_style

@@ -63,8 +63,9 @@ def single_basin_figures(groups: Sequence[RunGroup], seen: Sequence[Look], roles
         if points:
             rows.append((look, points))
     figures = {}
-    if any(p.barrier is not None for _, points in rows for p in points):
-        figures[f"single_basin_{id_set}"] = barrier_figure([(k, [p for p in ps if p.barrier is not None]) for k, ps in rows], id_set)
+    with_barriers = [(look, kept) for look, points in rows if (kept := [p for p in points if p.barrier is not None])]
+    if with_barriers:  # a row without a connectivity.json is neither drawn nor in the legend
+        figures[f"single_basin_{id_set}"] = barrier_figure(with_barriers, id_set)
     else:
         skip(f"single_basin_{id_set}", "no run has a connectivity.json (run ensemble-lab connectivity, or a study with connectivity:)")
     if len({p.spawn_epoch for _, points in rows for p in points if p.spawn_epoch is not None}) > 1:

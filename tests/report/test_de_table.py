@@ -17,7 +17,7 @@ from ensemble_lab.report.columns import preset_columns
 from ensemble_lab.report.de_curve import Saved, pool_of
 from ensemble_lab.report.de_figure import de_equivalent_figure
 from ensemble_lab.report.de_table import add_de_equivalents
-from ensemble_lab.report.figure_rows import looks, run_results
+from ensemble_lab.report.figure_rows import RunGroup, looks, run_results
 from ensemble_lab.report.groups import build_report, run_groups
 from ensemble_lab.runs.results import VAL_SPLIT
 
@@ -201,3 +201,17 @@ def test_figure_reuses_the_tables_fits_one_temperature_fit_per_subset(study, tmp
     numpy_curve = [np.mean([ts_nll(stacked([singles[i] for i in s], truth["targets"], VAL_SPLIT), stacked([singles[i] for i in s], truth["targets"], "digits"))
                             for s in combinations(range(3), k)]) for k in (1, 2, 3)]  # fmt: skip
     assert np.allclose(curves["digits"].ts_nll, numpy_curve, rtol=1e-4)
+
+
+def test_the_figure_skip_names_the_save_hint_once(tmp_path, capsys):
+    """Runs without saved predictions: the Deep-Ensemble figure is skipped with one reason and one hint."""
+    groups = []
+    for name, method, m in (("single", "SingleModel", 1), ("de", "DeepEnsemble", 2)):
+        run = tmp_path / name
+        run.mkdir()
+        sets = {"digits": {"role": "id", "acc": 0.9, "nll": 0.3}}
+        (run / "results.json").write_text(json.dumps({"method": method, "num_members": m, "seed": 1, "sets": sets}))
+        groups.append(RunGroup(name, name, method, m, (run,)))
+    assert "deep_ensemble_equivalent" not in figures.draw_figures(groups)
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "no deep_ensemble_equivalent figure" in line]
+    assert line.count("test with --save_predictions true") == 1, line

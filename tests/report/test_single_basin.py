@@ -42,3 +42,13 @@ def test_the_figures_place_every_run_at_its_barriers_and_spawn_epoch(tmp_path):
     markers = {(float(x), float(y)) for c in against_t.collections for x, y in c.get_offsets()}
     assert markers == {(0.0, 0.9), (5.0, 0.8)}  # the Deep Ensembles at t = 0 and 5
     assert [line.get_ydata()[0] for line in against_t.lines if line.get_linestyle() == "--"] == [0.7]  # BatchEnsemble's mean
+
+
+def test_the_barrier_figure_lists_only_rows_with_a_barrier(tmp_path):
+    de = _run(tmp_path, "de", "DeepEnsemble", 0.9, 0.3, barrier=1.2, aligned=0.4)
+    single = _run(tmp_path, "single", "SingleModel", 0.85, 0.4)  # no connectivity.json: nothing to place on the x axis
+    groups = [RunGroup("de", "de", "DeepEnsemble", 2, (de,)), RunGroup("single", "single", "SingleModel", 1, (single,))]
+    figure = draw_figures(groups)["single_basin_digits"]
+    labels = [text.get_text() for ax in figure.axes if (legend := ax.get_legend()) for text in legend.get_texts()]
+    assert any(label.startswith("de") for label in labels)
+    assert not any(label.startswith("single") for label in labels), labels
