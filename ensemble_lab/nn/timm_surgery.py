@@ -66,9 +66,19 @@ def _replacement(
         return layers.dropout(module.p)
     if type(module) is nn.BatchNorm2d or isinstance(module, nn.LayerNorm) and type(module).__name__ == "LayerNorm":
         return _norm(name, module, layers)  # timm's own LayerNorm is nn.LayerNorm's forward; LayerNorm2d is another
+    if isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)) and _members_own_norms(layers):  # never leave it shared unasked
+        raise ConfigError(
+            f"layer {name} is timm's {type(module).__name__}, a norm that per-member norms cannot convert: "
+            "pass --model.norm shared (every member then shares it)"
+        )
     if isinstance(module, nn.Conv2d):  # a subclass (same padding, weight standardisation): its forward is not a conv's
         raise ConfigError(f"layer {name} is timm's {type(module).__name__}, which this method cannot convert (DeepEnsemble can)")
     return None
+
+
+def _members_own_norms(layers: LayerFactory) -> bool:
+    """Whether ``layers`` gives each member its own norms (``--model.norm per_member``), not one shared norm."""
+    return layers.norm2d is not nn.BatchNorm2d or layers.layer_norm is not nn.LayerNorm
 
 
 def _norm(name: str, module: nn.Module, layers: LayerFactory) -> nn.Module:

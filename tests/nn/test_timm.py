@@ -24,6 +24,8 @@ from ensemble_lab.nn import (
     TimmOptions,
     backbone_from,
 )
+from ensemble_lab.nn.factories import batch_ensemble_layers
+from ensemble_lab.nn.timm_surgery import convert_layers
 
 timm = pytest.importorskip("timm")
 
@@ -213,3 +215,19 @@ def test_a_deep_ensemble_of_a_timm_model_is_assembled_from_single_model_checkpoi
             torch.testing.assert_close(logits[i], single(x)[0], rtol=1e-4, atol=1e-5)
     with pytest.raises(CheckpointMismatchError, match="x.ckpt does not hold this network's tensors"):
         model.network.fill_member(0, {k: v for k, v in singles[0].network.state_dict().items() if k != "head.bias"}, "x.ckpt")
+
+
+@pytest.mark.parametrize("norm_class", ["BatchNormAct2d", "LayerNorm2d"])
+def test_a_timm_norm_subclass_is_refused_by_per_member_norms_and_shared_otherwise(norm_class):
+    """timm's own norm classes (a BatchNorm with its activation, a LayerNorm over NCHW channels) have forwards of
+    their own: per-member norms refuse them in one line instead of silently leaving them shared."""
+    def model() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 4, 3), getattr(timm.layers, norm_class)(4))
+
+    with pytest.raises(ConfigError, match=f"layer 1 is timm's {norm_class}.*--model.norm shared") as refused:
+        convert_layers(model(), batch_ensemble_layers(M, norm="per_member"))
+    assert "\n" not in str(refused.value)
+    shared = model()
+    norm = shared[1]
+    converted = convert_layers(shared, batch_ensemble_layers(M, norm="shared"))
+    assert isinstance(converted[0], BatchConv2d) and converted[1] is norm  # the one norm all members share, as asked
