@@ -1,7 +1,7 @@
 """Tabular datasets (regression and classification) with the id / shift / ood roles of every datamodule.
 
 The rows of a table are split once, by seeds alone: the test split (``split`` picks one of the seeded
-splits), then the "gap" (the non-test rows furthest along their first principal direction), then the
+splits, or of the benchmark's published splits with ``split_files``: data/published_splits.py), then the "gap" (the non-test rows furthest along their first principal direction), then the
 validation rows (``split_seed``); training keeps the rest. Features, and regression targets, are
 standardised with the training rows' mean and std. See docs/tabular.md.
 """
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ensemble_lab.data.base import EnsembleDataModule, LabeledImages
+from ensemble_lab.data.published_splits import read_published_split
 from ensemble_lab.data.tabular_prep import gap_rows, noisy_copy, one_hot, seeded_split, standardise_stats
 from ensemble_lab.data.tabular_readers import DATASETS, SPECS, categorical_columns, read_table
 from ensemble_lab.errors import ConfigError
@@ -73,6 +74,7 @@ class TabularDataModule(EnsembleDataModule):
         split_seed: int = 0,
         num_workers: int = 0,
         train_batch: Literal["shared", "independent"] = "shared",
+        split_files: str | None = None,
     ) -> None:
         """
         Args:
@@ -94,6 +96,9 @@ class TabularDataModule(EnsembleDataModule):
             train_batch: "shared" (every member trains on the same batch) or "independent" (TabM's recipe: each
                 member draws its own ``batch_size`` rows from its own shuffle, for the methods that tile the batch;
                 a step then reads M · batch_size rows).
+            split_files: a folder with the UCI benchmark's published split files (data.txt, index_features.txt,
+                index_target.txt, index_train_<s>.txt, index_test_<s>.txt): the table and the train / test rows of
+                split s = ``split`` come from them instead of the seeded split (``test_fraction`` then unused).
         """
         super().__init__(
             batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=1, augment=False,
@@ -102,7 +107,7 @@ class TabularDataModule(EnsembleDataModule):
         if dataset not in SPECS:
             raise ConfigError(f"--data.dataset: unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
         spec = SPECS[dataset]
-        if not 0 <= split < spec.num_splits:
+        if split_files is None and not 0 <= split < spec.num_splits:  # published files: checked against the folder
             raise ConfigError(f"--data.split must be 0..{spec.num_splits - 1} for {dataset}, got {split}")
         self.test_fraction = spec.test_fraction if test_fraction is None else test_fraction
         _check_fraction("test_fraction", self.test_fraction)
@@ -116,18 +121,26 @@ class TabularDataModule(EnsembleDataModule):
         if train_batch not in ("shared", "independent"):
             raise ConfigError(f"--data.train_batch {train_batch!r} is not known; allowed: shared, independent")
         self.train_batch = train_batch
+        self.split_files = split_files
         self._prepare(categorical_columns(dataset, categorical))  # reads the file now: a missing one fails before training
 
     # ---- the splits, computed once from the table -------------------------------------------------
     def _prepare(self, categorical: Sequence[int]) -> None:
-        table = read_table(self.dataset, self.data_dir)
+        if self.split_files is None:
+            table = read_table(self.dataset, self.data_dir)
+        else:
+            published = read_published_split(self.split_files, self.split, self.dataset)
+            table = published.table
         width = table.features.shape[1]
         bad = [c for c in categorical if not -width <= c < width]
         if bad:
             raise ConfigError(f"--data.categorical: column {bad[0]} does not exist; {self.dataset} has {width} feature columns")
         x = one_hot(table.features, categorical)  # (N, F)
         n = len(x)
-        rest, test = seeded_split(n, max(1, round(self.test_fraction * n)), self.split)
+        if self.split_files is None:
+            rest, test = seeded_split(n, max(1, round(self.test_fraction * n)), self.split)
+        else:  # the published rows, in the files' order
+            rest, test = published.train, published.test
         gap = rest[gap_rows(x[rest], self.ood_fraction)]  # positions in the table, not in `rest`
         fit_rows = np.setdiff1d(rest, gap)
         train_pos, val_pos = seeded_split(len(fit_rows), round(self.val_fraction * len(fit_rows)), self.split_seed)
