@@ -204,17 +204,23 @@ def test_checkpoint_compare_resolves_options_left_out():
 
 
 # ---- the logged training loss --------------------------------------------------------------------
+def _fit_one_epoch(model, x, y, batch_size, root) -> L.Trainer:
+    """One quiet CPU epoch of ``model`` on (x, y), no validation, logger or checkpoints; the trainer, for its metrics."""
+    trainer = L.Trainer(
+        max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", default_root_dir=root,
+    )  # fmt: skip
+    trainer.fit(model, train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=batch_size))
+    return trainer
+
+
 @pytest.mark.parametrize("cls", [DeepEnsemble, BatchEnsemble])
 def test_logged_training_loss_is_the_mean_member_loss(cls, tmp_path):
     """Curves compare across methods: DeepEnsemble trains on the sum but logs the mean over members."""
     torch.manual_seed(0)
     model = cls(num_members=3, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), **MLP)  # lr 0: weights stay
     x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 10, (12,))
-    trainer = L.Trainer(
-        max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
-    )  # fmt: skip
-    trainer.fit(model, train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=12))
+    trainer = _fit_one_epoch(model, x, y, batch_size=12, root=tmp_path)
     with torch.no_grad():
         logits = model(x)  # (M, B, C)
     per_member = [float(F.cross_entropy(logits[m], y)) for m in range(3)]
@@ -239,11 +245,7 @@ def test_train_acc_is_the_ensembles_accuracy(tmp_path):
     torch.manual_seed(2)
     model = DeepEnsemble(num_members=3, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), **MLP)
     x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 10, (12,))
-    trainer = L.Trainer(
-        max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
-    )  # fmt: skip
-    trainer.fit(model, train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=6))
+    trainer = _fit_one_epoch(model, x, y, batch_size=6, root=tmp_path)
     with torch.no_grad():
         probs = model(x).softmax(-1).numpy()  # (M, B, C)
     expected = (probs.mean(0).argmax(-1) == y.numpy()).mean()
